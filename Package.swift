@@ -1,0 +1,120 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny")
+]
+
+let package = Package(
+    name: "wps-bridge",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "wps-bridge", targets: ["wps-bridge"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.14.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", "5.0.0"..<"7.0.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.30.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.20.0", traits: []),
+    ],
+    targets: [
+        // OData filter expressions: parsed once, evaluated against any set of fields.
+        .target(name: "ODataFilter", swiftSettings: swiftSettings),
+        // A JSON value type that keeps numbers as written, with a fast parser: payloads are forwarded byte for byte.
+        .target(name: "BridgeJSON", swiftSettings: swiftSettings),
+        .target(
+            name: "BridgeCore",
+            dependencies: [
+                "ODataFilter", "BridgeJSON",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "WebPubSub",
+            dependencies: [
+                "BridgeJSON",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "StdioAdapter",
+            dependencies: [
+                "BridgeCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Wiring: config -> sources, routes, dispatcher and the Web PubSub transport.
+        .target(
+            name: "BridgeApp",
+            dependencies: [
+                "BridgeCore", "WebPubSub", "StdioAdapter",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "wps-bridge",
+            dependencies: [
+                "BridgeApp", "BridgeCore", "WebPubSub",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Test helpers: a recording HTTP server, free ports, child processes. Used by tests only.
+        .target(
+            name: "BridgeTestSupport",
+            dependencies: [
+                "WebPubSub",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(name: "ODataFilterTests", dependencies: ["ODataFilter", "BridgeJSON"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "BridgeCoreTests",
+            dependencies: ["BridgeCore", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "WebPubSubTests",
+            dependencies: [
+                "WebPubSub", "BridgeTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "StdioAdapterTests",
+            dependencies: ["StdioAdapter", "BridgeCore", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["BridgeTestSupport", "WebPubSub", "BridgeCore"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

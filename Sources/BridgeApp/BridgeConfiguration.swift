@@ -1,0 +1,139 @@
+public import BridgeCore
+import Foundation
+public import Logging
+import StdioAdapter
+public import WebPubSub
+
+/// Where the bridge sends: Azure Web PubSub (or a compatible hub) by connection string.
+public struct WebPubSubSettings: Sendable {
+    public var connectionString: ConnectionString?
+    /// The hub of targets that name none.
+    public var defaultHub: String?
+    public var client = WebPubSubServiceClient.Configuration()
+}
+
+/// A whole `bridge.yaml`, read and validated.
+public struct BridgeConfiguration: Sendable {
+    public var webpubsub: WebPubSubSettings
+    public var core: CoreConfig
+    /// Things that are allowed but probably not meant.
+    public var warnings: [ConfigIssue]
+
+    public static let topLevelKeys = ["webpubsub"] + CoreConfig.keys
+
+    /// The adapters this build knows.
+    public static func defaultRegistry() -> AdapterRegistry {
+        var registry = AdapterRegistry()
+        registry.register(source: StdinSourceFactory())
+        registry.register(sink: StdoutSinkFactory())
+        registry.register(sink: FileSinkFactory())
+        return registry
+    }
+
+    /// Reads and validates `path`.
+    /// - Parameter requireWebPubSub: false for `run --dry-run`, which sends nothing.
+    /// - Throws: ``ConfigError`` with every problem found.
+    public static func load(
+        path: String, environment: [String: String] = ProcessInfo.processInfo.environment,
+        registry: AdapterRegistry = defaultRegistry(), requireWebPubSub: Bool = true, logger: Logger
+    ) throws(ConfigError) -> BridgeConfiguration {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigError(file: path, issues: [ConfigIssue(path: "", line: nil, column: nil, message: "cannot read the file: \(error.localizedDescription)")])
+        }
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        return try parse(
+            yaml: text, file: path, baseDirectory: folder, environment: environment, registry: registry, requireWebPubSub: requireWebPubSub,
+            logger: logger)
+    }
+
+    /// Reads and validates YAML text.
+    public static func parse(
+        yaml text: String, file: String = "bridge.yaml", baseDirectory: String = ".", environment: [String: String],
+        registry: AdapterRegistry = defaultRegistry(), requireWebPubSub: Bool = true, logger: Logger
+    ) throws(ConfigError) -> BridgeConfiguration {
+        let reader = ConfigReader(environment: environment, baseDirectory: baseDirectory)
+        guard let root = reader.root(yaml: text) else { throw ConfigError(file: file, issues: reader.issues) }
+        root.checkKeys(topLevelKeys)
+        var webpubsub = WebPubSubSettings()
+        if let m = root.mapping("webpubsub", required: requireWebPubSub) {
+            webpubsub = readWebPubSub(m, required: requireWebPubSub)
+        }
+        let context = AdapterContext(logger: logger, environment: environment)
+        let core = CoreConfig.read(root, registry: registry, context: context, defaultHub: webpubsub.defaultHub)
+        if core.deadLetter == nil, !core.routes.isEmpty, core.routes.contains(where: { $0.deadLetter == nil }) {
+            reader.warn(
+                "no deadLetter sink: messages that cannot be delivered are logged and dropped (add deadLetter: {type: file, path: ...})",
+                path: "deadLetter", mark: nil)
+        }
+        let issues = reader.issues.sorted { ($0.line ?? 0, $0.column ?? 0) < ($1.line ?? 0, $1.column ?? 0) }
+        guard issues.isEmpty else { throw ConfigError(file: file, issues: issues) }
+        return BridgeConfiguration(webpubsub: webpubsub, core: core, warnings: reader.warnings)
+    }
+
+    static func readWebPubSub(_ m: ConfigMapping, required: Bool) -> WebPubSubSettings {
+        m.checkKeys(["connectionString", "endpoint", "accessKey", "accessKeyFile", "hub", "apiVersion", "requestTimeout", "maxConnections"], what: "webpubsub")
+        var settings = WebPubSubSettings()
+        if let hub = m.nonEmptyString("hub") {
+            if let problem = WebPubSubNames.hubProblem(hub) { m.value("hub")?.report(problem) } else { settings.defaultHub = hub }
+        }
+        settings.client.apiVersion = m.nonEmptyString("apiVersion") ?? settings.client.apiVersion
+        settings.client.requestTimeout = m.duration("requestTimeout") ?? settings.client.requestTimeout
+        settings.client.maxConnections = m.int("maxConnections", range: 1...4096) ?? settings.client.maxConnections
+        switch (m.has("connectionString"), m.has("endpoint")) {
+        case (true, true):
+            m.report("give 'connectionString' or 'endpoint' (with 'accessKey'), not both")
+        case (true, false):
+            if m.has("accessKey") || m.has("accessKeyFile") {
+                m.report("'accessKey' goes with 'endpoint'; a connection string carries its own key")
+            }
+            guard let v = m.value("connectionString"), let text = v.string() else { break }
+            if text.isEmpty {
+                if required { v.report("connection string is empty (is WEBPUBSUB_CONNECTION_STRING set?)") }
+                break
+            }
+            do {
+                settings.connectionString = try ConnectionString(parsing: text)
+            } catch {
+                v.report("invalid connection string: \(error.message)")
+            }
+        case (false, true):
+            let endpoint = m.nonEmptyString("endpoint")
+            let key = m.secret("accessKey", required: true)
+            if let endpoint, let key {
+                do {
+                    settings.connectionString = try ConnectionString(endpoint: endpoint, accessKey: AccessKey(key))
+                } catch {
+                    m.value("endpoint")?.report(error.message)
+                }
+            }
+        case (false, false):
+            if required { m.report("webpubsub needs 'connectionString', or 'endpoint' with 'accessKey' / 'accessKeyFile'") }
+        }
+        return settings
+    }
+
+    /// A human summary for `validate`.
+    public var summary: String {
+        var lines: [String] = []
+        if let cs = webpubsub.connectionString {
+            lines.append("Web PubSub: \(cs.endpoint)" + (webpubsub.defaultHub.map { " (default hub \($0))" } ?? ""))
+        }
+        lines.append("Sources (\(core.sources.count)):")
+        for s in core.sources { lines.append("  \(s.name): \(s.type)") }
+        lines.append("Routes (\(core.routes.count)):")
+        for r in core.routes {
+            let condition = r.condition.map { " where \($0.filter.text)" } ?? ""
+            lines.append("  \(r.name): from \(r.source)\(condition)" + (r.ordering == .none ? " (unordered)" : ""))
+            for t in r.targets { lines.append("    -> \(t.description)") }
+            if let d = r.deadLetter { lines.append("    dead letters: \(d.description)") }
+        }
+        lines.append("Dead letters: \(core.deadLetter?.description ?? "none (logged and dropped)")")
+        let d = core.delivery
+        lines.append(
+            "Delivery: \(d.concurrency) concurrent sends, \(d.maxInFlight) in flight, \(d.retry.maxAttempts) attempts, shutdown timeout \(d.shutdownTimeout)")
+        return lines.joined(separator: "\n")
+    }
+}

@@ -1,0 +1,76 @@
+public import BridgeCore
+import Foundation
+public import NIOCore
+public import WebPubSub
+
+/// Sends through the Web PubSub REST client; maps its errors onto the retry policy's classes.
+public struct WebPubSubTransport: DeliveryTransport {
+    public let client: WebPubSubServiceClient
+
+    public init(client: WebPubSubServiceClient) {
+        self.client = client
+    }
+
+    public func send(_ payload: ByteBuffer, dataType: DataType, to target: ResolvedTarget) async throws {
+        let contentType = (target.dataType ?? dataType).contentType
+        do {
+            switch target.recipient {
+            case .all:
+                try await client.sendToAll(
+                    hub: target.hub, payload: payload, contentType: contentType, excluded: target.excluded, filter: target.filter,
+                    messageTTLSeconds: target.messageTTLSeconds)
+            case .group(let group):
+                try await client.sendToGroup(
+                    hub: target.hub, group: group, payload: payload, contentType: contentType, excluded: target.excluded,
+                    filter: target.filter, messageTTLSeconds: target.messageTTLSeconds)
+            case .user(let user):
+                try await client.sendToUser(
+                    hub: target.hub, userId: user, payload: payload, contentType: contentType, filter: target.filter,
+                    messageTTLSeconds: target.messageTTLSeconds)
+            case .connection(let connection):
+                try await client.sendToConnection(
+                    hub: target.hub, connectionId: connection, payload: payload, contentType: contentType,
+                    messageTTLSeconds: target.messageTTLSeconds)
+            }
+        } catch {
+            throw Self.classify(error)
+        }
+    }
+
+    /// Network errors, 408, 429 and 5xx are retryable (after `Retry-After` if given); the rest is permanent.
+    public static func classify(_ error: WebPubSubError) -> DeliveryFailure {
+        let message = error.status == nil ? error.description : (error.errorCode.map { "\($0): " } ?? "") + error.message
+        if error.isRetryable {
+            return DeliveryFailure(.retryable(retryAfter: error.retryAfter), status: error.status, message: message)
+        }
+        return DeliveryFailure(.permanent, status: error.status, message: message)
+    }
+}
+
+/// Prints each send instead of making it: `run --dry-run`.
+public struct DryRunTransport: DeliveryTransport {
+    let output: @Sendable (String) -> Void
+
+    public init(output: @escaping @Sendable (String) -> Void = { print($0) }) {
+        self.output = output
+    }
+
+    public func send(_ payload: ByteBuffer, dataType: DataType, to target: ResolvedTarget) async throws {
+        let type = target.dataType ?? dataType
+        let hub = percentEncode(target.hub)
+        var path: String
+        switch target.recipient {
+        case .all: path = "/api/hubs/\(hub)/:send"
+        case .group(let g): path = "/api/hubs/\(hub)/groups/\(percentEncode(g))/:send"
+        case .user(let u): path = "/api/hubs/\(hub)/users/\(percentEncode(u))/:send"
+        case .connection(let c): path = "/api/hubs/\(hub)/connections/\(percentEncode(c))/:send"
+        }
+        var query: [String] = target.excluded.map { "excluded=\(percentEncode($0))" }
+        if let filter = target.filter { query.append("filter=\(percentEncode(filter))") }
+        if let ttl = target.messageTTLSeconds { query.append("messageTtlSeconds=\(ttl)") }
+        if !query.isEmpty { path += "?" + query.joined(separator: "&") }
+        let bytes = Array(payload.readableBytesView)
+        let body = type == .binary ? "base64:" + Data(bytes).base64EncodedString() : String(decoding: bytes, as: UTF8.self)
+        output("would send: POST \(path) [\(type.contentType), \(bytes.count) bytes] \(body)")
+    }
+}

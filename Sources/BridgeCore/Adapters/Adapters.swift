@@ -1,0 +1,109 @@
+public import Logging
+public import NIOCore
+
+/// Hands deliveries to the dispatcher. `emit` suspends while the dispatcher is full: that is the
+/// back-pressure a source feels.
+public struct DeliveryEmitter: Sendable {
+    let body: @Sendable (Delivery) async throws -> Void
+
+    public init(_ body: @escaping @Sendable (Delivery) async throws -> Void) {
+        self.body = body
+    }
+
+    /// - Throws: `CancellationError` when the bridge is shutting down.
+    public func emit(_ delivery: Delivery) async throws {
+        try await body(delivery)
+    }
+}
+
+/// A source of messages: Kafka, Redis, stdin.
+///
+/// `run` reads until the input ends (then returns) or its task is cancelled (then stops reading
+/// and returns promptly: the bridge is shutting down). Every delivery it emits is settled by the
+/// dispatcher; after all of them were, `finish` is called once to commit positions and close.
+public protocol SourceAdapter: Sendable {
+    var name: String { get }
+    func run(emit: DeliveryEmitter) async throws
+    func finish() async throws
+}
+
+extension SourceAdapter {
+    public func finish() async throws {}
+}
+
+/// A record for a sink: a dead letter or a mirrored event.
+public struct SinkRecord: Sendable {
+    public var payload: ByteBuffer
+    public var dataType: DataType
+    public var key: String?
+    public var headers: [String: String]
+
+    public init(payload: ByteBuffer, dataType: DataType, key: String? = nil, headers: [String: String] = [:]) {
+        self.payload = payload
+        self.dataType = dataType
+        self.key = key
+        self.headers = headers
+    }
+}
+
+/// Where records are written: dead letters now, mirrored events later. A write returns once the
+/// record is durable as far as the sink can tell (flushed, acknowledged by the broker).
+public protocol SinkAdapter: Sendable {
+    /// `file /var/lib/x.ndjson`, `stdout`: for logs.
+    var description: String { get }
+    func write(_ record: SinkRecord) async throws
+    func close() async throws
+}
+
+extension SinkAdapter {
+    public func close() async throws {}
+}
+
+/// What factories get besides their settings.
+public struct AdapterContext: Sendable {
+    public var logger: Logger
+    public var environment: [String: String]
+
+    public init(logger: Logger, environment: [String: String]) {
+        self.logger = logger
+        self.environment = environment
+    }
+}
+
+/// Builds sources of one `type`. Reading the settings is validating them: problems go to the
+/// mapping's reader with their YAML path and line, and nothing is opened until `run`.
+public protocol SourceFactory: Sendable {
+    /// The `type` in `bridge.yaml`.
+    var typeName: String { get }
+    /// One line for `validate`'s summary and the README.
+    var summary: String { get }
+    /// Origin fields its messages carry (`topic`, `partition`, `channel`, `stream`, `pattern`),
+    /// so that a template reading another one is a config error.
+    var originFields: Set<String> { get }
+    /// Reads type-specific settings (every key except `name` and `type`).
+    func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)?
+}
+
+/// Builds sinks of one `type` (dead letters; mirrored events).
+public protocol SinkFactory: Sendable {
+    var typeName: String { get }
+    var summary: String { get }
+    /// Reads type-specific settings (every key except `type`).
+    func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)?
+}
+
+/// Source and sink types by name: the seam that adapters plug into.
+public struct AdapterRegistry: Sendable {
+    public private(set) var sources: [String: any SourceFactory] = [:]
+    public private(set) var sinks: [String: any SinkFactory] = [:]
+
+    public init() {}
+
+    public mutating func register(source factory: any SourceFactory) {
+        sources[factory.typeName] = factory
+    }
+
+    public mutating func register(sink factory: any SinkFactory) {
+        sinks[factory.typeName] = factory
+    }
+}

@@ -1,0 +1,289 @@
+import ODataFilter
+
+/// How long to wait before retry `attempt` (1-based): exponential backoff with full jitter,
+/// or what the service asked for with `Retry-After`.
+public struct RetryPolicy: Sendable, Equatable {
+    /// Attempts in all, the first send included; after the last one the message is dead-lettered.
+    public var maxAttempts: Int = 10
+    public var initialBackoff: Duration = .milliseconds(200)
+    public var maxBackoff: Duration = .seconds(30)
+
+    public init() {}
+
+    public init(maxAttempts: Int, initialBackoff: Duration, maxBackoff: Duration) {
+        self.maxAttempts = maxAttempts
+        self.initialBackoff = initialBackoff
+        self.maxBackoff = maxBackoff
+    }
+
+    /// The ceiling of the jittered delay before retry `attempt` (1-based).
+    public func backoffCeiling(attempt: Int) -> Duration {
+        let exponent = min(max(attempt - 1, 0), 30)
+        let ceiling = initialBackoff * (1 << exponent)
+        return min(ceiling, maxBackoff)
+    }
+
+    /// The delay before retry `attempt`. A `Retry-After` from the service wins (capped at
+    /// `maxBackoff` times four, so a wrong header cannot stall a lane for hours).
+    public func delay(attempt: Int, retryAfter: Duration?, random: (Double) -> Double = { Double.random(in: 0...$0) }) -> Duration {
+        if let retryAfter { return min(retryAfter, maxBackoff * 4) }
+        let ceiling = backoffCeiling(attempt: attempt)
+        let ms = Double(ceiling.components.seconds) * 1000 + Double(ceiling.components.attoseconds) / 1e15
+        return .milliseconds(Int64(random(ms)))
+    }
+}
+
+/// Dispatcher settings (`delivery:` in `bridge.yaml`).
+public struct DeliverySettings: Sendable, Equatable {
+    /// Messages held between the sources and Web PubSub; sources wait when it is reached.
+    public var maxInFlight: Int = 1024
+    /// REST requests under way at once.
+    public var concurrency: Int = 64
+    public var retry = RetryPolicy()
+    /// How long shutdown waits for in-flight sends before giving them up (unacknowledged).
+    public var shutdownTimeout: Duration = .seconds(30)
+
+    public init() {}
+}
+
+/// A configured source.
+public struct SourceEntry: Sendable {
+    public var name: String
+    public var type: String
+    public var adapter: any SourceAdapter
+}
+
+/// The parts of `bridge.yaml` that the core owns: sources, routes, dead letters, delivery.
+public struct CoreConfig: Sendable {
+    public var sources: [SourceEntry] = []
+    public var routes: [Route] = []
+    public var deadLetter: (any SinkAdapter)?
+    public var delivery = DeliverySettings()
+
+    public init() {}
+
+    /// The top-level keys read here.
+    public static let keys = ["sources", "routes", "deadLetter", "delivery"]
+
+    /// Reads the core sections of `root`; problems are reported to `root.reader`.
+    public static func read(
+        _ root: ConfigMapping, registry: AdapterRegistry, context: AdapterContext, defaultHub: String?
+    ) -> CoreConfig {
+        var config = CoreConfig()
+        var sourceTypes: [String: any SourceFactory] = [:]
+
+        if let items = root.list("sources", required: true) {
+            if items.isEmpty { root.value("sources")?.report("at least one source is needed") }
+            for item in items {
+                guard let m = item.mapping() else { continue }
+                let name = m.nonEmptyString("name", required: true)
+                let type = m.nonEmptyString("type", required: true)
+                if let name, sourceTypes[name] != nil || config.sources.contains(where: { $0.name == name }) {
+                    m.value("name")?.report("duplicate source name '\(name)'")
+                }
+                guard let type else { continue }
+                guard let factory = registry.sources[type] else {
+                    let known = registry.sources.keys.sorted().joined(separator: ", ")
+                    m.value("type")?.report("unknown source type '\(type)'; known types: \(known)")
+                    continue
+                }
+                let settings = ConfigMapping(path: m.path, mark: m.mark, pairs: m.pairs.filter { $0.0 != "name" && $0.0 != "type" }, reader: m.reader)
+                guard let name else { continue }
+                sourceTypes[name] = factory
+                if let adapter = factory.makeSource(name: name, settings: settings, context: context) {
+                    config.sources.append(SourceEntry(name: name, type: type, adapter: adapter))
+                }
+            }
+        }
+
+        if let m = root.mapping("deadLetter") {
+            config.deadLetter = readSink(m, registry: registry, context: context)
+        }
+
+        if let m = root.mapping("delivery") {
+            m.checkKeys(["maxInFlight", "concurrency", "retry", "shutdownTimeout"], what: "delivery")
+            config.delivery.maxInFlight = m.int("maxInFlight", range: 1...1_000_000) ?? config.delivery.maxInFlight
+            config.delivery.concurrency = m.int("concurrency", range: 1...10_000) ?? config.delivery.concurrency
+            config.delivery.shutdownTimeout = m.duration("shutdownTimeout") ?? config.delivery.shutdownTimeout
+            if let r = m.mapping("retry") {
+                r.checkKeys(["maxAttempts", "initialBackoff", "maxBackoff"], what: "retry")
+                config.delivery.retry.maxAttempts = r.int("maxAttempts", range: 1...1000) ?? config.delivery.retry.maxAttempts
+                config.delivery.retry.initialBackoff = r.duration("initialBackoff") ?? config.delivery.retry.initialBackoff
+                config.delivery.retry.maxBackoff = r.duration("maxBackoff") ?? config.delivery.retry.maxBackoff
+            }
+        }
+
+        if let items = root.list("routes", required: true) {
+            if items.isEmpty { root.value("routes")?.report("at least one route is needed") }
+            var names: Set<String> = []
+            for (index, item) in items.enumerated() {
+                guard let m = item.mapping() else { continue }
+                if let route = readRoute(
+                    m, index: index, sourceTypes: sourceTypes, registry: registry, context: context, defaultHub: defaultHub)
+                {
+                    if !names.insert(route.name).inserted { m.value("name")?.report("duplicate route name '\(route.name)'") }
+                    config.routes.append(route)
+                }
+            }
+        }
+        for source in config.sources where !config.routes.contains(where: { $0.source == source.name }) {
+            root.reader.warn("source '\(source.name)' is not read by any route: its messages are acknowledged and dropped", path: "sources", mark: root.value("sources")?.mark)
+        }
+        return config
+    }
+
+    /// Reads a sink mapping (`{type: file, path: ...}`).
+    public static func readSink(_ m: ConfigMapping, registry: AdapterRegistry, context: AdapterContext) -> (any SinkAdapter)? {
+        guard let type = m.nonEmptyString("type", required: true) else { return nil }
+        guard let factory = registry.sinks[type] else {
+            let known = registry.sinks.keys.sorted().joined(separator: ", ")
+            m.value("type")?.report("unknown sink type '\(type)'; known types: \(known)")
+            return nil
+        }
+        let settings = ConfigMapping(path: m.path, mark: m.mark, pairs: m.pairs.filter { $0.0 != "type" }, reader: m.reader)
+        return factory.makeSink(settings: settings, context: context)
+    }
+
+    static func readRoute(
+        _ m: ConfigMapping, index: Int, sourceTypes: [String: any SourceFactory], registry: AdapterRegistry,
+        context: AdapterContext, defaultHub: String?
+    ) -> Route? {
+        m.checkKeys(["name", "from", "where", "to", "ordering", "deadLetter"], what: "a route")
+        let from = m.nonEmptyString("from", required: true)
+        let factory = from.flatMap { sourceTypes[$0] }
+        if let from, factory == nil, let v = m.value("from") {
+            let known = sourceTypes.keys.sorted()
+            v.report("route reads from '\(from)', which is not a source" + (known.isEmpty ? "" : "; sources: \(known.joined(separator: ", "))"))
+        }
+        var usedFields: [(MessageField, ConfigValue)] = []
+        var condition: RouteCondition?
+        if let v = m.value("where"), let text = v.string() {
+            do {
+                condition = try RouteCondition(text)
+                usedFields += condition!.referencedFields.map { ($0, v) }
+            } catch {
+                v.report(error.message)
+            }
+        }
+        let ordering = m.enumeration("ordering", Ordering.self) ?? .strict
+        var deadLetter: (any SinkAdapter)?
+        if let d = m.mapping("deadLetter") {
+            deadLetter = readSink(d, registry: registry, context: context)
+        }
+        var targets: [TargetSpec] = []
+        if let items = m.list("to", required: true, allowSingle: false) {
+            if items.isEmpty { m.value("to")?.report("a route needs at least one target") }
+            for item in items {
+                guard let t = item.mapping() else { continue }
+                if let target = readTarget(t, defaultHub: defaultHub) {
+                    targets.append(target)
+                    for template in target.templates {
+                        usedFields += template.fields.map { ($0, item) }
+                    }
+                }
+            }
+        }
+        if let factory, let from {
+            for (field, where_) in usedFields {
+                if let origin = field.originField, !factory.originFields.contains(origin) {
+                    where_.report("{\(field)} is never set: source '\(from)' (type \(factory.typeName)) has no \(origin)")
+                }
+            }
+        }
+        guard let from, factory != nil, !targets.isEmpty else { return nil }
+        let name = m.nonEmptyString("name") ?? "\(from)#\(index)"
+        return Route(name: name, source: from, condition: condition, targets: targets, ordering: ordering, deadLetter: deadLetter)
+    }
+
+    static let targetFilterIdentifiers: Set<String> = ["userid", "connectionid", "groups"]
+
+    static func readTarget(_ t: ConfigMapping, defaultHub: String?) -> TargetSpec? {
+        t.checkKeys(["hub", "all", "group", "user", "connection", "filter", "excluded", "dataType", "ttl"], what: "a target")
+        var ok = true
+        var hub: Template?
+        if t.has("hub") {
+            hub = t.template("hub")
+            if let hub, hub.isConstant, let problem = WebPubSubNames.hubProblem(hub.text) {
+                t.value("hub")?.report(problem)
+                ok = false
+            }
+            if hub == nil { ok = false }
+        } else if let defaultHub {
+            hub = Template(literal: defaultHub)
+        } else {
+            t.report("target has no 'hub' and webpubsub.hub sets no default")
+            ok = false
+        }
+        let kinds = ["all", "group", "user", "connection"].filter { t.has($0) }
+        var recipient: TargetSpec.RecipientSpec?
+        if kinds.count != 1 {
+            t.report(
+                kinds.isEmpty
+                    ? "target needs one of 'all: true', 'group', 'user' or 'connection'"
+                    : "target has \(kinds.joined(separator: " and ")); give exactly one of all, group, user, connection")
+            ok = false
+        } else {
+            switch kinds[0] {
+            case "all":
+                if let all = t.bool("all") {
+                    if all { recipient = .all } else { t.value("all")?.report("'all' must be true (or name a group, user or connection instead)") }
+                }
+            case "group":
+                if let g = t.template("group") {
+                    if g.isConstant, let problem = WebPubSubNames.groupProblem(g.text) { t.value("group")?.report(problem) } else { recipient = .group(g) }
+                }
+            case "user":
+                if let u = t.template("user") {
+                    if u.text.isEmpty { t.value("user")?.report("user id is empty") } else { recipient = .user(u) }
+                }
+            default:
+                if let c = t.template("connection") {
+                    if c.text.isEmpty { t.value("connection")?.report("connection id is empty") } else { recipient = .connection(c) }
+                }
+            }
+        }
+        var filter: Template?
+        if let v = t.value("filter"), let text = v.string() {
+            do {
+                let template = try Template(text)
+                // Check the filter's syntax with every placeholder standing for a plain value.
+                let sample = Filter.sample(template)
+                let parsed = try Filter(sample)
+                for name in parsed.identifiers where !targetFilterIdentifiers.contains(name.lowercased()) {
+                    v.report("unknown field '\(name)' in filter; Web PubSub filters read userId, connectionId and groups")
+                }
+                if case .connection = recipient { v.report("'filter' does not apply to a single connection") }
+                filter = template
+            } catch let error as TemplateSyntaxError {
+                v.report(error.message)
+            } catch {
+                v.report("invalid filter '\(text)': \(error)")
+            }
+        }
+        var excluded: [Template] = []
+        if let items = t.list("excluded", allowSingle: true) {
+            for item in items {
+                guard let s = item.string() else { continue }
+                do { excluded.append(try Template(s)) } catch { item.report(error.message) }
+            }
+            if case .user = recipient { t.value("excluded")?.report("'excluded' does not apply to a user target") }
+            if case .connection = recipient { t.value("excluded")?.report("'excluded' does not apply to a connection target") }
+        }
+        let dataType = t.enumeration("dataType", DataType.self)
+        let ttl = t.int("ttl", range: 0...300)
+        guard ok, let hub, let recipient else { return nil }
+        return TargetSpec(hub: hub, recipient: recipient, filter: filter, excluded: excluded, dataType: dataType, messageTTLSeconds: ttl)
+    }
+}
+
+extension Filter {
+    /// The template's text with each placeholder replaced by `x`, for a syntax check.
+    static func sample(_ template: Template) -> String {
+        template.parts.map { part in
+            switch part {
+            case .literal(let s): s
+            case .field: "x"
+            }
+        }.joined()
+    }
+}

@@ -1,0 +1,350 @@
+import Foundation
+public import Logging
+import NIOCore
+import ServiceLifecycle
+import Synchronization
+
+/// Counters of what the dispatcher did, for logs, the progress line and tests.
+public final class DispatchStats: Sendable {
+    /// Messages read from sources.
+    public let received = Atomic<Int>(0)
+    /// Sends that reached Web PubSub (one per message and target).
+    public let delivered = Atomic<Int>(0)
+    /// Retries after a retryable failure.
+    public let retried = Atomic<Int>(0)
+    /// Sends given up and written to a dead-letter sink.
+    public let deadLettered = Atomic<Int>(0)
+    /// Sends given up with no dead-letter sink configured: logged, then dropped.
+    public let dropped = Atomic<Int>(0)
+    /// Deliveries left unacknowledged (shutdown timeout, dead-letter write failed).
+    public let unsettled = Atomic<Int>(0)
+    /// Messages that matched no route.
+    public let unrouted = Atomic<Int>(0)
+
+    public init() {}
+
+    public var summary: String {
+        "received \(received.load(ordering: .relaxed)), delivered \(delivered.load(ordering: .relaxed)), "
+            + "retried \(retried.load(ordering: .relaxed)), dead-lettered \(deadLettered.load(ordering: .relaxed)), "
+            + "dropped \(dropped.load(ordering: .relaxed)), unacknowledged \(unsettled.load(ordering: .relaxed)), "
+            + "unrouted \(unrouted.load(ordering: .relaxed))"
+    }
+}
+
+/// Settles a delivery once all of its sends are done.
+final class DeliveryTracker: Sendable {
+    let delivery: Delivery
+    private let state: Mutex<(remaining: Int, failure: String?)>
+
+    init(_ delivery: Delivery, sends: Int) {
+        self.delivery = delivery
+        state = Mutex((sends, nil))
+    }
+
+    func settle(_ outcome: DeliveryOutcome) -> Bool {
+        let final: DeliveryOutcome? = state.withLock { s in
+            if case .failed(let reason) = outcome, s.failure == nil { s.failure = reason }
+            s.remaining -= 1
+            guard s.remaining == 0 else { return nil }
+            return s.failure.map { .failed($0) } ?? .done
+        }
+        if let final { delivery.complete(final) }
+        return final != nil
+    }
+}
+
+/// Takes deliveries from sources, routes them, and sends them through the transport: ordered
+/// per lane, many lanes at once, bounded in-flight work, retries with backoff, dead letters.
+public final class Dispatcher: Sendable {
+    struct Job: Sendable {
+        let tracker: DeliveryTracker
+        let routeIndex: Int
+        let targetLabel: String
+        let resolved: Result<ResolvedTarget, DeliveryFailure>
+        let payload: ByteBuffer
+        let dataType: DataType
+    }
+
+    let routes: [Route]
+    let routesBySource: [String: [Int]]
+    let transport: any DeliveryTransport
+    let deadLetter: (any SinkAdapter)?
+    let settings: DeliverySettings
+    let logger: Logger
+    public let stats = DispatchStats()
+    private let scheduler: LaneScheduler<Job>
+    private let laneCounter = Atomic<Int>(0)
+
+    public init(
+        routes: [Route], transport: any DeliveryTransport, deadLetter: (any SinkAdapter)?, settings: DeliverySettings,
+        logger: Logger
+    ) {
+        self.routes = routes
+        var bySource: [String: [Int]] = [:]
+        for (i, route) in routes.enumerated() { bySource[route.source, default: []].append(i) }
+        self.routesBySource = bySource
+        self.transport = transport
+        self.deadLetter = deadLetter
+        self.settings = settings
+        self.logger = logger
+        self.scheduler = LaneScheduler(capacity: settings.maxInFlight)
+    }
+
+    /// Sends and retries under way or queued.
+    public var inFlight: Int { scheduler.inFlight }
+
+    /// Runs `sources` until each has ended or a graceful shutdown stops them, then waits for
+    /// in-flight sends (bounded by `shutdownTimeout` once shutdown began), settles every
+    /// delivery, and lets each source commit (`finish`).
+    /// - Throws: the first error a source threw, after all of that.
+    public func run(sources: [any SourceAdapter]) async throws {
+        var intakeError: (any Error)?
+        await withDiscardingTaskGroup { workers in
+            for _ in 0..<settings.concurrency {
+                workers.addTask { await self.work() }
+            }
+            do {
+                try await cancelWhenGracefulShutdown {
+                    try await self.intake(sources)
+                }
+            } catch is CancellationError {
+            } catch {
+                intakeError = error
+            }
+            let drained = await drain()
+            if !drained {
+                logger.warning(
+                    "shutdown timeout: giving up in-flight sends",
+                    metadata: ["wps.in_flight": "\(scheduler.inFlight)", "wps.timeout": "\(settings.shutdownTimeout)"])
+                workers.cancelAll()
+            }
+            for job in scheduler.close() {
+                settle(job, .failed("not sent before shutdown"))
+            }
+        }
+        for source in sources {
+            do {
+                try await source.finish()
+            } catch {
+                logger.error("source could not finish cleanly", metadata: ["wps.source": "\(source.name)", "error": "\(error)"])
+                if intakeError == nil { intakeError = error }
+            }
+        }
+        var sinks = routes.compactMap(\.deadLetter)
+        if let deadLetter { sinks.append(deadLetter) }
+        for sink in sinks {
+            do { try await sink.close() } catch {
+                logger.error("dead-letter sink could not be closed", metadata: ["wps.sink": "\(sink.description)", "error": "\(error)"])
+            }
+        }
+        if let intakeError { throw intakeError }
+    }
+
+    private func intake(_ sources: [any SourceAdapter]) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for source in sources {
+                let emitter = DeliveryEmitter { delivery in try await self.accept(delivery, from: source.name) }
+                group.addTask { try await source.run(emit: emitter) }
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    /// Waits until nothing is in flight; once a graceful shutdown began, for `shutdownTimeout` at most.
+    private func drain() async -> Bool {
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask { await self.scheduler.waitUntilIdle() }
+            group.addTask {
+                do {
+                    try await gracefulShutdown()
+                    try await Task.sleep(for: self.settings.shutdownTimeout)
+                } catch {}
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+    }
+
+    /// Routes one delivery and queues its sends; suspends while the dispatcher is full.
+    func accept(_ delivery: Delivery, from source: String) async throws {
+        stats.received.add(1, ordering: .relaxed)
+        let message = delivery.message
+        let context = MessageContext(message)
+        var jobs: [(lane: String, job: Job)] = []
+        var pendingJobs: [(String, Int, String, Result<ResolvedTarget, DeliveryFailure>, ByteBuffer, DataType)] = []
+        if let rejection = delivery.rejection {
+            // Input the source could not read: straight to the dead-letter sink of the source's first route.
+            if let routeIndex = routesBySource[source]?.first {
+                pendingJobs.append(
+                    ("\(routeIndex)/rejected/\(message.laneKey)", routeIndex, "none (rejected input)",
+                     .failure(DeliveryFailure(.permanent, message: rejection)), message.payload, message.dataType))
+            }
+        } else {
+            pendingJobs = plan(message, context: context, source: source)
+        }
+        guard !pendingJobs.isEmpty else {
+            if let rejection = delivery.rejection {
+                logger.error("invalid input dropped", metadata: ["wps.origin": "\(message.origin.description)", "error": "\(rejection)"])
+            } else {
+                stats.unrouted.add(1, ordering: .relaxed)
+                logger.debug("message matched no route", metadata: ["wps.origin": "\(message.origin.description)"])
+            }
+            delivery.ack()
+            return
+        }
+        let tracker = DeliveryTracker(delivery, sends: pendingJobs.count)
+        for (lane, routeIndex, label, resolved, payload, dataType) in pendingJobs {
+            jobs.append(
+                (lane, Job(tracker: tracker, routeIndex: routeIndex, targetLabel: label, resolved: resolved, payload: payload, dataType: dataType)))
+        }
+        do {
+            try await scheduler.enqueue(jobs)
+        } catch {
+            stats.unsettled.add(1, ordering: .relaxed)
+            delivery.nack("shutting down before it was queued")
+            throw error
+        }
+    }
+
+    /// The sends a message makes: one per target of each matching route.
+    private func plan(
+        _ message: Message, context: MessageContext, source: String
+    ) -> [(String, Int, String, Result<ResolvedTarget, DeliveryFailure>, ByteBuffer, DataType)] {
+        var pendingJobs: [(String, Int, String, Result<ResolvedTarget, DeliveryFailure>, ByteBuffer, DataType)] = []
+        for routeIndex in routesBySource[source] ?? [] {
+            let route = routes[routeIndex]
+            if let condition = route.condition, !condition.matches(context) { continue }
+            for (targetIndex, target) in route.targets.enumerated() {
+                var resolved: Result<ResolvedTarget, DeliveryFailure>
+                do {
+                    resolved = .success(try target.resolve(context))
+                } catch {
+                    resolved = .failure(DeliveryFailure(.permanent, message: error.message))
+                }
+                let dataType = target.dataType ?? message.dataType
+                if case .success = resolved, dataType == .json, message.dataType != .json {
+                    do {
+                        _ = try context.json()
+                    } catch {
+                        resolved = .failure(DeliveryFailure(.permanent, message: "target wants JSON but the payload is not JSON (\(error))"))
+                    }
+                }
+                let lane: String
+                switch route.ordering {
+                case .strict: lane = "\(routeIndex)/\(targetIndex)/\(message.laneKey)"
+                case .none: lane = "#\(laneCounter.wrappingAdd(1, ordering: .relaxed).newValue)"
+                }
+                pendingJobs.append((lane, routeIndex, target.description, resolved, message.payload, dataType))
+            }
+        }
+        return pendingJobs
+    }
+
+    private func work() async {
+        while let (lane, job) = await scheduler.next() {
+            let outcome = await process(job)
+            settle(job, outcome)
+            scheduler.complete(lane: lane)
+        }
+    }
+
+    private func settle(_ job: Job, _ outcome: DeliveryOutcome) {
+        if case .failed = outcome {
+            if job.tracker.settle(outcome) { stats.unsettled.add(1, ordering: .relaxed) }
+        } else {
+            _ = job.tracker.settle(outcome)
+        }
+    }
+
+    private func process(_ job: Job) async -> DeliveryOutcome {
+        let target: ResolvedTarget
+        switch job.resolved {
+        case .failure(let failure):
+            return await giveUp(job, failure, attempts: 0)
+        case .success(let t):
+            target = t
+        }
+        var attempt = 1
+        while true {
+            if Task.isCancelled { return .failed("shutdown before it was sent") }
+            let failure: DeliveryFailure
+            do {
+                try await transport.send(job.payload, dataType: job.dataType, to: target)
+                stats.delivered.add(1, ordering: .relaxed)
+                return .done
+            } catch let error as DeliveryFailure {
+                failure = error
+            } catch is CancellationError {
+                return .failed("shutdown while it was being sent")
+            } catch {
+                failure = DeliveryFailure(.retryable(retryAfter: nil), message: "\(error)")
+            }
+            if Task.isCancelled { return .failed("shutdown while it was being sent") }
+            guard case .retryable(let retryAfter) = failure.kind, attempt < settings.retry.maxAttempts else {
+                return await giveUp(job, failure, attempts: attempt)
+            }
+            let delay = settings.retry.delay(attempt: attempt, retryAfter: retryAfter)
+            stats.retried.add(1, ordering: .relaxed)
+            logger.debug(
+                "send failed, retrying",
+                metadata: [
+                    "wps.route": "\(routes[job.routeIndex].name)", "wps.target": "\(target)", "wps.attempt": "\(attempt)",
+                    "wps.delay": "\(delay)", "error": "\(failure)",
+                ])
+            do {
+                try await Task.sleep(for: delay)
+            } catch {
+                return .failed("shutdown while waiting to retry")
+            }
+            attempt += 1
+        }
+    }
+
+    /// A permanent failure (or retries used up): log it once and write the dead letter.
+    private func giveUp(_ job: Job, _ failure: DeliveryFailure, attempts: Int) async -> DeliveryOutcome {
+        let route = routes[job.routeIndex]
+        let message = job.tracker.delivery.message
+        let target: String
+        switch job.resolved {
+        case .success(let t): target = t.description
+        case .failure: target = job.targetLabel
+        }
+        var metadata: Logger.Metadata = [
+            "wps.route": "\(route.name)", "wps.target": "\(target)", "wps.origin": "\(message.origin.description)",
+            "wps.attempts": "\(attempts)", "error": "\(failure.message)",
+        ]
+        if let status = failure.status { metadata["wps.status"] = "\(status)" }
+        guard let sink = route.deadLetter ?? deadLetter else {
+            stats.dropped.add(1, ordering: .relaxed)
+            logger.error("delivery failed; no deadLetter sink is configured, message dropped", metadata: metadata)
+            return .done
+        }
+        metadata["wps.dead_letter"] = "\(sink.description)"
+        if job.tracker.delivery.rejection != nil {
+            logger.error("invalid input; dead-lettered", metadata: metadata)
+        } else {
+            logger.error("delivery failed; message dead-lettered", metadata: metadata)
+        }
+        var headers = message.headers
+        headers["wps-error"] = failure.message
+        if let status = failure.status { headers["wps-status"] = String(status) }
+        headers["wps-route"] = route.name
+        headers["wps-target"] = target
+        headers["wps-source"] = message.origin.description
+        headers["wps-attempts"] = String(attempts)
+        headers["wps-failed-at"] = ISO8601DateFormatter().string(from: Date())
+        let record = SinkRecord(payload: message.payload, dataType: message.dataType, key: message.key, headers: headers)
+        do {
+            try await sink.write(record)
+            stats.deadLettered.add(1, ordering: .relaxed)
+            return .done
+        } catch {
+            logger.error(
+                "dead-letter write failed; the message stays unacknowledged",
+                metadata: metadata.merging(["wps.sink_error": "\(error)"]) { $1 })
+            return .failed("dead-letter write failed: \(error)")
+        }
+    }
+}

@@ -1,0 +1,108 @@
+import BridgeJSON
+import Foundation
+
+/// What a browser needs to connect: `wss://host/client/hubs/{hub}?access_token=...`.
+public struct ClientAccess: Sendable, Equatable {
+    /// `ws(s)://host[:port]/client/hubs/{hub}`
+    public let baseURL: String
+    public let token: String
+    /// `baseURL?access_token=token`
+    public let url: String
+
+    /// Signs a client token locally, with the claims the official SDKs write: `aud`
+    /// (`{endpoint}/client/hubs/{hub}`, endpoint lower-cased), `iat`, `exp`, and `sub`, `role`,
+    /// `webpubsub.group` when given.
+    public static func make(
+        endpoint: String, hub: String, key: AccessKey, userId: String?, roles: [String], groups: [String], expiresIn: Duration,
+        now: Date = Date()
+    ) throws(WebPubSubError) -> ClientAccess {
+        guard !hub.isEmpty else { throw .invalidArgument("hub must not be empty") }
+        guard expiresIn > .zero else { throw .invalidArgument("token expiry must be in the future") }
+        let lower = endpoint.lowercased()
+        let audience = lower + "/client/hubs/" + hub
+        let issued = Int(now.timeIntervalSince1970)
+        var claims: [(String, JSONValue)] = [
+            ("aud", .string(audience)),
+            ("iat", .number(String(issued))),
+            ("exp", .number(String(issued + Int(expiresIn.components.seconds)))),
+        ]
+        if let userId { claims.append(("sub", .string(userId))) }
+        if !roles.isEmpty { claims.append(("role", .array(roles.map { .string($0) }))) }
+        if !groups.isEmpty { claims.append(("webpubsub.group", .array(groups.map { .string($0) }))) }
+        let token = AccessKeyJWT.sign(claims: claims, key: key)
+        let wsEndpoint = (lower.hasPrefix("https://") ? "wss://" + lower.dropFirst(8) : "ws://" + lower.dropFirst(7))
+        let base = wsEndpoint + "/client/hubs/" + percentEncode(hub)
+        return ClientAccess(baseURL: base, token: token, url: base + "?access_token=" + token)
+    }
+}
+
+/// The upstream `ce-signature` header: `sha256=<hex>` for each access key, comma-joined; the
+/// HMAC-SHA256 of the connection id with the key's UTF-8 bytes.
+public enum EventSignature {
+    public static func header(connectionId: String, keys: [AccessKey]) -> String {
+        keys.map { "sha256=" + hex(mac(connectionId, $0)) }.joined(separator: ",")
+    }
+
+    /// True when one entry of `header` is the signature of `connectionId` under one of `keys`;
+    /// compared in constant time.
+    public static func isValid(_ header: String, connectionId: String, keys: [AccessKey]) -> Bool {
+        var valid = false
+        for entry in header.split(separator: ",") {
+            let trimmed = entry.trimmingASCIIWhitespace()
+            guard trimmed.lowercased().hasPrefix("sha256="), let given = unhex(trimmed.dropFirst(7)) else { continue }
+            for key in keys where constantTimeEquals(given, mac(connectionId, key)) {
+                valid = true
+            }
+        }
+        return valid
+    }
+
+    static func mac(_ connectionId: String, _ key: AccessKey) -> [UInt8] {
+        HMACSHA256.mac(Array(connectionId.utf8), key: Array(key.value.utf8))
+    }
+}
+
+/// Compares without an early exit, so that timing does not tell how much matched.
+public func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    guard a.count == b.count else { return false }
+    var diff: UInt8 = 0
+    for i in 0..<a.count { diff |= a[i] ^ b[i] }
+    return diff == 0
+}
+
+/// Compares two secrets in constant time (for the same length).
+public func constantTimeEquals(_ a: String, _ b: String) -> Bool {
+    constantTimeEquals(Array(a.utf8), Array(b.utf8))
+}
+
+func hex(_ bytes: [UInt8]) -> String {
+    let digits = Array("0123456789abcdef".unicodeScalars)
+    var s = String.UnicodeScalarView()
+    for b in bytes {
+        s.append(digits[Int(b >> 4)])
+        s.append(digits[Int(b & 0xF)])
+    }
+    return String(s)
+}
+
+func unhex(_ text: some StringProtocol) -> [UInt8]? {
+    let chars = Array(text.utf8)
+    guard chars.count % 2 == 0 else { return nil }
+    var out: [UInt8] = []
+    out.reserveCapacity(chars.count / 2)
+    func v(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+    var i = 0
+    while i < chars.count {
+        guard let h = v(chars[i]), let l = v(chars[i + 1]) else { return nil }
+        out.append(h << 4 | l)
+        i += 2
+    }
+    return out
+}

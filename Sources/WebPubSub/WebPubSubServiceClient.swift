@@ -1,0 +1,490 @@
+public import AsyncHTTPClient
+import BridgeJSON
+import Foundation
+public import Logging
+public import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// The Web PubSub data-plane REST API: every operation of api-version 2024-12-01.
+///
+/// Requests are signed with access-key JWTs that are cached per URL until shortly before they
+/// expire; connections are pooled and kept alive (HTTP/2 where the endpoint offers it over TLS).
+/// Operations throw ``WebPubSubError``, carrying the status code and body of a refused request.
+public final class WebPubSubServiceClient: Sendable {
+    public struct Configuration: Sendable {
+        public var apiVersion = "2024-12-01"
+        /// Deadline of one request.
+        public var requestTimeout: Duration = .seconds(30)
+        public var connectTimeout: Duration = .seconds(10)
+        /// Lifetime of the access-key JWTs this client signs; renewed with 10% left.
+        public var tokenLifetime: Duration = .seconds(3600)
+        /// Keep-alive HTTP/1.1 connections to the endpoint (HTTP/2 multiplexes on one).
+        public var maxConnections = 64
+
+        public init() {}
+    }
+
+    /// The connection string's endpoint, e.g. `https://x.webpubsub.azure.com`.
+    public let endpoint: String
+    let key: AccessKey
+    public let configuration: Configuration
+    let httpClient: HTTPClient
+    let ownsHTTPClient: Bool
+    let logger: Logger
+    private let tokenCache = Mutex<[String: (token: String, renewAt: Date)]>([:])
+
+    public init(
+        connectionString: ConnectionString, configuration: Configuration = Configuration(), httpClient: HTTPClient? = nil,
+        logger: Logger = Logger(label: "wps.webpubsub")
+    ) {
+        self.endpoint = connectionString.endpoint
+        self.key = connectionString.accessKey
+        self.configuration = configuration
+        self.logger = logger
+        if let httpClient {
+            self.httpClient = httpClient
+            ownsHTTPClient = false
+        } else {
+            var config = HTTPClient.Configuration(
+                timeout: .init(connect: .seconds(Int64(configuration.connectTimeout.components.seconds))),
+                connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.maxConnections))
+            config.httpVersion = .automatic
+            config.redirectConfiguration = .disallow
+            self.httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+            ownsHTTPClient = true
+        }
+    }
+
+    /// Closes pooled connections (when the client created its own HTTP client).
+    public func shutdown() async throws {
+        if ownsHTTPClient { try await httpClient.shutdown() }
+    }
+
+    // MARK: Sends
+
+    /// `POST /api/hubs/{hub}/:send`, to every connection of the hub.
+    public func sendToAll(
+        hub: String, payload: ByteBuffer, contentType: String, excluded: [String] = [], filter: String? = nil,
+        messageTTLSeconds: Int? = nil
+    ) async throws(WebPubSubError) {
+        var query = excluded.map { ("excluded", $0) }
+        if let filter { query.append(("filter", filter)) }
+        if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
+        try await call("sendToAll", .POST, try hubPath(hub, [":send"]), query: query, body: payload, contentType: contentType, expect: [202])
+    }
+
+    /// `POST /api/hubs/{hub}/groups/{group}/:send`.
+    public func sendToGroup(
+        hub: String, group: String, payload: ByteBuffer, contentType: String, excluded: [String] = [], filter: String? = nil,
+        messageTTLSeconds: Int? = nil
+    ) async throws(WebPubSubError) {
+        var query = excluded.map { ("excluded", $0) }
+        if let filter { query.append(("filter", filter)) }
+        if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
+        try await call(
+            "sendToGroup", .POST, try hubPath(hub, ["groups", try nonEmpty(group, "group"), ":send"]), query: query, body: payload,
+            contentType: contentType, expect: [202])
+    }
+
+    /// `POST /api/hubs/{hub}/users/{userId}/:send`, to every connection of the user.
+    public func sendToUser(
+        hub: String, userId: String, payload: ByteBuffer, contentType: String, filter: String? = nil, messageTTLSeconds: Int? = nil
+    ) async throws(WebPubSubError) {
+        var query: [(String, String)] = []
+        if let filter { query.append(("filter", filter)) }
+        if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
+        try await call(
+            "sendToUser", .POST, try hubPath(hub, ["users", try nonEmpty(userId, "userId"), ":send"]), query: query, body: payload,
+            contentType: contentType, expect: [202])
+    }
+
+    /// `POST /api/hubs/{hub}/connections/{connectionId}/:send`.
+    public func sendToConnection(
+        hub: String, connectionId: String, payload: ByteBuffer, contentType: String, messageTTLSeconds: Int? = nil
+    ) async throws(WebPubSubError) {
+        var query: [(String, String)] = []
+        if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
+        try await call(
+            "sendToConnection", .POST, try hubPath(hub, ["connections", try nonEmpty(connectionId, "connectionId"), ":send"]),
+            query: query, body: payload, contentType: contentType, expect: [202])
+    }
+
+    // MARK: Groups
+
+    /// `PUT /api/hubs/{hub}/groups/{group}/connections/{connectionId}`.
+    public func addConnectionToGroup(hub: String, group: String, connectionId: String) async throws(WebPubSubError) {
+        try await call(
+            "addConnectionToGroup", .PUT,
+            try hubPath(hub, ["groups", try nonEmpty(group, "group"), "connections", try nonEmpty(connectionId, "connectionId")]),
+            expect: [200])
+    }
+
+    /// `DELETE /api/hubs/{hub}/groups/{group}/connections/{connectionId}`.
+    public func removeConnectionFromGroup(hub: String, group: String, connectionId: String) async throws(WebPubSubError) {
+        try await call(
+            "removeConnectionFromGroup", .DELETE,
+            try hubPath(hub, ["groups", try nonEmpty(group, "group"), "connections", try nonEmpty(connectionId, "connectionId")]),
+            expect: [204])
+    }
+
+    /// `DELETE /api/hubs/{hub}/connections/{connectionId}/groups`.
+    public func removeConnectionFromAllGroups(hub: String, connectionId: String) async throws(WebPubSubError) {
+        try await call(
+            "removeConnectionFromAllGroups", .DELETE,
+            try hubPath(hub, ["connections", try nonEmpty(connectionId, "connectionId"), "groups"]), expect: [204])
+    }
+
+    /// `PUT /api/hubs/{hub}/users/{userId}/groups/{group}`.
+    public func addUserToGroup(hub: String, group: String, userId: String) async throws(WebPubSubError) {
+        try await call(
+            "addUserToGroup", .PUT,
+            try hubPath(hub, ["users", try nonEmpty(userId, "userId"), "groups", try nonEmpty(group, "group")]), expect: [200])
+    }
+
+    /// `DELETE /api/hubs/{hub}/users/{userId}/groups/{group}`.
+    public func removeUserFromGroup(hub: String, group: String, userId: String) async throws(WebPubSubError) {
+        try await call(
+            "removeUserFromGroup", .DELETE,
+            try hubPath(hub, ["users", try nonEmpty(userId, "userId"), "groups", try nonEmpty(group, "group")]), expect: [204])
+    }
+
+    /// `DELETE /api/hubs/{hub}/users/{userId}/groups`.
+    public func removeUserFromAllGroups(hub: String, userId: String) async throws(WebPubSubError) {
+        try await call(
+            "removeUserFromAllGroups", .DELETE, try hubPath(hub, ["users", try nonEmpty(userId, "userId"), "groups"]), expect: [204])
+    }
+
+    /// `POST /api/hubs/{hub}/:addToGroups`: adds the connections matching `filter` to `groups`.
+    public func addConnectionsToGroups(hub: String, groups: [String], filter: String) async throws(WebPubSubError) {
+        let body = JSONValue.object([("groups", .array(groups.map { .string($0) })), ("filter", .string(filter))]).serialized
+        try await call(
+            "addConnectionsToGroups", .POST, try hubPath(hub, [":addToGroups"]), body: ByteBuffer(string: body),
+            contentType: "application/json", expect: [200])
+    }
+
+    /// `POST /api/hubs/{hub}/:removeFromGroups`: removes the connections matching `filter` from `groups`.
+    public func removeConnectionsFromGroups(hub: String, groups: [String], filter: String) async throws(WebPubSubError) {
+        let body = JSONValue.object([("groups", .array(groups.map { .string($0) })), ("filter", .string(filter))]).serialized
+        try await call(
+            "removeConnectionsFromGroups", .POST, try hubPath(hub, [":removeFromGroups"]), body: ByteBuffer(string: body),
+            contentType: "application/json", expect: [200])
+    }
+
+    /// A member of a group.
+    public struct GroupMember: Sendable, Equatable {
+        public var connectionId: String
+        public var userId: String?
+    }
+
+    /// `GET /api/hubs/{hub}/groups/{group}/connections`, following `nextLink` pages.
+    public func listConnections(hub: String, group: String, top: Int? = nil) async throws(WebPubSubError) -> [GroupMember] {
+        var members: [GroupMember] = []
+        var query: [(String, String)] = []
+        if let top { query.append(("top", String(top))) }
+        var url = try makeURL(try hubPath(hub, ["groups", try nonEmpty(group, "group"), "connections"]), query: query)
+        while true {
+            let response = try await perform("listConnections", .GET, url: url, body: nil, contentType: nil, expect: [200])
+            guard let json = try? JSONValue.parse(response.body), case .array(let items) = json["value"] ?? .null else {
+                throw WebPubSubError(kind: .status, message: "listConnections: response is not a page of members", status: 200)
+            }
+            for item in items {
+                guard let id = item["connectionId"]?.stringValue else { continue }
+                members.append(GroupMember(connectionId: id, userId: item["userId"]?.stringValue))
+                if let top, members.count >= top { return members }
+            }
+            guard let next = json["nextLink"]?.stringValue, !next.isEmpty else { return members }
+            url = try resolveNextLink(next)
+        }
+    }
+
+    // MARK: Close and exists
+
+    /// `POST /api/hubs/{hub}/:closeConnections`.
+    public func closeAllConnections(hub: String, excluded: [String] = [], reason: String? = nil) async throws(WebPubSubError) {
+        var query = excluded.map { ("excluded", $0) }
+        if let reason { query.append(("reason", reason)) }
+        try await call("closeAllConnections", .POST, try hubPath(hub, [":closeConnections"]), query: query, expect: [204])
+    }
+
+    /// `POST /api/hubs/{hub}/groups/{group}/:closeConnections`.
+    public func closeGroupConnections(hub: String, group: String, excluded: [String] = [], reason: String? = nil) async throws(WebPubSubError) {
+        var query = excluded.map { ("excluded", $0) }
+        if let reason { query.append(("reason", reason)) }
+        try await call(
+            "closeGroupConnections", .POST, try hubPath(hub, ["groups", try nonEmpty(group, "group"), ":closeConnections"]), query: query,
+            expect: [204])
+    }
+
+    /// `POST /api/hubs/{hub}/users/{userId}/:closeConnections`.
+    public func closeUserConnections(hub: String, userId: String, excluded: [String] = [], reason: String? = nil) async throws(WebPubSubError) {
+        var query = excluded.map { ("excluded", $0) }
+        if let reason { query.append(("reason", reason)) }
+        try await call(
+            "closeUserConnections", .POST, try hubPath(hub, ["users", try nonEmpty(userId, "userId"), ":closeConnections"]), query: query,
+            expect: [204])
+    }
+
+    /// `DELETE /api/hubs/{hub}/connections/{connectionId}`.
+    public func closeConnection(hub: String, connectionId: String, reason: String? = nil) async throws(WebPubSubError) {
+        var query: [(String, String)] = []
+        if let reason { query.append(("reason", reason)) }
+        try await call(
+            "closeConnection", .DELETE, try hubPath(hub, ["connections", try nonEmpty(connectionId, "connectionId")]), query: query,
+            expect: [204])
+    }
+
+    /// `HEAD /api/hubs/{hub}/connections/{connectionId}`.
+    public func connectionExists(hub: String, connectionId: String) async throws(WebPubSubError) -> Bool {
+        try await exists("connectionExists", try hubPath(hub, ["connections", try nonEmpty(connectionId, "connectionId")]))
+    }
+
+    /// `HEAD /api/hubs/{hub}/groups/{group}`: whether any connection is in the group.
+    public func groupExists(hub: String, group: String) async throws(WebPubSubError) -> Bool {
+        try await exists("groupExists", try hubPath(hub, ["groups", try nonEmpty(group, "group")]))
+    }
+
+    /// `HEAD /api/hubs/{hub}/users/{userId}`: whether the user has a connection.
+    public func userExists(hub: String, userId: String) async throws(WebPubSubError) -> Bool {
+        try await exists("userExists", try hubPath(hub, ["users", try nonEmpty(userId, "userId")]))
+    }
+
+    /// `HEAD /api/health`.
+    public func serviceIsHealthy() async throws(WebPubSubError) -> Bool {
+        try await exists("getServiceStatus", "/api/health")
+    }
+
+    // MARK: Permissions
+
+    /// The permissions a connection can be granted.
+    public enum Permission: String, Sendable, CaseIterable {
+        case sendToGroup, joinLeaveGroup
+    }
+
+    /// `PUT /api/hubs/{hub}/permissions/{permission}/connections/{connectionId}`; `targetName` is a group (all groups when nil).
+    public func grantPermission(hub: String, permission: Permission, connectionId: String, targetName: String? = nil) async throws(WebPubSubError) {
+        try await call(
+            "grantPermission", .PUT, try permissionPath(hub, permission, connectionId), query: targetName.map { [("targetName", $0)] } ?? [],
+            expect: [200])
+    }
+
+    /// `DELETE /api/hubs/{hub}/permissions/{permission}/connections/{connectionId}`.
+    public func revokePermission(hub: String, permission: Permission, connectionId: String, targetName: String? = nil) async throws(WebPubSubError) {
+        try await call(
+            "revokePermission", .DELETE, try permissionPath(hub, permission, connectionId),
+            query: targetName.map { [("targetName", $0)] } ?? [], expect: [204])
+    }
+
+    /// `HEAD /api/hubs/{hub}/permissions/{permission}/connections/{connectionId}`.
+    public func checkPermission(hub: String, permission: Permission, connectionId: String, targetName: String? = nil) async throws(WebPubSubError) -> Bool {
+        try await exists(
+            "checkPermission", try permissionPath(hub, permission, connectionId), query: targetName.map { [("targetName", $0)] } ?? [])
+    }
+
+    // MARK: Client tokens
+
+    /// `POST /api/hubs/{hub}/:generateToken`: a client token issued by the service.
+    public func generateClientToken(
+        hub: String, userId: String? = nil, roles: [String] = [], groups: [String] = [], minutesToExpire: Int = 60
+    ) async throws(WebPubSubError) -> String {
+        var query: [(String, String)] = []
+        if let userId { query.append(("userId", userId)) }
+        query += roles.map { ("role", $0) }
+        query += groups.map { ("group", $0) }
+        query.append(("minutesToExpire", String(minutesToExpire)))
+        let url = try makeURL(try hubPath(hub, [":generateToken"]), query: query)
+        let response = try await perform("generateClientToken", .POST, url: url, body: nil, contentType: nil, expect: [200])
+        guard let token = (try? JSONValue.parse(response.body))?["token"]?.stringValue else {
+            throw WebPubSubError(kind: .status, message: "generateClientToken: the response has no token", status: 200, operation: "generateClientToken")
+        }
+        return token
+    }
+
+    /// A client access URL signed locally with the access key, as the SDKs' `get_client_access_token`.
+    public func clientAccess(
+        hub: String, userId: String? = nil, roles: [String] = [], groups: [String] = [], expiresIn: Duration = .seconds(3600),
+        now: Date = Date()
+    ) throws(WebPubSubError) -> ClientAccess {
+        try ClientAccess.make(
+            endpoint: endpoint, hub: hub, key: key, userId: userId, roles: roles, groups: groups, expiresIn: expiresIn, now: now)
+    }
+
+    // MARK: Plumbing
+
+    struct Response {
+        var status: Int
+        var body: [UInt8]
+    }
+
+    private func nonEmpty(_ value: String, _ name: String) throws(WebPubSubError) -> String {
+        guard !value.isEmpty else { throw .invalidArgument("\(name) must not be empty") }
+        return value
+    }
+
+    private func hubPath(_ hub: String, _ segments: [String]) throws(WebPubSubError) -> String {
+        guard !hub.isEmpty else { throw .invalidArgument("hub must not be empty") }
+        return "/api/hubs/" + ([hub] + segments).map { $0.hasPrefix(":") ? $0 : percentEncode($0) }.joined(separator: "/")
+    }
+
+    private func permissionPath(_ hub: String, _ permission: Permission, _ connectionId: String) throws(WebPubSubError) -> String {
+        try hubPath(hub, ["permissions", permission.rawValue, "connections", try nonEmpty(connectionId, "connectionId")])
+    }
+
+    func makeURL(_ path: String, query: [(String, String)]) throws(WebPubSubError) -> String {
+        var url = endpoint + path + "?api-version=" + percentEncode(configuration.apiVersion)
+        for (name, value) in query {
+            url += "&" + percentEncode(name) + "=" + percentEncode(value)
+        }
+        return url
+    }
+
+    private func resolveNextLink(_ next: String) throws(WebPubSubError) -> String {
+        var url = next.hasPrefix("http://") || next.hasPrefix("https://") ? next : endpoint + (next.hasPrefix("/") ? "" : "/") + next
+        if !url.contains("api-version=") {
+            url += (url.contains("?") ? "&" : "?") + "api-version=" + percentEncode(configuration.apiVersion)
+        }
+        return url
+    }
+
+    private func call(
+        _ operation: String, _ method: HTTPMethod, _ path: String, query: [(String, String)] = [], body: ByteBuffer? = nil,
+        contentType: String? = nil, expect: Set<Int>
+    ) async throws(WebPubSubError) {
+        let url = try makeURL(path, query: query)
+        _ = try await perform(operation, method, url: url, body: body, contentType: contentType, expect: expect)
+    }
+
+    private func exists(_ operation: String, _ path: String, query: [(String, String)] = []) async throws(WebPubSubError) -> Bool {
+        let url = try makeURL(path, query: query)
+        let response = try await perform(operation, .HEAD, url: url, body: nil, contentType: nil, expect: [200, 404])
+        return response.status == 200
+    }
+
+    /// A bearer token for `url`, from the cache while it has at least 10% of its life left.
+    func token(for url: String, now: Date = Date()) -> String {
+        if let cached = tokenCache.withLock({ $0[url] }), cached.renewAt > now { return cached.token }
+        let lifetime = Double(configuration.tokenLifetime.components.seconds)
+        let token = AccessKeyJWT.restToken(url: url, key: key, expiry: now.addingTimeInterval(lifetime))
+        tokenCache.withLock { cache in
+            // Sends to many distinct groups or users would grow the cache without end: start over.
+            if cache.count >= 10_000 { cache.removeAll(keepingCapacity: true) }
+            cache[url] = (token, now.addingTimeInterval(lifetime * 0.9))
+        }
+        return token
+    }
+
+    func perform(
+        _ operation: String, _ method: HTTPMethod, url: String, body: ByteBuffer?, contentType: String?, expect: Set<Int>
+    ) async throws(WebPubSubError) -> Response {
+        var request = HTTPClientRequest(url: url)
+        request.method = method
+        request.headers.add(name: "Authorization", value: "Bearer " + token(for: url))
+        request.headers.add(name: "User-Agent", value: "wps-bridge")
+        if let body {
+            request.headers.add(name: "Content-Type", value: contentType ?? "application/octet-stream")
+            request.body = .bytes(body)
+        } else if method == .POST || method == .PUT {
+            request.headers.add(name: "Content-Length", value: "0")
+        }
+        let response: HTTPClientResponse
+        let bytes: ByteBuffer
+        do {
+            let timeout = TimeAmount.milliseconds(
+                configuration.requestTimeout.components.seconds * 1000 + configuration.requestTimeout.components.attoseconds / 1_000_000_000_000_000)
+            response = try await httpClient.execute(request, timeout: timeout, logger: logger)
+            bytes = try await response.body.collect(upTo: 4 * 1024 * 1024)
+        } catch is CancellationError {
+            throw WebPubSubError(kind: .transport, message: "cancelled", operation: operation)
+        } catch {
+            throw WebPubSubError(kind: .transport, message: Self.describe(error), operation: operation)
+        }
+        let status = Int(response.status.code)
+        let body = Array(bytes.readableBytesView)
+        guard expect.contains(status) else {
+            throw WebPubSubError.fromResponse(
+                operation: operation, status: status, reason: response.status.reasonPhrase, body: body,
+                errorCodeHeader: response.headers.first(name: "x-ms-error-code"), retryAfter: Self.retryAfter(response.headers))
+        }
+        return Response(status: status, body: body)
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let e = error as? HTTPClientError {
+            switch e {
+            case .connectTimeout: return "connect timeout"
+            case .deadlineExceeded: return "request timeout"
+            case .readTimeout: return "read timeout"
+            case .remoteConnectionClosed: return "connection closed by the service"
+            default: return "\(e)"
+            }
+        }
+        let text = "\(error)"
+        if text.contains("connectionRefused") || text.contains("Connection refused") { return "connection refused (\(text))" }
+        return text
+    }
+
+    /// `Retry-After` (delta seconds or HTTP date), `retry-after-ms`, `x-ms-retry-after-ms`.
+    static func retryAfter(_ headers: HTTPHeaders, now: Date = Date()) -> Duration? {
+        for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
+            if let v = headers.first(name: name), let ms = Double(v.trimmingASCIIWhitespace()), ms >= 0 {
+                return .milliseconds(Int64(ms))
+            }
+        }
+        guard let value = headers.first(name: "Retry-After")?.trimmingASCIIWhitespace() else { return nil }
+        if let seconds = Double(value), seconds >= 0 { return .milliseconds(Int64(seconds * 1000)) }
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
+        if let date = formatter.date(from: value) {
+            return .milliseconds(Int64(max(0, date.timeIntervalSince(now)) * 1000))
+        }
+        return nil
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, as the SDKs encode path
+/// segments and query values.
+public func percentEncode(_ s: String) -> String {
+    var out = ""
+    out.reserveCapacity(s.utf8.count)
+    for byte in s.utf8 {
+        switch byte {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+            UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+            out.unicodeScalars.append(Unicode.Scalar(byte))
+        default:
+            let hex = Array("0123456789ABCDEF".utf8)
+            out.unicodeScalars.append("%")
+            out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte >> 4)]))
+            out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte & 0xF)]))
+        }
+    }
+    return out
+}
+
+/// Decodes `%XX` escapes (and leaves malformed ones as they are).
+public func percentDecode(_ s: some StringProtocol, plusIsSpace: Bool = false) -> String {
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(s.utf8.count)
+    var it = Array(s.utf8)[...]
+    func hexValue(_ b: UInt8) -> UInt8? {
+        switch b {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): b - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): b - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): b - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+    while let b = it.popFirst() {
+        if b == UInt8(ascii: "%"), it.count >= 2, let h = hexValue(it[it.startIndex]), let l = hexValue(it[it.startIndex + 1]) {
+            bytes.append(h << 4 | l)
+            it = it.dropFirst(2)
+        } else if plusIsSpace, b == UInt8(ascii: "+") {
+            bytes.append(UInt8(ascii: " "))
+        } else {
+            bytes.append(b)
+        }
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
