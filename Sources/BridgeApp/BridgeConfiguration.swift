@@ -74,13 +74,14 @@ public struct BridgeConfiguration: Sendable {
     }
 
     static func readWebPubSub(_ m: ConfigMapping, required: Bool) -> WebPubSubSettings {
-        m.checkKeys(["connectionString", "endpoint", "accessKey", "accessKeyFile", "hub", "apiVersion", "requestTimeout", "maxConnections"], what: "webpubsub")
+        m.checkKeys(["connectionString", "endpoint", "accessKey", "accessKeyFile", "hub", "apiVersion", "requestTimeout", "connectTimeout", "maxConnections"], what: "webpubsub")
         var settings = WebPubSubSettings()
         if let hub = m.nonEmptyString("hub") {
             if let problem = WebPubSubNames.hubProblem(hub) { m.value("hub")?.report(problem) } else { settings.defaultHub = hub }
         }
         settings.client.apiVersion = m.nonEmptyString("apiVersion") ?? settings.client.apiVersion
         settings.client.requestTimeout = m.duration("requestTimeout") ?? settings.client.requestTimeout
+        settings.client.connectTimeout = m.duration("connectTimeout") ?? settings.client.connectTimeout
         settings.client.maxConnections = m.int("maxConnections", range: 1...4096) ?? settings.client.maxConnections
         switch (m.has("connectionString"), m.has("endpoint")) {
         case (true, true):

@@ -47,7 +47,7 @@ public final class WebPubSubServiceClient: Sendable {
             ownsHTTPClient = false
         } else {
             var config = HTTPClient.Configuration(
-                timeout: .init(connect: .seconds(Int64(configuration.connectTimeout.components.seconds))),
+                timeout: .init(connect: timeAmount(configuration.connectTimeout)),
                 connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.maxConnections))
             config.httpVersion = .automatic
             config.redirectConfiguration = .disallow
@@ -389,9 +389,7 @@ public final class WebPubSubServiceClient: Sendable {
         let response: HTTPClientResponse
         let bytes: ByteBuffer
         do {
-            let timeout = TimeAmount.milliseconds(
-                configuration.requestTimeout.components.seconds * 1000 + configuration.requestTimeout.components.attoseconds / 1_000_000_000_000_000)
-            response = try await httpClient.execute(request, timeout: timeout, logger: logger)
+            response = try await httpClient.execute(request, timeout: timeAmount(configuration.requestTimeout), logger: logger)
             bytes = try await response.body.collect(upTo: 4 * 1024 * 1024)
         } catch is CancellationError {
             throw WebPubSubError(kind: .transport, message: "cancelled", operation: operation)
@@ -441,6 +439,10 @@ public final class WebPubSubServiceClient: Sendable {
         }
         return nil
     }
+}
+
+func timeAmount(_ d: Duration) -> TimeAmount {
+    .milliseconds(d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000)
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, as the SDKs encode path

@@ -1,0 +1,187 @@
+import Foundation
+import HTTPTypes
+public import Hummingbird
+import Logging
+import NIOCore
+import Synchronization
+public import WebPubSub
+
+/// A real HTTP server on a free loopback port that verifies the bearer JWT of each request
+/// (HS256 with its access key, `aud` equal to the request's full URL, `exp` in the future) and
+/// records method, path, query, headers and body. It answers from a script of responses first,
+/// then with the status the Web PubSub service gives for the operation.
+public final class RecordingServer: Sendable {
+    public struct RecordedRequest: Sendable, CustomStringConvertible {
+        public let method: String
+        /// As sent: percent-encoded.
+        public let rawPath: String
+        /// Decoded path segments.
+        public let segments: [String]
+        /// Decoded, in order; repeated names repeat.
+        public let query: [(name: String, value: String)]
+        /// Header names lower-cased.
+        public let headers: [String: String]
+        public let body: [UInt8]
+        /// The verified token's claims; nil when it was refused (see `authError`).
+        public let claims: JWTClaims?
+        public let authError: String?
+        /// The full URL the request named, as `aud` must.
+        public let url: String
+
+        public func queryValues(_ name: String) -> [String] { query.filter { $0.name == name }.map(\.value) }
+        public var bodyText: String { String(decoding: body, as: UTF8.self) }
+        public var description: String { "\(method) \(rawPath)" }
+    }
+
+    public struct ScriptedResponse: Sendable {
+        public var status: Int
+        public var headers: [String: String]
+        public var body: String
+
+        public init(status: Int, headers: [String: String] = [:], body: String = "") {
+            self.status = status
+            self.headers = headers
+            self.body = body
+        }
+    }
+
+    public let accessKey: AccessKey
+    private let recorded = Mutex<[RecordedRequest]>([])
+    private let script = Mutex<[ScriptedResponse]>([])
+    private let boundPort = Mutex<Int?>(nil)
+    private let task = Mutex<Task<Void, any Error>?>(nil)
+
+    public init(accessKey: AccessKey = AccessKey("recording-server-key-0123456789ABCDEFGHIJ")) {
+        self.accessKey = accessKey
+    }
+
+    public var port: Int { boundPort.withLock { $0 ?? 0 } }
+    public var endpoint: String { "http://127.0.0.1:\(port)" }
+    public var connectionString: String { "Endpoint=http://127.0.0.1;Port=\(port);AccessKey=\(accessKey.value);Version=1.0;" }
+    public var requests: [RecordedRequest] { recorded.withLock { $0 } }
+
+    /// Answers the next requests with these, in order, before falling back to the defaults.
+    public func enqueue(_ responses: ScriptedResponse...) {
+        script.withLock { $0.append(contentsOf: responses) }
+    }
+
+    /// Starts listening; returns once the port is known.
+    public func start() async throws {
+        let (portStream, portContinuation) = AsyncStream<Int>.makeStream()
+        let responder = CallbackResponder<BasicRequestContext> { [self] request, _ in
+            try await self.handle(request)
+        }
+        var logger = Logger(label: "recording-server")
+        logger.logLevel = .critical
+        let app = Application(
+            responder: responder,
+            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { channel in
+                portContinuation.yield(channel.localAddress?.port ?? 0)
+                portContinuation.finish()
+            },
+            logger: logger)
+        let runTask = Task { try await app.run() }
+        task.withLock { $0 = runTask }
+        for await port in portStream {
+            boundPort.withLock { $0 = port }
+            return
+        }
+        throw RecordingServerError("the server did not start")
+    }
+
+    public func stop() async {
+        let t = task.withLock { $0 }
+        t?.cancel()
+        _ = try? await t?.value
+    }
+
+    private func handle(_ request: Request) async throws -> Response {
+        var request = request
+        let body = try await request.collectBody(upTo: 16 * 1024 * 1024)
+        let uri = request.uri.description
+        let url = endpoint + uri
+        let pathPart = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? uri
+        let segments = pathPart.split(separator: "/").map { percentDecode($0) }
+        var query: [(String, String)] = []
+        if let q = request.uri.query {
+            for pair in q.split(separator: "&") {
+                let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                query.append((percentDecode(parts[0], plusIsSpace: true), parts.count > 1 ? percentDecode(parts[1], plusIsSpace: true) : ""))
+            }
+        }
+        var headers: [String: String] = [:]
+        for field in request.headers {
+            let name = field.name.canonicalName
+            headers[name] = headers[name].map { $0 + ", " + field.value } ?? field.value
+        }
+        var claims: JWTClaims?
+        var authError: String?
+        if let auth = headers["authorization"], auth.hasPrefix("Bearer ") {
+            do {
+                claims = try AccessKeyJWT.verify(String(auth.dropFirst(7)), keys: [accessKey], leeway: 5) { $0 == url }
+            } catch {
+                authError = error.message
+            }
+        } else {
+            authError = "no bearer token"
+        }
+        let recordedRequest = RecordedRequest(
+            method: request.method.rawValue, rawPath: pathPart, segments: segments, query: query, headers: headers,
+            body: Array(body.readableBytesView), claims: claims, authError: authError, url: url)
+        recorded.withLock { $0.append(recordedRequest) }
+        if let authError {
+            return Self.response(ScriptedResponse(status: 401, body: #"{"code":"Unauthorized","message":"\#(authError)"}"#))
+        }
+        if let scripted = script.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
+            return Self.response(scripted)
+        }
+        let status = Self.defaultStatus(method: request.method.rawValue, segments: segments)
+        // A page of group members is the one success answer with a body.
+        let isListing = request.method.rawValue == "GET" && segments.last == "connections"
+        return Self.response(ScriptedResponse(status: status, body: isListing ? #"{"value":[]}"# : ""))
+    }
+
+    /// What the service answers on success, by operation.
+    static func defaultStatus(method: String, segments: [String]) -> Int {
+        let last = segments.last ?? ""
+        switch method {
+        case "POST":
+            if last == ":send" { return 202 }
+            if last == ":closeConnections" { return 204 }
+            return 200
+        case "DELETE": return 204
+        default: return 200
+        }
+    }
+
+    static func response(_ scripted: ScriptedResponse) -> Response {
+        var fields = HTTPFields()
+        for (name, value) in scripted.headers {
+            if let field = HTTPField.Name(name) { fields[field] = value }
+        }
+        if !scripted.body.isEmpty, fields[.contentType] == nil { fields[.contentType] = "application/json" }
+        return Response(
+            status: .init(code: scripted.status), headers: fields,
+            body: scripted.body.isEmpty ? ResponseBody() : ResponseBody(byteBuffer: ByteBuffer(string: scripted.body)))
+    }
+}
+
+public struct RecordingServerError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Runs `body` with a started server, and stops it after.
+public func withRecordingServer<T>(_ body: (RecordingServer) async throws -> T) async throws -> T {
+    let server = RecordingServer()
+    try await server.start()
+    do {
+        let result = try await body(server)
+        await server.stop()
+        return result
+    } catch {
+        await server.stop()
+        throw error
+    }
+}

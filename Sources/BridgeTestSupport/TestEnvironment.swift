@@ -1,0 +1,104 @@
+import Foundation
+
+/// Where tests find what `make test` prepared. Nothing is skipped: a missing piece is an error
+/// that says how to provide it.
+public enum TestEnvironment {
+    /// The package's root folder.
+    public static let packageRoot: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    /// The built `wps-bridge` executable: `$WPS_BRIDGE_BIN`, or next to the test bundle.
+    public static func bridgeBinary() throws -> String {
+        var candidates: [String] = []
+        if let env = ProcessInfo.processInfo.environment["WPS_BRIDGE_BIN"] { candidates.append(env) }
+        let runner = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        candidates.append(runner.appendingPathComponent("wps-bridge").path)
+        candidates.append(runner.deletingLastPathComponent().appendingPathComponent("wps-bridge").path)
+        candidates.append(packageRoot + "/.build/debug/wps-bridge")
+        for path in candidates where FileManager.default.isExecutableFile(atPath: path) { return path }
+        throw TestEnvironmentError("wps-bridge is not built (looked at \(candidates.joined(separator: ", "))); run `swift build` or `make test`")
+    }
+
+    /// The Python of the virtualenv that `make test` creates with the official Azure SDKs:
+    /// `$WPS_TEST_PYTHON`, or `.venv/bin/python` in the package.
+    public static func python() throws -> String {
+        let candidates = [ProcessInfo.processInfo.environment["WPS_TEST_PYTHON"], packageRoot + "/.venv/bin/python"].compactMap { $0 }
+        for path in candidates where FileManager.default.isExecutableFile(atPath: path) { return path }
+        throw TestEnvironmentError("no Python with the Azure SDKs (looked at \(candidates.joined(separator: ", "))); run `make test`, which creates .venv")
+    }
+
+    /// A fresh temporary folder.
+    public static func temporaryDirectory() throws -> String {
+        let path = NSTemporaryDirectory() + "wps-bridge-test-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+}
+
+public struct TestEnvironmentError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The result of a finished child process.
+public struct ProcessResult: Sendable {
+    public let status: Int32
+    public let stdout: String
+    public let stderr: String
+}
+
+/// Runs a program to completion with `input` on its stdin; kills it after `timeout`.
+public func runProcess(
+    _ executable: String, _ arguments: [String], input: String = "", environment: [String: String] = [:],
+    currentDirectory: String? = nil, timeout: TimeInterval = 60
+) async throws -> ProcessResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in environment { env[k] = v }
+    process.environment = env
+    if let currentDirectory { process.currentDirectoryURL = URL(fileURLWithPath: currentDirectory) }
+    let stdin = Pipe(), stdout = Pipe(), stderr = Pipe()
+    process.standardInput = stdin
+    process.standardOutput = stdout
+    process.standardError = stderr
+    let exited = AsyncStream<Int32>.makeStream()
+    process.terminationHandler = { p in
+        exited.continuation.yield(p.terminationStatus)
+        exited.continuation.finish()
+    }
+    try process.run()
+    // Read both pipes on their own threads so that a full pipe never blocks the child.
+    let outData = readAll(stdout.fileHandleForReading)
+    let errData = readAll(stderr.fileHandleForReading)
+    stdin.fileHandleForWriting.write(Data(input.utf8))
+    try stdin.fileHandleForWriting.close()
+    let killer = Task {
+        try await Task.sleep(for: .seconds(timeout))
+        if process.isRunning { process.terminate() }
+    }
+    var status: Int32 = -1
+    for await s in exited.stream { status = s }
+    killer.cancel()
+    return ProcessResult(status: status, stdout: String(decoding: await outData.value, as: UTF8.self), stderr: String(decoding: await errData.value, as: UTF8.self))
+}
+
+/// Reads to end of file on a thread of its own: a blocking read must not hold one of the few
+/// threads of Swift's cooperative pool.
+private func readAll(_ handle: FileHandle) -> Task<Data, Never> {
+    let (stream, continuation) = AsyncStream<Data>.makeStream()
+    let thread = Thread {
+        continuation.yield(handle.readDataToEndOfFile())
+        continuation.finish()
+    }
+    thread.start()
+    return Task {
+        var data = Data()
+        for await chunk in stream { data = chunk }
+        return data
+    }
+}
