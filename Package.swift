@@ -96,7 +96,12 @@ let package = Package(
         .testTarget(name: "ODataFilterTests", dependencies: ["ODataFilter", "BridgeJSON"], swiftSettings: swiftSettings),
         .testTarget(
             name: "BridgeCoreTests",
-            dependencies: ["BridgeCore", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                "BridgeCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -107,6 +112,12 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(name: "BridgeJSONTests", dependencies: ["BridgeJSON"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "BridgeAppTests",
+            dependencies: ["BridgeApp", "BridgeCore", "WebPubSub", "BridgeTestSupport", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -242,22 +242,38 @@ enum TypeCheck {
     }
 
     static func requireBoolean(_ e: FilterExpression, text: String) throws(FilterSyntaxError) {
-        func check(_ operand: FilterExpression, in context: String) throws(FilterSyntaxError) {
+        if case .nonBoolean(let type) = kind(of: e) {
+            throw FilterSyntaxError(position: 0, message: "Invalid syntax for '\(text)': type '\(type)', expected 'bool'")
+        }
+        try checkOperands(e)
+    }
+
+    /// Walks the tree: every operand of `not`, `and` and `or` must be boolean.
+    static func checkOperands(_ e: FilterExpression) throws(FilterSyntaxError) {
+        func check(_ operand: FilterExpression, in context: FilterExpression) throws(FilterSyntaxError) {
             if case .nonBoolean(let type) = kind(of: operand) {
-                throw FilterSyntaxError(position: 0, message: "Invalid syntax for '\(context)': type '\(type)', expected 'bool'")
+                throw FilterSyntaxError(position: 0, message: "Invalid syntax for '\(render(context))': type '\(type)', expected 'bool'")
             }
         }
         switch e {
+        case .literal, .identifier:
+            return
         case .not(let x):
-            try check(x, in: "not \(render(x))")
-            try requireBoolean(x, text: text)
+            try check(x, in: e)
+            try checkOperands(x)
         case .and(let a, let b), .or(let a, let b):
-            try check(a, in: render(e))
-            try check(b, in: render(e))
-            try requireBoolean(a, text: text)
-            try requireBoolean(b, text: text)
-        default:
-            try check(e, in: text)
+            try check(a, in: e)
+            try check(b, in: e)
+            try checkOperands(a)
+            try checkOperands(b)
+        case .compare(_, let a, let b), .inCollection(let a, let b):
+            try checkOperands(a)
+            try checkOperands(b)
+        case .inList(let a, let items):
+            try checkOperands(a)
+            for item in items { try checkOperands(item) }
+        case .call(_, let args):
+            for arg in args { try checkOperands(arg) }
         }
     }
 
