@@ -122,7 +122,10 @@ let package = Package(
         ),
         .testTarget(
             name: "StdioAdapterTests",
-            dependencies: ["StdioAdapter", "BridgeCore", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                "StdioAdapter", "BridgeCore", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

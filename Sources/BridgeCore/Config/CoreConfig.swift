@@ -71,6 +71,7 @@ public struct CoreConfig: Sendable {
     ) -> CoreConfig {
         var config = CoreConfig()
         var sourceTypes: [String: any SourceFactory] = [:]
+        var sourceNames: Set<String> = []
 
         if let items = root.list("sources", required: true) {
             if items.isEmpty { root.value("sources")?.report("at least one source is needed") }
@@ -78,7 +79,7 @@ public struct CoreConfig: Sendable {
                 guard let m = item.mapping() else { continue }
                 let name = m.nonEmptyString("name", required: true)
                 let type = m.nonEmptyString("type", required: true)
-                if let name, sourceTypes[name] != nil || config.sources.contains(where: { $0.name == name }) {
+                if let name, !sourceNames.insert(name).inserted {
                     m.value("name")?.report("duplicate source name '\(name)'")
                 }
                 guard let type else { continue }
@@ -119,7 +120,8 @@ public struct CoreConfig: Sendable {
             for (index, item) in items.enumerated() {
                 guard let m = item.mapping() else { continue }
                 if let route = readRoute(
-                    m, index: index, sourceTypes: sourceTypes, registry: registry, context: context, defaultHub: defaultHub)
+                    m, index: index, sourceNames: sourceNames, sourceTypes: sourceTypes, registry: registry, context: context,
+                    defaultHub: defaultHub)
                 {
                     if !names.insert(route.name).inserted { m.value("name")?.report("duplicate route name '\(route.name)'") }
                     config.routes.append(route)
@@ -145,14 +147,14 @@ public struct CoreConfig: Sendable {
     }
 
     static func readRoute(
-        _ m: ConfigMapping, index: Int, sourceTypes: [String: any SourceFactory], registry: AdapterRegistry,
+        _ m: ConfigMapping, index: Int, sourceNames: Set<String>, sourceTypes: [String: any SourceFactory], registry: AdapterRegistry,
         context: AdapterContext, defaultHub: String?
     ) -> Route? {
         m.checkKeys(["name", "from", "where", "to", "ordering", "deadLetter"], what: "a route")
         let from = m.nonEmptyString("from", required: true)
         let factory = from.flatMap { sourceTypes[$0] }
-        if let from, factory == nil, let v = m.value("from") {
-            let known = sourceTypes.keys.sorted()
+        if let from, !sourceNames.contains(from), let v = m.value("from") {
+            let known = sourceNames.sorted()
             v.report("route reads from '\(from)', which is not a source" + (known.isEmpty ? "" : "; sources: \(known.joined(separator: ", "))"))
         }
         var usedFields: [(MessageField, ConfigValue)] = []

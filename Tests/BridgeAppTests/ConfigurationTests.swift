@@ -1,0 +1,190 @@
+import BridgeApp
+import BridgeCore
+import BridgeTestSupport
+import Foundation
+import Logging
+import Testing
+import WebPubSub
+
+let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+
+func load(_ yaml: String, env: [String: String] = [:], baseDirectory: String = "/tmp") throws(ConfigError) -> BridgeConfiguration {
+    try BridgeConfiguration.parse(yaml: yaml, baseDirectory: baseDirectory, environment: env, logger: quiet)
+}
+
+func issues(_ yaml: String, env: [String: String] = [:]) -> [ConfigIssue] {
+    do {
+        _ = try load(yaml, env: env)
+        return []
+    } catch {
+        return error.issues
+    }
+}
+
+let valid = """
+    webpubsub:
+      connectionString: ${WPS_CS}
+      hub: chat
+    sources:
+      - name: in
+        type: stdin
+        format: lines
+    routes:
+      - name: fanout
+        from: in
+        where: "json.kind ne 'noise'"
+        to:
+          - {group: "room-{key}"}
+          - {hub: ops, all: true, filter: "userId ne 'bot'", excluded: [c1]}
+          - {hub: ops, user: "{header.user}", dataType: text, ttl: 30}
+        ordering: none
+        deadLetter: {type: stdout}
+    deadLetter: {type: file, path: dlq.ndjson}
+    delivery:
+      maxInFlight: 100
+      concurrency: 4
+      retry: {maxAttempts: 3, initialBackoff: 50ms, maxBackoff: 2s}
+      shutdownTimeout: 5s
+    """
+
+@Suite struct ConfigurationTests {
+    let env = ["WPS_CS": "Endpoint=http://127.0.0.1;Port=9;AccessKey=k;Version=1.0;"]
+
+    @Test func readsAValidFile() throws {
+        let c = try load(valid, env: env)
+        #expect(c.webpubsub.connectionString?.endpoint == "http://127.0.0.1:9")
+        #expect(c.webpubsub.defaultHub == "chat")
+        #expect(c.core.sources.map(\.name) == ["in"])
+        let route = try #require(c.core.routes.first)
+        #expect(route.name == "fanout" && route.ordering == .none && route.condition != nil)
+        #expect(route.targets.count == 3)
+        #expect(route.targets[0].hub.text == "chat")
+        #expect(route.targets[2].messageTTLSeconds == 30 && route.targets[2].dataType == .text)
+        #expect(route.deadLetter?.description == "stdout")
+        #expect(c.core.deadLetter?.description == "file /tmp/dlq.ndjson")
+        #expect(c.core.delivery.maxInFlight == 100 && c.core.delivery.concurrency == 4)
+        #expect(c.core.delivery.retry == RetryPolicy(maxAttempts: 3, initialBackoff: .milliseconds(50), maxBackoff: .seconds(2)))
+        #expect(c.core.delivery.shutdownTimeout == .seconds(5))
+        #expect(c.summary.contains("fanout: from in where json.kind ne 'noise' (unordered)"))
+    }
+
+    @Test func substitutesVariablesWithDefaults() throws {
+        let yaml = """
+            webpubsub:
+              endpoint: ${EP:-http://localhost:8080}
+              accessKey: ${KEY}
+              hub: ${HUB:-chat}
+            sources: [{name: in, type: stdin}]
+            routes: [{from: in, to: [{all: true}]}]
+            """
+        let c = try load(yaml, env: ["KEY": "secret", "HUB": ""])
+        #expect(c.webpubsub.connectionString?.endpoint == "http://localhost:8080")
+        #expect(c.webpubsub.connectionString?.accessKey.value == "secret")
+        #expect(c.webpubsub.defaultHub == "chat")
+        let reader = ConfigReader(environment: ["A": "1"], baseDirectory: "/")
+        #expect(reader.substitute("x$${A}y${A}$z", path: "", mark: nil) == "x${A}y1$z")
+        let missing = issues(yaml)
+        #expect(missing.count == 1)
+        #expect(missing.first?.message.contains("environment variable KEY is not set") == true)
+        #expect(missing.first?.line == 3)
+    }
+
+    @Test func readsTheKeyFromAFile() throws {
+        let dir = try TestEnvironment.temporaryDirectory()
+        try "filekey\n".write(toFile: dir + "/key", atomically: true, encoding: .utf8)
+        let yaml = """
+            webpubsub: {endpoint: "https://x.webpubsub.azure.com", accessKeyFile: key, hub: h}
+            sources: [{name: in, type: stdin}]
+            routes: [{from: in, to: [{all: true}]}]
+            """
+        let c = try load(yaml, baseDirectory: dir)
+        #expect(c.webpubsub.connectionString?.accessKey.value == "filekey")
+        let gone = try? load(yaml, baseDirectory: dir + "/nowhere")
+        #expect(gone == nil)
+    }
+
+    /// Each mistake the issue names, alone, gives one problem with its path and line.
+    @Test(arguments: [
+        ("sources:\n  - {name: in, type: stdin, colour: red}", "sources[0].colour", 2, "unknown key 'colour'"),
+        ("sources:\n  - {name: in, type: kafkaa}", "sources[0].type", 2, "unknown source type 'kafkaa'"),
+        ("routes:\n  - {from: nope, to: [{group: g}]}", "routes[0].from", 2, "not a source"),
+        ("routes:\n  - {from: in, to: [{group: \"room-{nokey}\"}]}", "routes[0].to[0].group", 2, "unknown placeholder '{nokey}'"),
+        ("routes:\n  - {from: in, to: [{hub: \"\", group: g}]}", "routes[0].to[0].hub", 2, "hub name is empty"),
+        ("webpubsub:\n  connectionString: \"Endpoint=x\"\n  hub: chat", "webpubsub.connectionString", 2, "invalid connection string"),
+        ("routes:\n  - {from: in, to: [{group: g, user: u}]}", "routes[0].to[0]", 2, "give exactly one of"),
+        ("routes:\n  - {from: in, to: [{all: true, filter: \"userId eq\"}]}", "routes[0].to[0].filter", 2, "invalid filter"),
+        ("routes:\n  - {from: in, to: [{all: true, filter: \"nickname eq 'x'\"}]}", "routes[0].to[0].filter", 2, "unknown field 'nickname'"),
+        ("routes:\n  - {from: in, where: \"json.a eq\", to: [{group: g}]}", "routes[0].where", 2, "invalid condition"),
+        ("routes:\n  - {from: in, to: [{group: \"{topic}\"}]}", "routes[0].to[0]", 2, "has no topic"),
+        ("routes:\n  - {from: in, to: [{group: g}], ordering: random}", "routes[0].ordering", 2, "not one of"),
+        ("delivery:\n  concurrency: lots", "delivery.concurrency", 2, "not a whole number"),
+        ("delivery:\n  shutdownTimeout: soon", "delivery.shutdownTimeout", 2, "not a duration"),
+        ("deadLetter: {type: kafka}", "deadLetter.type", 1, "unknown sink type 'kafka'"),
+        ("extra: 1", "extra", 1, "unknown key 'extra'"),
+    ])
+    func reportsEachMistake(patch: String, path: String, line: Int, message: String) throws {
+        // Start from a minimal valid file and replace one section with the patch.
+        var sections = [
+            "webpubsub": "webpubsub:\n  connectionString: \"Endpoint=http://h;AccessKey=k\"\n  hub: chat",
+            "sources": "sources:\n  - {name: in, type: stdin}",
+            "routes": "routes:\n  - {from: in, to: [{group: g}]}",
+        ]
+        let key = String(patch.prefix { $0 != ":" })
+        sections[key] = patch
+        let ordered = [key] + ["webpubsub", "sources", "routes"].filter { $0 != key }
+        let yaml = ordered.compactMap { sections[$0] }.joined(separator: "\n")
+        let found = issues(yaml)
+        #expect(found.count == 1, "\(found)")
+        let issue = try #require(found.first)
+        #expect(issue.path == path)
+        #expect(issue.line == line)
+        #expect(issue.message.contains(message), "\(issue.message)")
+    }
+
+    @Test func collectsEveryProblemInOnePass() {
+        let yaml = """
+            webpubsub:
+              connectionString: "Endpoint=ftp://x;AccessKey=k"
+            sources:
+              - {name: in, type: stdn}
+            routes:
+              - {from: in, to: [{hub: chat, group: "{kee}"}]}
+            """
+        let found = issues(yaml)
+        #expect(found.map(\.line) == [2, 4, 6])
+    }
+
+    @Test func yamlSyntaxErrorHasALine() {
+        let found = issues("sources:\n  - name: [unclosed\nroutes: []")
+        #expect(found.count == 1)
+        #expect(found.first?.line != nil)
+        #expect(found.first?.message.hasPrefix("not valid YAML") == true)
+    }
+
+    @Test func warnsWithoutADeadLetterSink() throws {
+        let c = try load("webpubsub: {connectionString: \"Endpoint=http://h;AccessKey=k\", hub: c}\nsources: [{name: in, type: stdin}]\nroutes: [{from: in, to: [{all: true}]}]")
+        #expect(c.warnings.contains { $0.message.contains("no deadLetter sink") })
+    }
+}
+
+@Suite struct TransportClassificationTests {
+    @Test func classifiesServiceErrors() async throws {
+        try await withRecordingServer { server in
+            server.enqueue(
+                .init(status: 429, headers: ["Retry-After": "1"]), .init(status: 503), .init(status: 408), .init(status: 400), .init(status: 404),
+                .init(status: 413))
+            let client = WebPubSubServiceClient(connectionString: try ConnectionString(parsing: server.connectionString))
+            let transport = WebPubSubTransport(client: client)
+            var kinds: [DeliveryFailure.Kind] = []
+            for _ in 0..<6 {
+                do {
+                    try await transport.send(.init(string: "x"), dataType: .text, to: ResolvedTarget(hub: "h", recipient: .all))
+                } catch let f as DeliveryFailure {
+                    kinds.append(f.kind)
+                }
+            }
+            try await client.shutdown()
+            #expect(kinds == [.retryable(retryAfter: .seconds(1)), .retryable(retryAfter: nil), .retryable(retryAfter: nil), .permanent, .permanent, .permanent])
+        }
+    }
+}
