@@ -27,6 +27,7 @@ public final class RecordingServer: Sendable {
         public let authError: String?
         /// The full URL the request named, as `aud` must.
         public let url: String
+        public let receivedAt: Date
 
         public func queryValues(_ name: String) -> [String] { query.filter { $0.name == name }.map(\.value) }
         public var bodyText: String { String(decoding: body, as: UTF8.self) }
@@ -128,7 +129,7 @@ public final class RecordingServer: Sendable {
         }
         let recordedRequest = RecordedRequest(
             method: request.method.rawValue, rawPath: pathPart, segments: segments, query: query, headers: headers,
-            body: Array(body.readableBytesView), claims: claims, authError: authError, url: url)
+            body: Array(body.readableBytesView), claims: claims, authError: authError, url: url, receivedAt: Date())
         recorded.withLock { $0.append(recordedRequest) }
         if let authError {
             return Self.response(ScriptedResponse(status: 401, body: #"{"code":"Unauthorized","message":"\#(authError)"}"#))

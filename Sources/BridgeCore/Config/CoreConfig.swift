@@ -23,10 +23,13 @@ public struct RetryPolicy: Sendable, Equatable {
         return min(ceiling, maxBackoff)
     }
 
-    /// The delay before retry `attempt`. A `Retry-After` from the service wins (capped at
-    /// `maxBackoff` times four, so a wrong header cannot stall a lane for hours).
+    /// The longest `Retry-After` honoured, so that a wrong header cannot stall a lane for hours.
+    public static let maxRetryAfter: Duration = .seconds(300)
+
+    /// The delay before retry `attempt`. A `Retry-After` from the service wins (up to
+    /// ``maxRetryAfter``): the service knows when it will take more.
     public func delay(attempt: Int, retryAfter: Duration?, random: (Double) -> Double = { Double.random(in: 0...$0) }) -> Duration {
-        if let retryAfter { return min(retryAfter, maxBackoff * 4) }
+        if let retryAfter { return min(retryAfter, Self.maxRetryAfter) }
         let ceiling = backoffCeiling(attempt: attempt)
         let ms = Double(ceiling.components.seconds) * 1000 + Double(ceiling.components.attoseconds) / 1e15
         return .milliseconds(Int64(random(ms)))

@@ -1,0 +1,203 @@
+import BridgeJSON
+import BridgeTestSupport
+import Foundation
+import Testing
+import WebPubSub
+
+/// `wps-bridge` as a user runs it: the built binary, a config file, stdin, and a real HTTP
+/// server that checks every request's token.
+@Suite(.serialized) struct RunCommandTests {
+    /// Writes a config for a stdin source routed to `hub chat, group demo`, dead letters to a file.
+    func config(_ dir: String, connectionString: String, extra: String = "") throws -> String {
+        let path = dir + "/bridge.yaml"
+        try """
+            webpubsub:
+              connectionString: "\(connectionString)"
+              hub: chat
+              connectTimeout: 1s
+            sources:
+              - {name: in, type: stdin}
+            routes:
+              - {from: in, to: [{group: demo}]}
+            deadLetter: {type: file, path: dead.ndjson}
+            delivery:
+              retry: {maxAttempts: 3, initialBackoff: 10ms, maxBackoff: 100ms}
+            \(extra)
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func deadLetters(_ dir: String) throws -> [JSONValue] {
+        guard FileManager.default.fileExists(atPath: dir + "/dead.ndjson") else { return [] }
+        return try String(contentsOfFile: dir + "/dead.ndjson", encoding: .utf8).split(separator: "\n").map { try JSONValue(parsing: String($0)) }
+    }
+
+    @Test func sendsValidLinesAndDeadLettersTheInvalidOne() async throws {
+        try await withRecordingServer { server in
+            let dir = try TestEnvironment.temporaryDirectory()
+            let cfg = try config(dir, connectionString: server.connectionString)
+            let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "--config", cfg], input: "{\"data\":{\"n\":1}}\nnot json\n")
+            #expect(result.status == 0, "\(result.stderr)")
+            let requests = server.requests
+            #expect(requests.count == 1)
+            let r = try #require(requests.first)
+            #expect(r.authError == nil)
+            #expect(r.method == "POST" && r.segments == ["api", "hubs", "chat", "groups", "demo", ":send"])
+            #expect(r.headers["content-type"] == "application/json")
+            #expect(r.bodyText == #"{"n":1}"#)
+            #expect(result.stderr.contains("line 2"), "\(result.stderr)")
+            let dead = try deadLetters(dir)
+            #expect(dead.count == 1)
+            #expect(dead.first?["data"] == .string("not json"))
+            #expect(dead.first?["headers"]?["wps-source"] == .string("in@2"))
+        }
+    }
+
+    @Test func honoursRetryAfterOn429() async throws {
+        try await withRecordingServer { server in
+            server.enqueue(.init(status: 429, headers: ["Retry-After": "1"], body: #"{"code":"TooManyRequests","message":"throttled"}"#))
+            let dir = try TestEnvironment.temporaryDirectory()
+            let cfg = try config(dir, connectionString: server.connectionString)
+            let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg], input: "{\"data\":\"hi\",\"dataType\":\"text\"}\n")
+            #expect(result.status == 0, "\(result.stderr)")
+            let r = server.requests
+            #expect(r.count == 2)
+            #expect(r.allSatisfy { $0.bodyText == "hi" && $0.headers["content-type"] == "text/plain" })
+            // The retry waited for the service's Retry-After, not the 10 ms backoff of the config.
+            if r.count == 2 { #expect(r[1].receivedAt.timeIntervalSince(r[0].receivedAt) >= 0.9) }
+            #expect(try deadLetters(dir).isEmpty)
+        }
+    }
+
+    @Test func retriesA500ThenSucceeds() async throws {
+        try await withRecordingServer { server in
+            server.enqueue(.init(status: 500))
+            let dir = try TestEnvironment.temporaryDirectory()
+            let cfg = try config(dir, connectionString: server.connectionString)
+            let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg], input: "{\"data\":[1,2]}\n")
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(server.requests.map(\.bodyText) == ["[1,2]", "[1,2]"])
+            #expect(try deadLetters(dir).isEmpty)
+        }
+    }
+
+    @Test func deadLettersA400WithoutRetrying() async throws {
+        try await withRecordingServer { server in
+            server.enqueue(.init(status: 400, body: #"{"code":"InvalidRequest","message":"no such group"}"#))
+            let dir = try TestEnvironment.temporaryDirectory()
+            let cfg = try config(dir, connectionString: server.connectionString)
+            let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg], input: "{\"data\":{\"a\":1},\"key\":\"k\"}\n{\"data\":2,\"key\":\"k\"}\n")
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(server.requests.count == 2)
+            let dead = try deadLetters(dir)
+            #expect(dead.count == 1)
+            #expect(dead.first?["data"] == .object([("a", .number("1"))]))
+            #expect(dead.first?["key"] == .string("k"))
+            #expect(dead.first?["headers"]?["wps-status"] == .string("400"))
+            #expect(dead.first?["headers"]?["wps-error"]?.stringValue?.contains("no such group") == true)
+            #expect(result.stderr.contains("dead-lettered"))
+        }
+    }
+
+    @Test func connectionRefusedIsRetriedThenDeadLettered() async throws {
+        let server = RecordingServer()
+        try await server.start()
+        let cs = server.connectionString
+        await server.stop()
+        let dir = try TestEnvironment.temporaryDirectory()
+        let cfg = try config(dir, connectionString: cs)
+        let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg], input: "{\"data\":\"x\",\"dataType\":\"text\"}\n")
+        #expect(result.status == 0, "\(result.stderr)")
+        let dead = try deadLetters(dir)
+        #expect(dead.count == 1)
+        #expect(dead.first?["headers"]?["wps-attempts"] == .string("3"))
+        #expect(dead.first?["headers"]?["wps-status"] == nil)
+    }
+
+    @Test func sigtermStopsAWaitingBridgeCleanly() async throws {
+        try await withRecordingServer { server in
+            let dir = try TestEnvironment.temporaryDirectory()
+            let cfg = try config(dir, connectionString: server.connectionString)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: try TestEnvironment.bridgeBinary())
+            process.arguments = ["run", "-c", cfg]
+            let stdin = Pipe()
+            process.standardInput = stdin
+            process.standardError = FileHandle.nullDevice
+            let exited = AsyncStream<Int32>.makeStream()
+            process.terminationHandler = { p in
+                exited.continuation.yield(p.terminationStatus)
+                exited.continuation.finish()
+            }
+            try process.run()
+            stdin.fileHandleForWriting.write(Data("{\"data\":1}\n".utf8))
+            // Wait until the line was sent, then stop the bridge while stdin is still open.
+            for _ in 0..<100 where server.requests.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
+            #expect(server.requests.count == 1)
+            process.terminate()
+            var status: Int32 = -1
+            for await s in exited.stream { status = s }
+            #expect(status == 0)
+            try? stdin.fileHandleForWriting.close()
+        }
+    }
+}
+
+@Suite struct OtherCommandTests {
+    @Test func validateListsEveryProblemWithItsLine() async throws {
+        let dir = try TestEnvironment.temporaryDirectory()
+        let path = dir + "/bad.yaml"
+        try """
+            webpubsub:
+              connectionString: "Endpoint=ftp://x;AccessKey=k"
+            sources:
+              - {name: in, type: stdn}
+            routes:
+              - {from: in, to: [{hub: chat, group: "room-{kee}"}]}
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["validate", "--config", path])
+        #expect(result.status == 1)
+        #expect(result.stdout.contains("3 problems"))
+        #expect(result.stdout.contains("line 2"))
+        #expect(result.stdout.contains("line 4"))
+        #expect(result.stdout.contains("line 6"))
+    }
+
+    @Test func validateSummarisesAGoodFile() async throws {
+        let path = TestEnvironment.packageRoot + "/bridge.yaml.example"
+        let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["validate", "--config", path])
+        #expect(result.status == 0, "\(result.stdout)")
+        #expect(result.stdout.contains("valid"))
+        #expect(result.stdout.contains("Routes (1)"))
+    }
+
+    @Test func tokenPrintsAVerifiableClientURL() async throws {
+        let cs = "Endpoint=http://localhost;Port=8080;AccessKey=secretkey;Version=1.0;"
+        let result = try await runProcess(
+            try TestEnvironment.bridgeBinary(), ["token", "--hub", "chat", "--user", "u1", "--role", "webpubsub.joinLeaveGroup", "--group", "g"],
+            environment: ["WEBPUBSUB_CONNECTION_STRING": cs])
+        #expect(result.status == 0, "\(result.stderr)")
+        let url = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(url.hasPrefix("ws://localhost:8080/client/hubs/chat?access_token="))
+        let token = String(url.split(separator: "=", maxSplits: 1)[1])
+        let claims = try AccessKeyJWT.verify(token, keys: [AccessKey("secretkey")])
+        #expect(claims.subject == "u1" && claims.roles == ["webpubsub.joinLeaveGroup"] && claims.groups == ["g"])
+        #expect(!result.stdout.contains("secretkey"))
+    }
+
+    @Test func sendReachesTheService() async throws {
+        try await withRecordingServer { server in
+            let result = try await runProcess(
+                try TestEnvironment.bridgeBinary(),
+                ["send", "--hub", "chat", "--user", "u 1", "--filter", "connectionId ne 'x'", "--data-type", "json", #"{"hello":true}"#,
+                 "--connection-string", server.connectionString])
+            #expect(result.status == 0, "\(result.stderr)")
+            let r = try #require(server.requests.first)
+            #expect(r.segments == ["api", "hubs", "chat", "users", "u 1", ":send"])
+            #expect(r.queryValues("filter") == ["connectionId ne 'x'"])
+            #expect(r.bodyText == #"{"hello":true}"#)
+            let bad = try await runProcess(try TestEnvironment.bridgeBinary(), ["send", "--hub", "chat", "--all", "--group", "g", "x"])
+            #expect(bad.status != 0)
+        }
+    }
+}
