@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.20.0", traits: []),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.0"),
     ],
     targets: [
         // OData filter expressions: parsed once, evaluated against any set of fields.
@@ -60,11 +61,28 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The embedded Web PubSub-compatible hub.
+        .target(
+            name: "LocalHub",
+            dependencies: [
+                "BridgeCore", "BridgeJSON", "WebPubSub", "ODataFilter",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Wiring: config -> sources, routes, dispatcher and the Web PubSub transport.
         .target(
             name: "BridgeApp",
             dependencies: [
-                "BridgeCore", "WebPubSub", "StdioAdapter",
+                "BridgeCore", "WebPubSub", "StdioAdapter", "LocalHub",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -74,7 +92,7 @@ let package = Package(
         .executableTarget(
             name: "wps-bridge",
             dependencies: [
-                "BridgeApp", "BridgeCore", "WebPubSub",
+                "BridgeApp", "BridgeCore", "WebPubSub", "LocalHub",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,12 +1,15 @@
 public import BridgeCore
 import Foundation
 public import Logging
+public import LocalHub
 import StdioAdapter
 public import WebPubSub
 
 /// Where the bridge sends: Azure Web PubSub (or a compatible hub) by connection string.
 public struct WebPubSubSettings: Sendable {
     public var connectionString: ConnectionString?
+    /// `webpubsub.embedded`: run a local hub inside the bridge and send to it.
+    public var embedded: LocalHubConfiguration?
     /// The hub of targets that name none.
     public var defaultHub: String?
     public var client = WebPubSubServiceClient.Configuration()
@@ -74,7 +77,9 @@ public struct BridgeConfiguration: Sendable {
     }
 
     static func readWebPubSub(_ m: ConfigMapping, required: Bool) -> WebPubSubSettings {
-        m.checkKeys(["connectionString", "endpoint", "accessKey", "accessKeyFile", "hub", "apiVersion", "requestTimeout", "connectTimeout", "maxConnections"], what: "webpubsub")
+        m.checkKeys(
+            ["connectionString", "endpoint", "accessKey", "accessKeyFile", "embedded", "hub", "apiVersion", "requestTimeout", "connectTimeout", "maxConnections"],
+            what: "webpubsub")
         var settings = WebPubSubSettings()
         if let hub = m.nonEmptyString("hub") {
             if let problem = WebPubSubNames.hubProblem(hub) { m.value("hub")?.report(problem) } else { settings.defaultHub = hub }
@@ -83,6 +88,18 @@ public struct BridgeConfiguration: Sendable {
         settings.client.requestTimeout = m.duration("requestTimeout") ?? settings.client.requestTimeout
         settings.client.connectTimeout = m.duration("connectTimeout") ?? settings.client.connectTimeout
         settings.client.maxConnections = m.int("maxConnections", range: 1...4096) ?? settings.client.maxConnections
+        if let e = m.value("embedded") {
+            if m.has("connectionString") || m.has("endpoint") {
+                m.report("give 'embedded' or a connection ('connectionString' / 'endpoint'), not both")
+            }
+            // `embedded: {}` or `embedded: true` take every default.
+            if e.isScalar, let flag = m.bool("embedded") {
+                settings.embedded = flag ? LocalHubConfiguration(accessKeys: [AccessKey(randomAccessKey())]) : nil
+            } else if let em = e.mapping() {
+                settings.embedded = readEmbeddedHub(em)
+            }
+            return settings
+        }
         switch (m.has("connectionString"), m.has("endpoint")) {
         case (true, true):
             m.report("give 'connectionString' or 'endpoint' (with 'accessKey'), not both")
@@ -111,9 +128,42 @@ public struct BridgeConfiguration: Sendable {
                 }
             }
         case (false, false):
-            if required { m.report("webpubsub needs 'connectionString', or 'endpoint' with 'accessKey' / 'accessKeyFile'") }
+            if required { m.report("webpubsub needs 'connectionString', 'endpoint' with 'accessKey' / 'accessKeyFile', or 'embedded'") }
         }
         return settings
+    }
+
+    /// Reads the embedded hub's settings (also what `wps-bridge hub --config` reads).
+    public static func readEmbeddedHub(_ m: ConfigMapping) -> LocalHubConfiguration? {
+        m.checkKeys(["host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "reconnectGrace", "hubs"], what: "webpubsub.embedded")
+        var config = LocalHubConfiguration(accessKeys: [AccessKey(m.secret("accessKey") ?? randomAccessKey())])
+        if let secondary = m.nonEmptyString("secondaryAccessKey") { config.accessKeys.append(AccessKey(secondary)) }
+        config.host = m.nonEmptyString("host") ?? config.host
+        config.port = m.int("port", range: 0...65535) ?? config.port
+        config.rateLimit = m.int("rateLimit", range: 1...1_000_000)
+        config.allowAnonymous = m.bool("allowAnonymous") ?? false
+        config.reconnectGrace = m.duration("reconnectGrace") ?? config.reconnectGrace
+        if let hubs = m.mapping("hubs") {
+            for name in hubs.keys {
+                guard let hub = hubs.mapping(name) else { continue }
+                if let problem = WebPubSubNames.hubProblem(name) { hubs.value(name)?.report(problem) }
+                hub.checkKeys(["eventHandlers"], what: "a hub")
+                var handlers: [EventHandlerSettings] = []
+                for item in hub.list("eventHandlers") ?? [] {
+                    guard let h = item.mapping() else { continue }
+                    h.checkKeys(["url", "userEvents", "systemEvents"], what: "an event handler")
+                    guard let url = h.nonEmptyString("url", required: true) else { continue }
+                    if !(url.hasPrefix("http://") || url.hasPrefix("https://")) { h.value("url")?.report("the URL must start with http:// or https://") }
+                    let system = h.stringList("systemEvents") ?? ["connect", "connected", "disconnected"]
+                    for event in system where !["connect", "connected", "disconnected"].contains(event) {
+                        h.value("systemEvents")?.report("unknown system event '\(event)'; known: connect, connected, disconnected")
+                    }
+                    handlers.append(EventHandlerSettings(urlTemplate: url, userEventPattern: h.string("userEvents") ?? "*", systemEvents: Set(system)))
+                }
+                config.eventHandlers[name.lowercased()] = handlers
+            }
+        }
+        return config
     }
 
     /// A human summary for `validate`.
@@ -121,6 +171,9 @@ public struct BridgeConfiguration: Sendable {
         var lines: [String] = []
         if let cs = webpubsub.connectionString {
             lines.append("Web PubSub: \(cs.endpoint)" + (webpubsub.defaultHub.map { " (default hub \($0))" } ?? ""))
+        }
+        if let e = webpubsub.embedded {
+            lines.append("Web PubSub: embedded hub on http://\(e.host):\(e.port)" + (webpubsub.defaultHub.map { " (default hub \($0))" } ?? ""))
         }
         lines.append("Sources (\(core.sources.count)):")
         for s in core.sources { lines.append("  \(s.name): \(s.type)") }
@@ -137,4 +190,11 @@ public struct BridgeConfiguration: Sendable {
             "Delivery: \(d.concurrency) concurrent sends, \(d.maxInFlight) in flight, \(d.retry.maxAttempts) attempts, shutdown timeout \(d.shutdownTimeout)")
         return lines.joined(separator: "\n")
     }
+}
+
+/// 44 random base64 characters, like the service's keys.
+public func randomAccessKey() -> String {
+    var generator = SystemRandomNumberGenerator()
+    let bytes = (0..<33).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    return Data(bytes).base64EncodedString()
 }

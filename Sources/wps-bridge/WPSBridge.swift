@@ -1,5 +1,6 @@
 import ArgumentParser
 import BridgeApp
+import LocalHub
 import BridgeCore
 import Foundation
 import Logging
@@ -15,7 +16,7 @@ struct WPSBridge: AsyncParsableCommand {
         commandName: "wps-bridge",
         abstract: "Bridges Kafka, Redis and stdin to Azure Web PubSub, and client events back.",
         version: version,
-        subcommands: [Run.self, Validate.self, Token.self, Send.self],
+        subcommands: [Run.self, Hub.self, Validate.self, Token.self, Send.self],
         defaultSubcommand: Run.self
     )
 }
@@ -76,33 +77,10 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(1)
         }
         for warning in configuration.warnings { logger.warning("\(warning)") }
-        let transport: any DeliveryTransport
-        var client: WebPubSubServiceClient?
-        if dryRun {
-            transport = DryRunTransport()
-        } else {
-            guard let cs = configuration.webpubsub.connectionString else { throw ValidationError("webpubsub has no connection") }
-            let c = WebPubSubServiceClient(
-                connectionString: cs, configuration: configuration.webpubsub.client, logger: Logger(label: "wps-bridge.webpubsub"))
-            client = c
-            transport = WebPubSubTransport(client: c)
-            logger.info("sending to Web PubSub", metadata: ["wps.endpoint": "\(cs.endpoint)"])
-        }
-        let bridge = BridgeService(configuration: configuration, transport: transport, logger: logger)
-        // The bridge returning (stdin at EOF) ends the run cleanly.
-        let group = ServiceGroup(
-            configuration: ServiceGroupConfiguration(
-                services: [.init(service: bridge, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "bridge")],
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        var failure: (any Error)?
         do {
-            try await group.run()
+            try await BridgeRunner.run(configuration: configuration, dryRun: dryRun, logger: logger)
         } catch {
-            failure = error
-        }
-        try? await client?.shutdown()
-        if let failure {
-            logger.error("bridge failed", metadata: ["error": "\(failure)"])
+            logger.error("bridge failed", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
     }
@@ -194,5 +172,70 @@ struct Send: AsyncParsableCommand {
             FileHandle.standardError.write(Data("send failed: \(error)\n".utf8))
             throw ExitCode(1)
         }
+    }
+}
+
+struct Hub: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the embedded Web PubSub-compatible hub on its own.",
+        discussion: "Prints its connection string as the first line on stdout, then serves until SIGTERM or SIGINT.")
+
+    @Option(help: "The address to listen on.") var host: String?
+    @Option(help: "The port (0 picks a free one).") var port: Int?
+    @Option(help: "The access key (default: a random one, or webpubsub.embedded.accessKey of --config).") var accessKey: String?
+    @Option(name: .customLong("event-handler"), help: "HUB=URL_TEMPLATE: send this hub's events to an upstream (repeatable).")
+    var eventHandlers: [String] = []
+    @Option(help: "Accept at most N REST requests per second; answer the rest with 429 and Retry-After.") var rateLimit: Int?
+    @Flag(help: "Accept client connections without an access token.") var allowAnonymous = false
+    @Option(name: .shortAndLong, help: "A bridge config whose webpubsub.embedded section sets up the hub.") var config: String?
+    @OptionGroup var log: LogOptions
+
+    func run() async throws {
+        let logger = log.bootstrap()
+        var settings = LocalHubConfiguration(accessKeys: [AccessKey(randomAccessKey())])
+        if let config {
+            let reader = ConfigReader(environment: ProcessInfo.processInfo.environment, baseDirectory: URL(fileURLWithPath: config).deletingLastPathComponent().path)
+            let text: String
+            do { text = try String(contentsOfFile: config, encoding: .utf8) } catch { throw ValidationError("cannot read \(config): \(error.localizedDescription)") }
+            if let embedded = reader.root(yaml: text)?.mapping("webpubsub")?.mapping("embedded", required: true),
+                let read = BridgeConfiguration.readEmbeddedHub(embedded), reader.issues.isEmpty
+            {
+                settings = read
+            } else {
+                print(ConfigError(file: config, issues: reader.issues).description)
+                throw ExitCode(1)
+            }
+        }
+        if let host { settings.host = host }
+        if let port { settings.port = port }
+        if let accessKey { settings.accessKeys = [AccessKey(accessKey)] }
+        if let rateLimit {
+            guard rateLimit > 0 else { throw ValidationError("--rate-limit must be at least 1") }
+            settings.rateLimit = rateLimit
+        }
+        if allowAnonymous { settings.allowAnonymous = true }
+        for spec in eventHandlers {
+            let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, WebPubSubNames.hubProblem(parts[0]) == nil, parts[1].hasPrefix("http://") || parts[1].hasPrefix("https://") else {
+                throw ValidationError("--event-handler takes HUB=URL_TEMPLATE, e.g. chat=http://localhost:3000/eventhandler/{event}")
+            }
+            settings.eventHandlers[parts[0].lowercased(), default: []].append(EventHandlerSettings(urlTemplate: parts[1]))
+        }
+        let hub = LocalHub(configuration: settings, logger: logger)
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: hub, serviceName: "hub"), .init(service: AnnounceService(hub: hub), successTerminationBehavior: .ignore, serviceName: "announce")],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+/// Prints the hub's connection string once it listens: the first line on stdout.
+struct AnnounceService: Service {
+    let hub: LocalHub
+
+    func run() async throws {
+        // Unbuffered: whoever started the hub reads this line while it runs.
+        FileHandle.standardOutput.write(Data((await hub.connectionString() + "\n").utf8))
     }
 }

@@ -173,6 +173,11 @@ public struct ConfigValue {
 
     public var mark: Mark? { node.mark }
 
+    public var isScalar: Bool {
+        if case .scalar = node { return true }
+        return false
+    }
+
     public func report(_ message: String) {
         reader.report(message, path: path, mark: mark)
     }

@@ -1,0 +1,97 @@
+public import BridgeCore
+import Foundation
+public import Logging
+public import LocalHub
+import NIOCore
+public import ServiceLifecycle
+import Synchronization
+public import WebPubSub
+
+/// Runs a configured bridge: with the embedded hub when the config asks for one, against
+/// Azure Web PubSub otherwise, or printing sends (`dryRun`).
+public enum BridgeRunner {
+    /// Returns when the bridge has finished (its sources ended) or after a graceful shutdown.
+    public static func run(configuration: BridgeConfiguration, dryRun: Bool, logger: Logger) async throws {
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        let transport: any DeliveryTransport
+        var client: WebPubSubServiceClient?
+        if dryRun {
+            transport = DryRunTransport()
+        } else if let embedded = configuration.webpubsub.embedded {
+            let hub = LocalHub(configuration: embedded, logger: logger)
+            services.append(.init(service: hub, serviceName: "hub"))
+            transport = HubTransport(hub: hub, settings: configuration.webpubsub.client, demoPage: demoPage(configuration), logger: logger)
+        } else {
+            guard let cs = configuration.webpubsub.connectionString else { throw ValidationFailure("webpubsub has no connection") }
+            let c = WebPubSubServiceClient(connectionString: cs, configuration: configuration.webpubsub.client, logger: logger)
+            client = c
+            transport = WebPubSubTransport(client: c)
+            logger.info("sending to Web PubSub", metadata: ["wps.endpoint": "\(cs.endpoint)"])
+        }
+        let bridge = BridgeService(configuration: configuration, transport: transport, logger: logger)
+        // The bridge returning (stdin at EOF) ends the run; the hub stops after it.
+        services.append(.init(service: bridge, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "bridge"))
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        defer { _ = client }
+        do {
+            try await group.run()
+        } catch {
+            try? await client?.shutdown()
+            try? await (transport as? HubTransport)?.shutdown()
+            throw error
+        }
+        try? await client?.shutdown()
+        try? await (transport as? HubTransport)?.shutdown()
+    }
+
+    /// `?hub=H&group=G` of the first route's first group target, for the log line.
+    static func demoPage(_ configuration: BridgeConfiguration) -> String {
+        var query = ""
+        if let target = configuration.core.routes.first?.targets.first, target.hub.isConstant {
+            query = "?hub=\(percentEncode(target.hub.text))"
+            if case .group(let g) = target.recipient, g.isConstant { query += "&group=\(percentEncode(g.text))" }
+        }
+        return query
+    }
+}
+
+struct ValidationFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Sends to the embedded hub through the same REST client as to Azure, once the hub listens.
+final class HubTransport: DeliveryTransport {
+    let hub: LocalHub
+    let settings: WebPubSubServiceClient.Configuration
+    let demoPage: String
+    let logger: Logger
+    private let client = Mutex<WebPubSubServiceClient?>(nil)
+
+    init(hub: LocalHub, settings: WebPubSubServiceClient.Configuration, demoPage: String, logger: Logger) {
+        self.hub = hub
+        self.settings = settings
+        self.demoPage = demoPage
+        self.logger = logger
+    }
+
+    func ready() async throws -> WebPubSubServiceClient {
+        if let c = client.withLock({ $0 }) { return c }
+        let cs = try ConnectionString(parsing: await hub.connectionString())
+        return client.withLock { existing in
+            if let existing { return existing }
+            let c = WebPubSubServiceClient(connectionString: cs, configuration: settings, logger: logger)
+            existing = c
+            return c
+        }
+    }
+
+    func send(_ payload: ByteBuffer, dataType: DataType, to target: ResolvedTarget) async throws {
+        try await WebPubSubTransport(client: try await ready()).send(payload, dataType: dataType, to: target)
+    }
+
+    func shutdown() async throws {
+        try await client.withLock { $0 }?.shutdown()
+    }
+}

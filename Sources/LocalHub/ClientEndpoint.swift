@@ -1,0 +1,375 @@
+import BridgeCore
+import BridgeJSON
+import Foundation
+import HTTPTypes
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import NIOWebSocket
+import WebPubSub
+
+/// The client WebSocket endpoint: `/client/hubs/{hub}` (or `/client/?hub=`), the JSON
+/// subprotocols, plain WebSockets, and reliable reconnection.
+extension LocalHub {
+    typealias Upgrade = ShouldUpgradeResult<WebSocketDataHandler<HTTP1WebSocketUpgradeChannel.Context>>
+
+    func shouldUpgrade(_ request: HTTPRequest, channel: any Channel) async -> Upgrade {
+        let target = request.path ?? "/"
+        let pathPart = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? target
+        let query = Query(target.contains("?") ? String(target.split(separator: "?", maxSplits: 1)[1]) : nil)
+        let segments = pathPart.split(separator: "/").map { percentDecode($0) }
+        let hubName: String
+        switch segments.count {
+        case 3 where segments[0] == "client" && segments[1] == "hubs":
+            hubName = segments[2]
+        case 1 where segments[0] == "client":
+            guard let h = query.first("hub") else {
+                rememberRejection(channel, status: 400, message: "missing ?hub=")
+                return .dontUpgrade
+            }
+            hubName = h
+        default:
+            return .dontUpgrade
+        }
+        let hub = hubName.lowercased()
+        let offered = (request.headerFields[values: .secWebSocketProtocol]).flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        let proto: ClientProtocol =
+            offered.first { ClientProtocol(rawValue: $0.lowercased())?.isJSON == true }.flatMap { ClientProtocol(rawValue: $0.lowercased()) } ?? .plain
+        var responseHeaders: HTTPFields = [:]
+        if proto.isJSON {
+            responseHeaders[.secWebSocketProtocol] = proto.rawValue
+        } else if let first = offered.first {
+            // Browsers fail a handshake that ignores the protocols they offered.
+            responseHeaders[.secWebSocketProtocol] = first
+        }
+
+        // Reliable reconnection: the same connection, authorised by its reconnection token.
+        if let connectionId = query.first("awps_connection_id") {
+            let token = query.first("awps_reconnection_token") ?? ""
+            if let c = registry.connection(connectionId), c.hub == hub, c.proto.isReliable, !c.isEnded,
+                let expected = c.reconnectionToken, constantTimeEquals(expected, token)
+            {
+                let greeting = SystemFrames.connected(connectionId: c.id, userId: c.userId, reconnectionToken: c.reconnectionToken)
+                let (stream, generation) = c.attach(greeting: greeting)
+                logger.debug("connection recovered", metadata: ["wps.connection": "\(c.id)"])
+                return .upgrade(responseHeaders) { inbound, outbound, _ in
+                    try await self.serve(c, stream: stream, generation: generation, inbound: inbound, outbound: outbound)
+                }
+            }
+            // Unknown or expired session: accept, then close with 1008 so the client starts afresh.
+            return .upgrade(responseHeaders) { _, outbound, _ in
+                try await outbound.close(.policyViolation, reason: "The connection cannot be recovered")
+            }
+        }
+
+        // Authentication.
+        var claims: JWTClaims?
+        let bearer = request.headerFields[.authorization].flatMap { $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : nil }
+        if let token = query.first("access_token") ?? bearer {
+            do {
+                claims = try AccessKeyJWT.verify(token, keys: configuration.accessKeys) { aud in
+                    LocalHub.audiencePath(aud) == "/client/hubs/\(hub)"
+                }
+            } catch {
+                rememberRejection(channel, status: 401, message: "invalid access token: \(error.message)")
+                return .dontUpgrade
+            }
+        } else if !configuration.allowAnonymous {
+            rememberRejection(channel, status: 401, message: "an access token is required (?access_token=...)")
+            return .dontUpgrade
+        }
+        var userId = claims?.subject
+        var roles = Set(claims?.roles ?? [])
+        var groups = claims?.groups ?? []
+        var chosenProtocol = proto
+        var connectionState: String?
+        let connectionId = newConnectionId()
+
+        // The blocking `connect` event.
+        if let handler = handler(for: hub, system: "connect") {
+            let body = connectBody(claims: claims, query: query, headers: request.headerFields, subprotocols: offered)
+            let event = UpstreamEvent(
+                kind: .connect, hub: hub, connectionId: connectionId, userId: userId, subprotocol: nil, connectionState: nil,
+                body: Array(body.utf8), contentType: "application/json; charset=utf-8")
+            do {
+                let response = try await upstream.call(handler, event)
+                switch response.status {
+                case 200..<300:
+                    connectionState = response.connectionState
+                    if response.status == 200, let json = try? JSONValue.parse(response.body) {
+                        if let u = json["userId"]?.stringValue { userId = u }
+                        if case .array(let g) = json["groups"] ?? .null { groups += g.compactMap(\.stringValue) }
+                        if case .array(let r) = json["roles"] ?? .null { roles.formUnion(r.compactMap(\.stringValue)) }
+                        if let sp = json["subprotocol"]?.stringValue, !sp.isEmpty {
+                            chosenProtocol = ClientProtocol(rawValue: sp.lowercased()) ?? .plain
+                            responseHeaders[.secWebSocketProtocol] = sp
+                        }
+                    }
+                case 400..<500:
+                    let reason = String(decoding: response.body.prefix(512), as: UTF8.self)
+                    rememberRejection(channel, status: response.status, message: reason.isEmpty ? "rejected by the event handler" : reason)
+                    return .dontUpgrade
+                default:
+                    rememberRejection(channel, status: 500, message: "the event handler answered \(response.status)")
+                    return .dontUpgrade
+                }
+            } catch {
+                logger.warning("connect event failed", metadata: ["wps.hub": "\(hub)", "error": "\(error)"])
+                rememberRejection(channel, status: 500, message: "the event handler could not be reached")
+                return .dontUpgrade
+            }
+        }
+
+        let mode: ClientConnection.PlainMode =
+            query.first("webpubsub_mode") == "sendToGroup" ? .sendToGroup(query.first("group") ?? "") : .sendEvent
+        let c = ClientConnection(
+            id: connectionId, hub: hub, userId: userId, proto: chosenProtocol, plainMode: mode, roles: roles,
+            subprotocolHeader: chosenProtocol.isJSON ? chosenProtocol.rawValue : responseHeaders[.secWebSocketProtocol],
+            connectionState: connectionState)
+        let greeting = chosenProtocol.isJSON ? SystemFrames.connected(connectionId: c.id, userId: userId, reconnectionToken: c.reconnectionToken) : nil
+        let (stream, generation) = c.attach(greeting: greeting)
+        registry.add(c, groups: groups)
+        logger.debug("connection opened", metadata: ["wps.hub": "\(hub)", "wps.connection": "\(c.id)", "wps.protocol": "\(chosenProtocol.rawValue)"])
+        if let handler = handler(for: hub, system: "connected") {
+            let event = UpstreamEvent(
+                kind: .connected, hub: hub, connectionId: c.id, userId: userId, subprotocol: c.subprotocolHeader,
+                connectionState: connectionState, body: Array("{}".utf8), contentType: "application/json; charset=utf-8")
+            spawn { [upstream, logger] in
+                do { _ = try await upstream.call(handler, event) } catch {
+                    logger.warning("connected event failed", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+        return .upgrade(responseHeaders) { inbound, outbound, _ in
+            try await self.serve(c, stream: stream, generation: generation, inbound: inbound, outbound: outbound)
+        }
+    }
+
+    func connectBody(claims: JWTClaims?, query: Query, headers: HTTPFields, subprotocols: [String]) -> String {
+        var claimMap: [(String, JSONValue)] = []
+        if case .object(let members) = claims?.payload ?? .null {
+            for (name, value) in members {
+                let values: [JSONValue]
+                switch value {
+                case .array(let items): values = items.map { .string($0.stringValue ?? $0.serialized) }
+                case .string(let s): values = [.string(s)]
+                default: values = [.string(value.serialized)]
+                }
+                claimMap.append((name, .array(values)))
+            }
+        }
+        var queryMap: [(String, JSONValue)] = []
+        for (name, _) in query.pairs where name != "access_token" && !queryMap.contains(where: { $0.0 == name }) {
+            queryMap.append((name, .array(query.all(name).map { .string($0) })))
+        }
+        var headerMap: [(String, JSONValue)] = []
+        for field in headers where field.name != .authorization {
+            let name = field.name.canonicalName
+            if let i = headerMap.firstIndex(where: { $0.0 == name }), case .array(var values) = headerMap[i].1 {
+                values.append(.string(field.value))
+                headerMap[i].1 = .array(values)
+            } else {
+                headerMap.append((name, .array([.string(field.value)])))
+            }
+        }
+        return JSONValue.object([
+            ("claims", .object(claimMap)), ("query", .object(queryMap)), ("headers", .object(headerMap)),
+            ("subprotocols", .array(subprotocols.map { .string($0) })), ("clientCertificates", .array([])),
+        ]).serialized
+    }
+
+    /// Runs one socket: writes what is queued for it, reads what the client sends.
+    func serve(
+        _ c: ClientConnection, stream: AsyncStream<SocketFrame>, generation: Int, inbound: WebSocketInboundStream,
+        outbound: WebSocketOutboundWriter
+    ) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await frame in stream {
+                    switch frame {
+                    case .text(let text): try await outbound.write(.text(text))
+                    case .binary(let bytes): try await outbound.write(.binary(ByteBuffer(bytes: bytes)))
+                    case .close(let code, let reason):
+                        try await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason)
+                        return
+                    }
+                }
+            }
+            var failure: (any Error)?
+            do {
+                for try await message in inbound.messages(maxSize: configuration.maxMessageBytes) {
+                    let keepOpen = await handleInbound(message, from: c)
+                    if !keepOpen { break }
+                }
+            } catch {
+                failure = error
+            }
+            if !c.isEnded {
+                if c.proto.isReliable && failure == nil && !c.isEnded {
+                    // Dropped without a close from us: keep the session for a reconnect.
+                    c.detach(generation: generation)
+                    let grace = configuration.reconnectGrace
+                    spawn {
+                        try? await Task.sleep(for: grace)
+                        if !c.hasSocket && !c.isEnded && c.currentGeneration == generation {
+                            await self.terminate(c, reason: "The client did not reconnect in time", notify: false)
+                        }
+                    }
+                } else {
+                    await terminate(c, reason: failure.map { "Connection error: \($0)" } ?? "Normal closure", notify: false)
+                }
+            }
+            group.cancelAll()
+            if let failure { throw failure }
+        }
+    }
+
+    /// Handles one client message; false closes the connection.
+    func handleInbound(_ message: WebSocketMessage, from c: ClientConnection) async -> Bool {
+        guard c.proto.isJSON else { return await handlePlain(message, from: c) }
+        guard case .text(let text) = message else {
+            await terminate(c, reason: "Invalid message: the JSON protocols take text frames only", notify: true)
+            return false
+        }
+        guard let json = try? JSONValue(parsing: text), case .object = json, let type = json["type"]?.stringValue else {
+            await terminate(c, reason: "Invalid message: not a JSON object with a \"type\"", notify: true)
+            return false
+        }
+        var ackId: UInt64?
+        if let raw = json["ackId"] {
+            guard case .number(let n) = raw, let id = UInt64(n) else {
+                await terminate(c, reason: "Invalid message: ackId must be an unsigned integer", notify: true)
+                return false
+            }
+            ackId = id
+        }
+        func ack(_ error: (String, String)? = nil) {
+            if let ackId { c.sendRaw(.text(SystemFrames.ack(ackId, error: error.map { (name: $0.0, message: $0.1) }))) }
+        }
+        if let ackId, ["joinGroup", "leaveGroup", "sendToGroup", "event"].contains(type), !c.firstUse(ackId: ackId) {
+            c.sendRaw(.text(SystemFrames.ack(ackId, error: (name: "Duplicate", message: "Message with ack-id: \(ackId) has been processed"))))
+            return true
+        }
+        switch type {
+        case "joinGroup", "leaveGroup":
+            guard let group = json["group"]?.stringValue, WebPubSubNames.groupProblem(group) == nil else {
+                ack(("InvalidRequest", "\"group\" must be a non-empty group name"))
+                return true
+            }
+            guard registry.isAllowed(c, "joinLeaveGroup", group: group) else {
+                ack(("Forbidden", "The connection has no permission to \(type == "joinGroup" ? "join" : "leave") group \(group)"))
+                return true
+            }
+            _ = type == "joinGroup" ? registry.join(c.id, group: group) : registry.leave(c.id, group: group)
+            ack()
+        case "sendToGroup":
+            guard let group = json["group"]?.stringValue, WebPubSubNames.groupProblem(group) == nil else {
+                ack(("InvalidRequest", "\"group\" must be a non-empty group name"))
+                return true
+            }
+            guard registry.isAllowed(c, "sendToGroup", group: group) else {
+                ack(("Forbidden", "The connection has no permission to send to group \(group)"))
+                return true
+            }
+            guard let (dataType, payload) = decodeData(json) else {
+                ack(("InvalidRequest", "\"data\" does not match \"dataType\""))
+                return true
+            }
+            let noEcho = json["noEcho"] == .bool(true)
+            let out = Outgoing(source: .group(group, fromUserId: c.userId), dataType: dataType, payload: payload)
+            let excluded: Set<String> = noEcho ? [c.id] : []
+            fanOut(out, to: registry.targets(hub: c.hub, scope: .group(group), excluded: excluded, filter: nil))
+            ack()
+        case "event":
+            guard let name = json["event"]?.stringValue, !name.isEmpty else {
+                ack(("InvalidRequest", "\"event\" is required"))
+                return true
+            }
+            guard let (dataType, payload) = decodeData(json) else {
+                ack(("InvalidRequest", "\"data\" does not match \"dataType\""))
+                return true
+            }
+            return await userEvent(name, dataType: dataType, payload: payload, from: c, ack: ack)
+        case "sequenceAck":
+            if c.proto.isReliable, case .number(let n) = json["sequenceId"] ?? .null, let id = UInt64(n) { c.acknowledge(upTo: id) }
+        case "ping":
+            c.sendRaw(.text(SystemFrames.pong))
+        default:
+            await terminate(c, reason: "Invalid message: unknown type '\(type)'", notify: true)
+            return false
+        }
+        return true
+    }
+
+    /// `data` by `dataType` (default json): JSON as written, text as a string, binary as base64.
+    func decodeData(_ json: JSONValue) -> (HubDataType, [UInt8])? {
+        let typeName = json["dataType"]?.stringValue ?? "json"
+        guard let dataType = HubDataType(rawValue: typeName), let data = json["data"] else { return nil }
+        switch dataType {
+        case .json: return (.json, Array(data.serialized.utf8))
+        case .text: return data.stringValue.map { (.text, Array($0.utf8)) }
+        case .binary: return data.stringValue.flatMap { Data(base64Encoded: $0) }.map { (.binary, Array($0)) }
+        }
+    }
+
+    /// A user event to the upstream; its response body goes back to the client.
+    func userEvent(
+        _ name: String, dataType: HubDataType, payload: [UInt8], from c: ClientConnection, ack: ((String, String)?) -> Void
+    ) async -> Bool {
+        guard let handler = handler(for: c.hub, userEvent: name) else {
+            // Nobody listens: a plain client's frames have nowhere to go, so the service drops it.
+            if !c.proto.isJSON {
+                await terminate(c, reason: "No event handler for user event '\(name)'", notify: false)
+                return false
+            }
+            ack(nil)
+            return true
+        }
+        let event = UpstreamEvent(
+            kind: .user(name), hub: c.hub, connectionId: c.id, userId: c.userId, subprotocol: c.subprotocolHeader,
+            connectionState: c.connectionState, body: payload, contentType: dataType.contentType)
+        do {
+            let response = try await upstream.call(handler, event)
+            guard (200..<300).contains(response.status) else {
+                ack(("InternalServerError", "the event handler answered \(response.status)"))
+                await terminate(c, reason: "The event handler refused event '\(name)' (\(response.status))", notify: true)
+                return false
+            }
+            if let state = response.connectionState { c.connectionState = state }
+            if response.status == 200, !response.body.isEmpty {
+                let type = HubDataType(contentType: response.contentType ?? "") ?? .binary
+                if type != .json || (try? JSONValue.parse(response.body)) != nil {
+                    fanOut(Outgoing(source: .server, dataType: type, payload: type == .json ? compactJSON(response.body) : response.body), to: [c])
+                }
+            }
+            ack(nil)
+            return true
+        } catch {
+            ack(("InternalServerError", "the event handler could not be reached"))
+            logger.warning("user event failed", metadata: ["wps.hub": "\(c.hub)", "error": "\(error)"])
+            return true
+        }
+    }
+
+    /// A plain WebSocket: each frame is a `message` event, or a publish to the mode's group.
+    func handlePlain(_ message: WebSocketMessage, from c: ClientConnection) async -> Bool {
+        let (dataType, payload): (HubDataType, [UInt8]) =
+            switch message {
+            case .text(let s): (.text, Array(s.utf8))
+            case .binary(let b): (.binary, Array(b.readableBytesView))
+            }
+        switch c.plainMode {
+        case .sendToGroup(let group):
+            guard WebPubSubNames.groupProblem(group) == nil, registry.isAllowed(c, "sendToGroup", group: group) else {
+                await terminate(c, reason: "Forbidden: no permission to send to group '\(group)'", notify: false)
+                return false
+            }
+            fanOut(Outgoing(source: .group(group, fromUserId: c.userId), dataType: dataType, payload: payload),
+                   to: registry.targets(hub: c.hub, scope: .group(group), excluded: [], filter: nil))
+            return true
+        case .sendEvent:
+            return await userEvent("message", dataType: dataType, payload: payload, from: c) { _ in }
+        }
+    }
+}
+

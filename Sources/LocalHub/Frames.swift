@@ -1,0 +1,109 @@
+import BridgeJSON
+import Foundation
+import NIOCore
+
+/// The client protocol of a connection.
+public enum ClientProtocol: String, Sendable {
+    case json = "json.webpubsub.azure.v1"
+    case reliableJSON = "json.reliable.webpubsub.azure.v1"
+    /// No (or an unknown) subprotocol: raw frames only.
+    case plain = ""
+
+    var isJSON: Bool { self != .plain }
+    var isReliable: Bool { self == .reliableJSON }
+}
+
+/// The data types of Web PubSub messages.
+public enum HubDataType: String, Sendable {
+    case json, text, binary
+
+    init?(contentType: String) {
+        let media = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
+        switch media {
+        case "application/json": self = .json
+        case "text/plain": self = .text
+        case "application/octet-stream": self = .binary
+        default: return nil
+        }
+    }
+
+    var contentType: String {
+        switch self {
+        case .json: "application/json"
+        case .text: "text/plain"
+        case .binary: "application/octet-stream"
+        }
+    }
+}
+
+/// A message on its way to connections, with its JSON-protocol rendering done once for all of them.
+struct Outgoing: Sendable {
+    enum Source: Sendable {
+        case server
+        case group(String, fromUserId: String?)
+    }
+
+    let source: Source
+    let dataType: HubDataType
+    let payload: [UInt8]
+    /// `{"type":"message",...,"data":...` without the closing brace, so that a reliable
+    /// connection can append its `sequenceId`.
+    let jsonPrefix: String
+
+    init(source: Source, dataType: HubDataType, payload: [UInt8]) {
+        self.source = source
+        self.dataType = dataType
+        self.payload = payload
+        var s = #"{"type":"message","from":"#
+        switch source {
+        case .server:
+            s += #""server""#
+        case .group(let group, let fromUserId):
+            s += #""group","group":"# + JSONValue.quoted(group)
+            if let fromUserId { s += #","fromUserId":"# + JSONValue.quoted(fromUserId) }
+        }
+        s += #","dataType":""# + dataType.rawValue + #"","data":"#
+        switch dataType {
+        case .json: s += String(decoding: payload, as: UTF8.self)
+        case .text: s += JSONValue.quoted(String(decoding: payload, as: UTF8.self))
+        case .binary: s += JSONValue.quoted(Data(payload).base64EncodedString())
+        }
+        jsonPrefix = s
+    }
+
+    func jsonFrame(sequenceId: UInt64?) -> String {
+        if let sequenceId { return jsonPrefix + #","sequenceId":"# + String(sequenceId) + "}" }
+        return jsonPrefix + "}"
+    }
+}
+
+/// What goes down one socket.
+enum SocketFrame: Sendable {
+    case text(String)
+    case binary([UInt8])
+    /// Close the socket with a code and reason.
+    case close(code: UInt16, reason: String)
+}
+
+enum SystemFrames {
+    static func connected(connectionId: String, userId: String?, reconnectionToken: String?) -> String {
+        var members: [(String, JSONValue)] = [("type", .string("system")), ("event", .string("connected")), ("connectionId", .string(connectionId))]
+        if let userId { members.append(("userId", .string(userId))) }
+        if let reconnectionToken { members.append(("reconnectionToken", .string(reconnectionToken))) }
+        return JSONValue.object(members).serialized
+    }
+
+    static func disconnected(_ message: String) -> String {
+        JSONValue.object([("type", .string("system")), ("event", .string("disconnected")), ("message", .string(message))]).serialized
+    }
+
+    static func ack(_ ackId: UInt64, error: (name: String, message: String)? = nil) -> String {
+        var members: [(String, JSONValue)] = [("type", .string("ack")), ("ackId", .number(String(ackId))), ("success", .bool(error == nil))]
+        if let error {
+            members.append(("error", .object([("name", .string(error.name)), ("message", .string(error.message))])))
+        }
+        return JSONValue.object(members).serialized
+    }
+
+    static let pong = #"{"type":"pong"}"#
+}

@@ -1,0 +1,297 @@
+import AsyncHTTPClient
+import BridgeCore
+import BridgeJSON
+import Foundation
+import HTTPTypes
+public import Hummingbird
+import HummingbirdWebSocket
+public import Logging
+import NIOCore
+import NIOWebSocket
+import ODataFilter
+public import ServiceLifecycle
+import Synchronization
+public import WebPubSub
+
+/// Settings of the embedded hub.
+public struct LocalHubConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    /// 0 picks a free port.
+    public var port = 8080
+    /// The primary key, then an optional secondary one; every token signed with either is valid.
+    public var accessKeys: [AccessKey]
+    /// Upstream event handlers by hub (lower-cased), in order: the first that takes an event gets it.
+    public var eventHandlers: [String: [EventHandlerSettings]] = [:]
+    /// REST requests accepted per second; the rest get 429 with `Retry-After`. nil: no limit.
+    public var rateLimit: Int?
+    /// Accept client connections without an access token.
+    public var allowAnonymous = false
+    /// How long a reliable session waits for its client to reconnect.
+    public var reconnectGrace: Duration = .seconds(30)
+    /// The largest client message.
+    public var maxMessageBytes = 1024 * 1024
+
+    public init(accessKeys: [AccessKey]) {
+        self.accessKeys = accessKeys
+    }
+}
+
+/// An embedded Web PubSub-compatible service: the REST data plane, the client WebSocket
+/// endpoint with the JSON subprotocols, groups, users, permissions, filters, and upstream
+/// CloudEvents to event handlers. In memory, one process: for development, tests and demos.
+public final class LocalHub: Service, Sendable {
+    public let configuration: LocalHubConfiguration
+    let logger: Logger
+    let registry = HubRegistry()
+    private let listening = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, Never>])>((nil, []))
+    private let rejections = Mutex<[ObjectIdentifier: (status: Int, message: String)]>([:])
+    private let background: (stream: AsyncStream<@Sendable () async -> Void>, continuation: AsyncStream<@Sendable () async -> Void>.Continuation)
+    private let limiter: RateLimiter?
+    let upstreamClient: HTTPClient
+    let upstream: UpstreamCaller
+    private let nextConnection = Atomic<Int>(0)
+
+    public init(configuration: LocalHubConfiguration, logger: Logger) {
+        precondition(!configuration.accessKeys.isEmpty, "the hub needs an access key")
+        self.configuration = configuration
+        self.logger = logger
+        background = AsyncStream.makeStream()
+        limiter = configuration.rateLimit.map { RateLimiter(perSecond: $0) }
+        upstreamClient = HTTPClient(eventLoopGroupProvider: .singleton)
+        upstream = UpstreamCaller(
+            httpClient: upstreamClient, keys: configuration.accessKeys, origin: configuration.host, logger: logger)
+    }
+
+    /// The port, once the hub listens.
+    public func waitUntilListening() async -> Int {
+        await withCheckedContinuation { c in
+            let port: Int? = listening.withLock { l in
+                if let p = l.port { return p }
+                l.waiters.append(c)
+                return nil
+            }
+            if let port { c.resume(returning: port) }
+        }
+    }
+
+    /// `http://host:port`, once listening.
+    public func endpoint() async -> String { "http://\(configuration.host):\(await waitUntilListening())" }
+
+    /// `Endpoint=http://host;Port=port;AccessKey=key;Version=1.0;`, once listening.
+    public func connectionString() async -> String {
+        let port = await waitUntilListening()
+        return "Endpoint=http://\(configuration.host);Port=\(port);AccessKey=\(configuration.accessKeys[0].value);Version=1.0;"
+    }
+
+    public func run() async throws {
+        let app = Application(
+            responder: CallbackResponder<HubRequestContext> { [self] request, context in
+                await self.respond(request, context: context)
+            },
+            server: .http1WebSocketUpgrade(
+                configuration: .init(
+                    http1: .init(),
+                    ws: .init(maxFrameSize: configuration.maxMessageBytes + 1024, autoPing: .enabled(timePeriod: .seconds(30)))),
+                shouldUpgrade: { [self] request, channel, _ in
+                    await self.shouldUpgrade(request, channel: channel)
+                }),
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "wps-bridge-hub"),
+            onServerRunning: { [self] channel in
+                let port = channel.localAddress?.port ?? 0
+                let waiters = listening.withLock { l in
+                    l.port = port
+                    defer { l.waiters.removeAll() }
+                    return l.waiters
+                }
+                for w in waiters { w.resume(returning: port) }
+                logger.info("hub listening", metadata: ["wps.hub.endpoint": "http://\(configuration.host):\(port)"])
+            },
+            logger: logger)
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                await withDiscardingTaskGroup { jobs in
+                    for await job in self.background.stream { jobs.addTask { await job() } }
+                }
+            }
+            do {
+                try await app.run()
+            } catch {
+                logger.error("hub stopped", metadata: ["error": "\(error)"])
+            }
+            // Close what is still connected, then stop background work.
+            for c in registry.all(hub: nil) {
+                await terminate(c, reason: "ServiceShutdown", notify: true)
+            }
+            background.continuation.finish()
+        }
+        try? await upstreamClient.shutdown()
+    }
+
+    /// Runs `work` in the hub's background task group.
+    func spawn(_ work: @escaping @Sendable () async -> Void) {
+        background.continuation.yield(work)
+    }
+
+    func newConnectionId() -> String {
+        let n = nextConnection.wrappingAdd(1, ordering: .relaxed).newValue
+        return UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(22) + String(n, radix: 36)
+    }
+
+    // MARK: HTTP
+
+    func respond(_ request: Request, context: HubRequestContext) async -> Response {
+        var request = request
+        let rawPath = request.uri.path
+        let segments = rawPath.split(separator: "/", omittingEmptySubsequences: true).map { percentDecode($0) }
+        let query = Query(request.uri.query)
+        if segments.first == "api" {
+            let body: [UInt8]
+            do {
+                body = Array(try await request.collectBody(upTo: configuration.maxMessageBytes + 1).readableBytesView)
+            } catch {
+                return errorResponse(413, "RequestEntityTooLarge", "the body is larger than \(configuration.maxMessageBytes) bytes")
+            }
+            if body.count > configuration.maxMessageBytes {
+                return errorResponse(413, "RequestEntityTooLarge", "the body is larger than \(configuration.maxMessageBytes) bytes")
+            }
+            return await handleREST(request, rawPath: rawPath, segments: Array(segments.dropFirst()), query: query, body: body)
+        }
+        switch (request.method, segments.first) {
+        case (.get, nil), (.get, "index.html"):
+            return Response(
+                status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: DemoPage.html)))
+        case (.get, "negotiate"):
+            return negotiate(query)
+        case (.get, "client"):
+            // A WebSocket upgrade that was refused lands here: answer with the reason.
+            if let rejection = rejections.withLock({ $0.removeValue(forKey: ObjectIdentifier(context.channel)) }) {
+                return errorResponse(rejection.status, rejection.status == 401 ? "Unauthorized" : "Forbidden", rejection.message)
+            }
+            return errorResponse(400, "InvalidRequest", "this is a WebSocket endpoint: connect with a WebSocket client")
+        default:
+            return errorResponse(404, "NotFound", "no such resource: \(request.method) \(rawPath)")
+        }
+    }
+
+    func errorResponse(_ status: Int, _ code: String, _ message: String, headers extra: HTTPFields = [:]) -> Response {
+        let body = JSONValue.object([("error", .object([("code", .string(code)), ("message", .string(message))]))]).serialized
+        var headers: HTTPFields = [.contentType: "application/json; charset=utf-8"]
+        headers[HTTPField.Name("x-ms-error-code")!] = code
+        headers.append(contentsOf: extra)
+        return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+
+    func negotiate(_ query: Query) -> Response {
+        guard let hub = query.first("hub"), WebPubSubNames.hubProblem(hub) == nil else {
+            return errorResponse(400, "InvalidRequest", "negotiate needs ?hub=NAME (a valid hub name)")
+        }
+        let group = query.first("group")
+        var roles = query.all("role")
+        if let group, roles.isEmpty { roles = ["webpubsub.joinLeaveGroup.\(group)", "webpubsub.sendToGroup.\(group)"] }
+        let port = listening.withLock { $0.port } ?? configuration.port
+        do {
+            let access = try ClientAccess.make(
+                endpoint: "http://\(configuration.host):\(port)", hub: hub, key: configuration.accessKeys[0], userId: query.first("userId"),
+                roles: roles, groups: [], expiresIn: .seconds(3600))
+            let body = JSONValue.object([("url", .string(access.url)), ("baseUrl", .string(access.baseURL)), ("token", .string(access.token))]).serialized
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
+        } catch {
+            return errorResponse(400, "InvalidRequest", "\(error)")
+        }
+    }
+
+    // MARK: Ending connections
+
+    /// Ends a connection: tells the client why (JSON protocols), closes the socket (1008, so a
+    /// reliable client does not try to recover), forgets it, and sends `disconnected` upstream.
+    func terminate(_ c: ClientConnection, reason: String, notify: Bool) async {
+        var frames: [SocketFrame] = []
+        if notify, c.proto.isJSON { frames.append(.text(SystemFrames.disconnected(reason))) }
+        frames.append(.close(code: c.proto.isReliable ? 1008 : 1000, reason: String(reason.prefix(120))))
+        c.end(closing: frames)
+        guard registry.remove(c.id) else { return }
+        logger.debug("connection closed", metadata: ["wps.hub": "\(c.hub)", "wps.connection": "\(c.id)", "reason": "\(reason)"])
+        if let handler = handler(for: c.hub, system: "disconnected") {
+            let event = UpstreamEvent(
+                kind: .disconnected, hub: c.hub, connectionId: c.id, userId: c.userId, subprotocol: c.subprotocolHeader,
+                connectionState: c.connectionState, body: Array(JSONValue.object([("reason", .string(reason))]).serialized.utf8),
+                contentType: "application/json; charset=utf-8")
+            spawn { [upstream, logger] in
+                do {
+                    _ = try await upstream.call(handler, event)
+                } catch {
+                    logger.warning("disconnected event failed", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    func handler(for hub: String, system event: String) -> EventHandlerSettings? {
+        configuration.eventHandlers[hub]?.first { $0.systemEvents.contains(event) }
+    }
+
+    func handler(for hub: String, userEvent event: String) -> EventHandlerSettings? {
+        configuration.eventHandlers[hub]?.first { $0.handles(userEvent: event) }
+    }
+
+    func rememberRejection(_ channel: any Channel, status: Int, message: String) {
+        rejections.withLock { $0[ObjectIdentifier(channel)] = (status, message) }
+        channel.closeFuture.whenComplete { [weak self] _ in
+            self?.rejections.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(channel)) }
+        }
+    }
+
+    func checkRate() -> Bool { limiter?.take() ?? true }
+}
+
+/// A request context that remembers its channel, so that a refused WebSocket upgrade (which
+/// falls through to the HTTP responder on the same channel) can be answered with its reason.
+struct HubRequestContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    let channel: any Channel
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+}
+
+/// Decoded query parameters, repeated names kept.
+struct Query: Sendable {
+    let pairs: [(String, String)]
+
+    init(_ raw: String?) {
+        pairs = (raw ?? "").split(separator: "&").map { pair in
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            return (percentDecode(parts[0], plusIsSpace: true), parts.count > 1 ? percentDecode(parts[1], plusIsSpace: true) : "")
+        }
+    }
+
+    func first(_ name: String) -> String? { pairs.first { $0.0 == name }?.1 }
+    func all(_ name: String) -> [String] { pairs.filter { $0.0 == name }.map(\.1) }
+}
+
+/// A token bucket: `perSecond` requests a second, bursts up to the same.
+final class RateLimiter: Sendable {
+    let perSecond: Int
+    private let state: Mutex<(tokens: Double, last: ContinuousClock.Instant)>
+
+    init(perSecond: Int) {
+        self.perSecond = max(1, perSecond)
+        state = Mutex((Double(max(1, perSecond)), .now))
+    }
+
+    func take() -> Bool {
+        state.withLock { s in
+            let now = ContinuousClock.now
+            let elapsed = now - s.last
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            s.tokens = min(Double(perSecond), s.tokens + seconds * Double(perSecond))
+            s.last = now
+            guard s.tokens >= 1 else { return false }
+            s.tokens -= 1
+            return true
+        }
+    }
+}
+
