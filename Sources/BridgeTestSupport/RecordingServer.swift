@@ -47,13 +47,22 @@ public final class RecordingServer: Sendable {
     }
 
     public let accessKey: AccessKey
+    /// When false the server takes any request (an event handler, say) and sets no `authError`.
+    let verifyToken: Bool
+    /// Answers a request before the script and the defaults, when it returns a response.
+    let responder: (@Sendable (RecordedRequest) -> ScriptedResponse?)?
     private let recorded = Mutex<[RecordedRequest]>([])
     private let script = Mutex<[ScriptedResponse]>([])
     private let boundPort = Mutex<Int?>(nil)
     private let task = Mutex<Task<Void, any Error>?>(nil)
 
-    public init(accessKey: AccessKey = AccessKey("recording-server-key-0123456789ABCDEFGHIJ")) {
+    public init(
+        accessKey: AccessKey = AccessKey("recording-server-key-0123456789ABCDEFGHIJ"), verifyToken: Bool = true,
+        responder: (@Sendable (RecordedRequest) -> ScriptedResponse?)? = nil
+    ) {
         self.accessKey = accessKey
+        self.verifyToken = verifyToken
+        self.responder = responder
     }
 
     public var port: Int { boundPort.withLock { $0 ?? 0 } }
@@ -118,7 +127,8 @@ public final class RecordingServer: Sendable {
         }
         var claims: JWTClaims?
         var authError: String?
-        if let auth = headers["authorization"], auth.hasPrefix("Bearer ") {
+        if !verifyToken {
+        } else if let auth = headers["authorization"], auth.hasPrefix("Bearer ") {
             do {
                 claims = try AccessKeyJWT.verify(String(auth.dropFirst(7)), keys: [accessKey], leeway: 5) { $0 == url }
             } catch {
@@ -133,6 +143,9 @@ public final class RecordingServer: Sendable {
         recorded.withLock { $0.append(recordedRequest) }
         if let authError {
             return Self.response(ScriptedResponse(status: 401, body: #"{"code":"Unauthorized","message":"\#(authError)"}"#))
+        }
+        if let responder, let answer = responder(recordedRequest) {
+            return Self.response(answer)
         }
         if let scripted = script.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
             return Self.response(scripted)

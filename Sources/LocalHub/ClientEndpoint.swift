@@ -219,7 +219,8 @@ extension LocalHub {
                     await terminate(c, reason: failure.map { "Connection error: \($0)" } ?? "Normal closure", notify: false)
                 }
             }
-            group.cancelAll()
+            // The socket's stream was finished (detached or ended), so the writer ends by itself
+            // once it has written what was queued: the close reason reaches the client.
             if let failure { throw failure }
         }
     }

@@ -44,7 +44,7 @@ public final class LocalHub: Service, Sendable {
     let logger: Logger
     let registry = HubRegistry()
     private let listening = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, Never>])>((nil, []))
-    private let rejections = Mutex<[ObjectIdentifier: (status: Int, message: String)]>([:])
+    let rejectionStore = RejectionStore()
     private let background: (stream: AsyncStream<@Sendable () async -> Void>, continuation: AsyncStream<@Sendable () async -> Void>.Continuation)
     private let limiter: RateLimiter?
     let upstreamClient: HTTPClient
@@ -90,7 +90,7 @@ public final class LocalHub: Service, Sendable {
             },
             server: .http1WebSocketUpgrade(
                 configuration: .init(
-                    http1: .init(),
+                    http1: .init(additionalChannelHandlers: [RejectionWriter { [rejections = self.rejectionStore] id in rejections.take(id) }]),
                     ws: .init(maxFrameSize: configuration.maxMessageBytes + 1024, autoPing: .enabled(timePeriod: .seconds(30)))),
                 shouldUpgrade: { [self] request, channel, _ in
                     await self.shouldUpgrade(request, channel: channel)
@@ -164,7 +164,7 @@ public final class LocalHub: Service, Sendable {
             return negotiate(query)
         case (.get, "client"):
             // A WebSocket upgrade that was refused lands here: answer with the reason.
-            if let rejection = rejections.withLock({ $0.removeValue(forKey: ObjectIdentifier(context.channel)) }) {
+            if let rejection = rejectionStore.take(ObjectIdentifier(context.channel)) {
                 return errorResponse(rejection.status, rejection.status == 401 ? "Unauthorized" : "Forbidden", rejection.message)
             }
             return errorResponse(400, "InvalidRequest", "this is a WebSocket endpoint: connect with a WebSocket client")
@@ -235,13 +235,25 @@ public final class LocalHub: Service, Sendable {
     }
 
     func rememberRejection(_ channel: any Channel, status: Int, message: String) {
-        rejections.withLock { $0[ObjectIdentifier(channel)] = (status, message) }
-        channel.closeFuture.whenComplete { [weak self] _ in
-            self?.rejections.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(channel)) }
-        }
+        let id = ObjectIdentifier(channel)
+        rejectionStore.put(id, (status, message))
+        channel.closeFuture.whenComplete { [rejectionStore] _ in _ = rejectionStore.take(id) }
     }
 
     func checkRate() -> Bool { limiter?.take() ?? true }
+}
+
+/// Why the hub refused a channel's WebSocket upgrade, until the answer is written.
+final class RejectionStore: Sendable {
+    private let entries = Mutex<[ObjectIdentifier: (status: Int, message: String)]>([:])
+
+    func put(_ id: ObjectIdentifier, _ rejection: (status: Int, message: String)) {
+        entries.withLock { $0[id] = rejection }
+    }
+
+    func take(_ id: ObjectIdentifier) -> (status: Int, message: String)? {
+        entries.withLock { $0.removeValue(forKey: id) }
+    }
 }
 
 /// A request context that remembers its channel, so that a refused WebSocket upgrade (which

@@ -1,0 +1,303 @@
+import AsyncHTTPClient
+import BridgeJSON
+import BridgeTestSupport
+import Foundation
+import LocalHub
+import NIOCore
+import Testing
+import WebPubSub
+
+@Suite struct RESTAgainstHubTests {
+    @Test func ourClientDrivesTheHub() async throws {
+        try await withHub { _, cs in
+            let client = WebPubSubServiceClient(connectionString: cs)
+            defer { Task { try? await client.shutdown() } }
+            let (a, aId) = try await connectClient(cs, user: "alice", groups: ["news"])
+            let (b, bId) = try await connectClient(cs, user: "bob", subprotocol: "json.reliable.webpubsub.azure.v1")
+            let alice = try #require(aId), bob = try #require(bId)
+
+            try await client.sendToGroup(hub: "chat", group: "news", payload: ByteBuffer(string: #"{"n": 1}"#), contentType: "application/json")
+            let m = await a.expect(type: "message")
+            #expect(m?["from"] == .string("group") && m?["group"] == .string("news"))
+            #expect(m?["dataType"] == .string("json") && m?["data"] == .object([("n", .number("1"))]))
+
+            try await client.sendToUser(hub: "chat", userId: "bob", payload: ByteBuffer(string: "hi bob"), contentType: "text/plain")
+            let r = await b.expect(type: "message")
+            #expect(r?["from"] == .string("server") && r?["data"] == .string("hi bob") && r?["sequenceId"] == .number("1"))
+
+            try await client.sendToAll(hub: "chat", payload: ByteBuffer(bytes: [1, 2, 3]), contentType: "application/octet-stream", filter: "userId eq 'alice'")
+            let bin = await a.expect(type: "message")
+            #expect(bin?["dataType"] == .string("binary") && bin?["data"] == .string("AQID"))
+
+            #expect(try await client.connectionExists(hub: "chat", connectionId: alice))
+            #expect(try await client.userExists(hub: "chat", userId: "bob"))
+            #expect(try await client.groupExists(hub: "chat", group: "news"))
+            #expect(try await !client.groupExists(hub: "chat", group: "empty"))
+            try await client.addConnectionToGroup(hub: "chat", group: "g2", connectionId: bob)
+            #expect(try await client.listConnections(hub: "chat", group: "g2") .map { "\($0.connectionId) \($0.userId ?? "")" } == ["\(bob) bob"])
+            try await client.addConnectionsToGroups(hub: "chat", groups: ["filtered"], filter: "userId eq 'alice'")
+            #expect(try await client.listConnections(hub: "chat", group: "filtered").map(\.connectionId) == [alice])
+            try await client.removeConnectionsFromGroups(hub: "chat", groups: ["filtered"], filter: "userId eq 'alice'")
+            #expect(try await !client.groupExists(hub: "chat", group: "filtered"))
+            try await client.grantPermission(hub: "chat", permission: .sendToGroup, connectionId: alice, targetName: "news")
+            #expect(try await client.checkPermission(hub: "chat", permission: .sendToGroup, connectionId: alice, targetName: "news"))
+            #expect(try await !client.checkPermission(hub: "chat", permission: .joinLeaveGroup, connectionId: alice))
+            #expect(try await client.serviceIsHealthy())
+            let token = try await client.generateClientToken(hub: "chat", userId: "zed", roles: ["webpubsub.joinLeaveGroup"], minutesToExpire: 5)
+            let claims = try AccessKeyJWT.verify(token, keys: [cs.accessKey])
+            #expect(claims.subject == "zed" && claims.roles == ["webpubsub.joinLeaveGroup"])
+
+            try await client.closeConnection(hub: "chat", connectionId: alice, reason: "done")
+            let bye = await a.expect(type: "system", event: "disconnected")
+            #expect(bye?["message"] == .string("done"))
+            #expect(await a.next() == .closed(1000))
+            #expect(try await !client.connectionExists(hub: "chat", connectionId: alice))
+            await b.close()
+        }
+    }
+
+    @Test func refusesBadRequests() async throws {
+        try await withHub { hub, cs in
+            let good = WebPubSubServiceClient(connectionString: cs)
+            let wrongKey = WebPubSubServiceClient(connectionString: try ConnectionString(endpoint: cs.endpoint, accessKey: AccessKey("wrong")))
+            await #expect(throws: WebPubSubError.self) {
+                try await wrongKey.sendToAll(hub: "chat", payload: ByteBuffer(string: "x"), contentType: "text/plain")
+            }
+            do {
+                try await good.sendToAll(hub: "chat", payload: ByteBuffer(string: "{oops"), contentType: "application/json")
+                Issue.record("invalid JSON must be refused")
+            } catch let error as WebPubSubError {
+                #expect(error.status == 400)
+            }
+            do {
+                try await good.sendToAll(hub: "chat", payload: ByteBuffer(string: "x"), contentType: "text/plain", filter: "userId eq")
+                Issue.record("a bad filter must be refused")
+            } catch let error as WebPubSubError {
+                #expect(error.status == 400 && error.message.contains("(Parameter 'filter')"))
+            }
+            do {
+                try await good.addConnectionToGroup(hub: "chat", group: "g", connectionId: "nobody")
+                Issue.record("an unknown connection must be refused")
+            } catch let error as WebPubSubError {
+                #expect(error.status == 404 && error.errorCode == "NotFound")
+            }
+            try await good.shutdown()
+            try await wrongKey.shutdown()
+            _ = hub
+        }
+    }
+
+    @Test func rateLimitAnswers429WithRetryAfter() async throws {
+        try await withHub({ $0.rateLimit = 3 }) { _, cs in
+            let client = WebPubSubServiceClient(connectionString: cs)
+            var throttled: [WebPubSubError] = []
+            for _ in 0..<10 {
+                do { try await client.sendToAll(hub: "chat", payload: ByteBuffer(string: "x"), contentType: "text/plain") } catch let error as WebPubSubError { throttled.append(error) }
+            }
+            try await client.shutdown()
+            #expect(throttled.count >= 5)
+            #expect(throttled.allSatisfy { $0.status == 429 && $0.retryAfter == .seconds(1) })
+        }
+    }
+}
+
+@Suite struct ClientProtocolTests {
+    @Test func joinSendAckAndPermissions() async throws {
+        try await withHub { _, cs in
+            let (a, _) = try await connectClient(cs, user: "a", roles: ["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup.room"])
+            let (b, _) = try await connectClient(cs, user: "b")
+            a.send(#"{"type":"joinGroup","group":"room","ackId":1}"#)
+            #expect(await a.expect(type: "ack") == (try JSONValue(parsing: #"{"type":"ack","ackId":1,"success":true}"#)))
+            a.send(#"{"type":"joinGroup","group":"room","ackId":1}"#)
+            #expect(await a.expect(type: "ack")?["error"]?["name"] == .string("Duplicate"))
+            b.send(#"{"type":"joinGroup","group":"room","ackId":7}"#)
+            #expect(await b.expect(type: "ack")?["error"]?["name"] == .string("Forbidden"))
+            a.send(#"{"type":"sendToGroup","group":"other","data":"x","dataType":"text","ackId":2}"#)
+            #expect(await a.expect(type: "ack")?["error"]?["name"] == .string("Forbidden"))
+            a.send(#"{"type":"sendToGroup","group":"room","data":{"x":1},"ackId":3}"#)
+            let echo = await a.expect(type: "message")
+            #expect(echo?["fromUserId"] == .string("a") && echo?["data"]?["x"] == .number("1"))
+            #expect(await a.expect(type: "ack")?["ackId"] == .number("3"))
+            a.send(#"{"type":"sendToGroup","group":"room","data":"quiet","dataType":"text","noEcho":true,"ackId":4}"#)
+            #expect(await a.expect(type: "ack")?["success"] == .bool(true))
+            #expect(await a.next(timeout: .milliseconds(200)) == nil)
+            a.send(#"{"type":"ping"}"#)
+            #expect(await a.expect(type: "pong") != nil)
+            await a.close()
+            await b.close()
+        }
+    }
+
+    @Test func plainWebSocketsGetRawFrames() async throws {
+        try await withHub { _, cs in
+            let client = WebPubSubServiceClient(connectionString: cs)
+            let (plain, _) = try await connectClient(cs, user: "p", groups: ["g"], subprotocol: nil)
+            try await Task.sleep(for: .milliseconds(100))
+            try await client.sendToGroup(hub: "chat", group: "g", payload: ByteBuffer(string: #"{"a":1}"#), contentType: "application/json")
+            try await client.sendToGroup(hub: "chat", group: "g", payload: ByteBuffer(string: "text"), contentType: "text/plain")
+            try await client.sendToGroup(hub: "chat", group: "g", payload: ByteBuffer(bytes: [9, 8]), contentType: "application/octet-stream")
+            #expect(await plain.next() == .text(#"{"a":1}"#))
+            #expect(await plain.next() == .text("text"))
+            #expect(await plain.next() == .binary([9, 8]))
+            // sendToGroup mode: each frame is published to the group.
+            let (listener, _) = try await connectClient(cs, user: "l", groups: ["room"])
+            let (publisher, _) = try await connectClient(
+                cs, user: "pub", roles: ["webpubsub.sendToGroup.room"], subprotocol: nil, extraQuery: "&webpubsub_mode=sendToGroup&group=room")
+            try await Task.sleep(for: .milliseconds(100))
+            publisher.send("from a plain socket")
+            let got = await listener.expect(type: "message")
+            #expect(got?["data"] == .string("from a plain socket") && got?["fromUserId"] == .string("pub"))
+            try await client.shutdown()
+        }
+    }
+
+    @Test func badFramesCloseOnlyTheirConnection() async throws {
+        try await withHub { _, cs in
+            let client = WebPubSubServiceClient(connectionString: cs)
+            let (bystander, _) = try await connectClient(cs, user: "ok", groups: ["g"])
+            let cases: [(String, (TestWebSocket) -> Void)] = [
+                ("not JSON", { $0.send("{not json") }),
+                ("unknown type", { $0.send(#"{"type":"teleport"}"#) }),
+                ("binary frame", { $0.send(binary: [1, 2, 3]) }),
+                ("bad ackId", { $0.send(#"{"type":"joinGroup","group":"g","ackId":-1}"#) }),
+            ]
+            for (name, misbehave) in cases {
+                let (bad, _) = try await connectClient(cs, user: "bad")
+                misbehave(bad)
+                let bye = await bad.expect(type: "system", event: "disconnected")
+                #expect(bye?["message"]?.stringValue?.hasPrefix("Invalid message") == true, "\(name)")
+                #expect(await bad.next() == .closed(1000), "\(name)")
+            }
+            let (big, _) = try await connectClient(cs, user: "big")
+            big.send(#"{"type":"event","event":"e","dataType":"text","data":""# + String(repeating: "x", count: 1_100_000) + #""}"#)
+            #expect(await big.next() == .closed(1009))
+            // The hub and the other connection are fine.
+            try await client.sendToGroup(hub: "chat", group: "g", payload: ByteBuffer(string: "still here"), contentType: "text/plain")
+            #expect(await bystander.expect(type: "message")?["data"] == .string("still here"))
+            try await client.shutdown()
+        }
+    }
+
+    @Test func invalidTokensAre401() async throws {
+        try await withHub { _, cs in
+            let now = Date()
+            let expired = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60), now: now.addingTimeInterval(-3600))
+            let wrongKey = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: AccessKey("other"), userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
+            let wrongHub = try ClientAccess.make(endpoint: cs.endpoint, hub: "other", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
+            let chatURL = cs.endpoint.replacingOccurrences(of: "http://", with: "ws://") + "/client/hubs/chat"
+            for url in [expired.url, wrongKey.url, chatURL + "?access_token=" + wrongHub.token, chatURL + "?access_token=garbage", chatURL] {
+                await #expect(throws: (any Error).self, "\(url)") { _ = try await TestWebSocket.connect(url, subprotocol: "json.webpubsub.azure.v1") }
+                // The refused upgrade is answered with 401 and the reason.
+                let http = HTTPClient(eventLoopGroupProvider: .singleton)
+                var request = HTTPClientRequest(url: url.replacingOccurrences(of: "ws://", with: "http://"))
+                request.headers.add(contentsOf: [
+                    ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ])
+                let response = try await http.execute(request, timeout: .seconds(10))
+                let body = String(buffer: try await response.body.collect(upTo: 65536))
+                #expect(response.status.code == 401, "\(url): \(body)")
+                try await http.shutdown()
+            }
+        }
+    }
+
+    @Test func unknownReconnectionIsAcceptedThenClosedWith1008() async throws {
+        try await withHub { _, cs in
+            let access = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
+            let socket = try await TestWebSocket.connect(
+                access.url + "&awps_connection_id=nope&awps_reconnection_token=nope", subprotocol: "json.reliable.webpubsub.azure.v1")
+            #expect(await socket.next() == .closed(1008))
+        }
+    }
+}
+
+@Suite struct UpstreamTests {
+    /// An event handler that accepts the handshake, names the user on connect, echoes `echo` events.
+    func handlerServer(rejectConnect: Bool = false) -> RecordingServer {
+        RecordingServer(verifyToken: false) { request in
+            if request.method == "OPTIONS" {
+                return .init(status: 200, headers: ["WebHook-Allowed-Origin": request.headers["webhook-request-origin"] ?? ""])
+            }
+            switch request.headers["ce-eventname"] {
+            case "connect":
+                if rejectConnect { return .init(status: 401, body: "go away") }
+                return .init(status: 200, headers: ["ce-connectionState": "c3RhdGU="], body: #"{"userId":"named-by-handler","groups":["vip"],"roles":["webpubsub.sendToGroup"]}"#)
+            case "echo":
+                return .init(status: 200, headers: ["Content-Type": "text/plain; charset=utf-8"], body: "echo: " + request.bodyText)
+            default:
+                return .init(status: 204)
+            }
+        }
+    }
+
+    @Test func eventsCarryCloudEventsHeadersAndSignatures() async throws {
+        let handler = handlerServer()
+        try await handler.start()
+        defer { Task { await handler.stop() } }
+        try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: "http://127.0.0.1:\(handler.port)/eventhandler/{event}")] }) { _, cs in
+            let (socket, connectionId) = try await connectClient(cs, user: "token-user")
+            let id = try #require(connectionId)
+            let connected = await socket.drain()
+            _ = connected
+            socket.send(#"{"type":"event","event":"echo","dataType":"text","data":"hello","ackId":1}"#)
+            let reply = await socket.expect(type: "message")
+            #expect(reply?["from"] == .string("server") && reply?["data"] == .string("echo: hello") && reply?["dataType"] == .string("text"))
+            #expect(await socket.expect(type: "ack")?["success"] == .bool(true))
+            await socket.close()
+            try await Task.sleep(for: .milliseconds(300))
+
+            let requests = handler.requests
+            #expect(requests.first?.method == "OPTIONS")
+            #expect(requests.first?.segments == ["eventhandler", "validate"])
+            #expect(requests.first?.headers["webhook-request-origin"] == "127.0.0.1")
+            let posts = requests.filter { $0.method == "POST" }
+            #expect(posts.map { $0.headers["ce-eventname"] ?? "" } == ["connect", "connected", "echo", "disconnected"])
+            for post in posts {
+                #expect(post.headers["ce-specversion"] == "1.0")
+                #expect(post.headers["ce-awpsversion"] == "1.0")
+                #expect(post.headers["ce-hub"] == "chat")
+                #expect(post.headers["ce-connectionid"] == id)
+                #expect(post.headers["ce-source"] == "/hubs/chat/client/\(id)")
+                #expect(post.headers["ce-id"]?.isEmpty == false && post.headers["ce-time"]?.hasSuffix("Z") == true)
+                let signature = try #require(post.headers["ce-signature"])
+                #expect(EventSignature.isValid(signature, connectionId: id, keys: [cs.accessKey]))
+            }
+            #expect(posts[0].headers["ce-type"] == "azure.webpubsub.sys.connect")
+            #expect(posts[0].headers["ce-userid"] == "token-user")
+            let connectBody = try JSONValue.parse(posts[0].body)
+            #expect(connectBody["claims"]?["sub"] == .array([.string("token-user")]))
+            #expect(connectBody["subprotocols"] == .array([.string("json.webpubsub.azure.v1")]))
+            // After connect, the handler's userId, groups and state apply.
+            #expect(posts[1].headers["ce-userid"] == "named-by-handler")
+            #expect(posts[1].headers["ce-connectionstate"] == "c3RhdGU=")
+            #expect(posts[2].headers["ce-type"] == "azure.webpubsub.user.echo")
+            #expect(posts[2].headers["content-type"] == "text/plain" && posts[2].bodyText == "hello")
+            #expect(posts[3].headers["ce-type"] == "azure.webpubsub.sys.disconnected")
+            #expect((try? JSONValue.parse(posts[3].body))?["reason"] != nil)
+        }
+    }
+
+    @Test func connectRejectionRefusesTheSocket() async throws {
+        let handler = handlerServer(rejectConnect: true)
+        try await handler.start()
+        defer { Task { await handler.stop() } }
+        try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: "http://127.0.0.1:\(handler.port)/{event}")] }) { _, cs in
+            let access = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
+            await #expect(throws: (any Error).self) { _ = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1") }
+            #expect(!handler.requests.contains { $0.headers["ce-eventname"] == "connected" })
+        }
+    }
+
+    @Test func aHandlerThatRefusesTheHandshakeGetsNoEvents() async throws {
+        let handler = RecordingServer(verifyToken: false) { request in
+            request.method == "OPTIONS" ? .init(status: 400) : .init(status: 204)
+        }
+        try await handler.start()
+        defer { Task { await handler.stop() } }
+        try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: "http://127.0.0.1:\(handler.port)/{event}")] }) { _, cs in
+            let access = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
+            await #expect(throws: (any Error).self) { _ = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1") }
+            #expect(handler.requests.allSatisfy { $0.method == "OPTIONS" })
+        }
+    }
+}
