@@ -5,12 +5,19 @@ SWIFT ?= swift
 BIN := .build/debug/wps-bridge
 CONFIG ?= bridge.yaml.example
 
-.PHONY: run test build release bootstrap validate clean
+.PHONY: run hub test build release bootstrap validate clean
 
 run: bootstrap
 	$(SWIFT) build --product wps-bridge
-	@echo "Type a line and press Enter; each line is a message for hub chat, group demo (Ctrl-D ends)."
-	$(BIN) run --config $(CONFIG) --dry-run
+	@echo
+	@echo "Open http://127.0.0.1:$${WPS_HUB_PORT:-8080}/?hub=chat&group=demo in a browser, then type lines here:"
+	@echo "each line is sent to hub chat, group demo, and appears on the page. Ctrl-D or Ctrl-C ends."
+	@echo
+	$(BIN) run --config $(CONFIG)
+
+hub: bootstrap
+	$(SWIFT) build --product wps-bridge
+	$(BIN) hub --port $${WPS_HUB_PORT:-8080}
 
 test:
 	scripts/bootstrap --tests

@@ -9,7 +9,8 @@ let package = Package(
     name: "wps-bridge",
     platforms: [.macOS(.v14)],
     products: [
-        .executable(name: "wps-bridge", targets: ["wps-bridge"])
+        .executable(name: "wps-bridge", targets: ["wps-bridge"]),
+        .plugin(name: "ValidateBridgeConfig", targets: ["ValidateBridgeConfig"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
@@ -100,6 +101,12 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
+        ),
+        // `swift package validate-config [FILE]`.
+        .plugin(
+            name: "ValidateBridgeConfig",
+            capability: .command(intent: .custom(verb: "validate-config", description: "Check a wps-bridge config file")),
+            dependencies: ["wps-bridge"]
         ),
         // Test helpers: a recording HTTP server, free ports, child processes. Used by tests only.
         .target(

@@ -20,7 +20,13 @@ public enum BridgeRunner {
         } else if let embedded = configuration.webpubsub.embedded {
             let hub = LocalHub(configuration: embedded, logger: logger)
             services.append(.init(service: hub, serviceName: "hub"))
-            transport = HubTransport(hub: hub, settings: configuration.webpubsub.client, demoPage: demoPage(configuration), logger: logger)
+            let page = demoPage(configuration)
+            services.append(
+                .init(
+                    service: WhenListening(hub: hub) { endpoint, _ in
+                        logger.notice("embedded hub ready; the demo page shows what is sent: \(endpoint)/\(page)")
+                    }, successTerminationBehavior: .ignore, serviceName: "announce"))
+            transport = HubTransport(hub: hub, settings: configuration.webpubsub.client, logger: logger)
         } else {
             guard let cs = configuration.webpubsub.connectionString else { throw ValidationFailure("webpubsub has no connection") }
             let c = WebPubSubServiceClient(connectionString: cs, configuration: configuration.webpubsub.client, logger: logger)
@@ -65,14 +71,12 @@ struct ValidationFailure: Error, CustomStringConvertible {
 final class HubTransport: DeliveryTransport {
     let hub: LocalHub
     let settings: WebPubSubServiceClient.Configuration
-    let demoPage: String
     let logger: Logger
     private let client = Mutex<WebPubSubServiceClient?>(nil)
 
-    init(hub: LocalHub, settings: WebPubSubServiceClient.Configuration, demoPage: String, logger: Logger) {
+    init(hub: LocalHub, settings: WebPubSubServiceClient.Configuration, logger: Logger) {
         self.hub = hub
         self.settings = settings
-        self.demoPage = demoPage
         self.logger = logger
     }
 
@@ -93,5 +97,20 @@ final class HubTransport: DeliveryTransport {
 
     func shutdown() async throws {
         try await client.withLock { $0 }?.shutdown()
+    }
+}
+
+/// Runs `action` with the hub's endpoint and connection string once it listens.
+public struct WhenListening: Service {
+    let hub: LocalHub
+    let action: @Sendable (_ endpoint: String, _ connectionString: String) async -> Void
+
+    public init(hub: LocalHub, action: @escaping @Sendable (_ endpoint: String, _ connectionString: String) async -> Void) {
+        self.hub = hub
+        self.action = action
+    }
+
+    public func run() async throws {
+        await action(await hub.endpoint(), await hub.connectionString())
     }
 }

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Where tests find what `make test` prepared. Nothing is skipped: a missing piece is an error
 /// that says how to provide it.
@@ -28,6 +31,23 @@ public enum TestEnvironment {
         let candidates = [ProcessInfo.processInfo.environment["WPS_TEST_PYTHON"], packageRoot + "/.venv/bin/python"].compactMap { $0 }
         for path in candidates where FileManager.default.isExecutableFile(atPath: path) { return path }
         throw TestEnvironmentError("no Python with the Azure SDKs (looked at \(candidates.joined(separator: ", "))); run `make test`, which creates .venv")
+    }
+
+    /// A loopback port that was free a moment ago (bound to port 0, then closed).
+    public static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw TestEnvironmentError("socket() failed") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        guard bound == 0 else { throw TestEnvironmentError("bind() failed") }
+        let named = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        guard named == 0 else { throw TestEnvironmentError("getsockname() failed") }
+        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     /// A fresh temporary folder.

@@ -114,7 +114,14 @@ public final class LocalHub: Service, Sendable {
                 }
             }
             do {
-                try await app.run()
+                // On shutdown, close the client sockets first: the server waits for open connections.
+                try await withGracefulShutdownHandler {
+                    try await app.run()
+                } onGracefulShutdown: {
+                    self.spawn {
+                        for c in self.registry.all(hub: nil) { await self.terminate(c, reason: "ServiceShutdown", notify: true) }
+                    }
+                }
             } catch {
                 logger.error("hub stopped", metadata: ["error": "\(error)"])
             }

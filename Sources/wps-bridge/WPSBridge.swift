@@ -224,18 +224,13 @@ struct Hub: AsyncParsableCommand {
         let hub = LocalHub(configuration: settings, logger: logger)
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [.init(service: hub, serviceName: "hub"), .init(service: AnnounceService(hub: hub), successTerminationBehavior: .ignore, serviceName: "announce")],
+                services: [.init(service: hub, serviceName: "hub"), .init(
+                    service: WhenListening(hub: hub) { endpoint, connectionString in
+                        // Unbuffered: whoever started the hub reads this line while it runs.
+                        FileHandle.standardOutput.write(Data((connectionString + "\n").utf8))
+                        logger.notice("hub ready; demo page: \(endpoint)/?hub=chat&group=demo")
+                    }, successTerminationBehavior: .ignore, serviceName: "announce")],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
-    }
-}
-
-/// Prints the hub's connection string once it listens: the first line on stdout.
-struct AnnounceService: Service {
-    let hub: LocalHub
-
-    func run() async throws {
-        // Unbuffered: whoever started the hub reads this line while it runs.
-        FileHandle.standardOutput.write(Data((await hub.connectionString() + "\n").utf8))
     }
 }
