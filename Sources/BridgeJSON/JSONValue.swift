@@ -193,72 +193,52 @@ struct JSONParser {
         if bytes.count >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF { i = 3 }
         skipWhitespace()
         guard i < bytes.count, bytes[i] == UInt8(ascii: "{") else { throw error("expected a JSON object") }
+        let members = try parseObjectMembers()
+        skipWhitespace()
+        guard i == bytes.count else { throw error("unexpected data after the JSON object") }
+        return members
+    }
+
+    /// Parses `{...}` starting at its `{`; each member keeps the byte range of its value.
+    mutating func parseObjectMembers() throws(JSONParseError) -> [(key: String, value: JSONValue, range: Range<Int>)] {
+        depth += 1
+        guard depth <= 512 else { throw error("nesting too deep") }
+        defer { depth -= 1 }
         i += 1
         var members: [(key: String, value: JSONValue, range: Range<Int>)] = []
         skipWhitespace()
         if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
             i += 1
-        } else {
-            while true {
-                skipWhitespace()
-                guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw error("expected a member name") }
-                let key = try parseString()
-                skipWhitespace()
-                guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw error("expected ':'") }
-                i += 1
-                skipWhitespace()
-                let start = i
-                let value = try parseValue()
-                members.append((key, value, start..<i))
-                skipWhitespace()
-                guard i < bytes.count else { throw error("unterminated object") }
-                if bytes[i] == UInt8(ascii: ",") {
-                    i += 1
-                    continue
-                }
-                guard bytes[i] == UInt8(ascii: "}") else { throw error("expected ',' or '}'") }
-                i += 1
-                break
-            }
+            return members
         }
-        skipWhitespace()
-        guard i == bytes.count else { throw error("unexpected data after the JSON object") }
-        return members
+        while true {
+            skipWhitespace()
+            guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw error("expected a member name") }
+            let key = try parseString()
+            skipWhitespace()
+            guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw error("expected ':'") }
+            i += 1
+            skipWhitespace()
+            let start = i
+            let value = try parseValue()
+            members.append((key, value, start..<i))
+            skipWhitespace()
+            guard i < bytes.count else { throw error("unterminated object") }
+            if bytes[i] == UInt8(ascii: ",") {
+                i += 1
+                continue
+            }
+            guard bytes[i] == UInt8(ascii: "}") else { throw error("expected ',' or '}'") }
+            i += 1
+            return members
+        }
     }
 
     mutating func parseValue() throws(JSONParseError) -> JSONValue {
         guard i < bytes.count else { throw error("unexpected end of input") }
         switch bytes[i] {
         case UInt8(ascii: "{"):
-            depth += 1
-            guard depth <= 512 else { throw error("nesting too deep") }
-            defer { depth -= 1 }
-            i += 1
-            var members: [(String, JSONValue)] = []
-            skipWhitespace()
-            if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
-                i += 1
-                return .object(members)
-            }
-            while true {
-                skipWhitespace()
-                guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw error("expected a member name") }
-                let key = try parseString()
-                skipWhitespace()
-                guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw error("expected ':'") }
-                i += 1
-                skipWhitespace()
-                members.append((key, try parseValue()))
-                skipWhitespace()
-                guard i < bytes.count else { throw error("unterminated object") }
-                if bytes[i] == UInt8(ascii: ",") {
-                    i += 1
-                    continue
-                }
-                guard bytes[i] == UInt8(ascii: "}") else { throw error("expected ',' or '}'") }
-                i += 1
-                return .object(members)
-            }
+            return .object(try parseObjectMembers().map { ($0.key, $0.value) })
         case UInt8(ascii: "["):
             depth += 1
             guard depth <= 512 else { throw error("nesting too deep") }

@@ -122,3 +122,55 @@ private func readAll(_ handle: FileHandle) -> Task<Data, Never> {
         return data
     }
 }
+
+/// A running child process whose stdin the test writes and whose exit it awaits.
+public final class ChildProcess: Sendable {
+    let process: Process
+    let input: FileHandle
+    private let exited: AsyncStream<Int32>
+
+    /// Starts `executable`; stdout and stderr go nowhere unless `stdout` is given.
+    public init(
+        _ executable: String, _ arguments: [String], environment: [String: String] = [:], currentDirectory: String? = nil,
+        stdout: Pipe? = nil
+    ) throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        if let currentDirectory { process.currentDirectoryURL = URL(fileURLWithPath: currentDirectory) }
+        let stdin = Pipe()
+        process.standardInput = stdin
+        process.standardOutput = stdout ?? FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        input = stdin.fileHandleForWriting
+        let (stream, continuation) = AsyncStream<Int32>.makeStream()
+        exited = stream
+        process.terminationHandler = { p in
+            continuation.yield(p.terminationStatus)
+            continuation.finish()
+        }
+        try process.run()
+    }
+
+    public func write(_ text: String) { input.write(Data(text.utf8)) }
+
+    /// Ends stdin (EOF for the child).
+    public func closeInput() { try? input.close() }
+
+    /// SIGTERM.
+    public func terminate() { if process.isRunning { process.terminate() } }
+
+    /// The exit status, once it has exited.
+    public func exitStatus() async -> Int32 {
+        var status: Int32 = -1
+        for await s in exited { status = s }
+        return status
+    }
+
+    deinit {
+        if process.isRunning { process.terminate() }
+    }
+}

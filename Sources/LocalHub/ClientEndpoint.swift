@@ -15,8 +15,9 @@ extension LocalHub {
 
     func shouldUpgrade(_ request: HTTPRequest, channel: any Channel) async -> Upgrade {
         let target = request.path ?? "/"
-        let pathPart = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? target
-        let query = Query(target.contains("?") ? String(target.split(separator: "?", maxSplits: 1)[1]) : nil)
+        let questionMark = target.firstIndex(of: "?")
+        let pathPart = String(target[..<(questionMark ?? target.endIndex)])
+        let query = Query(questionMark.map { String(target[target.index(after: $0)...]) })
         let segments = pathPart.split(separator: "/").map { percentDecode($0) }
         let hubName: String
         switch segments.count {
@@ -38,9 +39,10 @@ extension LocalHub {
         var responseHeaders: HTTPFields = [:]
         if proto.isJSON {
             responseHeaders[.secWebSocketProtocol] = proto.rawValue
-        } else if let first = offered.first {
-            // Browsers fail a handshake that ignores the protocols they offered.
-            responseHeaders[.secWebSocketProtocol] = first
+        } else if let custom = offered.first(where: { !$0.lowercased().hasSuffix(".webpubsub.azure.v1") }) {
+            // Browsers fail a handshake that ignores the protocols they offered; the predefined
+            // ones this hub does not speak (protobuf) are not echoed, so such clients fail fast.
+            responseHeaders[.secWebSocketProtocol] = custom
         }
 
         // Reliable reconnection: the same connection, authorised by its reconnection token.
@@ -49,15 +51,21 @@ extension LocalHub {
             if let c = registry.connection(connectionId), c.hub == hub, c.proto.isReliable, !c.isEnded,
                 let expected = c.reconnectionToken, constantTimeEquals(expected, token)
             {
-                let greeting = SystemFrames.connected(connectionId: c.id, userId: c.userId, reconnectionToken: c.reconnectionToken)
-                let (stream, generation) = c.attach(greeting: greeting)
-                logger.debug("connection recovered", metadata: ["wps.connection": "\(c.id)"])
                 return .upgrade(responseHeaders) { inbound, outbound, _ in
+                    // Attached only once the socket is open: a client that left during the
+                    // handshake does not pin the session.
+                    let greeting = SystemFrames.connected(connectionId: c.id, userId: c.userId, reconnectionToken: c.reconnectionToken)
+                    let (stream, generation) = c.attach(greeting: greeting)
+                    self.logger.debug("connection recovered", metadata: ["wps.connection": "\(c.id)"])
                     try await self.serve(c, stream: stream, generation: generation, inbound: inbound, outbound: outbound)
                 }
             }
             // Unknown or expired session: accept, then close with 1008 so the client starts afresh.
             return .upgrade(responseHeaders) { _, outbound, _ in
+                // A close frame in the same packet as the 101 can be lost by clients that switch
+                // their pipeline only after reading the response (seen with swift-websocket's
+                // client under load): give the handshake a moment first.
+                try? await Task.sleep(for: .milliseconds(50))
                 try await outbound.close(.policyViolation, reason: "The connection cannot be recovered")
             }
         }
@@ -68,7 +76,7 @@ extension LocalHub {
         if let token = query.first("access_token") ?? bearer {
             do {
                 claims = try AccessKeyJWT.verify(token, keys: configuration.accessKeys) { aud in
-                    LocalHub.audiencePath(aud) == "/client/hubs/\(hub)"
+                    LocalHub.audiencePath(aud).lowercased() == "/client/hubs/\(hub)"
                 }
             } catch {
                 rememberRejection(channel, status: 401, message: "invalid access token: \(error.message)")
@@ -100,7 +108,8 @@ extension LocalHub {
                         if let u = json["userId"]?.stringValue { userId = u }
                         if case .array(let g) = json["groups"] ?? .null { groups += g.compactMap(\.stringValue) }
                         if case .array(let r) = json["roles"] ?? .null { roles.formUnion(r.compactMap(\.stringValue)) }
-                        if let sp = json["subprotocol"]?.stringValue, !sp.isEmpty {
+                        // The handler may choose among the protocols the client offered.
+                        if let sp = json["subprotocol"]?.stringValue, !sp.isEmpty, offered.contains(sp) {
                             chosenProtocol = ClientProtocol(rawValue: sp.lowercased()) ?? .plain
                             responseHeaders[.secWebSocketProtocol] = sp
                         }
@@ -127,20 +136,26 @@ extension LocalHub {
             subprotocolHeader: chosenProtocol.isJSON ? chosenProtocol.rawValue : responseHeaders[.secWebSocketProtocol],
             connectionState: connectionState)
         let greeting = chosenProtocol.isJSON ? SystemFrames.connected(connectionId: c.id, userId: userId, reconnectionToken: c.reconnectionToken) : nil
-        let (stream, generation) = c.attach(greeting: greeting)
-        registry.add(c, groups: groups)
-        logger.debug("connection opened", metadata: ["wps.hub": "\(hub)", "wps.connection": "\(c.id)", "wps.protocol": "\(chosenProtocol.rawValue)"])
-        if let handler = handler(for: hub, system: "connected") {
-            let event = UpstreamEvent(
-                kind: .connected, hub: hub, connectionId: c.id, userId: userId, subprotocol: c.subprotocolHeader,
-                connectionState: connectionState, body: Array("{}".utf8), contentType: "application/json; charset=utf-8")
-            spawn { [upstream, logger] in
-                do { _ = try await upstream.call(handler, event) } catch {
-                    logger.warning("connected event failed", metadata: ["error": "\(error)"])
+        let initialGroups = groups
+        let finalProtocol = chosenProtocol
+        let finalUserId = userId
+        let finalState = connectionState
+        return .upgrade(responseHeaders) { inbound, outbound, _ in
+            // Registered only once the socket is open, so that a client that left during the
+            // handshake leaves nothing behind.
+            let (stream, generation) = c.attach(greeting: greeting)
+            self.registry.add(c, groups: initialGroups)
+            self.logger.debug("connection opened", metadata: ["wps.hub": "\(hub)", "wps.connection": "\(c.id)", "wps.protocol": "\(finalProtocol.rawValue)"])
+            if let handler = self.handler(for: hub, system: "connected") {
+                let event = UpstreamEvent(
+                    kind: .connected, hub: hub, connectionId: c.id, userId: finalUserId, subprotocol: c.subprotocolHeader,
+                    connectionState: finalState, body: Array("{}".utf8), contentType: "application/json; charset=utf-8")
+                self.spawn { [upstream = self.upstream, logger = self.logger] in
+                    do { _ = try await upstream.call(handler, event) } catch {
+                        logger.warning("connected event failed", metadata: ["error": "\(error)"])
+                    }
                 }
             }
-        }
-        return .upgrade(responseHeaders) { inbound, outbound, _ in
             try await self.serve(c, stream: stream, generation: generation, inbound: inbound, outbound: outbound)
         }
     }
@@ -194,6 +209,9 @@ extension LocalHub {
                         return
                     }
                 }
+                // The stream ended without a close frame (the client was too slow for the
+                // frames to be queued, or a newer socket took over): close this socket anyway.
+                try? await outbound.close(.policyViolation, reason: "Connection ended")
             }
             var failure: (any Error)?
             do {
@@ -204,8 +222,9 @@ extension LocalHub {
             } catch {
                 failure = error
             }
-            if !c.isEnded {
-                if c.proto.isReliable && failure == nil && !c.isEnded {
+            // A socket that a newer one (a reconnect) replaced has nothing more to decide.
+            if !c.isEnded && c.currentGeneration == generation {
+                if c.proto.isReliable {
                     // Dropped without a close from us: keep the session for a reconnect.
                     c.detach(generation: generation)
                     let grace = configuration.reconnectGrace

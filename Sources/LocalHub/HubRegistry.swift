@@ -136,6 +136,7 @@ final class HubRegistry: Sendable {
     func updateGroups(hub: String, groups: [String], filter: Filter, add: Bool) {
         for c in targets(hub: hub, scope: .all, excluded: [], filter: filter) {
             state.withLock { s in
+                guard s.connections[c.id] != nil else { return }  // closed meanwhile
                 for g in groups {
                     if add { Self.join(&s, c, g) } else { Self.leave(&s, hub, c.id, g) }
                 }

@@ -192,9 +192,9 @@ public final class LocalHub: Service, Sendable {
         guard let hub = query.first("hub"), WebPubSubNames.hubProblem(hub) == nil else {
             return errorResponse(400, "InvalidRequest", "negotiate needs ?hub=NAME (a valid hub name)")
         }
+        // Development only: a token that may join and send to one group, nothing wider.
         let group = query.first("group")
-        var roles = query.all("role")
-        if let group, roles.isEmpty { roles = ["webpubsub.joinLeaveGroup.\(group)", "webpubsub.sendToGroup.\(group)"] }
+        let roles = group.map { ["webpubsub.joinLeaveGroup.\($0)", "webpubsub.sendToGroup.\($0)"] } ?? []
         let port = listening.withLock { $0.port } ?? configuration.port
         do {
             let access = try ClientAccess.make(

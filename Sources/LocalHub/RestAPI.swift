@@ -14,7 +14,7 @@ extension LocalHub {
         guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer ") else {
             return errorResponse(401, "Unauthorized", "missing bearer token")
         }
-        let path = rawPath.lowercased().trimmingSuffix("/")
+        let path = rawPath.trimmingSuffix("/")
         do {
             _ = try AccessKeyJWT.verify(String(auth.dropFirst(7)), keys: configuration.accessKeys) { aud in
                 Self.audiencePath(aud) == path
@@ -116,7 +116,7 @@ extension LocalHub {
         // Client tokens
         case (.post, 1, ":generateToken", _):
             let minutes = Int(query.first("minutesToExpire") ?? "60") ?? 0
-            guard minutes >= 1 else { return errorResponse(400, "InvalidRequest", "minutesToExpire must be at least 1") }
+            guard (1...525_600).contains(minutes) else { return errorResponse(400, "InvalidRequest", "minutesToExpire must be from 1 to 525600") }
             let port = await waitUntilListening()
             do {
                 let access = try ClientAccess.make(
@@ -139,7 +139,7 @@ extension LocalHub {
             s = s.firstIndex(of: "/").map { s[$0...] } ?? ""
         }
         if let q = s.firstIndex(of: "?") { s = s[..<q] }
-        return String(s).lowercased().trimmingSuffix("/")
+        return String(s).trimmingSuffix("/")
     }
 
     func notFound(_ path: String) -> Response { errorResponse(404, "NotFound", "no such operation: \(path)") }
@@ -205,9 +205,9 @@ extension LocalHub {
     func listConnections(hub: String, group: String, query: Query) -> Response {
         let members = registry.members(hub: hub, group: group)
         let top = query.first("top").flatMap(Int.init) ?? Int.max
-        let pageSize = min(query.first("maxpagesize").flatMap(Int.init) ?? 200, 200)
-        let start = query.first("continuationToken").flatMap(Int.init) ?? 0
-        let limit = min(members.count, top)
+        let pageSize = max(1, min(query.first("maxpagesize").flatMap(Int.init) ?? 200, 200))
+        let limit = min(members.count, max(0, top))
+        let start = min(max(0, query.first("continuationToken").flatMap(Int.init) ?? 0), limit)
         let end = min(limit, start + max(1, pageSize))
         let page = start < end ? Array(members[start..<end]) : []
         var value: [JSONValue] = []

@@ -27,6 +27,11 @@ public struct EventHandlerSettings: Sendable, Equatable {
         return pattern.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces) == name }
     }
 
+    /// The URL without its query (which may carry a `code=` secret), for logs.
+    static func redacted(_ url: String) -> String {
+        url.split(separator: "?", maxSplits: 1).first.map { String($0) + (url.contains("?") ? "?..." : "") } ?? url
+    }
+
     func url(hub: String, event: String) -> String {
         urlTemplate.replacingOccurrences(of: "{hub}", with: percentEncode(hub)).replacingOccurrences(of: "{event}", with: percentEncode(event))
     }
@@ -120,7 +125,7 @@ final class UpstreamCaller: Sendable {
                 status: Int(response.status.code), body: Array(body.readableBytesView), contentType: response.headers.first(name: "Content-Type"),
                 connectionState: response.headers.first(name: "ce-connectionState"))
         } catch {
-            throw Failure(description: "event handler \(url) could not be reached: \(error)")
+            throw Failure(description: "event handler \(EventHandlerSettings.redacted(url)) could not be reached: \(error)")
         }
     }
 
@@ -137,12 +142,12 @@ final class UpstreamCaller: Sendable {
             response = try await httpClient.execute(request, timeout: .seconds(10), logger: logger)
             _ = try await response.body.collect(upTo: 64 * 1024)
         } catch {
-            throw Failure(description: "event handler \(url) could not be reached for validation: \(error)")
+            throw Failure(description: "event handler \(EventHandlerSettings.redacted(url)) could not be reached for validation: \(error)")
         }
         let allowed = response.headers[canonicalForm: "WebHook-Allowed-Origin"].map { String($0) }
         guard (200..<300).contains(Int(response.status.code)), allowed.contains(where: { $0 == "*" || $0.caseInsensitiveCompare(origin) == .orderedSame }) else {
             throw Failure(
-                description: "event handler \(url) refused the abuse-protection handshake (status \(response.status.code), WebHook-Allowed-Origin \(allowed))")
+                description: "event handler \(EventHandlerSettings.redacted(url)) refused the abuse-protection handshake (status \(response.status.code), WebHook-Allowed-Origin \(allowed))")
         }
         validated.withLock { _ = $0.insert(url) }
     }

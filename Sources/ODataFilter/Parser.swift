@@ -77,6 +77,19 @@ struct Parser {
     var lexer: Lexer
     var current: Token = .end
     var position = 0
+    /// Nesting of parentheses and calls, bounded so that no filter exhausts the stack.
+    var depth = 0
+    static let maxDepth = 64
+    /// `and`/`or` operators; the service takes about 100 clauses.
+    var operators = 0
+    static let maxOperators = 1000
+
+    mutating func countOperator() throws(FilterSyntaxError) {
+        operators += 1
+        guard operators <= Self.maxOperators else {
+            throw FilterSyntaxError(position: position, message: "the filter has more than \(Self.maxOperators) 'and'/'or' clauses")
+        }
+    }
 
     init(text: String) { lexer = Lexer(text) }
 
@@ -114,6 +127,7 @@ struct Parser {
     mutating func parseOr() throws(FilterSyntaxError) -> FilterExpression {
         var left = try parseAnd()
         while isKeyword("or") {
+            try countOperator()
             try advance()
             left = .or(left, try parseAnd())
         }
@@ -123,6 +137,7 @@ struct Parser {
     mutating func parseAnd() throws(FilterSyntaxError) -> FilterExpression {
         var left = try parseNot()
         while isKeyword("and") {
+            try countOperator()
             try advance()
             left = .and(left, try parseNot())
         }
@@ -177,6 +192,9 @@ struct Parser {
 
     mutating func parsePrimary() throws(FilterSyntaxError) -> FilterExpression {
         let start = position
+        depth += 1
+        defer { depth -= 1 }
+        guard depth <= Self.maxDepth else { throw FilterSyntaxError(position: start, message: "the filter is nested too deeply") }
         switch current {
         case .string(let s):
             try advance()

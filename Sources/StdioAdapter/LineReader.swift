@@ -28,12 +28,21 @@ final class LineReader: Sendable {
 
     private let fd: Int32
     private let maxLineBytes: Int
+    /// A thread of its own: a read waits as long as stdin is quiet, and must not hold one of
+    /// the shared pool's threads (which the file and stdout sinks use) meanwhile.
+    private let pool: NIOThreadPool
     private let state = Mutex(State())
     private let cancelled = Atomic<Bool>(false)
 
     init(fd: Int32, maxLineBytes: Int) {
         self.fd = fd
         self.maxLineBytes = maxLineBytes
+        pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+    }
+
+    deinit {
+        pool.shutdownGracefully { _ in }
     }
 
     /// The next line (without its `\n` or `\r\n`), nil at end of input.
@@ -44,13 +53,13 @@ final class LineReader: Sendable {
             if state.withLock({ $0.eof }) { return takeRest() }
             try Task.checkCancellation()
             let chunk = try await withTaskCancellationHandler {
-                try await NIOThreadPool.singleton.runIfActive { [self] in
+                try await pool.runIfActive { [self] in
                     try readChunk()
                 }
             } onCancel: {
                 self.cancelled.store(true, ordering: .relaxed)
             }
-            try Task.checkCancellation()
+            // Keep what was read even when cancelled now: those lines are still handed out.
             state.withLock { s in
                 if chunk.isEmpty {
                     s.eof = true

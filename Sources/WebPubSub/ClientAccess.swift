@@ -17,7 +17,9 @@ public struct ClientAccess: Sendable, Equatable {
         now: Date = Date()
     ) throws(WebPubSubError) -> ClientAccess {
         guard !hub.isEmpty else { throw .invalidArgument("hub must not be empty") }
-        guard expiresIn > .zero else { throw .invalidArgument("token expiry must be in the future") }
+        guard expiresIn > .zero, expiresIn <= .seconds(10 * 365 * 24 * 3600) else {
+            throw .invalidArgument("token lifetime must be positive and at most 10 years")
+        }
         let lower = endpoint.lowercased()
         let audience = lower + "/client/hubs/" + hub
         let issued = Int(now.timeIntervalSince1970)

@@ -10,24 +10,9 @@ import WebPubSub
     @Test func linesTypedOnStdinReachASubscriberOfTheGroup() async throws {
         let port = try TestEnvironment.freePort()
         let key = "e2e-key-0123456789ABCDEFGHIJKLMNOPQRSTUV"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try TestEnvironment.bridgeBinary())
-        process.arguments = ["run", "--config", TestEnvironment.packageRoot + "/bridge.yaml.example"]
-        var env = ProcessInfo.processInfo.environment
-        env["WPS_HUB_PORT"] = String(port)
-        env["WPS_HUB_KEY"] = key
-        process.environment = env
-        process.currentDirectoryURL = URL(fileURLWithPath: try TestEnvironment.temporaryDirectory())
-        let stdin = Pipe()
-        process.standardInput = stdin
-        process.standardError = FileHandle.nullDevice
-        let exited = AsyncStream<Int32>.makeStream()
-        process.terminationHandler = { p in
-            exited.continuation.yield(p.terminationStatus)
-            exited.continuation.finish()
-        }
-        try process.run()
-        defer { if process.isRunning { process.terminate() } }
+        let bridge = try ChildProcess(
+            try TestEnvironment.bridgeBinary(), ["run", "--config", TestEnvironment.packageRoot + "/bridge.yaml.example"],
+            environment: ["WPS_HUB_PORT": String(port), "WPS_HUB_KEY": key], currentDirectory: try TestEnvironment.temporaryDirectory())
 
         let cs = try ConnectionString(parsing: "Endpoint=http://127.0.0.1;Port=\(port);AccessKey=\(key);Version=1.0;")
         let access = try ClientAccess.make(
@@ -43,27 +28,19 @@ import WebPubSub
         subscriber.send(#"{"type":"joinGroup","group":"demo","ackId":1}"#)
         #expect(await subscriber.expect(type: "ack")?["success"] == .bool(true))
 
-        stdin.fileHandleForWriting.write(Data("hello from stdin\nsecond line\n".utf8))
+        bridge.write("hello from stdin\nsecond line\n")
         let first = await subscriber.expect(type: "message")
         let second = await subscriber.expect(type: "message")
         #expect(first?["group"] == .string("demo") && first?["dataType"] == .string("text") && first?["data"] == .string("hello from stdin"))
         #expect(second?["data"] == .string("second line") && second?["sequenceId"] == .number("2"))
 
-        try stdin.fileHandleForWriting.close()
-        var status: Int32 = -1
-        for await s in exited.stream { status = s }
-        #expect(status == 0)
+        bridge.closeInput()
+        #expect(await bridge.exitStatus() == 0)
     }
 
     @Test func hubCommandPrintsItsConnectionStringFirst() async throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try TestEnvironment.bridgeBinary())
-        process.arguments = ["hub", "--port", "0", "--access-key", "cli-key-0123456789"]
         let stdout = Pipe()
-        process.standardOutput = stdout
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        defer { if process.isRunning { process.terminate() } }
+        let hub = try ChildProcess(try TestEnvironment.bridgeBinary(), ["hub", "--port", "0", "--access-key", "cli-key-0123456789"], stdout: stdout)
         // Read the first line.
         var line = Data()
         while !line.contains(0x0A) {
@@ -79,8 +56,7 @@ import WebPubSub
         #expect(try await client.serviceIsHealthy())
         try await client.sendToAll(hub: "chat", payload: .init(string: "x"), contentType: "text/plain")
         try await client.shutdown()
-        process.terminate()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
+        hub.terminate()
+        #expect(await hub.exitStatus() == 0)
     }
 }

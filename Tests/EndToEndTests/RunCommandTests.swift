@@ -118,27 +118,14 @@ import WebPubSub
         try await withRecordingServer { server in
             let dir = try TestEnvironment.temporaryDirectory()
             let cfg = try config(dir, connectionString: server.connectionString)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: try TestEnvironment.bridgeBinary())
-            process.arguments = ["run", "-c", cfg]
-            let stdin = Pipe()
-            process.standardInput = stdin
-            process.standardError = FileHandle.nullDevice
-            let exited = AsyncStream<Int32>.makeStream()
-            process.terminationHandler = { p in
-                exited.continuation.yield(p.terminationStatus)
-                exited.continuation.finish()
-            }
-            try process.run()
-            stdin.fileHandleForWriting.write(Data("{\"data\":1}\n".utf8))
+            let bridge = try ChildProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg])
+            bridge.write("{\"data\":1}\n")
             // Wait until the line was sent, then stop the bridge while stdin is still open.
             for _ in 0..<100 where server.requests.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
             #expect(server.requests.count == 1)
-            process.terminate()
-            var status: Int32 = -1
-            for await s in exited.stream { status = s }
-            #expect(status == 0)
-            try? stdin.fileHandleForWriting.close()
+            bridge.terminate()
+            #expect(await bridge.exitStatus() == 0)
+            bridge.closeInput()
         }
     }
 }

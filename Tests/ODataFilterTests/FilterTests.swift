@@ -80,6 +80,13 @@ import Testing
         #expect(throws: FilterSyntaxError.self, "\(text)") { try Filter(text) }
     }
 
+    @Test func boundsNestingAndLength() {
+        #expect(throws: FilterSyntaxError.self) { try Filter(String(repeating: "(", count: 10_000) + "true" + String(repeating: ")", count: 10_000)) }
+        #expect(throws: FilterSyntaxError.self) { try Filter(Array(repeating: "true", count: 5000).joined(separator: " and ")) }
+        #expect(throws: FilterSyntaxError.self) { try Filter(String(repeating: "not ", count: 10_000) + "true") }
+        #expect((try? Filter(Array(repeating: "userId eq 'a'", count: 100).joined(separator: " or "))) != nil)
+    }
+
     @Test func typeErrorNamesTheExpression() {
         #expect {
             try Filter("not length(userId) gt 5")

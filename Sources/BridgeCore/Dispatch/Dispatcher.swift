@@ -41,7 +41,8 @@ final class DeliveryTracker: Sendable {
         state = Mutex((sends, nil))
     }
 
-    func settle(_ outcome: DeliveryOutcome) -> Bool {
+    /// Records one send's outcome; returns the delivery's outcome once every send is done.
+    func settle(_ outcome: DeliveryOutcome) -> DeliveryOutcome? {
         let final: DeliveryOutcome? = state.withLock { s in
             if case .failed(let reason) = outcome, s.failure == nil { s.failure = reason }
             s.remaining -= 1
@@ -49,7 +50,7 @@ final class DeliveryTracker: Sendable {
             return s.failure.map { .failed($0) } ?? .done
         }
         if let final { delivery.complete(final) }
-        return final != nil
+        return final
     }
 }
 
@@ -116,11 +117,12 @@ public final class Dispatcher: Sendable {
                 logger.warning(
                     "shutdown timeout: giving up in-flight sends",
                     metadata: ["wps.in_flight": "\(scheduler.inFlight)", "wps.timeout": "\(settings.shutdownTimeout)"])
-                workers.cancelAll()
             }
+            // Close first, so that no worker takes another job, then stop the sends under way.
             for job in scheduler.close() {
                 settle(job, .failed("not sent before shutdown"))
             }
+            if !drained { workers.cancelAll() }
         }
         for source in sources {
             do {
@@ -172,19 +174,19 @@ public final class Dispatcher: Sendable {
         stats.received.add(1, ordering: .relaxed)
         let message = delivery.message
         let context = MessageContext(message)
-        var jobs: [(lane: String, job: Job)] = []
-        var pendingJobs: [(String, Int, String, Result<ResolvedTarget, DeliveryFailure>, ByteBuffer, DataType)] = []
+        var sends: [PlannedSend] = []
         if let rejection = delivery.rejection {
             // Input the source could not read: straight to the dead-letter sink of the source's first route.
             if let routeIndex = routesBySource[source]?.first {
-                pendingJobs.append(
-                    ("\(routeIndex)/rejected/\(message.laneKey)", routeIndex, "none (rejected input)",
-                     .failure(DeliveryFailure(.permanent, message: rejection)), message.payload, message.dataType))
+                sends.append(
+                    PlannedSend(
+                        lane: "\(routeIndex)/rejected/\(message.laneKey)", routeIndex: routeIndex, targetLabel: "none (rejected input)",
+                        resolved: .failure(DeliveryFailure(.permanent, message: rejection)), dataType: message.dataType))
             }
         } else {
-            pendingJobs = plan(message, context: context, source: source)
+            sends = plan(message, context: context, source: source)
         }
-        guard !pendingJobs.isEmpty else {
+        guard !sends.isEmpty else {
             if let rejection = delivery.rejection {
                 logger.error("invalid input dropped", metadata: ["wps.origin": "\(message.origin.description)", "error": "\(rejection)"])
             } else {
@@ -194,10 +196,14 @@ public final class Dispatcher: Sendable {
             delivery.ack()
             return
         }
-        let tracker = DeliveryTracker(delivery, sends: pendingJobs.count)
-        for (lane, routeIndex, label, resolved, payload, dataType) in pendingJobs {
-            jobs.append(
-                (lane, Job(tracker: tracker, routeIndex: routeIndex, targetLabel: label, resolved: resolved, payload: payload, dataType: dataType)))
+        let tracker = DeliveryTracker(delivery, sends: sends.count)
+        let jobs = sends.map { send in
+            (
+                lane: send.lane,
+                job: Job(
+                    tracker: tracker, routeIndex: send.routeIndex, targetLabel: send.targetLabel, resolved: send.resolved,
+                    payload: message.payload, dataType: send.dataType)
+            )
         }
         do {
             try await scheduler.enqueue(jobs)
@@ -208,11 +214,18 @@ public final class Dispatcher: Sendable {
         }
     }
 
+    /// One send a message makes, before it is queued.
+    struct PlannedSend {
+        let lane: String
+        let routeIndex: Int
+        let targetLabel: String
+        let resolved: Result<ResolvedTarget, DeliveryFailure>
+        let dataType: DataType
+    }
+
     /// The sends a message makes: one per target of each matching route.
-    private func plan(
-        _ message: Message, context: MessageContext, source: String
-    ) -> [(String, Int, String, Result<ResolvedTarget, DeliveryFailure>, ByteBuffer, DataType)] {
-        var pendingJobs: [(String, Int, String, Result<ResolvedTarget, DeliveryFailure>, ByteBuffer, DataType)] = []
+    private func plan(_ message: Message, context: MessageContext, source: String) -> [PlannedSend] {
+        var sends: [PlannedSend] = []
         for routeIndex in routesBySource[source] ?? [] {
             let route = routes[routeIndex]
             if let condition = route.condition, !condition.matches(context) { continue }
@@ -236,10 +249,10 @@ public final class Dispatcher: Sendable {
                 case .strict: lane = "\(routeIndex)/\(targetIndex)/\(message.laneKey)"
                 case .none: lane = "#\(laneCounter.wrappingAdd(1, ordering: .relaxed).newValue)"
                 }
-                pendingJobs.append((lane, routeIndex, target.description, resolved, message.payload, dataType))
+                sends.append(PlannedSend(lane: lane, routeIndex: routeIndex, targetLabel: target.description, resolved: resolved, dataType: dataType))
             }
         }
-        return pendingJobs
+        return sends
     }
 
     private func work() async {
@@ -251,14 +264,11 @@ public final class Dispatcher: Sendable {
     }
 
     private func settle(_ job: Job, _ outcome: DeliveryOutcome) {
-        if case .failed = outcome {
-            if job.tracker.settle(outcome) { stats.unsettled.add(1, ordering: .relaxed) }
-        } else {
-            _ = job.tracker.settle(outcome)
-        }
+        if case .failed = job.tracker.settle(outcome) { stats.unsettled.add(1, ordering: .relaxed) }
     }
 
     private func process(_ job: Job) async -> DeliveryOutcome {
+        if Task.isCancelled { return .failed("shutdown before it was sent") }
         let target: ResolvedTarget
         switch job.resolved {
         case .failure(let failure):

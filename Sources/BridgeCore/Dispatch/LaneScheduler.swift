@@ -31,28 +31,47 @@ final class LaneScheduler<Job: Sendable>: Sendable {
     /// Jobs queued or running.
     var inFlight: Int { state.withLock { $0.inFlight } }
 
-    /// Queues `jobs`, waiting first until there is room.
-    /// - Throws: `CancellationError` when the calling task is cancelled while it waits.
+    /// Queues `jobs`, waiting first until there is room. Checking for room and taking it is
+    /// one step, so that waiters woken together cannot overfill the queue.
+    /// - Throws: `CancellationError` when the calling task is cancelled while it waits, or the
+    ///   scheduler is closed.
     func enqueue(_ jobs: [(lane: String, job: Job)]) async throws {
         guard !jobs.isEmpty else { return }
         while true {
-            let id: Int? = try state.withLock { s throws(CancellationError) in
-                if s.closed { throw CancellationError() }
-                if s.inFlight < capacity { return nil }
-                s.nextWaiterID += 1
-                return s.nextWaiterID
+            let outcome: (handoffs: [(CheckedContinuation<(String, Job)?, Never>, (String, Job))], waiter: Int?) =
+                try state.withLock { s throws(CancellationError) in
+                    if s.closed { throw CancellationError() }
+                    guard s.inFlight < capacity else {
+                        s.nextWaiterID += 1
+                        return ([], s.nextWaiterID)
+                    }
+                    s.inFlight += jobs.count
+                    for (lane, job) in jobs {
+                        s.lanes[lane, default: Lane()].queue.append(job)
+                        if !s.lanes[lane]!.busy, s.lanes[lane]!.queue.count == 1 {
+                            s.ready.append(lane)
+                        }
+                    }
+                    var handoffs: [(CheckedContinuation<(String, Job)?, Never>, (String, Job))] = []
+                    while !s.idleWorkers.isEmpty, let handoff = Self.takeReady(&s) {
+                        handoffs.append((s.idleWorkers.removeFirst(), handoff))
+                    }
+                    return (handoffs, nil)
+                }
+            guard let id = outcome.waiter else {
+                for (worker, job) in outcome.handoffs { worker.resume(returning: job) }
+                return
             }
-            guard let id else { break }
             try await withTaskCancellationHandler {
                 try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-                    let resumeNow: Bool = state.withLock { s in
-                        if Task.isCancelled { return true }
-                        if s.inFlight < capacity { return true }
+                    let resumeNow: (any Error)?? = state.withLock { s in
+                        if Task.isCancelled || s.closed { return .some(CancellationError()) }
+                        if s.inFlight < capacity { return .some(nil) }
                         s.capacityWaiters[id] = c
-                        return false
+                        return nil
                     }
-                    if resumeNow {
-                        if Task.isCancelled { c.resume(throwing: CancellationError()) } else { c.resume() }
+                    if let resumeNow {
+                        if let error = resumeNow { c.resume(throwing: error) } else { c.resume() }
                     }
                 }
             } onCancel: {
@@ -60,20 +79,6 @@ final class LaneScheduler<Job: Sendable>: Sendable {
                 waiter?.resume(throwing: CancellationError())
             }
         }
-        var handoffs: [(CheckedContinuation<(String, Job)?, Never>, (String, Job))] = []
-        state.withLock { s in
-            s.inFlight += jobs.count
-            for (lane, job) in jobs {
-                s.lanes[lane, default: Lane()].queue.append(job)
-                if !s.lanes[lane]!.busy, s.lanes[lane]!.queue.count == 1 {
-                    s.ready.append(lane)
-                }
-            }
-            while !s.idleWorkers.isEmpty, let handoff = Self.takeReady(&s) {
-                handoffs.append((s.idleWorkers.removeFirst(), handoff))
-            }
-        }
-        for (worker, job) in handoffs { worker.resume(returning: job) }
     }
 
     private static func takeReady(_ s: inout State) -> (String, Job)? {
@@ -166,10 +171,13 @@ final class LaneScheduler<Job: Sendable>: Sendable {
     func close() -> [Job] {
         var workers: [CheckedContinuation<(String, Job)?, Never>] = []
         var idle: [CheckedContinuation<Bool, Never>] = []
+        var blocked: [CheckedContinuation<Void, any Error>] = []
         let remaining: [Job] = state.withLock { s in
             s.closed = true
             workers = Array(s.idleWorkers)
             s.idleWorkers.removeAll()
+            blocked = Array(s.capacityWaiters.values)
+            s.capacityWaiters.removeAll()
             var jobs: [Job] = []
             for (key, var lane) in s.lanes {
                 jobs.append(contentsOf: lane.queue)
@@ -186,6 +194,7 @@ final class LaneScheduler<Job: Sendable>: Sendable {
         }
         for w in workers { w.resume(returning: nil) }
         for w in idle { w.resume(returning: true) }
+        for w in blocked { w.resume(throwing: CancellationError()) }
         return remaining
     }
 }
