@@ -75,34 +75,18 @@ public func runProcess(
     _ executable: String, _ arguments: [String], input: String = "", environment: [String: String] = [:],
     currentDirectory: String? = nil, timeout: TimeInterval = 60
 ) async throws -> ProcessResult {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    var env = ProcessInfo.processInfo.environment
-    for (k, v) in environment { env[k] = v }
-    process.environment = env
-    if let currentDirectory { process.currentDirectoryURL = URL(fileURLWithPath: currentDirectory) }
-    let stdin = Pipe(), stdout = Pipe(), stderr = Pipe()
-    process.standardInput = stdin
-    process.standardOutput = stdout
-    process.standardError = stderr
-    let exited = AsyncStream<Int32>.makeStream()
-    process.terminationHandler = { p in
-        exited.continuation.yield(p.terminationStatus)
-        exited.continuation.finish()
-    }
-    try process.run()
+    let stdout = Pipe(), stderr = Pipe()
+    let child = try ChildProcess(executable, arguments, environment: environment, currentDirectory: currentDirectory, stdout: stdout, stderr: stderr)
     // Read both pipes on their own threads so that a full pipe never blocks the child.
     let outData = readAll(stdout.fileHandleForReading)
     let errData = readAll(stderr.fileHandleForReading)
-    stdin.fileHandleForWriting.write(Data(input.utf8))
-    try stdin.fileHandleForWriting.close()
+    child.write(input)
+    child.closeInput()
     let killer = Task {
         try await Task.sleep(for: .seconds(timeout))
-        if process.isRunning { process.terminate() }
+        child.terminate()
     }
-    var status: Int32 = -1
-    for await s in exited.stream { status = s }
+    let status = await child.exitStatus()
     killer.cancel()
     return ProcessResult(status: status, stdout: String(decoding: await outData.value, as: UTF8.self), stderr: String(decoding: await errData.value, as: UTF8.self))
 }
@@ -129,10 +113,10 @@ public final class ChildProcess: Sendable {
     let input: FileHandle
     private let exited: AsyncStream<Int32>
 
-    /// Starts `executable`; stdout and stderr go nowhere unless `stdout` is given.
+    /// Starts `executable`; stdout and stderr go nowhere unless pipes are given.
     public init(
         _ executable: String, _ arguments: [String], environment: [String: String] = [:], currentDirectory: String? = nil,
-        stdout: Pipe? = nil
+        stdout: Pipe? = nil, stderr: Pipe? = nil
     ) throws {
         process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
@@ -144,7 +128,7 @@ public final class ChildProcess: Sendable {
         let stdin = Pipe()
         process.standardInput = stdin
         process.standardOutput = stdout ?? FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
+        process.standardError = stderr ?? FileHandle.nullDevice
         input = stdin.fileHandleForWriting
         let (stream, continuation) = AsyncStream<Int32>.makeStream()
         exited = stream
