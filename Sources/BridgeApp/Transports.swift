@@ -33,6 +33,7 @@ public struct WebPubSubTransport: DeliveryTransport {
                     messageTTLSeconds: target.messageTTLSeconds)
             }
         } catch {
+            if error.kind == .cancelled { throw CancellationError() }
             throw Self.classify(error)
         }
     }

@@ -36,6 +36,7 @@ final class ClientConnection: Sendable {
         var unacked = CircularBuffer<(id: UInt64, frame: String)>()
         var unackedBytes = 0
         var seenAckIds: Set<UInt64> = []
+        var ackIdOrder = CircularBuffer<UInt64>()
         var connectionState: String?
         var ended = false
     }
@@ -152,9 +153,19 @@ final class ClientConnection: Sendable {
         }
     }
 
+    /// Ack ids remembered per connection for `Duplicate` answers: the most recent ones.
+    static let rememberedAckIds = 10_000
+
     /// Records an `ackId`; false when it was seen before (a `Duplicate`).
     func firstUse(ackId: UInt64) -> Bool {
-        state.withLock { $0.seenAckIds.insert(ackId).inserted }
+        state.withLock { s in
+            guard s.seenAckIds.insert(ackId).inserted else { return false }
+            s.ackIdOrder.append(ackId)
+            if s.ackIdOrder.count > Self.rememberedAckIds, let oldest = s.ackIdOrder.popFirst() {
+                s.seenAckIds.remove(oldest)
+            }
+            return true
+        }
     }
 
     /// Marks the connection ended and closes its socket (after `frames`).

@@ -5,7 +5,7 @@ import BridgeJSON
 public struct WebPubSubError: Error, Sendable, CustomStringConvertible {
     /// What went wrong; a struct so that kinds can be added without breaking callers.
     public struct Kind: Sendable, Hashable, CustomStringConvertible {
-        enum Base: Sendable, Hashable { case invalidConnectionString, invalidArgument, transport, status }
+        enum Base: Sendable, Hashable { case invalidConnectionString, invalidArgument, transport, status, cancelled }
         let base: Base
         public static let invalidConnectionString = Kind(base: .invalidConnectionString)
         public static let invalidArgument = Kind(base: .invalidArgument)
@@ -13,12 +13,15 @@ public struct WebPubSubError: Error, Sendable, CustomStringConvertible {
         public static let transport = Kind(base: .transport)
         /// The service answered with an unexpected status.
         public static let status = Kind(base: .status)
+        /// The calling task was cancelled; the request may or may not have reached the service.
+        public static let cancelled = Kind(base: .cancelled)
         public var description: String {
             switch base {
             case .invalidConnectionString: "invalid connection string"
             case .invalidArgument: "invalid argument"
             case .transport: "request failed"
             case .status: "unexpected status"
+            case .cancelled: "cancelled"
             }
         }
     }

@@ -392,7 +392,9 @@ public final class WebPubSubServiceClient: Sendable {
             response = try await httpClient.execute(request, timeout: timeAmount(configuration.requestTimeout), logger: logger)
             bytes = try await response.body.collect(upTo: 4 * 1024 * 1024)
         } catch is CancellationError {
-            throw WebPubSubError(kind: .transport, message: "cancelled", operation: operation)
+            throw WebPubSubError(kind: .cancelled, message: "the request was cancelled", operation: operation)
+        } catch let error as HTTPClientError where error == .cancelled {
+            throw WebPubSubError(kind: .cancelled, message: "the request was cancelled", operation: operation)
         } catch {
             throw WebPubSubError(kind: .transport, message: Self.describe(error), operation: operation)
         }
