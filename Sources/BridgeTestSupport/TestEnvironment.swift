@@ -158,3 +158,17 @@ public final class ChildProcess: Sendable {
         if process.isRunning { process.terminate() }
     }
 }
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held. Tests wait
+/// for a state this way instead of sleeping a fixed time, which a loaded CI machine outruns.
+public func eventually(
+    timeout: Duration = .seconds(30), every interval: Duration = .milliseconds(20),
+    _ condition: () async throws -> Bool
+) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+        if try await condition() { return true }
+        if ContinuousClock.now >= deadline { return false }
+        try? await Task.sleep(for: interval)
+    }
+}

@@ -236,8 +236,13 @@ let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
             settings: settings(maxInFlight: 5, concurrency: 2), logger: quietLogger)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await d.run(sources: [source]) }
-            try await Task.sleep(for: .milliseconds(200))
-            // The sixth emit waits: at most maxInFlight messages were taken.
+            // Wait (on a busy machine, as long as it takes) until the window is full...
+            let deadline = ContinuousClock.now + .seconds(30)
+            while source.emitted < 5, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            // ...then give a sixth emit every chance to slip through: it must keep waiting.
+            try await Task.sleep(for: .milliseconds(100))
             #expect(source.emitted == 5)
             #expect(d.inFlight == 5)
             gate.continuation.finish()
@@ -255,7 +260,11 @@ let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
         try await testGracefulShutdown { trigger in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await d.run(sources: [source]) }
-                try await Task.sleep(for: .milliseconds(100))
+                // Shut down once all three were taken and the first send is stuck.
+                let deadline = ContinuousClock.now + .seconds(30)
+                while source.emitted < 3 || transport.attempts.withLock({ $0.isEmpty }), ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(10))
+                }
                 trigger.triggerGracefulShutdown()
                 try await group.waitForAll()
             }

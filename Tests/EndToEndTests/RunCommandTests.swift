@@ -121,7 +121,7 @@ import WebPubSub
             let bridge = try ChildProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg])
             bridge.write("{\"data\":1}\n")
             // Wait until the line was sent, then stop the bridge while stdin is still open.
-            for _ in 0..<100 where server.requests.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
+            #expect(await eventually { !server.requests.isEmpty })
             #expect(server.requests.count == 1)
             bridge.terminate()
             #expect(await bridge.exitStatus() == 0)

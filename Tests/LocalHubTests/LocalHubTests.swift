@@ -137,7 +137,7 @@ import WebPubSub
         try await withHub { _, cs in
             let client = WebPubSubServiceClient(connectionString: cs)
             let (plain, _) = try await connectClient(cs, user: "p", groups: ["g"], subprotocol: nil)
-            try await Task.sleep(for: .milliseconds(100))
+            #expect(try await eventually { try await client.userExists(hub: "chat", userId: "p") })
             try await client.sendToGroup(hub: "chat", group: "g", payload: ByteBuffer(string: #"{"a":1}"#), contentType: "application/json")
             try await client.sendToGroup(hub: "chat", group: "g", payload: ByteBuffer(string: "text"), contentType: "text/plain")
             try await client.sendToGroup(hub: "chat", group: "g", payload: ByteBuffer(bytes: [9, 8]), contentType: "application/octet-stream")
@@ -148,7 +148,7 @@ import WebPubSub
             let (listener, _) = try await connectClient(cs, user: "l", groups: ["room"])
             let (publisher, _) = try await connectClient(
                 cs, user: "pub", roles: ["webpubsub.sendToGroup.room"], subprotocol: nil, extraQuery: "&webpubsub_mode=sendToGroup&group=room")
-            try await Task.sleep(for: .milliseconds(100))
+            #expect(try await eventually { try await client.userExists(hub: "chat", userId: "pub") })
             publisher.send("from a plain socket")
             let got = await listener.expect(type: "message")
             #expect(got?["data"] == .string("from a plain socket") && got?["fromUserId"] == .string("pub"))
@@ -249,7 +249,7 @@ import WebPubSub
             #expect(reply?["from"] == .string("server") && reply?["data"] == .string("echo: hello") && reply?["dataType"] == .string("text"))
             #expect(await socket.expect(type: "ack")?["success"] == .bool(true))
             await socket.close()
-            try await Task.sleep(for: .milliseconds(300))
+            #expect(await eventually { handler.requests.contains { $0.headers["ce-eventname"] == "disconnected" } })
 
             let requests = handler.requests
             #expect(requests.first?.method == "OPTIONS")
