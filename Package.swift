@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.22.0"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
     ],
     targets: [
         // OData filter expressions: parsed once, evaluated against any set of fields.
@@ -63,6 +64,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // librdkafka >= 2.2 from the system (scripts/bootstrap builds it on Debian 12, whose 2.0.2 is too old).
+        .systemLibrary(name: "CRdKafka", pkgConfig: "rdkafka", providers: [.apt(["librdkafka-dev"])]),
+        // Kafka source (consumer group, at least once) and sink (idempotent producer).
+        .target(
+            name: "KafkaAdapter",
+            dependencies: [
+                "CRdKafka", "BridgeCore", "BridgeJSON",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The embedded Web PubSub-compatible hub.
         .target(
             name: "LocalHub",
@@ -85,7 +99,7 @@ let package = Package(
         .target(
             name: "BridgeApp",
             dependencies: [
-                "BridgeCore", "WebPubSub", "StdioAdapter", "LocalHub",
+                "BridgeCore", "WebPubSub", "StdioAdapter", "KafkaAdapter", "LocalHub",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -95,7 +109,7 @@ let package = Package(
         .executableTarget(
             name: "wps-bridge",
             dependencies: [
-                "BridgeApp", "BridgeCore", "WebPubSub", "LocalHub",
+                "BridgeApp", "BridgeCore", "WebPubSub", "LocalHub", "KafkaAdapter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -166,6 +180,15 @@ let package = Package(
             dependencies: [
                 "StdioAdapter", "BridgeCore", .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "KafkaAdapterTests",
+            dependencies: [
+                "KafkaAdapter", "BridgeCore", "BridgeTestSupport", "BridgeJSON", "WebPubSub",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

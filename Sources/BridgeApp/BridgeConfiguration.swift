@@ -2,6 +2,7 @@ public import BridgeCore
 import Foundation
 public import Logging
 public import LocalHub
+import KafkaAdapter
 import StdioAdapter
 public import WebPubSub
 
@@ -30,6 +31,8 @@ public struct BridgeConfiguration: Sendable {
         registry.register(source: StdinSourceFactory())
         registry.register(sink: StdoutSinkFactory())
         registry.register(sink: FileSinkFactory())
+        registry.register(source: KafkaSourceFactory())
+        registry.register(sink: KafkaSinkFactory())
         return registry
     }
 

@@ -21,7 +21,10 @@ public enum TestEnvironment {
         candidates.append(runner.appendingPathComponent("wps-bridge").path)
         candidates.append(runner.deletingLastPathComponent().appendingPathComponent("wps-bridge").path)
         candidates.append(packageRoot + "/.build/debug/wps-bridge")
-        for path in candidates where FileManager.default.isExecutableFile(atPath: path) { return path }
+        for path in candidates where FileManager.default.isExecutableFile(atPath: path) {
+            // Absolute, so that tests may start it from another working directory.
+            return URL(fileURLWithPath: path).standardizedFileURL.path
+        }
         throw TestEnvironmentError("wps-bridge is not built (looked at \(candidates.joined(separator: ", "))); run `swift build` or `make test`")
     }
 
@@ -146,6 +149,11 @@ public final class ChildProcess: Sendable {
 
     /// SIGTERM.
     public func terminate() { if process.isRunning { process.terminate() } }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    public func kill() { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
+
+    public var isRunning: Bool { process.isRunning }
 
     /// The exit status, once it has exited.
     public func exitStatus() async -> Int32 {

@@ -2,6 +2,7 @@ import ArgumentParser
 import BridgeApp
 import LocalHub
 import BridgeCore
+import KafkaAdapter
 import Foundation
 import Logging
 import NIOCore
@@ -15,7 +16,7 @@ struct WPSBridge: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wps-bridge",
         abstract: "Bridges Kafka, Redis and stdin to Azure Web PubSub, and client events back.",
-        version: version,
+        version: "\(version) (librdkafka \(librdkafkaVersion))",
         subcommands: [Run.self, Hub.self, Validate.self, Token.self, Send.self],
         defaultSubcommand: Run.self
     )

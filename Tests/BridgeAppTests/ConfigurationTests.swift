@@ -119,7 +119,8 @@ let valid = """
         ("routes:\n  - {from: in, to: [{group: g}], ordering: random}", "routes[0].ordering", 2, "not one of"),
         ("delivery:\n  concurrency: lots", "delivery.concurrency", 2, "not a whole number"),
         ("delivery:\n  shutdownTimeout: soon", "delivery.shutdownTimeout", 2, "not a duration"),
-        ("deadLetter: {type: kafka}", "deadLetter.type", 1, "unknown sink type 'kafka'"),
+        ("deadLetter: {type: sqs}", "deadLetter.type", 1, "unknown sink type 'sqs'"),
+        ("deadLetter: {type: kafka, topic: t}", "deadLetter", 1, "missing required key 'brokers'"),
         ("extra: 1", "extra", 1, "unknown key 'extra'"),
     ])
     func reportsEachMistake(patch: String, path: String, line: Int, message: String) throws {

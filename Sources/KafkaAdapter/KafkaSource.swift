@@ -1,0 +1,194 @@
+public import BridgeCore
+import BridgeJSON
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+
+/// How a Kafka record's value becomes a message's data type.
+public enum KafkaDataType: String, Sendable, CaseIterable {
+    /// JSON when the value parses as JSON, text when it is UTF-8, binary otherwise.
+    case auto
+    case json, text, binary
+}
+
+/// `type: kafka`: reads topics in a consumer group, at least once.
+///
+/// Every record becomes a message with the record's key, headers and timestamp, and its topic,
+/// partition and offset as origin (templates read `{topic}`, `{partition}`, `{offset}`).
+/// Offsets are committed only up to the highest contiguous settled offset per partition, so a
+/// crash repeats messages but never skips one.
+public final class KafkaSource: SourceAdapter {
+    public let name: String
+    let settings: KafkaConsumer.Settings
+    let dataType: KafkaDataType
+    let logger: Logger
+    private let consumer = Mutex<KafkaConsumer?>(nil)
+
+    init(name: String, settings: KafkaConsumer.Settings, dataType: KafkaDataType, logger: Logger) {
+        self.name = name
+        self.settings = settings
+        self.dataType = dataType
+        self.logger = logger
+    }
+
+    /// Why the consumer is not healthy right now (brokers down, unknown topic, fatal error), or nil.
+    public var problem: String? { consumer.withLock { $0 }?.context.currentProblem }
+
+    public func run(emit: DeliveryEmitter) async throws {
+        let consumer = try KafkaConsumer(settings: settings, logger: logger)
+        self.consumer.withLock { $0 = consumer }
+        try consumer.start()
+        logger.info(
+            "kafka source started",
+            metadata: ["wps.source": "\(name)", "wps.topics": "\(settings.topics)", "wps.librdkafka": "\(librdkafkaVersion)"])
+        while let record = await consumer.next() {
+            let (message, rejection) = makeMessage(record)
+            let delivery = Delivery(message: message, rejection: rejection) { outcome in consumer.settle(record, outcome) }
+            do {
+                try await emit.emit(delivery)
+            } catch {
+                // Not taken by the dispatcher (shutting down): it stays uncommitted and is read again.
+                consumer.settle(record, .failed("not dispatched: shutting down"))
+                break
+            }
+        }
+        consumer.drain()
+    }
+
+    public func finish() async throws {
+        guard let consumer = consumer.withLock({ $0 }) else { return }
+        await consumer.close()
+        logger.debug("kafka source closed", metadata: ["wps.source": "\(name)"])
+    }
+
+    func makeMessage(_ record: KafkaRecord) -> (Message, String?) {
+        var headers: [String: String] = [:]
+        for (name, value) in record.headers { headers[name] = String(decoding: value, as: UTF8.self) }
+        let origin = Origin(
+            source: name, topic: record.partition.topic, partition: Int(record.partition.partition), position: String(record.offset))
+        let timestamp = record.timestamp.map { Date(timeIntervalSince1970: Double($0) / 1000) } ?? Date()
+        let (type, rejection) = Self.classify(record.payload, as: dataType)
+        let message = Message(
+            payload: ByteBuffer(bytes: record.payload), dataType: type, key: record.key.map { String(decoding: $0, as: UTF8.self) },
+            headers: headers, origin: origin, timestamp: timestamp)
+        return (message, rejection)
+    }
+
+    /// The data type of a value, and why it cannot be sent as the declared one.
+    static func classify(_ bytes: [UInt8], as declared: KafkaDataType) -> (DataType, String?) {
+        switch declared {
+        case .binary:
+            return (.binary, nil)
+        case .text:
+            return String(validating: bytes, as: UTF8.self) == nil ? (.text, "value is not valid UTF-8 (dataType: text)") : (.text, nil)
+        case .json:
+            do {
+                _ = try JSONValue.parse(bytes)
+                return (.json, nil)
+            } catch {
+                return (.json, "value is not valid JSON (dataType: json): \(error)")
+            }
+        case .auto:
+            if (try? JSONValue.parse(bytes)) != nil { return (.json, nil) }
+            if String(validating: bytes, as: UTF8.self) != nil { return (.text, nil) }
+            return (.binary, nil)
+        }
+    }
+}
+
+/// `type: kafka` sources.
+public struct KafkaSourceFactory: SourceFactory {
+    public init() {}
+    public var typeName: String { "kafka" }
+    public var summary: String { "Kafka topics in a consumer group, at least once (brokers, topics, group)" }
+    public var originFields: Set<String> { ["topic", "partition"] }
+
+    /// Properties the bridge sets itself.
+    static let reserved: Set<String> = [
+        "bootstrap.servers", "metadata.broker.list", "group.id", "enable.auto.commit", "enable.auto.offset.store",
+    ]
+
+    public func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
+        settings.checkKeys(
+            ["brokers", "topics", "group", "startFrom", "dataType", "commitInterval", "revokeTimeout", "librdkafka"], what: "a kafka source")
+        let brokers = readBrokers(settings)
+        let topics = settings.stringList("topics")
+        if settings.value("topics") == nil { settings.report("missing required key 'topics': topic names, or regexes starting with ^") }
+        if let topics, topics.isEmpty || topics.contains(where: \.isEmpty) {
+            settings.value("topics")?.report("topic names must not be empty")
+        }
+        let group = settings.nonEmptyString("group", required: true)
+        let startFrom = settings.enumeration("startFrom", StartFrom.self) ?? .latest
+        let dataType = settings.enumeration("dataType", KafkaDataType.self) ?? .auto
+        let commitInterval = settings.duration("commitInterval") ?? .seconds(1)
+        let revokeTimeout = settings.duration("revokeTimeout") ?? .seconds(10)
+        let extra = readLibrdkafka(settings, reserved: Self.reserved)
+        guard let brokers, let topics, !topics.isEmpty, let group, let extra else { return nil }
+        var properties: [(String, String)] = [
+            ("bootstrap.servers", brokers), ("group.id", group), ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"), ("auto.offset.reset", startFrom.rawValue),
+            ("client.id", "wps-bridge"),
+        ]
+        properties = merge(properties, extra)
+        if let value = settings.value("librdkafka") {
+            for (key, problem) in KafkaConfiguration.check(properties) { value.report("\(key): \(problem)") }
+        }
+        var consumer = KafkaConsumer.Settings(properties: properties, topics: topics)
+        consumer.commitInterval = commitInterval
+        consumer.revokeDrainTimeout = revokeTimeout
+        return KafkaSource(name: name, settings: consumer, dataType: dataType, logger: context.logger)
+    }
+
+    enum StartFrom: String, CaseIterable {
+        case earliest, latest
+    }
+}
+
+/// `brokers`: `host:port`, a comma-separated list or a YAML list.
+func readBrokers(_ settings: ConfigMapping) -> String? {
+    guard settings.value("brokers") != nil else {
+        settings.report("missing required key 'brokers' (host:port, or a list of them)")
+        return nil
+    }
+    guard let list = settings.stringList("brokers") else { return nil }
+    let brokers = list.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }
+    if brokers.isEmpty || brokers.contains(where: { $0.isEmpty }) {
+        settings.value("brokers")?.report("brokers must be host:port entries")
+        return nil
+    }
+    return brokers.joined(separator: ",")
+}
+
+/// `librdkafka:`: librdkafka properties passed through (security.protocol, sasl.*, ssl.*, ...).
+/// A value may come from a file: `sasl.passwordFile: /run/secrets/kafka` sets `sasl.password`.
+func readLibrdkafka(_ settings: ConfigMapping, reserved: Set<String>) -> [(String, String)]? {
+    guard settings.has("librdkafka") else { return [] }
+    guard let map = settings.mapping("librdkafka") else { return nil }
+    var result: [(String, String)] = []
+    var ok = true
+    for key in map.keys {
+        let fromFile = key.hasSuffix("File")
+        let property = fromFile ? String(key.dropLast("File".count)) : key
+        // `x` next to `xFile` is reported once, by `secret`, when `xFile` comes up.
+        if !fromFile && map.has(key + "File") { continue }
+        if reserved.contains(property) {
+            map.value(key)?.report("'\(property)' is set by the bridge from the source's own keys (brokers, group)")
+            ok = false
+            continue
+        }
+        guard let value = fromFile ? map.secret(property) : map.string(key) else {
+            ok = false
+            continue
+        }
+        result.append((property, value))
+    }
+    return ok ? result : nil
+}
+
+/// Later entries win.
+func merge(_ base: [(String, String)], _ overrides: [(String, String)]) -> [(String, String)] {
+    var result = base.filter { entry in !overrides.contains { $0.0 == entry.0 } }
+    result.append(contentsOf: overrides)
+    return result
+}

@@ -1,0 +1,232 @@
+import BridgeJSON
+import BridgeTestSupport
+import Foundation
+import Testing
+
+/// `wps-bridge run` with Kafka sources and dead letters, against a real Kafka-protocol broker
+/// (Tansu) and `wps-bridge hub`, checked by an independent Kafka client (confluent-kafka) and a
+/// WebSocket subscriber of the hub.
+@Suite(.serialized) struct KafkaEndToEndTests {
+    /// Client settings that make group joins take seconds rather than half a minute on Tansu,
+    /// and notice topics created after the bridge started.
+    static let fastGroup = """
+              session.timeout.ms: 6000
+              heartbeat.interval.ms: 500
+              topic.metadata.refresh.interval.ms: 1000
+        """
+
+    /// Starts `wps-bridge run` on `yaml`, its log in the test's folder.
+    func startBridge(_ yaml: String, in dir: String) throws -> ChildProcess {
+        let config = dir + "/bridge.yaml"
+        try yaml.write(toFile: config, atomically: true, encoding: .utf8)
+        let bin = try TestEnvironment.bridgeBinary()
+        // exec: the pid is the bridge's, so that kill() reaches it.
+        return try ChildProcess("/bin/sh", ["-c", "exec '\(bin)' run -c '\(config)' --log-level debug 2>>'\(dir)/bridge.log'"], currentDirectory: dir)
+    }
+
+    func log(_ dir: String) -> String { (try? String(contentsOfFile: dir + "/bridge.log", encoding: .utf8)) ?? "" }
+
+    /// Reads messages until `count` arrived or nothing came for `idle`.
+    func collect(_ socket: TestWebSocket, count: Int, idle: Duration = .seconds(30)) async -> [JSONValue] {
+        var got: [JSONValue] = []
+        while got.count < count, let m = await socket.expect(type: "message", timeout: idle) { got.append(m) }
+        return got
+    }
+
+    /// The `{"p":..,"n":..}` payloads of received messages.
+    func numbers(_ messages: [JSONValue]) -> [(p: Int, n: Int)] {
+        messages.compactMap { m in
+            guard case .number(let p)? = m["data"]?["p"], case .number(let n)? = m["data"]?["n"], let p = Int(p), let n = Int(n) else { return nil }
+            return (p, n)
+        }
+    }
+
+    func kafkaSource(_ broker: KafkaBroker, topic: String, group: String, extra: String = "") -> String {
+        """
+          - name: events
+            type: kafka
+            brokers: \(broker.brokers)
+            topics: [\(topic)]
+            group: \(group)
+            startFrom: earliest
+        \(extra)    librdkafka:
+        \(Self.fastGroup)
+        """
+    }
+
+    @Test func messagesOfSeveralPartitionsArriveInOrderPerPartition() async throws {
+        let broker = try await KafkaBroker()
+        let hub = try await HubProcess()
+        let dir = try TestEnvironment.temporaryDirectory()
+        let topic = "orders"
+        try await KafkaTool.create(broker.brokers, topic: topic, partitions: 4)
+        let count = 200
+        try await KafkaTool.produce(
+            broker.brokers, topic: topic, (0..<count).map { i in ["value": #"{"p":\#(i % 4),"n":\#(i)}"#, "key": "k\(i % 4)", "partition": i % 4] })
+        let subscriber = try await hub.subscriber(hub: "chat", group: "orders")
+        let bridge = try startBridge(
+            """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+            sources:
+            \(kafkaSource(broker, topic: topic, group: "g-order"))
+            routes:
+              - from: events
+                to:
+                  - {hub: chat, group: orders}
+            """, in: dir)
+        let got = await collect(subscriber, count: count)
+        #expect(got.count == count, "bridge log:\n\(log(dir))")
+        let byPartition = Dictionary(grouping: numbers(got), by: \.p)
+        #expect(byPartition.keys.count == 4)
+        for (p, items) in byPartition {
+            #expect(items.map(\.n) == items.map(\.n).sorted(), "partition \(p) out of order")
+            #expect(items.count == count / 4)
+        }
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+        await broker.stop()
+        await hub.stop()
+    }
+
+    @Test func aKilledBridgeLosesNothingWhenStartedAgain() async throws {
+        let broker = try await KafkaBroker()
+        let hub = try await HubProcess()
+        let dir = try TestEnvironment.temporaryDirectory()
+        let topic = "stream"
+        try await KafkaTool.create(broker.brokers, topic: topic, partitions: 4)
+        let count = 2000
+        try await KafkaTool.produce(broker.brokers, topic: topic, (0..<count).map { i in ["value": #"{"p":\#(i % 4),"n":\#(i)}"#, "partition": i % 4] })
+        let subscriber = try await hub.subscriber(hub: "chat", group: "stream")
+        let yaml = """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+            sources:
+            \(kafkaSource(broker, topic: topic, group: "g-kill"))
+            routes:
+              - from: events
+                to:
+                  - {hub: chat, group: stream}
+            delivery:
+              concurrency: 2
+              maxInFlight: 8
+            """
+        let first = try startBridge(yaml, in: dir)
+        var got = await collect(subscriber, count: 300)
+        first.kill()
+        _ = await first.exitStatus()
+        let beforeKill = got.count
+        // Up to the kill, with the partitions paused and resumed as the dispatcher filled up,
+        // every partition arrived in order and without gaps.
+        for (p, items) in Dictionary(grouping: numbers(got), by: \.p) {
+            let ns = items.map(\.n)
+            #expect(ns == ns.sorted() && ns == Array(stride(from: p, to: p + 4 * ns.count, by: 4)), "partition \(p): \(ns.prefix(30))")
+        }
+        let second = try startBridge(yaml, in: dir)
+        // The killed consumer holds its partitions until its session times out (6 s), then the
+        // new one reads from the last committed offsets.
+        while Set(numbers(got).map(\.n)).count < count, let m = await subscriber.expect(type: "message", timeout: .seconds(40)) {
+            got.append(m)
+        }
+        let distinct = Set(numbers(got).map(\.n))
+        #expect(distinct.count == count, "missing: \(Set(0..<count).subtracting(distinct).sorted().prefix(20)); log:\n\(log(dir).suffix(4000))")
+        let duplicates = got.count - distinct.count
+        print("kafka kill test: \(beforeKill) delivered before SIGKILL, \(got.count) in all, \(duplicates) duplicates of \(count)")
+        second.terminate()
+        #expect(await second.exitStatus() == 0)
+        await broker.stop()
+        await hub.stop()
+    }
+
+    @Test func undeliverableMessagesGoToTheDeadLetterTopicAndTheStreamGoesOn() async throws {
+        let broker = try await KafkaBroker()
+        let hub = try await HubProcess()
+        let dir = try TestEnvironment.temporaryDirectory()
+        try await KafkaTool.create(broker.brokers, topic: "in", partitions: 1)
+        try await KafkaTool.produce(
+            broker.brokers, topic: "in",
+            [
+                ["value": #"{"n":1}"#, "key": "a"],
+                // No key: the target's group template {key} cannot resolve.
+                ["value": #"{"n":2}"#, "headers": ["trace": "t-2"]],
+                // Binary, not UTF-8: the hub refuses it with 400 where a route sends it as text.
+                ["value_hex": "fffe00", "key": "bad"],
+                ["value": #"{"n":4}"#, "key": "a"],
+            ])
+        let subscriber = try await hub.subscriber(hub: "chat", group: "room-a")
+        let bridge = try startBridge(
+            """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+            sources:
+            \(kafkaSource(broker, topic: "in", group: "g-dlq"))
+            routes:
+              - from: events
+                to:
+                  - {hub: chat, group: "room-{key}"}
+              - from: events
+                where: "key eq 'bad'"
+                to:
+                  - {hub: chat, group: text-only, dataType: text}
+            deadLetter:
+              type: kafka
+              brokers: \(broker.brokers)
+              topic: dead-letters
+            """, in: dir)
+        let got = await collect(subscriber, count: 2)
+        #expect(got.map { $0["data"]?["n"] } == [.number("1"), .number("4")], "log:\n\(log(dir))")
+        let dead = try await KafkaTool.consume(broker.brokers, topic: "dead-letters", count: 2)
+        #expect(dead.count == 2)
+        let unresolved = try #require(dead.first { $0.value == #"{"n":2}"# })
+        #expect(unresolved.key == nil)
+        #expect(unresolved.headers["trace"] == "t-2")
+        #expect(unresolved.headers["wps-error"]?.contains("{key}") == true)
+        #expect(unresolved.headers["wps-source"] == "events/in[0]@1")
+        let refused = try #require(dead.first { $0.key == "bad" })
+        #expect(refused.headers["wps-data-type"] == "binary")
+        #expect(refused.headers["wps-status"] == "400")
+        #expect(refused.headers["wps-source"] == "events/in[0]@2")
+        #expect(refused.headers["wps-target"]?.contains("text-only") == true)
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+        await broker.stop()
+        await hub.stop()
+    }
+
+    @Test func aBrokerThatStartsLaterIsWaitedFor() async throws {
+        let port = try TestEnvironment.freePort()
+        let hub = try await HubProcess()
+        let dir = try TestEnvironment.temporaryDirectory()
+        let subscriber = try await hub.subscriber(hub: "chat", group: "late")
+        let bridge = try startBridge(
+            """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+            sources:
+              - name: events
+                type: kafka
+                brokers: 127.0.0.1:\(port)
+                topics: [late]
+                group: g-late
+                startFrom: earliest
+                librdkafka:
+            \(Self.fastGroup)
+            routes:
+              - from: events
+                to:
+                  - {hub: chat, group: late}
+            """, in: dir)
+        // The bridge is up, the broker is not: it says so and keeps trying.
+        #expect(await eventually(timeout: .seconds(20)) { log(dir).contains("brokers") && log(dir).contains("down") }, "log:\n\(log(dir))")
+        #expect(bridge.isRunning)
+        let broker = try await KafkaBroker(port: port)
+        try await KafkaTool.create(broker.brokers, topic: "late", partitions: 2)
+        try await KafkaTool.produce(broker.brokers, topic: "late", [["value": #"{"hello":"late"}"#]])
+        let got = await collect(subscriber, count: 1, idle: .seconds(60))
+        #expect(got.first?["data"]?["hello"] == .string("late"), "log:\n\(log(dir))")
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+        await broker.stop()
+        await hub.stop()
+    }
+}
