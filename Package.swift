@@ -77,6 +77,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // hiredis from Debian (libhiredis-dev, 0.14 on Debian 12).
+        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
+        // Redis pub/sub and Streams sources, PUBLISH and XADD sinks; blocking calls on threads of their own.
+        .target(
+            name: "RedisAdapter",
+            dependencies: [
+                "CHiredis", "BridgeCore", "BridgeJSON",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The embedded Web PubSub-compatible hub.
         .target(
             name: "LocalHub",
@@ -99,7 +112,7 @@ let package = Package(
         .target(
             name: "BridgeApp",
             dependencies: [
-                "BridgeCore", "WebPubSub", "StdioAdapter", "KafkaAdapter", "LocalHub",
+                "BridgeCore", "WebPubSub", "StdioAdapter", "KafkaAdapter", "RedisAdapter", "LocalHub",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -187,6 +200,15 @@ let package = Package(
             name: "KafkaAdapterTests",
             dependencies: [
                 "KafkaAdapter", "BridgeCore", "BridgeTestSupport", "BridgeJSON", "WebPubSub",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RedisAdapterTests",
+            dependencies: [
+                "RedisAdapter", "BridgeCore", "BridgeTestSupport", "BridgeJSON", "WebPubSub",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

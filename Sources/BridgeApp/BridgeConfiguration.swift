@@ -3,6 +3,7 @@ import Foundation
 public import Logging
 public import LocalHub
 import KafkaAdapter
+import RedisAdapter
 import StdioAdapter
 public import WebPubSub
 
@@ -33,6 +34,10 @@ public struct BridgeConfiguration: Sendable {
         registry.register(sink: FileSinkFactory())
         registry.register(source: KafkaSourceFactory())
         registry.register(sink: KafkaSinkFactory())
+        registry.register(source: RedisPubSubSourceFactory())
+        registry.register(source: RedisStreamSourceFactory())
+        registry.register(sink: RedisPublishSinkFactory())
+        registry.register(sink: RedisStreamSinkFactory())
         return registry
     }
 

@@ -9,7 +9,7 @@ import Synchronization
 /// The record keeps its key (unless `key` is set) and payload; its headers become Kafka headers
 /// (for dead letters: `wps-error`, `wps-route`, `wps-target`, `wps-source` ...). `topic` and `key`
 /// are templates over the record: `{key}`, `{header.NAME}`, `{json.PATH}`.
-public final class KafkaSink: SinkAdapter {
+public final class KafkaSink: SinkAdapter, HealthReporting {
     let topic: Template
     let key: Template?
     let properties: [(String, String)]
@@ -24,6 +24,8 @@ public final class KafkaSink: SinkAdapter {
     }
 
     public var description: String { "kafka topic '\(topic)'" }
+
+    public var healthProblem: String? { producer.withLock { $0 }?.context.currentProblem }
 
     /// The producer, created at the first write (so that `validate` opens nothing).
     func client() throws -> KafkaProducer {

@@ -1,16 +1,8 @@
 public import BridgeCore
-import BridgeJSON
 import Foundation
 import Logging
 import NIOCore
 import Synchronization
-
-/// How a Kafka record's value becomes a message's data type.
-public enum KafkaDataType: String, Sendable, CaseIterable {
-    /// JSON when the value parses as JSON, text when it is UTF-8, binary otherwise.
-    case auto
-    case json, text, binary
-}
 
 /// `type: kafka`: reads topics in a consumer group, at least once.
 ///
@@ -18,14 +10,14 @@ public enum KafkaDataType: String, Sendable, CaseIterable {
 /// partition and offset as origin (templates read `{topic}`, `{partition}`, `{offset}`).
 /// Offsets are committed only up to the highest contiguous settled offset per partition, so a
 /// crash repeats messages but never skips one.
-public final class KafkaSource: SourceAdapter {
+public final class KafkaSource: SourceAdapter, HealthReporting {
     public let name: String
     let settings: KafkaConsumer.Settings
-    let dataType: KafkaDataType
+    let dataType: PayloadType
     let logger: Logger
     private let consumer = Mutex<KafkaConsumer?>(nil)
 
-    init(name: String, settings: KafkaConsumer.Settings, dataType: KafkaDataType, logger: Logger) {
+    init(name: String, settings: KafkaConsumer.Settings, dataType: PayloadType, logger: Logger) {
         self.name = name
         self.settings = settings
         self.dataType = dataType
@@ -33,7 +25,7 @@ public final class KafkaSource: SourceAdapter {
     }
 
     /// Why the consumer is not healthy right now (brokers down, unknown topic, fatal error), or nil.
-    public var problem: String? { consumer.withLock { $0 }?.context.currentProblem }
+    public var healthProblem: String? { consumer.withLock { $0 }?.context.currentProblem }
 
     public func run(emit: DeliveryEmitter) async throws {
         let consumer = try KafkaConsumer(settings: settings, logger: logger)
@@ -68,32 +60,11 @@ public final class KafkaSource: SourceAdapter {
         let origin = Origin(
             source: name, topic: record.partition.topic, partition: Int(record.partition.partition), position: String(record.offset))
         let timestamp = record.timestamp.map { Date(timeIntervalSince1970: Double($0) / 1000) } ?? Date()
-        let (type, rejection) = Self.classify(record.payload, as: dataType)
+        let (type, rejection) = dataType.classify(record.payload)
         let message = Message(
             payload: ByteBuffer(bytes: record.payload), dataType: type, key: record.key.map { String(decoding: $0, as: UTF8.self) },
             headers: headers, origin: origin, timestamp: timestamp)
         return (message, rejection)
-    }
-
-    /// The data type of a value, and why it cannot be sent as the declared one.
-    static func classify(_ bytes: [UInt8], as declared: KafkaDataType) -> (DataType, String?) {
-        switch declared {
-        case .binary:
-            return (.binary, nil)
-        case .text:
-            return String(validating: bytes, as: UTF8.self) == nil ? (.text, "value is not valid UTF-8 (dataType: text)") : (.text, nil)
-        case .json:
-            do {
-                _ = try JSONValue.parse(bytes)
-                return (.json, nil)
-            } catch {
-                return (.json, "value is not valid JSON (dataType: json): \(error)")
-            }
-        case .auto:
-            if (try? JSONValue.parse(bytes)) != nil { return (.json, nil) }
-            if String(validating: bytes, as: UTF8.self) != nil { return (.text, nil) }
-            return (.binary, nil)
-        }
     }
 }
 
@@ -120,7 +91,7 @@ public struct KafkaSourceFactory: SourceFactory {
         }
         let group = settings.nonEmptyString("group", required: true)
         let startFrom = settings.enumeration("startFrom", StartFrom.self) ?? .latest
-        let dataType = settings.enumeration("dataType", KafkaDataType.self) ?? .auto
+        let dataType = settings.enumeration("dataType", PayloadType.self) ?? .auto
         let commitInterval = settings.duration("commitInterval") ?? .seconds(1)
         let revokeTimeout = settings.duration("revokeTimeout") ?? .seconds(10)
         let extra = readLibrdkafka(settings, reserved: Self.reserved)

@@ -15,22 +15,12 @@ import Testing
               topic.metadata.refresh.interval.ms: 1000
         """
 
-    /// Starts `wps-bridge run` on `yaml`, its log in the test's folder.
-    func startBridge(_ yaml: String, in dir: String) throws -> ChildProcess {
-        let config = dir + "/bridge.yaml"
-        try yaml.write(toFile: config, atomically: true, encoding: .utf8)
-        let bin = try TestEnvironment.bridgeBinary()
-        // exec: the pid is the bridge's, so that kill() reaches it.
-        return try ChildProcess("/bin/sh", ["-c", "exec '\(bin)' run -c '\(config)' --log-level debug 2>>'\(dir)/bridge.log'"], currentDirectory: dir)
-    }
+    func startBridge(_ yaml: String, in dir: String) throws -> BridgeProcess { try BridgeProcess(yaml, in: dir) }
 
     func log(_ dir: String) -> String { (try? String(contentsOfFile: dir + "/bridge.log", encoding: .utf8)) ?? "" }
 
-    /// Reads messages until `count` arrived or nothing came for `idle`.
     func collect(_ socket: TestWebSocket, count: Int, idle: Duration = .seconds(30)) async -> [JSONValue] {
-        var got: [JSONValue] = []
-        while got.count < count, let m = await socket.expect(type: "message", timeout: idle) { got.append(m) }
-        return got
+        await socket.messages(count, idle: idle)
     }
 
     /// The `{"p":..,"n":..}` payloads of received messages.

@@ -89,12 +89,12 @@ func readSource(_ yaml: String) -> ((any SourceAdapter)?, [String]) {
     }
 
     @Test func valuesAreClassified() {
-        #expect(KafkaSource.classify(Array(#"{"a":1}"#.utf8), as: .auto).0 == .json)
-        #expect(KafkaSource.classify(Array("hello".utf8), as: .auto).0 == .text)
-        #expect(KafkaSource.classify([0xff, 0x00], as: .auto).0 == .binary)
-        #expect(KafkaSource.classify(Array("hello".utf8), as: .json).1 != nil)
-        #expect(KafkaSource.classify([0xff], as: .text).1 != nil)
-        #expect(KafkaSource.classify([0xff], as: .binary).1 == nil)
+        #expect(PayloadType.auto.classify(Array(#"{"a":1}"#.utf8)).0 == .json)
+        #expect(PayloadType.auto.classify(Array("hello".utf8)).0 == .text)
+        #expect(PayloadType.auto.classify([0xff, 0x00]).0 == .binary)
+        #expect(PayloadType.json.classify(Array("hello".utf8)).1 != nil)
+        #expect(PayloadType.text.classify([0xff]).1 != nil)
+        #expect(PayloadType.binary.classify([0xff]).1 == nil)
     }
 }
 
@@ -136,6 +136,8 @@ func readSource(_ yaml: String) -> ((any SourceAdapter)?, [String]) {
             try await sink.write(SinkRecord(payload: ByteBuffer(string: "x"), dataType: .text))
         }
         #expect(ContinuousClock.now - started < .seconds(20))
+        // Readiness can tell why.
+        #expect((sink as? KafkaSink)?.healthProblem != nil)
         try await sink.close()
     }
 }

@@ -31,6 +31,12 @@ extension SourceAdapter {
     public func finish() async throws {}
 }
 
+/// An adapter that can tell why it is not working right now (a broker down, an unknown topic,
+/// an authentication failure), for readiness checks and logs. nil means healthy.
+public protocol HealthReporting: Sendable {
+    var healthProblem: String? { get }
+}
+
 /// A record for a sink: a dead letter or a mirrored event.
 public struct SinkRecord: Sendable {
     public var payload: ByteBuffer

@@ -1,0 +1,39 @@
+import BridgeJSON
+import Foundation
+
+/// `wps-bridge run` on a config written to a fresh folder, its debug log kept in that folder.
+public struct BridgeProcess: Sendable {
+    public let directory: String
+    public let process: ChildProcess
+
+    /// Writes `yaml` to `directory/bridge.yaml` and starts the bridge on it.
+    public init(_ yaml: String, in directory: String) throws {
+        self.directory = directory
+        let config = directory + "/bridge.yaml"
+        try yaml.write(toFile: config, atomically: true, encoding: .utf8)
+        let bin = try TestEnvironment.bridgeBinary()
+        // exec: the pid is the bridge's, so that kill() reaches it.
+        process = try ChildProcess(
+            "/bin/sh", ["-c", "exec '\(bin)' run -c '\(config)' --log-level debug 2>>'\(directory)/bridge.log'"], currentDirectory: directory)
+    }
+
+    /// What the bridge logged so far.
+    public var log: String { (try? String(contentsOfFile: directory + "/bridge.log", encoding: .utf8)) ?? "" }
+
+    /// The last lines of the log, for failure messages.
+    public var logTail: String { String(log.suffix(6000)) }
+
+    public func terminate() { process.terminate() }
+    public func kill() { process.kill() }
+    public var isRunning: Bool { process.isRunning }
+    public func exitStatus() async -> Int32 { await process.exitStatus() }
+}
+
+extension TestWebSocket {
+    /// Reads `message`s until `count` arrived or none came for `idle`.
+    public func messages(_ count: Int, idle: Duration = .seconds(30)) async -> [JSONValue] {
+        var got: [JSONValue] = []
+        while got.count < count, let m = await expect(type: "message", timeout: idle) { got.append(m) }
+        return got
+    }
+}

@@ -1,0 +1,99 @@
+public import BridgeCore
+import Logging
+import NIOCore
+
+/// Renders a sink template over a record: `{key}`, `{header.NAME}`, `{json.PATH}`.
+func render(_ template: Template, _ record: SinkRecord) throws -> String {
+    let message = Message(payload: record.payload, dataType: record.dataType, key: record.key, headers: record.headers, origin: Origin(source: "sink"))
+    return try template.render(MessageContext(message))
+}
+
+/// Reports templates that read a source's fields, which a sink record does not have.
+func checkSinkTemplate(_ template: Template?, key: String, in settings: ConfigMapping) {
+    for field in template?.fields ?? [] where field.originField != nil || field == .position || field == .source {
+        settings.value(key)?.report("{\(field)} is not known when writing to a sink; use {key}, {header.NAME} or {json.PATH}")
+    }
+}
+
+/// `type: redis` as a sink: PUBLISH each record's payload to a (templated) channel.
+public final class RedisPublishSink: SinkAdapter {
+    let channel: Template
+    let client: RedisCommandClient
+
+    init(url: RedisURL, channel: Template) {
+        self.channel = channel
+        self.client = RedisCommandClient(url: url)
+    }
+
+    public var description: String { "redis channel '\(channel)' at \(client.url)" }
+
+    public func write(_ record: SinkRecord) async throws {
+        let name = try render(channel, record)
+        _ = try await client.command([Array("PUBLISH".utf8), Array(name.utf8), Array(record.payload.readableBytesView)])
+    }
+
+    public func close() async throws { client.close() }
+}
+
+/// `type: redis-stream` as a sink: XADD each record to a (templated) stream, with the payload
+/// in `data`, its `dataType`, its `key`, and each header as a field of its own.
+public final class RedisStreamSink: SinkAdapter {
+    let stream: Template
+    let maxLen: Int?
+    let client: RedisCommandClient
+
+    init(url: RedisURL, stream: Template, maxLen: Int?) {
+        self.stream = stream
+        self.maxLen = maxLen
+        self.client = RedisCommandClient(url: url)
+    }
+
+    public var description: String { "redis stream '\(stream)' at \(client.url)" }
+
+    public func write(_ record: SinkRecord) async throws {
+        let name = try render(stream, record)
+        var args: [[UInt8]] = [Array("XADD".utf8), Array(name.utf8)]
+        if let maxLen { args += [Array("MAXLEN".utf8), Array("~".utf8), Array(String(maxLen).utf8)] }
+        args += [Array("*".utf8), Array("data".utf8), Array(record.payload.readableBytesView), Array("dataType".utf8), Array(record.dataType.rawValue.utf8)]
+        if let key = record.key { args += [Array("key".utf8), Array(key.utf8)] }
+        for (name, value) in record.headers.sorted(by: { $0.key < $1.key }) where !["data", "dataType", "key"].contains(name) {
+            args += [Array(name.utf8), Array(value.utf8)]
+        }
+        _ = try await client.command(args)
+    }
+
+    public func close() async throws { client.close() }
+}
+
+/// `{type: redis, url, channel}`.
+public struct RedisPublishSinkFactory: SinkFactory {
+    public init() {}
+    public var typeName: String { "redis" }
+    public var summary: String { "PUBLISH to a Redis channel (url, channel)" }
+
+    public func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
+        settings.checkKeys(["url", "passwordFile", "channel"], what: "a redis sink")
+        let url = readRedisURL(settings)
+        let channel = settings.template("channel", required: true)
+        checkSinkTemplate(channel, key: "channel", in: settings)
+        guard let url, let channel else { return nil }
+        return RedisPublishSink(url: url, channel: channel)
+    }
+}
+
+/// `{type: redis-stream, url, stream, maxLen}`.
+public struct RedisStreamSinkFactory: SinkFactory {
+    public init() {}
+    public var typeName: String { "redis-stream" }
+    public var summary: String { "XADD to a Redis stream (url, stream, maxLen)" }
+
+    public func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
+        settings.checkKeys(["url", "passwordFile", "stream", "maxLen"], what: "a redis-stream sink")
+        let url = readRedisURL(settings)
+        let stream = settings.template("stream", required: true)
+        checkSinkTemplate(stream, key: "stream", in: settings)
+        let maxLen = settings.int("maxLen", range: 1...Int(Int32.max))
+        guard let url, let stream else { return nil }
+        return RedisStreamSink(url: url, stream: stream, maxLen: maxLen)
+    }
+}

@@ -1,0 +1,391 @@
+public import BridgeCore
+import BridgeJSON
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+
+/// Which entry fields carry the payload, its data type and its key; other fields become headers.
+public struct StreamFieldNames: Sendable, Equatable {
+    public var data = "data"
+    public var dataType = "dataType"
+    public var key = "key"
+    public init() {}
+}
+
+/// `type: redis-stream`: Redis Streams in a consumer group, at least once.
+///
+/// Creates the group when missing (`MKSTREAM`), reads with `XREADGROUP`, and `XACK`s an entry
+/// only once it was delivered or dead-lettered. On start (and every `minIdle` after) it takes
+/// back what is pending: its own entries from before a restart, and entries other consumers
+/// left idle for `minIdle` (`XAUTOCLAIM`). An entry delivered more than `maxDeliveries` times is
+/// dead-lettered instead of sent again.
+public final class RedisStreamSource: SourceAdapter, HealthReporting {
+    public struct Settings: Sendable {
+        var url: RedisURL
+        var streams: [String]
+        var group: String
+        var consumer: String
+        var startFromEarliest = false
+        var minIdle: Duration = .seconds(60)
+        var maxDeliveries = 5
+        var count = 100
+        var block: Duration = .seconds(1)
+        var dataType: PayloadType = .auto
+        var fields = StreamFieldNames()
+    }
+
+    public let name: String
+    let settings: Settings
+    let logger: Logger
+    /// Settled entries waiting for their XACK, and the signal that wakes the acknowledging task.
+    private let pendingAcks = Mutex<[(String, String)]>([])
+    private let ackSignal: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
+    private let ackTask = Mutex<Task<Void, Never>?>(nil)
+    /// Entries handed to the dispatcher and not settled yet, by stream and id: a pending entry
+    /// read again after a reconnect is not sent twice at once.
+    private let inFlight = Mutex<Set<String>>([])
+    let counters = Counters()
+    private let problem = Mutex<String?>(nil)
+    public var healthProblem: String? { problem.withLock { $0 } }
+
+    final class Counters: Sendable {
+        let read = Atomic<Int>(0)
+        let reclaimed = Atomic<Int>(0)
+        let poison = Atomic<Int>(0)
+        let acked = Atomic<Int>(0)
+    }
+
+    init(name: String, settings: Settings, logger: Logger) {
+        self.name = name
+        self.settings = settings
+        self.logger = logger
+        ackSignal = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    public func run(emit: DeliveryEmitter) async throws {
+        let ackClient = RedisCommandClient(url: settings.url)
+        ackTask.withLock { $0 = Task { await self.acknowledge(ackClient) } }
+        let thread = RedisThread()
+        defer { thread.shutdown() }
+        var backoff = Duration.milliseconds(100)
+        var lastLogged: ContinuousClock.Instant?
+        while !Task.isCancelled {
+            do {
+                let url = settings.url
+                let connection = try await thread.run { try RedisBlockingConnection(url) }
+                try await createGroups(connection, thread: thread)
+                logger.info(
+                    "redis stream source started",
+                    metadata: ["wps.source": "\(name)", "wps.url": "\(url)", "wps.streams": "\(settings.streams)", "wps.group": "\(settings.group)", "wps.consumer": "\(settings.consumer)"])
+                backoff = .milliseconds(100)
+                lastLogged = nil
+                problem.withLock { $0 = nil }
+                try await readOwnPending(connection, thread: thread, emit: emit)
+                try await claimStale(connection, thread: thread, emit: emit)
+                var lastClaim = ContinuousClock.now
+                while true {
+                    try await readNew(connection, thread: thread, emit: emit)
+                    if ContinuousClock.now - lastClaim >= max(settings.minIdle, .seconds(1)) {
+                        try await claimStale(connection, thread: thread, emit: emit)
+                        lastClaim = .now
+                    }
+                }
+            } catch is CancellationError {
+                break
+            } catch let error as RedisError {
+                if Task.isCancelled { break }
+                problem.withLock { $0 = error.message }
+                if lastLogged.map({ ContinuousClock.now - $0 >= .seconds(30) }) ?? true {
+                    lastLogged = .now
+                    var metadata: Logger.Metadata = ["wps.source": "\(name)", "wps.retry_in": "\(backoff)"]
+                    if error.message.hasPrefix("WRONGTYPE") { metadata["wps.hint"] = "one of \(settings.streams) exists and is not a stream" }
+                    logger.error("redis stream source: \(error.message); retrying", metadata: metadata)
+                }
+                if error.kind != .connection { backoff = .seconds(5) }
+                do { try await Task.sleep(for: backoff) } catch { break }
+                backoff = min(backoff * 2, .seconds(5))
+            }
+        }
+    }
+
+    public func finish() async throws {
+        ackSignal.continuation.finish()
+        await ackTask.withLock({ $0 })?.value
+        logger.debug(
+            "redis stream source finished",
+            metadata: [
+                "wps.source": "\(name)", "wps.read": "\(counters.read.load(ordering: .relaxed))",
+                "wps.reclaimed": "\(counters.reclaimed.load(ordering: .relaxed))", "wps.acked": "\(counters.acked.load(ordering: .relaxed))",
+            ])
+    }
+
+    // MARK: - Reading
+
+    private func call(_ connection: RedisBlockingConnection, thread: RedisThread, _ args: [String]) async throws -> RedisValue {
+        try await withTaskCancellationHandler {
+            try await thread.run { try connection.command(args) }
+        } onCancel: {
+            connection.interrupt()
+        }
+    }
+
+    private func createGroups(_ connection: RedisBlockingConnection, thread: RedisThread) async throws {
+        for stream in settings.streams {
+            do {
+                _ = try await call(connection, thread: thread, ["XGROUP", "CREATE", stream, settings.group, settings.startFromEarliest ? "0" : "$", "MKSTREAM"])
+                logger.info("redis consumer group created", metadata: ["wps.stream": "\(stream)", "wps.group": "\(settings.group)"])
+            } catch let error as RedisError where error.kind == .reply && error.message.hasPrefix("BUSYGROUP") {
+                // It exists.
+            }
+        }
+    }
+
+    /// Entries delivered to this consumer before (a restart) and never acknowledged.
+    private func readOwnPending(_ connection: RedisBlockingConnection, thread: RedisThread, emit: DeliveryEmitter) async throws {
+        var after = Dictionary(uniqueKeysWithValues: settings.streams.map { ($0, "0") })
+        while !after.isEmpty {
+            let streams = Array(after.keys).sorted()
+            let reply = try await call(
+                connection, thread: thread, ["XREADGROUP", "GROUP", settings.group, settings.consumer, "COUNT", String(settings.count), "STREAMS"] + streams + streams.map { after[$0]! })
+            let batches = Self.parseRead(reply)
+            for stream in streams {
+                let entries = batches[stream] ?? []
+                if entries.isEmpty {
+                    after[stream] = nil
+                    continue
+                }
+                after[stream] = entries.last!.id
+                try await dispatch(entries, stream: stream, reclaimed: true, connection: connection, thread: thread, emit: emit)
+            }
+        }
+    }
+
+    /// Entries other consumers (or this one, before a crash) left idle for `minIdle`.
+    private func claimStale(_ connection: RedisBlockingConnection, thread: RedisThread, emit: DeliveryEmitter) async throws {
+        let minIdleMs = String(settings.minIdle.components.seconds * 1000 + settings.minIdle.components.attoseconds / 1_000_000_000_000_000)
+        for stream in settings.streams {
+            var cursor = "0-0"
+            repeat {
+                let reply = try await call(
+                    connection, thread: thread, ["XAUTOCLAIM", stream, settings.group, settings.consumer, minIdleMs, cursor, "COUNT", String(settings.count)])
+                guard let parts = reply.array, parts.count >= 2 else { break }
+                cursor = parts[0].text ?? "0-0"
+                let entries = (parts[1].array ?? []).compactMap(Self.parseEntry)
+                let live = entries.filter { $0.fields != nil }
+                if !live.isEmpty {
+                    logger.info("redis stream entries reclaimed", metadata: ["wps.stream": "\(stream)", "wps.count": "\(live.count)"])
+                }
+                try await dispatch(entries, stream: stream, reclaimed: true, connection: connection, thread: thread, emit: emit)
+                // Redis 7 also lists the ids of entries deleted meanwhile: acknowledge them.
+                if parts.count >= 3, let deleted = parts[2].array {
+                    for id in deleted.compactMap(\.text) { queueAck(stream, id) }
+                }
+            } while cursor != "0-0"
+        }
+    }
+
+    private func readNew(_ connection: RedisBlockingConnection, thread: RedisThread, emit: DeliveryEmitter) async throws {
+        let blockMs = String(max(1, settings.block.components.seconds * 1000))
+        let reply = try await call(
+            connection, thread: thread,
+            ["XREADGROUP", "GROUP", settings.group, settings.consumer, "COUNT", String(settings.count), "BLOCK", blockMs, "STREAMS"] + settings.streams
+                + settings.streams.map { _ in ">" })
+        for (stream, entries) in Self.parseRead(reply) {
+            try await dispatch(entries, stream: stream, reclaimed: false, connection: connection, thread: thread, emit: emit)
+        }
+    }
+
+    struct Entry {
+        let id: String
+        /// nil when the entry was deleted from the stream while pending.
+        let fields: [(String, [UInt8])]?
+    }
+
+    static func parseEntry(_ value: RedisValue) -> Entry? {
+        guard let parts = value.array, parts.count == 2, let id = parts[0].text else { return nil }
+        guard let flat = parts[1].array else { return Entry(id: id, fields: nil) }
+        var fields: [(String, [UInt8])] = []
+        var i = 0
+        while i + 1 < flat.count {
+            fields.append((flat[i].text ?? "", flat[i + 1].bytes ?? Array((flat[i + 1].text ?? "").utf8)))
+            i += 2
+        }
+        return Entry(id: id, fields: fields)
+    }
+
+    /// `XREADGROUP`'s reply: entries by stream.
+    static func parseRead(_ value: RedisValue) -> [String: [Entry]] {
+        var result: [String: [Entry]] = [:]
+        for item in value.array ?? [] {
+            guard let pair = item.array, pair.count == 2, let stream = pair[0].text else { continue }
+            result[stream] = (pair[1].array ?? []).compactMap(parseEntry)
+        }
+        return result
+    }
+
+    /// Hands entries to the dispatcher (in order); poison entries go with a rejection, so that
+    /// they are dead-lettered and then acknowledged.
+    private func dispatch(
+        _ entries: [Entry], stream: String, reclaimed: Bool, connection: RedisBlockingConnection, thread: RedisThread, emit: DeliveryEmitter
+    ) async throws {
+        for entry in entries {
+            guard let fields = entry.fields else {
+                // Deleted while pending: nothing to send.
+                queueAck(stream, entry.id)
+                continue
+            }
+            let token = stream + "\u{0}" + entry.id
+            if reclaimed && inFlight.withLock({ $0.contains(token) }) { continue }
+            var deliveries = 1
+            if reclaimed {
+                counters.reclaimed.add(1, ordering: .relaxed)
+                let pending = try await call(connection, thread: thread, ["XPENDING", stream, settings.group, entry.id, entry.id, "1"])
+                if let row = pending.array?.first?.array, row.count == 4, case .integer(let n) = row[3] { deliveries = Int(n) }
+            }
+            counters.read.add(1, ordering: .relaxed)
+            var (message, rejection) = makeMessage(entry, fields: fields, stream: stream)
+            if deliveries > settings.maxDeliveries {
+                counters.poison.add(1, ordering: .relaxed)
+                rejection = "delivered \(deliveries) times, more than maxDeliveries (\(settings.maxDeliveries))"
+            }
+            if reclaimed { message.headers["wps-deliveries"] = String(deliveries) }
+            inFlight.withLock { _ = $0.insert(token) }
+            let delivery = Delivery(message: message, rejection: rejection) { [self] outcome in
+                inFlight.withLock { _ = $0.remove(token) }
+                switch outcome {
+                case .done:
+                    queueAck(stream, entry.id)
+                case .failed(let reason):
+                    logger.warning(
+                        "redis stream entry not delivered; it stays pending and is read again",
+                        metadata: ["wps.source": "\(name)", "wps.stream": "\(stream)", "wps.id": "\(entry.id)", "reason": "\(reason)"])
+                }
+            }
+            do {
+                try await emit.emit(delivery)
+            } catch {
+                inFlight.withLock { _ = $0.remove(token) }
+                throw error
+            }
+        }
+    }
+
+    func makeMessage(_ entry: Entry, fields: [(String, [UInt8])], stream: String) -> (Message, String?) {
+        let names = settings.fields
+        var data: [UInt8]?
+        var declared: PayloadType = settings.dataType
+        var key: String?
+        var headers: [String: String] = [:]
+        var rejection: String?
+        for (field, value) in fields {
+            switch field {
+            case names.data: data = value
+            case names.key: key = String(decoding: value, as: UTF8.self)
+            case names.dataType:
+                let text = String(decoding: value, as: UTF8.self)
+                if let t = PayloadType(rawValue: text) { declared = t } else { rejection = "field '\(field)' is '\(text)', not json, text or binary" }
+            default: headers[field] = String(decoding: value, as: UTF8.self)
+            }
+        }
+        let origin = Origin(source: name, stream: stream, position: entry.id)
+        guard let data else {
+            // Keep every field in the dead letter.
+            let object = JSONValue.object(fields.map { ($0.0, .string(String(decoding: $0.1, as: UTF8.self))) })
+            let message = Message(payload: ByteBuffer(string: object.serialized), dataType: .json, key: key, headers: headers, origin: origin)
+            return (message, "entry has no '\(names.data)' field")
+        }
+        let (type, problem) = declared.classify(data)
+        let message = Message(payload: ByteBuffer(bytes: data), dataType: type, key: key, headers: headers, origin: origin, timestamp: Self.time(of: entry.id))
+        return (message, rejection ?? problem)
+    }
+
+    /// An entry id starts with its milliseconds since the epoch.
+    static func time(of id: String) -> Date {
+        guard let ms = id.split(separator: "-").first.flatMap({ Double($0) }) else { return Date() }
+        return Date(timeIntervalSince1970: ms / 1000)
+    }
+
+    // MARK: - Acknowledging
+
+    private func queueAck(_ stream: String, _ id: String) {
+        pendingAcks.withLock { $0.append((stream, id)) }
+        ackSignal.continuation.yield()
+    }
+
+    /// XACKs settled entries, batched per stream, until `finish`.
+    private func acknowledge(_ client: RedisCommandClient) async {
+        for await _ in ackSignal.stream {
+            await flushAcks(client)
+        }
+        await flushAcks(client)
+        client.close()
+    }
+
+    private func flushAcks(_ client: RedisCommandClient) async {
+        let batch = pendingAcks.withLock { p in
+            defer { p.removeAll() }
+            return p
+        }
+        guard !batch.isEmpty else { return }
+        for (stream, ids) in Dictionary(grouping: batch, by: \.0) {
+            do {
+                _ = try await client.command(["XACK", stream, settings.group] + ids.map(\.1))
+                counters.acked.add(ids.count, ordering: .relaxed)
+            } catch {
+                logger.error(
+                    "redis XACK failed; the entries stay pending and are delivered again",
+                    metadata: ["wps.source": "\(name)", "wps.stream": "\(stream)", "wps.count": "\(ids.count)", "error": "\(error)"])
+            }
+        }
+    }
+}
+
+/// `type: redis-stream` sources.
+public struct RedisStreamSourceFactory: SourceFactory {
+    public init() {}
+    public var typeName: String { "redis-stream" }
+    public var summary: String { "Redis Streams in a consumer group, at least once (url, streams, group)" }
+    public var originFields: Set<String> { ["stream"] }
+
+    public func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
+        settings.checkKeys(
+            ["url", "passwordFile", "streams", "group", "consumer", "startFrom", "minIdle", "maxDeliveries", "count", "dataType", "fields"],
+            what: "a redis-stream source")
+        let url = readRedisURL(settings)
+        if settings.value("streams") == nil { settings.report("missing required key 'streams'") }
+        let streams = settings.stringList("streams")
+        if let streams, streams.isEmpty || streams.contains(where: \.isEmpty) || Set(streams).count != streams.count {
+            settings.value("streams")?.report("streams must be distinct, non-empty names")
+        }
+        let group = settings.nonEmptyString("group", required: true)
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
+        let consumer = settings.nonEmptyString("consumer") ?? "wps-bridge-\(host)"
+        let startFrom = settings.enumeration("startFrom", StartFrom.self) ?? .latest
+        let minIdle = settings.duration("minIdle") ?? .seconds(60)
+        let maxDeliveries = settings.int("maxDeliveries", range: 1...1000) ?? 5
+        let count = settings.int("count", range: 1...10_000) ?? 100
+        let dataType = settings.enumeration("dataType", PayloadType.self) ?? .auto
+        var fields = StreamFieldNames()
+        if let map = settings.mapping("fields") {
+            map.checkKeys(["data", "dataType", "key"], what: "fields")
+            fields.data = map.nonEmptyString("data") ?? fields.data
+            fields.dataType = map.nonEmptyString("dataType") ?? fields.dataType
+            fields.key = map.nonEmptyString("key") ?? fields.key
+            if Set([fields.data, fields.dataType, fields.key]).count != 3 { map.report("data, dataType and key must be different fields") }
+        }
+        guard let url, let streams, !streams.isEmpty, let group else { return nil }
+        var s = RedisStreamSource.Settings(url: url, streams: streams, group: group, consumer: consumer)
+        s.startFromEarliest = startFrom == .earliest
+        s.minIdle = minIdle
+        s.maxDeliveries = maxDeliveries
+        s.count = count
+        s.dataType = dataType
+        s.fields = fields
+        return RedisStreamSource(name: name, settings: s, logger: context.logger)
+    }
+
+    enum StartFrom: String, CaseIterable {
+        case earliest, latest
+    }
+}

@@ -1,0 +1,158 @@
+import BridgeJSON
+import BridgeTestSupport
+import Foundation
+import Testing
+
+/// `wps-bridge run` with Redis sources and sinks against `redis-server`, checked with
+/// `redis-cli` and a WebSocket subscriber of `wps-bridge hub`.
+@Suite(.serialized) struct RedisEndToEndTests {
+    func subscribers(_ redis: RedisServer, channel: String) async throws -> Int {
+        let out = try await redis.raw(["PUBSUB", "NUMSUB", channel])
+        return Int(out.split(separator: "\n").last ?? "") ?? 0
+    }
+
+    func numbers(_ messages: [JSONValue]) -> [Int] {
+        messages.compactMap { m in
+            guard case .number(let n)? = m["data"]?["n"] else { return nil }
+            return Int(n)
+        }
+    }
+
+    @Test func channelAndPatternMessagesArriveAndASubscriptionSurvivesARestart() async throws {
+        let redis = try await RedisServer()
+        let hub = try await HubProcess()
+        let subscriber = try await hub.subscriber(hub: "chat", group: "feed")
+        let bridge = try BridgeProcess(
+            """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+            sources:
+              - name: live
+                type: redis
+                url: \(redis.url)
+                channels: [news]
+                patterns: ["alerts.*"]
+            routes:
+              - from: live
+                to:
+                  - {hub: chat, group: feed}
+            """, in: try TestEnvironment.temporaryDirectory())
+        #expect(try await eventually { try await subscribers(redis, channel: "news") == 1 }, "\(bridge.logTail)")
+        _ = try await redis.cli("PUBLISH", "news", #"{"n":1}"#)
+        _ = try await redis.cli("PUBLISH", "alerts.fire", "fire!")
+        // Two channels are two lanes: either may come first.
+        let first = await subscriber.messages(2).sorted { ($0["dataType"]?.stringValue ?? "") < ($1["dataType"]?.stringValue ?? "") }
+        #expect(first.map { $0["data"] } == [.object([("n", .number("1"))]), .string("fire!")], "\(bridge.logTail)")
+        #expect(first.map { $0["dataType"] } == [.string("json"), .string("text")])
+
+        try await redis.restart()
+        #expect(try await eventually { try await subscribers(redis, channel: "news") == 1 }, "\(bridge.logTail)")
+        _ = try await redis.cli("PUBLISH", "news", #"{"n":2}"#)
+        let after = await subscriber.messages(1)
+        #expect(numbers(after) == [2], "\(bridge.logTail)")
+        #expect(bridge.log.contains("resubscribed"))
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+        await redis.stop()
+        await hub.stop()
+    }
+
+    @Test func aKilledStreamConsumerLosesNothing() async throws {
+        let redis = try await RedisServer()
+        let hub = try await HubProcess()
+        let count = 1000
+        let commands = (0..<count).map { "XADD events * data '{\"n\":\($0)}'" }.joined(separator: "\n") + "\n"
+        let added = try await runProcess("/usr/bin/redis-cli", ["-p", String(redis.port)], input: commands)
+        #expect(added.status == 0)
+        let subscriber = try await hub.subscriber(hub: "chat", group: "stream")
+        let dir = try TestEnvironment.temporaryDirectory()
+        let yaml = """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+            sources:
+              - name: events
+                type: redis-stream
+                url: \(redis.url)
+                streams: [events]
+                group: bridge
+                consumer: c1
+                startFrom: earliest
+            routes:
+              - from: events
+                to:
+                  - {hub: chat, group: stream}
+            delivery:
+              concurrency: 2
+              maxInFlight: 8
+            """
+        let first = try BridgeProcess(yaml, in: dir)
+        var got = await subscriber.messages(200)
+        first.kill()
+        _ = await first.exitStatus()
+        let beforeKill = got.count
+        #expect(numbers(got) == Array(0..<beforeKill), "in order until the kill")
+        let second = try BridgeProcess(yaml, in: dir)
+        while Set(numbers(got)).count < count, let m = await subscriber.expect(type: "message", timeout: .seconds(30)) {
+            got.append(m)
+        }
+        let distinct = Set(numbers(got))
+        #expect(distinct.count == count, "missing \(Set(0..<count).subtracting(distinct).sorted().prefix(20)); \(second.logTail)")
+        print("redis stream kill test: \(beforeKill) delivered before SIGKILL, \(got.count) in all, \(got.count - distinct.count) duplicates of \(count)")
+        second.terminate()
+        #expect(await second.exitStatus() == 0)
+        // Everything was acknowledged.
+        let pending = try await redis.raw(["XPENDING", "events", "bridge"])
+        #expect(pending.split(separator: "\n").first == "0", "pending: \(pending)")
+        await redis.stop()
+        await hub.stop()
+    }
+
+    @Test func aPoisonEntryIsDeadLetteredAfterMaxDeliveries() async throws {
+        let redis = try await RedisServer()
+        let hub = try await HubProcess()
+        _ = try await redis.cli("XGROUP", "CREATE", "orders", "bridge", "0", "MKSTREAM")
+        let poisonId = try await redis.raw(["XADD", "orders", "*", "data", #"{"n":1}"#, "key", "k1", "trace", "t-1"])
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        // Another consumer took it and never acknowledged it; it has been tried 7 times.
+        _ = try await redis.cli("XREADGROUP", "GROUP", "bridge", "crashed", "COUNT", "1", "STREAMS", "orders", ">")
+        _ = try await redis.cli("XCLAIM", "orders", "bridge", "crashed", "0", poisonId, "RETRYCOUNT", "7")
+        _ = try await redis.cli("XADD", "orders", "*", "data", #"{"n":2}"#)
+        let subscriber = try await hub.subscriber(hub: "chat", group: "orders")
+        let bridge = try BridgeProcess(
+            """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+            sources:
+              - name: orders
+                type: redis-stream
+                url: \(redis.url)
+                streams: [orders]
+                group: bridge
+                minIdle: 0s
+                maxDeliveries: 3
+            routes:
+              - from: orders
+                to:
+                  - {hub: chat, group: orders}
+            deadLetter:
+              type: redis-stream
+              url: \(redis.url)
+              stream: dead
+            """, in: try TestEnvironment.temporaryDirectory())
+        let got = await subscriber.messages(1)
+        #expect(numbers(got) == [2], "\(bridge.logTail)")
+        #expect(try await eventually { try await redis.raw(["XLEN", "dead"]).hasPrefix("1") }, "\(bridge.logTail)")
+        let dead = try await redis.raw(["XRANGE", "dead", "-", "+"]).split(separator: "\n").map(String.init)
+        func field(_ name: String) -> String? { dead.firstIndex(of: name).map { dead[$0 + 1] } }
+        #expect(field("data") == #"{"n":1}"#)
+        #expect(field("key") == "k1")
+        #expect(field("trace") == "t-1")
+        #expect(field("wps-error")?.contains("maxDeliveries") == true, "\(dead)")
+        #expect(field("wps-source") == "orders/orders@\(poisonId)")
+        #expect(try await eventually { try await redis.raw(["XPENDING", "orders", "bridge"]).hasPrefix("0") })
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+        await redis.stop()
+        await hub.stop()
+    }
+}
