@@ -38,10 +38,8 @@ public final class KafkaSink: SinkAdapter, HealthReporting {
     }
 
     public func write(_ record: SinkRecord) async throws {
-        let message = Message(payload: record.payload, dataType: record.dataType, key: record.key, headers: record.headers, origin: Origin(source: "sink"))
-        let context = MessageContext(message)
-        let topicName = try topic.render(context)
-        let keyText = try key.map { try $0.render(context) } ?? record.key
+        let topicName = try topic.render(record)
+        let keyText = try key.map { try $0.render(record) } ?? record.key
         let headers = record.headers.sorted { $0.key < $1.key }.map { ($0.key, $0.value) } + [("wps-data-type", record.dataType.rawValue)]
         try await client().produce(
             topic: topicName, key: keyText.map { Array($0.utf8) }, value: Array(record.payload.readableBytesView), headers: headers)
@@ -64,13 +62,8 @@ public struct KafkaSinkFactory: SinkFactory {
     public func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
         settings.checkKeys(["brokers", "topic", "key", "deliveryTimeout", "librdkafka"], what: "a kafka sink")
         let brokers = readBrokers(settings)
-        let topic = settings.template("topic", required: true)
-        let key = settings.template("key")
-        for (name, template) in [("topic", topic), ("key", key)] {
-            for field in template?.fields ?? [] where field.originField != nil || field == .position || field == .source {
-                settings.value(name)?.report("{\(field)} is not known when writing to a sink; use {key}, {header.NAME} or {json.PATH}")
-            }
-        }
+        let topic = settings.sinkTemplate("topic", required: true)
+        let key = settings.sinkTemplate("key")
         let timeout = settings.duration("deliveryTimeout") ?? .seconds(30)
         let extra = readLibrdkafka(settings, reserved: Self.reserved)
         guard let brokers, let topic, let extra else { return nil }

@@ -2,19 +2,6 @@ public import BridgeCore
 import Logging
 import NIOCore
 
-/// Renders a sink template over a record: `{key}`, `{header.NAME}`, `{json.PATH}`.
-func render(_ template: Template, _ record: SinkRecord) throws -> String {
-    let message = Message(payload: record.payload, dataType: record.dataType, key: record.key, headers: record.headers, origin: Origin(source: "sink"))
-    return try template.render(MessageContext(message))
-}
-
-/// Reports templates that read a source's fields, which a sink record does not have.
-func checkSinkTemplate(_ template: Template?, key: String, in settings: ConfigMapping) {
-    for field in template?.fields ?? [] where field.originField != nil || field == .position || field == .source {
-        settings.value(key)?.report("{\(field)} is not known when writing to a sink; use {key}, {header.NAME} or {json.PATH}")
-    }
-}
-
 /// `type: redis` as a sink: PUBLISH each record's payload to a (templated) channel.
 public final class RedisPublishSink: SinkAdapter {
     let channel: Template
@@ -28,7 +15,7 @@ public final class RedisPublishSink: SinkAdapter {
     public var description: String { "redis channel '\(channel)' at \(client.url)" }
 
     public func write(_ record: SinkRecord) async throws {
-        let name = try render(channel, record)
+        let name = try channel.render(record)
         _ = try await client.command([Array("PUBLISH".utf8), Array(name.utf8), Array(record.payload.readableBytesView)])
     }
 
@@ -51,7 +38,7 @@ public final class RedisStreamSink: SinkAdapter {
     public var description: String { "redis stream '\(stream)' at \(client.url)" }
 
     public func write(_ record: SinkRecord) async throws {
-        let name = try render(stream, record)
+        let name = try stream.render(record)
         var args: [[UInt8]] = [Array("XADD".utf8), Array(name.utf8)]
         if let maxLen { args += [Array("MAXLEN".utf8), Array("~".utf8), Array(String(maxLen).utf8)] }
         args += [Array("*".utf8), Array("data".utf8), Array(record.payload.readableBytesView), Array("dataType".utf8), Array(record.dataType.rawValue.utf8)]
@@ -74,8 +61,7 @@ public struct RedisPublishSinkFactory: SinkFactory {
     public func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
         settings.checkKeys(["url", "passwordFile", "channel"], what: "a redis sink")
         let url = readRedisURL(settings)
-        let channel = settings.template("channel", required: true)
-        checkSinkTemplate(channel, key: "channel", in: settings)
+        let channel = settings.sinkTemplate("channel", required: true)
         guard let url, let channel else { return nil }
         return RedisPublishSink(url: url, channel: channel)
     }
@@ -90,8 +76,7 @@ public struct RedisStreamSinkFactory: SinkFactory {
     public func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
         settings.checkKeys(["url", "passwordFile", "stream", "maxLen"], what: "a redis-stream sink")
         let url = readRedisURL(settings)
-        let stream = settings.template("stream", required: true)
-        checkSinkTemplate(stream, key: "stream", in: settings)
+        let stream = settings.sinkTemplate("stream", required: true)
         let maxLen = settings.int("maxLen", range: 1...Int(Int32.max))
         guard let url, let stream else { return nil }
         return RedisStreamSink(url: url, stream: stream, maxLen: maxLen)
