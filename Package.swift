@@ -108,11 +108,24 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The bridge's HTTP listener: the upstream event handler (client events mirrored into sinks), health.
+        .target(
+            name: "BridgeServer",
+            dependencies: [
+                "BridgeCore", "BridgeJSON", "WebPubSub",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Wiring: config -> sources, routes, dispatcher and the Web PubSub transport.
         .target(
             name: "BridgeApp",
             dependencies: [
-                "BridgeCore", "WebPubSub", "StdioAdapter", "KafkaAdapter", "RedisAdapter", "LocalHub",
+                "BridgeCore", "WebPubSub", "StdioAdapter", "KafkaAdapter", "RedisAdapter", "LocalHub", "BridgeServer",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -209,6 +222,15 @@ let package = Package(
             name: "RedisAdapterTests",
             dependencies: [
                 "RedisAdapter", "BridgeCore", "BridgeTestSupport", "BridgeJSON", "WebPubSub",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "BridgeServerTests",
+            dependencies: [
+                "BridgeServer", "BridgeCore", "BridgeJSON", "WebPubSub", "BridgeTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

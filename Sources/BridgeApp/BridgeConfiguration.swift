@@ -1,4 +1,5 @@
 public import BridgeCore
+public import BridgeServer
 import Foundation
 public import Logging
 public import LocalHub
@@ -21,10 +22,14 @@ public struct WebPubSubSettings: Sendable {
 public struct BridgeConfiguration: Sendable {
     public var webpubsub: WebPubSubSettings
     public var core: CoreConfig
+    /// `server:`: the HTTP listener for the event handler and health endpoints.
+    public var server: ServerSettings?
+    /// `eventHandler:` and `events:`: client events mirrored into sinks.
+    public var eventHandler: EventHandlerConfiguration?
     /// Things that are allowed but probably not meant.
     public var warnings: [ConfigIssue]
 
-    public static let topLevelKeys = ["webpubsub"] + CoreConfig.keys
+    public static let topLevelKeys = ["webpubsub", "server", "eventHandler", "events"] + CoreConfig.keys
 
     /// The adapters this build knows.
     public static func defaultRegistry() -> AdapterRegistry {
@@ -73,7 +78,23 @@ public struct BridgeConfiguration: Sendable {
             webpubsub = readWebPubSub(m, required: requireWebPubSub)
         }
         let context = AdapterContext(logger: logger, environment: environment)
-        let core = CoreConfig.read(root, registry: registry, context: context, defaultHub: webpubsub.defaultHub)
+        let mirrors = root.has("events") || root.has("eventHandler")
+        let core = CoreConfig.read(root, registry: registry, context: context, defaultHub: webpubsub.defaultHub, requireSources: !mirrors)
+        let server = root.mapping("server").flatMap(ServerSettings.read)
+        var eventHandler: EventHandlerConfiguration?
+        if mirrors {
+            let keys = webpubsub.embedded?.accessKeys ?? webpubsub.connectionString.map { [$0.accessKey] } ?? []
+            let events = root.has("events") ? root.list("events") : nil
+            eventHandler = EventHandlerConfiguration.read(
+                eventHandler: root.mapping("eventHandler"), events: events, keys: keys, registry: registry, context: context)
+            if server == nil { root.report("events and eventHandler need server: {listen: HOST:PORT}, where the hub sends events") }
+            if let e = webpubsub.embedded, var h = eventHandler {
+                // The embedded hub sends to this bridge; its own origin is allowed.
+                if !h.allowedOrigins.contains("*") { h.allowedOrigins.append(e.host) }
+                eventHandler = h
+                if server?.port == 0 { root.value("server")?.report("with the embedded hub, server.listen needs a fixed port (the hub is told where to send)") }
+            }
+        }
         if core.deadLetter == nil, !core.routes.isEmpty, core.routes.contains(where: { $0.deadLetter == nil }) {
             reader.warn(
                 "no deadLetter sink: messages that cannot be delivered are logged and dropped (add deadLetter: {type: file, path: ...})",
@@ -81,7 +102,16 @@ public struct BridgeConfiguration: Sendable {
         }
         let issues = reader.issues.sorted { ($0.line ?? 0, $0.column ?? 0) < ($1.line ?? 0, $1.column ?? 0) }
         guard issues.isEmpty else { throw ConfigError(file: file, issues: issues) }
-        return BridgeConfiguration(webpubsub: webpubsub, core: core, warnings: reader.warnings)
+        var configuration = BridgeConfiguration(webpubsub: webpubsub, core: core, warnings: reader.warnings)
+        configuration.server = server
+        configuration.eventHandler = eventHandler
+        if var embedded = configuration.webpubsub.embedded, let server, let eventHandler {
+            for (hub, handlers) in configuration.embeddedEventHandlers(server: server, eventHandler: eventHandler) {
+                embedded.eventHandlers[hub, default: []] += handlers
+            }
+            configuration.webpubsub.embedded = embedded
+        }
+        return configuration
     }
 
     static func readWebPubSub(_ m: ConfigMapping, required: Bool) -> WebPubSubSettings {
@@ -174,6 +204,36 @@ public struct BridgeConfiguration: Sendable {
         return config
     }
 
+    /// The event handlers that make the embedded hub call this bridge: for each hub of the
+    /// `events:` rules (and the default hub, for `*` rules and the connect policy).
+    func embeddedEventHandlers(server: ServerSettings, eventHandler: EventHandlerConfiguration) -> [String: [EventHandlerSettings]] {
+        var hubs = Set(eventHandler.rules.map { $0.hub.lowercased() })
+        let wildcard = hubs.remove("*") != nil
+        if wildcard || eventHandler.connect != nil, let hub = webpubsub.defaultHub { hubs.insert(hub.lowercased()) }
+        let host = server.host == "0.0.0.0" || server.host == "::" ? "127.0.0.1" : server.host
+        var url = "http://\(host):\(server.port)\(eventHandler.path)/{hub}"
+        if let token = eventHandler.authToken { url += "?code=" + percentEncode(token) }
+        var result: [String: [EventHandlerSettings]] = [:]
+        for hub in hubs {
+            let names = eventHandler.rules.filter { $0.hub == "*" || $0.hub.lowercased() == hub }.reduce(into: Set<String>()) { $0.formUnion($1.events) }
+            var system = names.contains("*") ? Set(["connected", "disconnected"]) : names.intersection(["connected", "disconnected"])
+            if eventHandler.connect != nil { system.insert("connect") }
+            let user = names.contains("*") ? "*" : names.subtracting(["connected", "disconnected"]).sorted().joined(separator: ",")
+            result[hub] = [EventHandlerSettings(urlTemplate: url, userEventPattern: user, systemEvents: system)]
+        }
+        return result
+    }
+
+    /// The adapters that can say why they are unhealthy, by name, for `/readyz`.
+    var healthReporters: [(String, any HealthReporting)] {
+        var result: [(String, any HealthReporting)] = []
+        for s in core.sources { if let h = s.adapter as? any HealthReporting { result.append(("source \(s.name)", h)) } }
+        if let h = core.deadLetter as? any HealthReporting { result.append(("deadLetter", h)) }
+        for r in core.routes { if let h = r.deadLetter as? any HealthReporting { result.append(("route \(r.name) deadLetter", h)) } }
+        for rule in eventHandler?.rules ?? [] { if let h = rule.sink as? any HealthReporting { result.append(("events \(rule.sink.description)", h)) } }
+        return result
+    }
+
     /// A human summary for `validate`.
     public var summary: String {
         var lines: [String] = []
@@ -193,6 +253,13 @@ public struct BridgeConfiguration: Sendable {
             if let d = r.deadLetter { lines.append("    dead letters: \(d.description)") }
         }
         lines.append("Dead letters: \(core.deadLetter?.description ?? "none (logged and dropped)")")
+        if let server { lines.append("Server: http://\(server.host):\(server.port) (/healthz, /readyz)") }
+        if let e = eventHandler {
+            lines.append("Event handler: \(e.path)/{hub}" + (e.connect != nil ? " (connect policy)" : ""))
+            for rule in e.rules {
+                lines.append("  hub \(rule.hub), events \(rule.events.sorted().joined(separator: ",")) -> \(rule.sink.description)")
+            }
+        }
         let d = core.delivery
         lines.append(
             "Delivery: \(d.concurrency) concurrent sends, \(d.maxInFlight) in flight, \(d.retry.maxAttempts) attempts, shutdown timeout \(d.shutdownTimeout)")

@@ -1,4 +1,5 @@
 public import BridgeCore
+import BridgeServer
 import Foundation
 public import Logging
 public import LocalHub
@@ -34,9 +35,23 @@ public enum BridgeRunner {
             transport = WebPubSubTransport(client: c)
             logger.info("sending to Web PubSub", metadata: ["wps.endpoint": "\(cs.endpoint)"])
         }
+        var eventSinks: [any SinkAdapter] = []
+        if let server = configuration.server {
+            let handler = configuration.eventHandler.map { EventHandler(configuration: $0, logger: logger) }
+            eventSinks = configuration.eventHandler?.rules.map(\.sink) ?? []
+            let watched = configuration.healthReporters
+            let bridgeServer = BridgeServer(
+                host: server.host, port: server.port, handler: handler,
+                readiness: { watched.compactMap { name, adapter in adapter.healthProblem.map { "\(name): \($0)" } } }, logger: logger)
+            services.append(.init(service: bridgeServer, serviceName: "server"))
+        }
         let bridge = BridgeService(configuration: configuration, transport: transport, logger: logger)
-        // The bridge returning (stdin at EOF) ends the run; the hub stops after it.
-        services.append(.init(service: bridge, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "bridge"))
+        // The bridge returning (stdin at EOF) ends the run, and the hub stops after it; unless
+        // the bridge also serves the event handler, which goes on until a signal.
+        services.append(
+            .init(
+                service: bridge, successTerminationBehavior: configuration.server == nil ? .gracefullyShutdownGroup : .ignore,
+                serviceName: "bridge"))
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         defer { _ = client }
@@ -45,10 +60,12 @@ public enum BridgeRunner {
         } catch {
             try? await client?.shutdown()
             try? await (transport as? HubTransport)?.shutdown()
+            for sink in eventSinks { try? await sink.close() }
             throw error
         }
         try? await client?.shutdown()
         try? await (transport as? HubTransport)?.shutdown()
+        for sink in eventSinks { try? await sink.close() }
     }
 
     /// `?hub=H&group=G` of the first route's first group target, for the log line.

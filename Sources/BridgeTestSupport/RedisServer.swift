@@ -23,7 +23,7 @@ public final class RedisServer: Sendable {
         let child = try ChildProcess(try Self.executable("redis-server"), arguments)
         process.withLock { $0 = child }
         let port = self.port
-        guard await eventually(timeout: .seconds(20), { KafkaBroker.accepts(port) }) else {
+        guard await eventually(timeout: .seconds(20), { TestEnvironment.isListening(port) }) else {
             child.kill()
             throw TestEnvironmentError("redis-server did not listen on port \(port)")
         }

@@ -275,21 +275,6 @@ struct HubRequestContext: RequestContext {
     }
 }
 
-/// Decoded query parameters, repeated names kept.
-struct Query: Sendable {
-    let pairs: [(String, String)]
-
-    init(_ raw: String?) {
-        pairs = (raw ?? "").split(separator: "&").map { pair in
-            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            return (percentDecode(parts[0], plusIsSpace: true), parts.count > 1 ? percentDecode(parts[1], plusIsSpace: true) : "")
-        }
-    }
-
-    func first(_ name: String) -> String? { pairs.first { $0.0 == name }?.1 }
-    func all(_ name: String) -> [String] { pairs.filter { $0.0 == name }.map(\.1) }
-}
-
 /// A token bucket: `perSecond` requests a second, bursts up to the same.
 final class RateLimiter: Sendable {
     let perSecond: Int

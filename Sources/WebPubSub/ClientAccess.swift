@@ -108,3 +108,18 @@ func unhex(_ text: some StringProtocol) -> [UInt8]? {
     }
     return out
 }
+
+/// Decoded query parameters, repeated names kept.
+public struct Query: Sendable {
+    public let pairs: [(String, String)]
+
+    public init(_ raw: String?) {
+        pairs = (raw ?? "").split(separator: "&").map { pair in
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            return (percentDecode(parts[0], plusIsSpace: true), parts.count > 1 ? percentDecode(parts[1], plusIsSpace: true) : "")
+        }
+    }
+
+    public func first(_ name: String) -> String? { pairs.first { $0.0 == name }?.1 }
+    public func all(_ name: String) -> [String] { pairs.filter { $0.0 == name }.map(\.1) }
+}

@@ -275,3 +275,20 @@ let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
         #expect(source.finished)
     }
 }
+
+@Suite struct LoopPreventionTests {
+    @Test func aMirroredEventIsNotSentBackToItsOwnHubUnlessTheRouteOptsIn() async throws {
+        let transport = ScriptedTransport()
+        let back = Route(name: "back", source: "src", targets: [TargetSpec(hub: Template(literal: "chat"), recipient: .group(try Template("g")))])
+        var optIn = Route(name: "optin", source: "src", targets: [TargetSpec(hub: Template(literal: "chat"), recipient: .group(try Template("h")))])
+        optIn.forwardMirrored = true
+        let other = Route(name: "other", source: "src", targets: [TargetSpec(hub: Template(literal: "ops"), recipient: .group(try Template("g")))])
+        let d = Dispatcher(routes: [back, optIn, other], transport: transport, deadLetter: nil, settings: settings(), logger: quietLogger)
+        let mirrored = message("{}", headers: ["wps-mirrored-from": "chat"])
+        try await d.run(sources: [ListSource([mirrored])])
+        let sent = transport.sent.withLock { $0.map { $0.target.hub } }.sorted()
+        // The opted-in route sent to chat; the plain one did not; ops is another hub.
+        #expect(sent == ["chat", "ops"])
+        #expect(d.stats.loopsPrevented.load(ordering: .relaxed) == 1)
+    }
+}

@@ -69,15 +69,16 @@ public struct CoreConfig: Sendable {
     public static let keys = ["sources", "routes", "deadLetter", "delivery"]
 
     /// Reads the core sections of `root`; problems are reported to `root.reader`.
+    /// - Parameter requireSources: false when the bridge has other work (mirroring client events).
     public static func read(
-        _ root: ConfigMapping, registry: AdapterRegistry, context: AdapterContext, defaultHub: String?
+        _ root: ConfigMapping, registry: AdapterRegistry, context: AdapterContext, defaultHub: String?, requireSources: Bool = true
     ) -> CoreConfig {
         var config = CoreConfig()
         var sourceTypes: [String: any SourceFactory] = [:]
         var sourceNames: Set<String> = []
 
-        if let items = root.list("sources", required: true) {
-            if items.isEmpty { root.value("sources")?.report("at least one source is needed") }
+        if let items = root.list("sources", required: requireSources) {
+            if items.isEmpty && requireSources { root.value("sources")?.report("at least one source is needed") }
             for item in items {
                 guard let m = item.mapping() else { continue }
                 let name = m.nonEmptyString("name", required: true)
@@ -117,8 +118,8 @@ public struct CoreConfig: Sendable {
             }
         }
 
-        if let items = root.list("routes", required: true) {
-            if items.isEmpty { root.value("routes")?.report("at least one route is needed") }
+        if let items = root.list("routes", required: requireSources) {
+            if items.isEmpty && requireSources { root.value("routes")?.report("at least one route is needed") }
             var names: Set<String> = []
             for (index, item) in items.enumerated() {
                 guard let m = item.mapping() else { continue }
@@ -153,7 +154,7 @@ public struct CoreConfig: Sendable {
         _ m: ConfigMapping, index: Int, sourceNames: Set<String>, sourceTypes: [String: any SourceFactory], registry: AdapterRegistry,
         context: AdapterContext, defaultHub: String?
     ) -> Route? {
-        m.checkKeys(["name", "from", "where", "to", "ordering", "deadLetter"], what: "a route")
+        m.checkKeys(["name", "from", "where", "to", "ordering", "deadLetter", "forwardMirrored"], what: "a route")
         let from = m.nonEmptyString("from", required: true)
         let factory = from.flatMap { sourceTypes[$0] }
         if let from, !sourceNames.contains(from), let v = m.value("from") {
@@ -197,7 +198,9 @@ public struct CoreConfig: Sendable {
         }
         guard let from, factory != nil, !targets.isEmpty else { return nil }
         let name = m.nonEmptyString("name") ?? "\(from)#\(index)"
-        return Route(name: name, source: from, condition: condition, targets: targets, ordering: ordering, deadLetter: deadLetter)
+        var route = Route(name: name, source: from, condition: condition, targets: targets, ordering: ordering, deadLetter: deadLetter)
+        route.forwardMirrored = m.bool("forwardMirrored") ?? false
+        return route
     }
 
     static let targetFilterIdentifiers: Set<String> = ["userid", "connectionid", "groups"]

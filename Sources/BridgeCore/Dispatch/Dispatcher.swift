@@ -20,6 +20,8 @@ public final class DispatchStats: Sendable {
     public let unsettled = Atomic<Int>(0)
     /// Messages that matched no route.
     public let unrouted = Atomic<Int>(0)
+    /// Sends skipped because the message was mirrored from the target's own hub.
+    public let loopsPrevented = Atomic<Int>(0)
 
     public init() {}
 
@@ -235,6 +237,13 @@ public final class Dispatcher: Sendable {
                     resolved = .success(try target.resolve(context))
                 } catch {
                     resolved = .failure(DeliveryFailure(.permanent, message: error.message))
+                }
+                // A client event mirrored from this very hub does not go back to it.
+                if case .success(let t) = resolved, !route.forwardMirrored, let from = context.header("wps-mirrored-from"),
+                    from.caseInsensitiveCompare(t.hub) == .orderedSame
+                {
+                    stats.loopsPrevented.add(1, ordering: .relaxed)
+                    continue
                 }
                 let dataType = target.dataType ?? message.dataType
                 if case .success = resolved, dataType == .json, message.dataType != .json {

@@ -211,6 +211,10 @@ public struct Route: Sendable {
     public var ordering: Ordering
     /// Where permanent failures of this route go; the global dead-letter sink when nil.
     public var deadLetter: (any SinkAdapter)?
+    /// Whether client events mirrored from a hub (header `wps-mirrored-from`) may be sent back
+    /// to that same hub. Off by default, so that chat mirrored into Kafka and routed from Kafka
+    /// to the hub does not echo forever.
+    public var forwardMirrored = false
 
     public init(
         name: String, source: String, condition: RouteCondition? = nil, targets: [TargetSpec], ordering: Ordering = .strict,

@@ -1,0 +1,97 @@
+public import BridgeCore
+import Foundation
+public import WebPubSub
+
+/// `server:`: where the bridge's HTTP listener is.
+public struct ServerSettings: Sendable, Equatable {
+    public var host: String
+    public var port: Int
+
+    public init(host: String = "127.0.0.1", port: Int = 8081) {
+        self.host = host
+        self.port = port
+    }
+
+    /// `server: {listen: HOST:PORT}`.
+    public static func read(_ m: ConfigMapping) -> ServerSettings? {
+        m.checkKeys(["listen"], what: "server")
+        guard let v = m.requireKey("listen", "HOST:PORT, e.g. 127.0.0.1:8081 or 0.0.0.0:8081"), let text = v.string() else { return nil }
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+            v.report("'\(text)' is not HOST:PORT")
+            return nil
+        }
+        let host = String(text[..<colon])
+        return ServerSettings(host: host.isEmpty ? "0.0.0.0" : host, port: port)
+    }
+}
+
+extension EventHandlerConfiguration {
+    /// Reads `eventHandler:` (may be absent) and `events:`; sinks are made with `registry`.
+    /// `keys` are the access keys of `webpubsub` (or the embedded hub), whose signatures are accepted.
+    public static func read(
+        eventHandler: ConfigMapping?, events: [ConfigValue]?, keys: [AccessKey], registry: AdapterRegistry, context: AdapterContext
+    ) -> EventHandlerConfiguration {
+        var config = EventHandlerConfiguration()
+        config.accessKeys = keys
+        if let m = eventHandler {
+            m.checkKeys(["path", "allowedOrigins", "authToken", "authTokenFile", "secondaryAccessKey", "secondaryAccessKeyFile", "connect"], what: "eventHandler")
+            if let path = m.nonEmptyString("path") {
+                if !path.hasPrefix("/") || path.hasSuffix("/") || path == "/healthz" || path == "/readyz" {
+                    m.value("path")?.report("'\(path)' must start with / and not end with one (e.g. /eventhandler)")
+                } else {
+                    config.path = path
+                }
+            }
+            config.allowedOrigins = m.stringList("allowedOrigins") ?? []
+            config.authToken = m.secret("authToken")
+            if let secondary = m.secret("secondaryAccessKey") { config.accessKeys.append(AccessKey(secondary)) }
+            if let c = m.mapping("connect") { config.connect = readConnect(c) }
+        }
+        for item in events ?? [] {
+            guard let rule = item.mapping() else { continue }
+            rule.checkKeys(["hub", "events", "to", "reply"], what: "an events rule")
+            let hub = rule.nonEmptyString("hub", required: true)
+            if let hub, hub != "*", let problem = WebPubSubNames.hubProblem(hub) { rule.value("hub")?.report(problem) }
+            if rule.value("events") == nil { rule.report("missing required key 'events': user event names, connected, disconnected, or *") }
+            let names = rule.stringList("events") ?? []
+            if names.contains(where: \.isEmpty) || (rule.has("events") && names.isEmpty) { rule.value("events")?.report("event names must not be empty") }
+            if names.contains("connect") {
+                rule.value("events")?.report("'connect' is answered by eventHandler.connect, not mirrored; use connected")
+            }
+            let reply = rule.enumeration("reply", EventRule.Reply.self) ?? .empty
+            var sink: (any SinkAdapter)?
+            if let to = rule.mapping("to", required: true) {
+                sink = CoreConfig.readSink(to, registry: registry, context: context)
+            }
+            guard let hub, let sink, !names.isEmpty else { continue }
+            config.rules.append(EventRule(hub: hub, events: Set(names), sink: sink, reply: reply))
+        }
+        if config.accessKeys.isEmpty && (eventHandler != nil || !(events ?? []).isEmpty) {
+            eventHandler?.report("no access key to check ce-signature with: give webpubsub a connection string or key")
+        }
+        return config
+    }
+
+    static func readConnect(_ m: ConfigMapping) -> ConnectPolicy {
+        m.checkKeys(["allow", "rejectStatus", "rejectReason", "requireUser", "userId", "groups", "roles", "subprotocol"], what: "eventHandler.connect")
+        var policy = ConnectPolicy()
+        policy.allow = m.bool("allow") ?? true
+        if let status = m.int("rejectStatus") {
+            if [400, 401, 403].contains(status) { policy.rejectStatus = status } else { m.value("rejectStatus")?.report("rejectStatus must be 400, 401 or 403") }
+        }
+        policy.rejectReason = m.string("rejectReason") ?? policy.rejectReason
+        policy.requireUser = m.bool("requireUser") ?? false
+        func template(_ key: String, _ text: String) -> String? {
+            if let problem = ConnectContext.check(text) {
+                m.value(key)?.report(problem)
+                return nil
+            }
+            return text
+        }
+        if let u = m.nonEmptyString("userId") { policy.userId = template("userId", u) }
+        policy.groups = (m.stringList("groups") ?? []).compactMap { template("groups", $0) }
+        policy.roles = (m.stringList("roles") ?? []).compactMap { template("roles", $0) }
+        policy.subprotocol = m.nonEmptyString("subprotocol")
+        return policy
+    }
+}

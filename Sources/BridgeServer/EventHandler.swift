@@ -1,0 +1,331 @@
+public import BridgeCore
+import BridgeJSON
+import Foundation
+public import Logging
+import NIOCore
+import Synchronization
+public import WebPubSub
+
+/// A request to the event handler, independent of the HTTP server.
+public struct HandlerRequest: Sendable {
+    public var method: String
+    public var hub: String
+    /// Header names in lower case.
+    public var headers: [String: String]
+    public var query: Query
+    public var body: [UInt8]
+
+    public init(method: String, hub: String, headers: [String: String], query: Query, body: [UInt8]) {
+        self.method = method
+        self.hub = hub
+        self.headers = headers
+        self.query = query
+        self.body = body
+    }
+}
+
+public struct HandlerResponse: Sendable {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: [UInt8]
+
+    init(_ status: Int, headers: [(String, String)] = [], body: [UInt8] = []) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    static func text(_ status: Int, _ message: String) -> HandlerResponse {
+        HandlerResponse(status, headers: [("Content-Type", "text/plain; charset=utf-8")], body: Array(message.utf8))
+    }
+
+    static func json(_ status: Int, _ value: JSONValue) -> HandlerResponse {
+        HandlerResponse(status, headers: [("Content-Type", "application/json; charset=utf-8")], body: Array(value.serialized.utf8))
+    }
+}
+
+/// Web PubSub's upstream event-handler protocol (CloudEvents over HTTP, binary mode): the
+/// abuse-protection handshake, `ce-signature` checks, `connect` answered by the connect policy,
+/// and `connected`, `disconnected` and user events written to the sinks of matching `events:`
+/// rules, each as a CloudEvents JSON envelope. A user event is answered only after every sink
+/// accepted it, so that a sink failure is a 5xx that the service retries.
+public final class EventHandler: Sendable {
+    public let configuration: EventHandlerConfiguration
+    let logger: Logger
+    /// Groups the connect policy gave each connection, for the envelopes of its later events.
+    private let groupsByConnection = Mutex<[String: [String]]>([:])
+    public let stats = Stats()
+
+    public final class Stats: Sendable {
+        public let events = Atomic<Int>(0)
+        public let written = Atomic<Int>(0)
+        public let failed = Atomic<Int>(0)
+        public let rejected = Atomic<Int>(0)
+    }
+
+    public init(configuration: EventHandlerConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    public func handle(_ request: HandlerRequest) async -> HandlerResponse {
+        if let token = configuration.authToken {
+            let given = request.query.first("code") ?? request.headers["x-wps-auth-token"] ?? ""
+            guard constantTimeEquals(Array(given.utf8), Array(token.utf8)) else {
+                return reject(401, "missing or wrong auth token", request)
+            }
+        }
+        guard configuration.knows(hub: request.hub) else {
+            return reject(404, "no events are configured for hub '\(request.hub)'", request)
+        }
+        switch request.method {
+        case "OPTIONS":
+            return handshake(request)
+        case "POST":
+            return await event(request)
+        default:
+            return HandlerResponse(405, headers: [("Allow", "OPTIONS, POST")])
+        }
+    }
+
+    private func reject(_ status: Int, _ reason: String, _ request: HandlerRequest) -> HandlerResponse {
+        stats.rejected.add(1, ordering: .relaxed)
+        logger.warning(
+            "event handler refused a request",
+            metadata: ["wps.hub": "\(request.hub)", "wps.status": "\(status)", "reason": "\(reason)", "wps.method": "\(request.method)"])
+        return .text(status, reason)
+    }
+
+    /// Abuse protection: the service sends `WebHook-Request-Origin`; an allowed origin is echoed
+    /// in `WebHook-Allowed-Origin`.
+    private func handshake(_ request: HandlerRequest) -> HandlerResponse {
+        guard let origin = request.headers["webhook-request-origin"], !origin.isEmpty else {
+            return reject(400, "the abuse-protection request has no WebHook-Request-Origin header", request)
+        }
+        let allowed = configuration.allowedOrigins.contains("*")
+            || configuration.allowedOrigins.contains { $0.caseInsensitiveCompare(origin) == .orderedSame }
+        guard allowed else { return reject(403, "origin '\(origin)' is not in eventHandler.allowedOrigins", request) }
+        return HandlerResponse(200, headers: [("WebHook-Allowed-Origin", origin)])
+    }
+
+    /// The CloudEvents attributes of a request.
+    struct Attributes {
+        let id: String
+        let type: String
+        let source: String
+        let time: String?
+        let hub: String
+        let connectionId: String
+        let eventName: String
+        let userId: String?
+        let subprotocol: String?
+    }
+
+    private func event(_ request: HandlerRequest) async -> HandlerResponse {
+        let h = request.headers
+        guard h["ce-specversion"] == "1.0" else { return reject(400, "not a CloudEvents 1.0 request (ce-specversion)", request) }
+        var missing: [String] = []
+        func required(_ name: String) -> String {
+            guard let v = h[name], !v.isEmpty else {
+                missing.append(name)
+                return ""
+            }
+            return v
+        }
+        let attributes = Attributes(
+            id: required("ce-id"), type: required("ce-type"), source: required("ce-source"), time: h["ce-time"], hub: required("ce-hub"),
+            connectionId: required("ce-connectionid"), eventName: required("ce-eventname"), userId: h["ce-userid"].flatMap { $0.isEmpty ? nil : $0 },
+            subprotocol: h["ce-subprotocol"])
+        guard missing.isEmpty else { return reject(400, "missing CloudEvents headers: \(missing.joined(separator: ", "))", request) }
+        guard attributes.hub.caseInsensitiveCompare(request.hub) == .orderedSame else {
+            return reject(400, "ce-hub '\(attributes.hub)' does not match the path's hub '\(request.hub)'", request)
+        }
+        guard let signature = h["ce-signature"], EventSignature.isValid(signature, connectionId: attributes.connectionId, keys: configuration.accessKeys) else {
+            return reject(401, "ce-signature does not match an access key", request)
+        }
+        switch attributes.type {
+        case "azure.webpubsub.sys.connect":
+            return connect(request, attributes)
+        case "azure.webpubsub.sys.connected":
+            return await mirror(request, attributes, isUserEvent: false)
+        case "azure.webpubsub.sys.disconnected":
+            let response = await mirror(request, attributes, isUserEvent: false)
+            _ = groupsByConnection.withLock { $0.removeValue(forKey: attributes.connectionId) }
+            return response
+        case let type where type.hasPrefix("azure.webpubsub.user."):
+            return await mirror(request, attributes, isUserEvent: true)
+        default:
+            return reject(400, "unknown event type '\(attributes.type)'", request)
+        }
+    }
+
+    // MARK: - connect
+
+    private func connect(_ request: HandlerRequest, _ attributes: Attributes) -> HandlerResponse {
+        let policy = configuration.connect ?? ConnectPolicy()
+        guard policy.allow else {
+            logger.info("connection refused by the connect policy", metadata: ["wps.hub": "\(attributes.hub)", "wps.connection": "\(attributes.connectionId)"])
+            return .text(policy.rejectStatus, policy.rejectReason)
+        }
+        guard let body = try? JSONValue.parse(request.body) else { return reject(400, "the connect event's body is not JSON", request) }
+        let context = ConnectContext(body: body, userId: attributes.userId, connectionId: attributes.connectionId)
+        var userId = attributes.userId
+        if let template = policy.userId, let derived = context.render(template), !derived.isEmpty { userId = derived }
+        if policy.requireUser && userId == nil {
+            return .text(401, "a user id is required")
+        }
+        let resolved = ConnectContext(body: body, userId: userId, connectionId: attributes.connectionId)
+        let groups = policy.groups.compactMap { resolved.render($0) }.filter { !$0.isEmpty }
+        let roles = policy.roles.compactMap { resolved.render($0) }.filter { !$0.isEmpty }
+        var members: [(String, JSONValue)] = []
+        if let userId { members.append(("userId", .string(userId))) }
+        if !groups.isEmpty {
+            members.append(("groups", .array(groups.map { .string($0) })))
+            // Forgotten at `disconnected`; bounded in case the service is not sending those.
+            if configuration.rules.contains(where: { $0.events.contains("disconnected") || $0.events.contains("*") }) {
+                groupsByConnection.withLock { if $0.count < 100_000 { $0[attributes.connectionId] = groups } }
+            }
+        }
+        if !roles.isEmpty { members.append(("roles", .array(roles.map { .string($0) }))) }
+        if let wanted = policy.subprotocol, case .array(let offered)? = body["subprotocols"], offered.contains(.string(wanted)) {
+            members.append(("subprotocol", .string(wanted)))
+        }
+        return .json(200, .object(members))
+    }
+
+    // MARK: - Mirroring
+
+    private func mirror(_ request: HandlerRequest, _ attributes: Attributes, isUserEvent: Bool) async -> HandlerResponse {
+        stats.events.add(1, ordering: .relaxed)
+        let rules = configuration.rules.filter { $0.matches(hub: attributes.hub, event: attributes.eventName) }
+        guard !rules.isEmpty else { return HandlerResponse(204) }
+        let contentType = request.headers["content-type"] ?? "application/octet-stream"
+        let envelope: JSONValue
+        switch Self.envelope(attributes, contentType: contentType, body: request.body, groups: groupsByConnection.withLock { $0[attributes.connectionId] }) {
+        case .success(let e): envelope = e
+        case .failure(let problem): return reject(400, problem.message, request)
+        }
+        var headers = [
+            "hub": attributes.hub, "connectionId": attributes.connectionId, "event": attributes.eventName, "ce-type": attributes.type,
+            "ce-id": attributes.id, "content-type": "application/cloudevents+json", "wps-mirrored-from": attributes.hub.lowercased(),
+        ]
+        if let userId = attributes.userId { headers["userId"] = userId }
+        let record = SinkRecord(
+            payload: ByteBuffer(string: envelope.serialized), dataType: .json, key: attributes.userId ?? attributes.connectionId, headers: headers)
+        let failures = await withTaskGroup(of: String?.self) { group in
+            for rule in rules {
+                group.addTask {
+                    do {
+                        try await rule.sink.write(record)
+                        return nil
+                    } catch {
+                        return "\(rule.sink.description): \(error)"
+                    }
+                }
+            }
+            var failures: [String] = []
+            for await failure in group { if let failure { failures.append(failure) } }
+            return failures
+        }
+        guard failures.isEmpty else {
+            stats.failed.add(1, ordering: .relaxed)
+            logger.error(
+                "mirrored event not written; answering 500 so that the service retries",
+                metadata: ["wps.hub": "\(attributes.hub)", "wps.event": "\(attributes.eventName)", "wps.connection": "\(attributes.connectionId)", "error": "\(failures.joined(separator: "; "))"])
+            return .text(500, "the event could not be written: \(failures.joined(separator: "; "))")
+        }
+        stats.written.add(1, ordering: .relaxed)
+        if isUserEvent, rules.contains(where: { $0.reply == .ack }) {
+            return .json(200, .object([("ack", .string(attributes.id)), ("event", .string(attributes.eventName))]))
+        }
+        return HandlerResponse(204)
+    }
+
+    struct EnvelopeProblem: Error {
+        let message: String
+    }
+
+    /// The CloudEvents JSON envelope of an event: the standard attributes, the Web PubSub
+    /// extensions in lower case, and `data` (JSON or text) or `data_base64`.
+    static func envelope(_ a: Attributes, contentType: String, body: [UInt8], groups: [String]?) -> Result<JSONValue, EnvelopeProblem> {
+        var members: [(String, JSONValue)] = [("specversion", .string("1.0")), ("id", .string(a.id)), ("type", .string(a.type)), ("source", .string(a.source))]
+        if let time = a.time { members.append(("time", .string(time))) }
+        let mediaType = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
+        members.append(("datacontenttype", .string(mediaType.isEmpty ? "application/octet-stream" : mediaType)))
+        switch mediaType {
+        case "application/json":
+            guard let json = try? JSONValue.parse(body) else { return .failure(EnvelopeProblem(message: "the body is not valid JSON")) }
+            members.append(("data", json))
+        case "text/plain":
+            guard let text = String(validating: body, as: UTF8.self) else { return .failure(EnvelopeProblem(message: "the body is not valid UTF-8 text")) }
+            members.append(("data", .string(text)))
+        default:
+            members.append(("data_base64", .string(Data(body).base64EncodedString())))
+        }
+        members.append(("hub", .string(a.hub)))
+        if let userId = a.userId { members.append(("userid", .string(userId))) }
+        members.append(("connectionid", .string(a.connectionId)))
+        members.append(("eventname", .string(a.eventName)))
+        if let subprotocol = a.subprotocol, !subprotocol.isEmpty { members.append(("subprotocol", .string(subprotocol))) }
+        if let groups { members.append(("groups", .array(groups.map { .string($0) }))) }
+        return .success(.object(members))
+    }
+}
+
+/// What templates of the connect policy read: `{claim.NAME}`, `{query.NAME}`, `{header.NAME}`
+/// (first value), `{userId}`, `{connectionId}`.
+struct ConnectContext {
+    let body: JSONValue
+    let userId: String?
+    let connectionId: String
+
+    func value(_ field: String) -> String? {
+        if field == "userId" { return userId }
+        if field == "connectionId" { return connectionId }
+        let parts = field.split(separator: ".", maxSplits: 1).map(String.init)
+        guard parts.count == 2 else { return nil }
+        let section: String
+        switch parts[0] {
+        case "claim": section = "claims"
+        case "query": section = "query"
+        case "header": section = "headers"
+        default: return nil
+        }
+        guard case .object(let members)? = body[section] else { return nil }
+        let wanted = parts[1]
+        let value = members.first { $0.0 == wanted }?.1 ?? members.first { $0.0.caseInsensitiveCompare(wanted) == .orderedSame }?.1
+        switch value {
+        case .array(let items)?: return items.first?.stringValue
+        case .string(let s)?: return s
+        default: return nil
+        }
+    }
+
+    /// The template with every field filled, or nil when one cannot be.
+    func render(_ template: String) -> String? {
+        var out = ""
+        var rest = Substring(template)
+        while let open = rest.firstIndex(of: "{") {
+            out += rest[..<open]
+            guard let close = rest[open...].firstIndex(of: "}") else { return nil }
+            let field = String(rest[rest.index(after: open)..<close])
+            guard let v = value(field) else { return nil }
+            out += v
+            rest = rest[rest.index(after: close)...]
+        }
+        return out + rest
+    }
+
+    /// Whether a template only reads fields this context can have.
+    static func check(_ template: String) -> String? {
+        var rest = Substring(template)
+        while let open = rest.firstIndex(of: "{") {
+            guard let close = rest[open...].firstIndex(of: "}") else { return "'\(template)' has an unclosed {" }
+            let field = rest[rest.index(after: open)..<close]
+            let known = field == "userId" || field == "connectionId" || ["claim.", "query.", "header."].contains { field.hasPrefix($0) && field.count > $0.count }
+            if !known { return "{\(field)} is not known here; use {claim.NAME}, {query.NAME}, {header.NAME}, {userId} or {connectionId}" }
+            rest = rest[rest.index(after: close)...]
+        }
+        return nil
+    }
+}

@@ -1,0 +1,74 @@
+public import BridgeCore
+import Foundation
+public import WebPubSub
+
+/// How the bridge answers `connect` events: the policy of `eventHandler.connect`.
+public struct ConnectPolicy: Sendable {
+    /// false: every connection is refused with `rejectStatus` and `rejectReason`.
+    public var allow = true
+    public var rejectStatus = 401
+    public var rejectReason = "connections are not accepted"
+    /// Refuse (401) a connection that has no user id after `userId` was applied.
+    public var requireUser = false
+    /// `{claim.NAME}`, `{query.NAME}`, `{header.NAME}`, `{userId}`, `{connectionId}`: the user id
+    /// to give the connection (overrides the token's `sub` when it renders non-empty).
+    public var userId: String?
+    /// Groups to join and roles to grant, templated the same way; one that cannot be filled is left out.
+    public var groups: [String] = []
+    public var roles: [String] = []
+    /// Chosen when the client offered it.
+    public var subprotocol: String?
+
+    public init() {}
+}
+
+/// One `events:` rule: which events of which hub go to which sink, and what a user event is
+/// answered with.
+public struct EventRule: Sendable {
+    public enum Reply: String, Sendable, CaseIterable {
+        /// 204, nothing goes back to the client.
+        case empty
+        /// 200 with `{"ack": "<event id>", "event": "<name>"}`, which the service sends back to the client.
+        case ack
+    }
+
+    public var hub: String
+    /// User event names, `connected`, `disconnected`, or `*` for all of them.
+    public var events: Set<String>
+    public var sink: any SinkAdapter
+    public var reply: Reply
+
+    public init(hub: String, events: Set<String>, sink: any SinkAdapter, reply: Reply = .empty) {
+        self.hub = hub
+        self.events = events
+        self.sink = sink
+        self.reply = reply
+    }
+
+    func matches(hub: String, event: String) -> Bool {
+        (self.hub == "*" || self.hub.caseInsensitiveCompare(hub) == .orderedSame) && (events.contains("*") || events.contains(event))
+    }
+}
+
+/// `eventHandler:` and `events:` of the config: everything the upstream endpoint needs.
+public struct EventHandlerConfiguration: Sendable {
+    /// The handler answers at `{path}/{hub}`.
+    public var path = "/eventhandler"
+    /// `WebHook-Request-Origin` values allowed by the abuse-protection handshake; `*` for any.
+    public var allowedOrigins: [String] = []
+    /// Keys whose `ce-signature` is accepted (primary and secondary).
+    public var accessKeys: [AccessKey] = []
+    /// An optional shared secret, from `?code=` or the `X-WPS-Auth-Token` header.
+    public var authToken: String?
+    /// Hubs whose `connect` events the bridge answers with `connect`; nil: connect events are
+    /// answered with the defaults (allow).
+    public var connect: ConnectPolicy?
+    public var rules: [EventRule] = []
+
+    public init() {}
+
+    /// Whether any rule or the connect policy concerns `hub`.
+    func knows(hub: String) -> Bool {
+        connect != nil || rules.contains { $0.hub == "*" || $0.hub.caseInsensitiveCompare(hub) == .orderedSame }
+    }
+}

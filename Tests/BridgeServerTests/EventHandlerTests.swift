@@ -1,0 +1,161 @@
+import BridgeCore
+import BridgeJSON
+@testable import BridgeServer
+import Logging
+import NIOCore
+import Synchronization
+import Testing
+import WebPubSub
+
+let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+let key = AccessKey("handler-test-key-0123456789")
+
+final class MemorySink: SinkAdapter {
+    let records = Mutex<[SinkRecord]>([])
+    let failing = Atomic<Bool>(false)
+    var description: String { "memory" }
+    func write(_ record: SinkRecord) async throws {
+        if failing.load(ordering: .relaxed) { throw CancellationError() }
+        records.withLock { $0.append(record) }
+    }
+    var written: [SinkRecord] { records.withLock { $0 } }
+}
+
+func handler(
+    rules: [(String, Set<String>, EventRule.Reply)] = [("chat", ["*"], .empty)], connect: ConnectPolicy? = nil, token: String? = nil
+) -> (EventHandler, MemorySink) {
+    let sink = MemorySink()
+    var config = EventHandlerConfiguration()
+    config.accessKeys = [key]
+    config.allowedOrigins = ["myhub.webpubsub.azure.com"]
+    config.authToken = token
+    config.connect = connect
+    config.rules = rules.map { EventRule(hub: $0.0, events: $0.1, sink: sink, reply: $0.2) }
+    return (EventHandler(configuration: config, logger: quiet), sink)
+}
+
+/// A request as the service sends it.
+func event(
+    _ type: String, name: String, hub: String = "chat", connection: String = "conn-1", user: String? = "alice", body: String = "",
+    contentType: String = "application/json", signedWith: AccessKey = key, query: String? = nil, drop: String? = nil
+) -> HandlerRequest {
+    var headers = [
+        "ce-specversion": "1.0", "ce-id": "evt-1", "ce-type": type, "ce-source": "/hubs/\(hub)/client/\(connection)", "ce-time": "2026-11-29T10:00:00Z",
+        "ce-hub": hub, "ce-connectionid": connection, "ce-eventname": name, "ce-awpsversion": "1.0",
+        "ce-signature": EventSignature.header(connectionId: connection, keys: [signedWith]), "content-type": contentType,
+    ]
+    if let user { headers["ce-userid"] = user }
+    if let drop { headers[drop] = nil }
+    return HandlerRequest(method: "POST", hub: hub, headers: headers, query: Query(query), body: Array(body.utf8))
+}
+
+func text(_ r: HandlerResponse) -> String { String(decoding: r.body, as: UTF8.self) }
+
+@Suite struct EventHandlerTests {
+    @Test func aUserEventBecomesACloudEventsEnvelope() async throws {
+        let (h, sink) = handler()
+        let r = await h.handle(event("azure.webpubsub.user.chat", name: "chat", body: #"{"text":"hi"}"#))
+        #expect(r.status == 204)
+        let record = try #require(sink.written.first)
+        let envelope = try JSONValue.parse(record.payload.readableBytesView)
+        #expect(envelope["specversion"] == .string("1.0"))
+        #expect(envelope["type"] == .string("azure.webpubsub.user.chat"))
+        #expect(envelope["id"] == .string("evt-1"))
+        #expect(envelope["source"] == .string("/hubs/chat/client/conn-1"))
+        #expect(envelope["datacontenttype"] == .string("application/json"))
+        #expect(envelope["data"]?["text"] == .string("hi"))
+        #expect(envelope["userid"] == .string("alice") && envelope["connectionid"] == .string("conn-1") && envelope["eventname"] == .string("chat"))
+        #expect(envelope["hub"] == .string("chat"))
+        #expect(record.key == "alice")
+        #expect(record.headers["userId"] == "alice" && record.headers["event"] == "chat" && record.headers["wps-mirrored-from"] == "chat")
+    }
+
+    @Test func textAndBinaryData() async throws {
+        let (h, sink) = handler()
+        _ = await h.handle(event("azure.webpubsub.user.note", name: "note", body: "plain words", contentType: "text/plain; charset=utf-8"))
+        _ = await h.handle(event("azure.webpubsub.user.blob", name: "blob", body: "\u{1}\u{2}", contentType: "application/octet-stream"))
+        let envelopes = try sink.written.map { try JSONValue.parse($0.payload.readableBytesView) }
+        #expect(envelopes[0]["data"] == .string("plain words") && envelopes[0]["datacontenttype"] == .string("text/plain"))
+        #expect(envelopes[1]["data_base64"] == .string("AQI=") && envelopes[1]["data"] == nil)
+    }
+
+    @Test func ackReplyComesAfterTheSinkAndAFailingSinkIs500() async {
+        let (h, sink) = handler(rules: [("chat", ["order"], .ack)])
+        let ok = await h.handle(event("azure.webpubsub.user.order", name: "order", body: "{}"))
+        #expect(ok.status == 200)
+        #expect(text(ok) == #"{"ack":"evt-1","event":"order"}"#)
+        sink.failing.store(true, ordering: .relaxed)
+        let failed = await h.handle(event("azure.webpubsub.user.order", name: "order", body: "{}"))
+        #expect(failed.status == 500)
+        // An event no rule wants is answered, and written nowhere.
+        sink.failing.store(false, ordering: .relaxed)
+        let other = await h.handle(event("azure.webpubsub.user.other", name: "other", body: "{}"))
+        #expect(other.status == 204)
+        #expect(sink.written.count == 1)
+    }
+
+    @Test func forgedOrMalformedRequestsAreRefusedAndWriteNothing() async {
+        let (h, sink) = handler(token: "s3cret")
+        let user = "azure.webpubsub.user.chat"
+        #expect(await h.handle(event(user, name: "chat", body: "{}", query: "code=s3cret")).status == 204)
+        #expect(await h.handle(event(user, name: "chat", body: "{}")).status == 401)
+        #expect(await h.handle(event(user, name: "chat", body: "{}", query: "code=wrong")).status == 401)
+        #expect(await h.handle(event(user, name: "chat", body: "{}", signedWith: AccessKey("another-key-000000000"), query: "code=s3cret")).status == 401)
+        #expect(await h.handle(event(user, name: "chat", body: "{}", query: "code=s3cret", drop: "ce-signature")).status == 401)
+        #expect(await h.handle(event(user, name: "chat", hub: "other", body: "{}", query: "code=s3cret")).status == 404)
+        #expect(await h.handle(event(user, name: "chat", body: "{}", query: "code=s3cret", drop: "ce-connectionid")).status == 400)
+        #expect(await h.handle(event(user, name: "chat", body: "{}", query: "code=s3cret", drop: "ce-specversion")).status == 400)
+        #expect(await h.handle(event(user, name: "chat", body: "{not json", query: "code=s3cret")).status == 400)
+        #expect(await h.handle(event("azure.webpubsub.other", name: "chat", body: "{}", query: "code=s3cret")).status == 400)
+        var mismatched = event(user, name: "chat", body: "{}", query: "code=s3cret")
+        mismatched.headers["ce-hub"] = "elsewhere"
+        #expect(await h.handle(mismatched).status == 400)
+        #expect(sink.written.count == 1)
+    }
+
+    @Test func abuseProtectionHandshake() async {
+        let (h, _) = handler()
+        var options = HandlerRequest(method: "OPTIONS", hub: "chat", headers: ["webhook-request-origin": "myhub.webpubsub.azure.com"], query: Query(nil), body: [])
+        let ok = await h.handle(options)
+        #expect(ok.status == 200 && ok.headers.contains { $0 == ("WebHook-Allowed-Origin", "myhub.webpubsub.azure.com") })
+        options.headers["webhook-request-origin"] = "evil.example.com"
+        let refused = await h.handle(options)
+        #expect(refused.status == 403 && !refused.headers.contains { $0.0 == "WebHook-Allowed-Origin" })
+    }
+
+    @Test func connectPolicyDerivesUserGroupsAndRoles() async throws {
+        var policy = ConnectPolicy()
+        policy.userId = "{query.user}"
+        policy.groups = ["room-{query.room}", "team-{claim.team}", "never-{query.missing}"]
+        policy.roles = ["webpubsub.sendToGroup.room-{query.room}"]
+        policy.subprotocol = "json.webpubsub.azure.v1"
+        let (h, sink) = handler(connect: policy)
+        let body = #"{"claims":{"team":["blue"]},"query":{"user":["bob"],"room":["42"]},"headers":{},"subprotocols":["json.webpubsub.azure.v1"]}"#
+        let r = await h.handle(event("azure.webpubsub.sys.connect", name: "connect", user: nil, body: body))
+        #expect(r.status == 200)
+        let answer = try JSONValue.parse(r.body)
+        #expect(answer["userId"] == .string("bob"))
+        #expect(answer["groups"] == .array([.string("room-42"), .string("team-blue")]))
+        #expect(answer["roles"] == .array([.string("webpubsub.sendToGroup.room-42")]))
+        #expect(answer["subprotocol"] == .string("json.webpubsub.azure.v1"))
+        // Later events of the connection carry its groups.
+        _ = await h.handle(event("azure.webpubsub.sys.connected", name: "connected", user: "bob", body: "{}"))
+        let envelope = try JSONValue.parse(try #require(sink.written.first).payload.readableBytesView)
+        #expect(envelope["groups"] == .array([.string("room-42"), .string("team-blue")]))
+    }
+
+    @Test func connectPolicyRejects() async {
+        var required = ConnectPolicy()
+        required.requireUser = true
+        let (h, _) = handler(connect: required)
+        let anonymous = await h.handle(event("azure.webpubsub.sys.connect", name: "connect", user: nil, body: #"{"claims":{},"query":{}}"#))
+        #expect(anonymous.status == 401 && text(anonymous).contains("user id is required"))
+        var closed = ConnectPolicy()
+        closed.allow = false
+        closed.rejectStatus = 403
+        closed.rejectReason = "maintenance"
+        let (h2, _) = handler(connect: closed)
+        let refused = await h2.handle(event("azure.webpubsub.sys.connect", name: "connect", body: "{}"))
+        #expect(refused.status == 403 && text(refused) == "maintenance")
+    }
+}

@@ -1,0 +1,109 @@
+import BridgeJSON
+import BridgeTestSupport
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Testing
+
+/// The official Python client SDK on the embedded hub, whose upstream is the bridge: its events
+/// end up as CloudEvents envelopes in a Kafka topic (Tansu) and a file.
+@Suite(.serialized) struct MirrorEndToEndTests {
+    @Test func clientEventsAreMirroredIntoKafkaAndAFile() async throws {
+        let broker = try await KafkaBroker()
+        let hubPort = try TestEnvironment.freePort()
+        let serverPort = try TestEnvironment.freePort()
+        let key = "mirror-test-key-0123456789ABCDEFGHIJ"
+        let dir = try TestEnvironment.temporaryDirectory()
+        let bridge = try BridgeProcess(
+            """
+            webpubsub:
+              embedded: {port: \(hubPort), accessKey: \(key), reconnectGrace: 1s}
+              hub: chat
+            server:
+              listen: 127.0.0.1:\(serverPort)
+            eventHandler:
+              connect:
+                groups: ["room-{query.room}"]
+            events:
+              - hub: chat
+                events: [chat]
+                to: {type: kafka, brokers: "\(broker.brokers)", topic: "mirror-{hub}", key: "{userId}"}
+              - hub: chat
+                events: [note, connected, disconnected]
+                to: {type: file, path: events.ndjson}
+                reply: ack
+            """, in: dir)
+        #expect(await eventually { TestEnvironment.isListening(hubPort) && TestEnvironment.isListening(serverPort) }, "\(bridge.logTail)")
+        let cs = "Endpoint=http://127.0.0.1;Port=\(hubPort);AccessKey=\(key);Version=1.0;"
+        let client = try await runProcess(
+            try TestEnvironment.python(), [TestEnvironment.packageRoot + "/Tests/python/mirror_client.py", cs, "chat", "alice", "5", "&room=42"],
+            timeout: 60)
+        #expect(client.status == 0, "\(client.stderr)\n\(bridge.logTail)")
+        // The `note` rule answers with an ack, which the hub hands back to the client.
+        #expect(client.stdout.contains(#""ack""#) && client.stdout.contains(#""event": "note""#), "\(client.stdout)")
+
+        let records = try await KafkaTool.consume(broker.brokers, topic: "mirror-chat", count: 5)
+        #expect(records.map(\.key) == Array(repeating: "alice", count: 5))
+        let envelopes = try records.map { try JSONValue.parse(Array(($0.value ?? "").utf8)) }
+        #expect(envelopes.map { $0["data"]?["n"] } == (0..<5).map { .number(String($0)) }, "in the order sent")
+        for (record, e) in zip(records, envelopes) {
+            #expect(e["type"] == .string("azure.webpubsub.user.chat") && e["specversion"] == .string("1.0"))
+            #expect(e["userid"] == .string("alice") && e["hub"] == .string("chat") && e["eventname"] == .string("chat"))
+            #expect(e["groups"] == .array([.string("room-42")]))
+            #expect(record.headers["ce-type"] == "azure.webpubsub.user.chat" && record.headers["wps-mirrored-from"] == "chat")
+        }
+
+        #expect(await eventually { ((try? String(contentsOfFile: dir + "/events.ndjson", encoding: .utf8)) ?? "").split(separator: "\n").count >= 3 })
+        let lines = try String(contentsOfFile: dir + "/events.ndjson", encoding: .utf8).split(separator: "\n")
+        let fileEnvelopes = try lines.map { try JSONValue.parse(Array($0.utf8))["data"] ?? .null }
+        #expect(fileEnvelopes.map { $0["eventname"]?.stringValue ?? "?" } == ["connected", "note", "disconnected"], "\(lines)")
+        #expect(fileEnvelopes[1]["data"] == .string("hello text") && fileEnvelopes[1]["datacontenttype"] == .string("text/plain"))
+        #expect(fileEnvelopes[0]["type"] == .string("azure.webpubsub.sys.connected"))
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+        await broker.stop()
+    }
+
+    @Test func forgedEventsOverHTTPAreRefused() async throws {
+        let serverPort = try TestEnvironment.freePort()
+        let dir = try TestEnvironment.temporaryDirectory()
+        let bridge = try BridgeProcess(
+            """
+            webpubsub:
+              connectionString: "Endpoint=http://127.0.0.1;Port=1;AccessKey=real-key-0123456789;Version=1.0;"
+            server:
+              listen: 127.0.0.1:\(serverPort)
+            eventHandler:
+              allowedOrigins: [myhub.webpubsub.azure.com]
+            events:
+              - {hub: chat, events: ["*"], to: {type: file, path: events.ndjson}}
+            """, in: dir)
+        #expect(await eventually { TestEnvironment.isListening(serverPort) }, "\(bridge.logTail)")
+        let base = "http://127.0.0.1:\(serverPort)"
+        func call(_ method: String, _ path: String, _ headers: [String: String], _ body: String = "{}") async throws -> Int {
+            var request = URLRequest(url: URL(string: base + path)!)
+            request.httpMethod = method
+            for (k, v) in headers { request.setValue(v, forHTTPHeaderField: k) }
+            if method == "POST" { request.httpBody = Data(body.utf8) }
+            let (_, response) = try await URLSession.shared.data(for: request)
+            return (response as? HTTPURLResponse)?.statusCode ?? 0
+        }
+        let forged = [
+            "ce-specversion": "1.0", "ce-id": "1", "ce-type": "azure.webpubsub.user.chat", "ce-source": "/hubs/chat/client/c1", "ce-hub": "chat",
+            "ce-connectionId": "c1", "ce-eventName": "chat", "ce-signature": "sha256=00ff", "Content-Type": "application/json",
+        ]
+        #expect(try await call("POST", "/eventhandler/chat", forged) == 401)
+        #expect(try await call("POST", "/eventhandler/other", forged) == 404)
+        var noType = forged
+        noType["ce-type"] = nil
+        #expect(try await call("POST", "/eventhandler/chat", noType) == 400)
+        #expect(try await call("OPTIONS", "/eventhandler/chat", ["WebHook-Request-Origin": "evil.example.com"]) == 403)
+        #expect(try await call("OPTIONS", "/eventhandler/chat", ["WebHook-Request-Origin": "myhub.webpubsub.azure.com"]) == 200)
+        #expect(try await call("GET", "/healthz", [:]) == 200)
+        #expect(try await call("GET", "/readyz", [:]) == 200)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/events.ndjson"))
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+    }
+}
