@@ -173,7 +173,9 @@ public struct BridgeConfiguration: Sendable {
 
     /// Reads the embedded hub's settings (also what `wps-bridge hub --config` reads).
     public static func readEmbeddedHub(_ m: ConfigMapping) -> LocalHubConfiguration? {
-        m.checkKeys(["host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "reconnectGrace", "hubs"], what: "webpubsub.embedded")
+        m.checkKeys(
+            ["host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "reconnectGrace", "upstreamRetries", "hubs"],
+            what: "webpubsub.embedded")
         var config = LocalHubConfiguration(accessKeys: [AccessKey(m.secret("accessKey") ?? randomAccessKey())])
         if let secondary = m.nonEmptyString("secondaryAccessKey") { config.accessKeys.append(AccessKey(secondary)) }
         config.host = m.nonEmptyString("host") ?? config.host
@@ -181,6 +183,7 @@ public struct BridgeConfiguration: Sendable {
         config.rateLimit = m.int("rateLimit", range: 1...1_000_000)
         config.allowAnonymous = m.bool("allowAnonymous") ?? false
         config.reconnectGrace = m.duration("reconnectGrace") ?? config.reconnectGrace
+        config.upstreamRetries = m.int("upstreamRetries", range: 0...100) ?? config.upstreamRetries
         if let hubs = m.mapping("hubs") {
             for name in hubs.keys {
                 guard let hub = hubs.mapping(name) else { continue }

@@ -30,6 +30,11 @@ public struct LocalHubConfiguration: Sendable {
     public var reconnectGrace: Duration = .seconds(30)
     /// The largest client message.
     public var maxMessageBytes = 1024 * 1024
+    /// How often a non-blocking event (`connected`, `disconnected`, user events) is tried again
+    /// when the handler answers 5xx or cannot be reached, with backoff from `upstreamRetryBackoff`
+    /// doubling up to 5 s. `connect` is not retried: the client is waiting.
+    public var upstreamRetries = 3
+    public var upstreamRetryBackoff: Duration = .milliseconds(500)
 
     public init(accessKeys: [AccessKey]) {
         self.accessKeys = accessKeys
@@ -59,7 +64,8 @@ public final class LocalHub: Service, Sendable {
         limiter = configuration.rateLimit.map { RateLimiter(perSecond: $0) }
         upstreamClient = HTTPClient(eventLoopGroupProvider: .singleton)
         upstream = UpstreamCaller(
-            httpClient: upstreamClient, keys: configuration.accessKeys, origin: configuration.host, logger: logger)
+            httpClient: upstreamClient, keys: configuration.accessKeys, origin: configuration.host, retries: configuration.upstreamRetries,
+            retryBackoff: configuration.upstreamRetryBackoff, logger: logger)
     }
 
     /// The port, once the hub listens.

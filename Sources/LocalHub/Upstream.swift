@@ -85,14 +85,21 @@ final class UpstreamCaller: Sendable {
     /// `WebHook-Request-Origin`: the hub's host.
     let origin: String
     let timeout: Duration
+    let retries: Int
+    let retryBackoff: Duration
     let logger: Logger
     private let validated = Mutex<Set<String>>([])
 
-    init(httpClient: HTTPClient, keys: [AccessKey], origin: String, timeout: Duration = .seconds(30), logger: Logger) {
+    init(
+        httpClient: HTTPClient, keys: [AccessKey], origin: String, timeout: Duration = .seconds(30), retries: Int = 3,
+        retryBackoff: Duration = .milliseconds(500), logger: Logger
+    ) {
         self.httpClient = httpClient
         self.keys = keys
         self.origin = origin
         self.timeout = timeout
+        self.retries = retries
+        self.retryBackoff = retryBackoff
         self.logger = logger
     }
 
@@ -100,14 +107,41 @@ final class UpstreamCaller: Sendable {
         let description: String
     }
 
-    /// Sends `event`; throws when the handler cannot be reached or refused the handshake.
+    /// Sends `event`; throws when the handler cannot be reached or refused the handshake. A
+    /// non-blocking event is tried again (`retries` times) after a 5xx or when the handler could
+    /// not be reached, with the same `ce-id`.
     func call(_ handler: EventHandlerSettings, _ event: UpstreamEvent) async throws -> UpstreamResponse {
+        let retryable: Bool = if case .connect = event.kind { false } else { true }
+        let id = UUID().uuidString
+        var backoff = retryBackoff
+        var attempt = 0
+        while true {
+            attempt += 1
+            let last = !retryable || attempt > retries
+            do {
+                let response = try await callOnce(handler, event, id: id)
+                if response.status < 500 || last { return response }
+                logger.warning(
+                    "event handler answered \(response.status); trying again",
+                    metadata: ["wps.hub": "\(event.hub)", "wps.event": "\(event.kind.eventName)", "wps.attempt": "\(attempt)", "wps.retry_in": "\(backoff)"])
+            } catch {
+                if last { throw error }
+                logger.warning(
+                    "event handler failed; trying again",
+                    metadata: ["wps.hub": "\(event.hub)", "wps.event": "\(event.kind.eventName)", "wps.attempt": "\(attempt)", "error": "\(error)"])
+            }
+            try await Task.sleep(for: backoff)
+            backoff = min(backoff * 2, .seconds(5))
+        }
+    }
+
+    private func callOnce(_ handler: EventHandlerSettings, _ event: UpstreamEvent, id: String) async throws -> UpstreamResponse {
         let url = handler.url(hub: event.hub, event: event.kind.eventName)
         try await validate(handler.url(hub: event.hub, event: "validate"))
         var request = HTTPClientRequest(url: url)
         request.method = .POST
         let h = [
-            ("ce-specversion", "1.0"), ("ce-id", UUID().uuidString), ("ce-source", "/hubs/\(event.hub)/client/\(event.connectionId)"),
+            ("ce-specversion", "1.0"), ("ce-id", id), ("ce-source", "/hubs/\(event.hub)/client/\(event.connectionId)"),
             ("ce-type", event.kind.ceType), ("ce-time", ISO8601DateFormatter().string(from: Date())), ("ce-awpsversion", "1.0"),
             ("ce-hub", event.hub), ("ce-connectionId", event.connectionId), ("ce-eventName", event.kind.eventName),
             ("ce-signature", EventSignature.header(connectionId: event.connectionId, keys: keys)), ("WebHook-Request-Origin", origin),

@@ -4,7 +4,9 @@ import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
+import NIOCore
 import Testing
+import WebPubSub
 
 /// The official Python client SDK on the embedded hub, whose upstream is the bridge: its events
 /// end up as CloudEvents envelopes in a Kafka topic (Tansu) and a file.
@@ -103,6 +105,81 @@ import Testing
         #expect(try await call("GET", "/healthz", [:]) == 200)
         #expect(try await call("GET", "/readyz", [:]) == 200)
         #expect(!FileManager.default.fileExists(atPath: dir + "/events.ndjson"))
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+    }
+
+    @Test func aSinkThatIsDownMakesTheHubRetryUntilTheEventIsWritten() async throws {
+        let brokerPort = try TestEnvironment.freePort()
+        let hubPort = try TestEnvironment.freePort()
+        let serverPort = try TestEnvironment.freePort()
+        let key = "retry-test-key-0123456789ABCDEFGHIJ"
+        let bridge = try BridgeProcess(
+            """
+            webpubsub:
+              embedded: {port: \(hubPort), accessKey: \(key), upstreamRetries: 30}
+              hub: chat
+            server:
+              listen: 127.0.0.1:\(serverPort)
+            events:
+              - hub: chat
+                events: [chat]
+                to: {type: kafka, brokers: "127.0.0.1:\(brokerPort)", topic: retried, deliveryTimeout: 1s}
+            """, in: try TestEnvironment.temporaryDirectory())
+        #expect(await eventually { TestEnvironment.isListening(hubPort) && TestEnvironment.isListening(serverPort) }, "\(bridge.logTail)")
+        let cs = try ConnectionString(parsing: "Endpoint=http://127.0.0.1;Port=\(hubPort);AccessKey=\(key);Version=1.0;")
+        let access = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "carol", roles: [], groups: [], expiresIn: .seconds(600))
+        let socket = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1")
+        #expect(await socket.expect(type: "system", event: "connected") != nil)
+        socket.send(#"{"type":"event","event":"chat","dataType":"json","data":{"n":7},"ackId":1}"#)
+        // The broker is down: the handler answers 500 and the hub tries again.
+        #expect(await eventually { bridge.log.contains("answering 500") && bridge.log.contains("trying again") }, "\(bridge.logTail)")
+        let broker = try await KafkaBroker(port: brokerPort)
+        let ack = await socket.expect(type: "ack", timeout: .seconds(60))
+        #expect(ack?["success"] == .bool(true), "\(bridge.logTail)")
+        let records = try await KafkaTool.consume(broker.brokers, topic: "retried", count: 1)
+        #expect(records.first.flatMap { try? JSONValue.parse(Array(($0.value ?? "").utf8))["data"]?["n"] } == .number("7"))
+        await socket.close()
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+        await broker.stop()
+    }
+
+    @Test func theConnectPolicyRefusesOrPlacesConnections() async throws {
+        let hubPort = try TestEnvironment.freePort()
+        let serverPort = try TestEnvironment.freePort()
+        let key = "policy-test-key-0123456789ABCDEFGHIJ"
+        let bridge = try BridgeProcess(
+            """
+            webpubsub:
+              embedded: {port: \(hubPort), accessKey: \(key)}
+              hub: chat
+            server:
+              listen: 127.0.0.1:\(serverPort)
+            eventHandler:
+              connect:
+                requireUser: true
+                userId: "{query.as}"
+                groups: ["room-{query.room}"]
+            events:
+              - {hub: chat, events: [connected], to: {type: file, path: connected.ndjson}}
+            """, in: try TestEnvironment.temporaryDirectory())
+        #expect(await eventually { TestEnvironment.isListening(hubPort) && TestEnvironment.isListening(serverPort) }, "\(bridge.logTail)")
+        let cs = try ConnectionString(parsing: "Endpoint=http://127.0.0.1;Port=\(hubPort);AccessKey=\(key);Version=1.0;")
+        let anonymous = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: nil, roles: [], groups: [], expiresIn: .seconds(600))
+        // No user in the token nor in the query: the hub refuses the handshake with the policy's reason.
+        await #expect(throws: (any Error).self) {
+            _ = try await TestWebSocket.connect(anonymous.url + "&room=42", subprotocol: "json.webpubsub.azure.v1")
+        }
+        // The user comes from the query; the connection is placed in the room.
+        let socket = try await TestWebSocket.connect(anonymous.url + "&room=42&as=dave", subprotocol: "json.webpubsub.azure.v1")
+        let connected = await socket.expect(type: "system", event: "connected")
+        #expect(connected?["userId"] == .string("dave"), "\(bridge.logTail)")
+        let client = WebPubSubServiceClient(connectionString: cs)
+        try await client.sendToGroup(hub: "chat", group: "room-42", payload: ByteBuffer(string: "welcome"), contentType: "text/plain")
+        #expect(await socket.expect(type: "message")?["data"] == .string("welcome"))
+        try await client.shutdown()
+        await socket.close()
         bridge.terminate()
         #expect(await bridge.exitStatus() == 0)
     }
