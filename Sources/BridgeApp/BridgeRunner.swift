@@ -1,4 +1,4 @@
-public import BridgeCore
+import BridgeCore
 import BridgeServer
 import Foundation
 public import Logging
@@ -6,7 +6,7 @@ public import LocalHub
 import NIOCore
 public import ServiceLifecycle
 import Synchronization
-public import WebPubSub
+import WebPubSub
 
 /// Runs a configured bridge: with the embedded hub when the config asks for one, against
 /// Azure Web PubSub otherwise, or printing sends (`dryRun`).

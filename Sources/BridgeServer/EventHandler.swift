@@ -1,4 +1,4 @@
-public import BridgeCore
+import BridgeCore
 import BridgeJSON
 import Foundation
 public import Logging
@@ -150,7 +150,8 @@ public final class EventHandler: Sendable {
             return await mirror(request, attributes, isUserEvent: false)
         case "azure.webpubsub.sys.disconnected":
             let response = await mirror(request, attributes, isUserEvent: false)
-            _ = groupsByConnection.withLock { $0.removeValue(forKey: attributes.connectionId) }
+            // A 5xx is retried by the service: keep the groups for that retry's envelope.
+            if response.status < 500 { _ = groupsByConnection.withLock { $0.removeValue(forKey: attributes.connectionId) } }
             return response
         case let type where type.hasPrefix("azure.webpubsub.user."):
             return await mirror(request, attributes, isUserEvent: true)

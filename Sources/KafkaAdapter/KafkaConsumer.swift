@@ -115,6 +115,13 @@ final class KafkaConsumer: @unchecked Sendable {
         thread.start()
     }
 
+    /// Frees a consumer whose `start` failed (no poll thread runs).
+    func destroyUnstarted() {
+        KafkaConsumer.unregister(rk)
+        rd_kafka_destroy(rk)
+        state.withLock { $0.threadDone = true }
+    }
+
     /// The next record, or nil once the consumer is draining or the task is cancelled.
     func next() async -> KafkaRecord? {
         await withTaskCancellationHandler {

@@ -14,7 +14,9 @@ final class KafkaProducer: @unchecked Sendable {
     private let rk: OpaquePointer
     private let waiting = Mutex<[Int: CheckedContinuation<Bool, any Error>]>([:])
     private let nextId = Atomic<Int>(1)
-    private let state = Mutex<(closing: Bool, done: CheckedContinuation<Void, Never>?, finished: Bool)>((false, nil, false))
+    /// `users`: `produce` calls between their check of `closing` and their enqueue; the handle is
+    /// destroyed only once none is left.
+    private let state = Mutex<(closing: Bool, users: Int, done: CheckedContinuation<Void, Never>?, finished: Bool)>((false, 0, nil, false))
     let flushTimeout: Duration
 
     init(properties: [(String, String)], flushTimeout: Duration = .seconds(30), logger: Logger) throws(KafkaError) {
@@ -49,12 +51,19 @@ final class KafkaProducer: @unchecked Sendable {
     func produce(topic: String, key: [UInt8]?, value: [UInt8], headers: [(String, String)]) async throws {
         while true {
             if let fatal = context.fatal.withLock({ $0 }) { throw KafkaError("producer failed: \(fatal)") }
-            if state.withLock({ $0.closing }) { throw KafkaError("producer is closed") }
+            let open = state.withLock { s -> Bool in
+                if s.closing { return false }
+                s.users += 1
+                return true
+            }
+            guard open else { throw KafkaError("producer is closed") }
             let id = nextId.wrappingAdd(1, ordering: .relaxed).oldValue
             // Registered before the record is queued: its delivery report may come at once.
             let queueFull = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Bool, any Error>) in
                 waiting.withLock { $0[id] = continuation }
-                guard let code = enqueue(id: id, topic: topic, key: key, value: value, headers: headers) else { return }
+                let result = enqueue(id: id, topic: topic, key: key, value: value, headers: headers)
+                state.withLock { $0.users -= 1 }
+                guard let code = result else { return }
                 guard let continuation = waiting.withLock({ $0.removeValue(forKey: id) }) else { return }
                 if code == RD_KAFKA_RESP_ERR__QUEUE_FULL.rawValue {
                     continuation.resume(returning: true)
@@ -126,7 +135,8 @@ final class KafkaProducer: @unchecked Sendable {
     }
 
     private func serve() {
-        while !state.withLock({ $0.closing }) {
+        // Until closed and no `produce` is between its check and its enqueue.
+        while !state.withLock({ $0.closing && $0.users == 0 }) {
             rd_kafka_poll(rk, 100)
         }
         let flushed = rd_kafka_flush(rk, Int32(flushTimeout.components.seconds * 1000))

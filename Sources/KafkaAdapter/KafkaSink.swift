@@ -14,7 +14,7 @@ public final class KafkaSink: SinkAdapter, HealthReporting {
     let key: Template?
     let properties: [(String, String)]
     let logger: Logger
-    private let producer = Mutex<KafkaProducer?>(nil)
+    private let producer = Mutex<(client: KafkaProducer?, closed: Bool)>((nil, false))
 
     init(topic: Template, key: Template?, properties: [(String, String)], logger: Logger) {
         self.topic = topic
@@ -25,14 +25,15 @@ public final class KafkaSink: SinkAdapter, HealthReporting {
 
     public var description: String { "kafka topic '\(topic)'" }
 
-    public var healthProblem: String? { producer.withLock { $0 }?.context.currentProblem }
+    public var healthProblem: String? { producer.withLock { $0.client }?.context.currentProblem }
 
     /// The producer, created at the first write (so that `validate` opens nothing).
     func client() throws -> KafkaProducer {
         try producer.withLock { p in
-            if let p { return p }
+            if p.closed { throw KafkaError("the sink is closed") }
+            if let client = p.client { return client }
             let made = try KafkaProducer(properties: properties, logger: logger)
-            p = made
+            p.client = made
             return made
         }
     }
@@ -46,8 +47,11 @@ public final class KafkaSink: SinkAdapter, HealthReporting {
     }
 
     public func close() async throws {
-        guard let p = producer.withLock({ p in defer { p = nil }; return p }) else { return }
-        await p.close()
+        let client = producer.withLock { p in
+            defer { p = (nil, true) }
+            return p.client
+        }
+        await client?.close()
     }
 }
 

@@ -29,8 +29,14 @@ public final class KafkaSource: SourceAdapter, HealthReporting {
 
     public func run(emit: DeliveryEmitter) async throws {
         let consumer = try KafkaConsumer(settings: settings, logger: logger)
+        do {
+            try consumer.start()
+        } catch {
+            consumer.destroyUnstarted()
+            throw error
+        }
+        // Only a started consumer is closed by `finish` (which waits for its poll thread).
         self.consumer.withLock { $0 = consumer }
-        try consumer.start()
         logger.info(
             "kafka source started",
             metadata: ["wps.source": "\(name)", "wps.topics": "\(settings.topics)", "wps.librdkafka": "\(librdkafkaVersion)"])
@@ -88,6 +94,8 @@ public struct KafkaSourceFactory: SourceFactory {
         if settings.value("topics") == nil { settings.report("missing required key 'topics': topic names, or regexes starting with ^") }
         if let topics, topics.isEmpty || topics.contains(where: \.isEmpty) {
             settings.value("topics")?.report("topic names must not be empty")
+        } else if let topics, Set(topics).count != topics.count {
+            settings.value("topics")?.report("a topic is listed twice")
         }
         let group = settings.nonEmptyString("group", required: true)
         let startFrom = settings.enumeration("startFrom", StartFrom.self) ?? .latest

@@ -3,7 +3,7 @@ import BridgeCore
 import BridgeJSON
 import Foundation
 import HTTPTypes
-public import Hummingbird
+import Hummingbird
 import HummingbirdWebSocket
 public import Logging
 import NIOCore
@@ -30,9 +30,11 @@ public struct LocalHubConfiguration: Sendable {
     public var reconnectGrace: Duration = .seconds(30)
     /// The largest client message.
     public var maxMessageBytes = 1024 * 1024
-    /// How often a non-blocking event (`connected`, `disconnected`, user events) is tried again
-    /// when the handler answers 5xx or cannot be reached, with backoff from `upstreamRetryBackoff`
-    /// doubling up to 5 s. `connect` is not retried: the client is waiting.
+    /// How often an event other than `connect` (`connected`, `disconnected`, user events) is
+    /// tried again when the handler answers 5xx or cannot be reached, with backoff from
+    /// `upstreamRetryBackoff` doubling up to 5 s. `connect` is not retried: the client's
+    /// handshake waits for it. A user event's ack waits for its retries (the client's later
+    /// messages wait behind it, which keeps their order).
     public var upstreamRetries = 3
     public var upstreamRetryBackoff: Duration = .milliseconds(500)
 

@@ -123,7 +123,9 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
     // MARK: - Reading
 
     private func call(_ connection: RedisBlockingConnection, thread: RedisThread, _ args: [String]) async throws -> RedisValue {
-        try await withTaskCancellationHandler {
+        // Checked first: a cancelled task's handler runs at once and shuts the socket down.
+        try Task.checkCancellation()
+        return try await withTaskCancellationHandler {
             try await thread.run { try connection.command(args) }
         } onCancel: {
             connection.interrupt()

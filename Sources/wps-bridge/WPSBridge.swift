@@ -69,6 +69,8 @@ struct Run: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() async throws {
+        // A write to a socket the peer (or a cancelled Redis read) closed must fail, not kill us.
+        signal(SIGPIPE, SIG_IGN)
         let logger = log.bootstrap()
         let configuration: BridgeConfiguration
         do {

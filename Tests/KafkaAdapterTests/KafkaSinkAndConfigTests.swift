@@ -45,6 +45,12 @@ func readSource(_ yaml: String) -> ((any SourceAdapter)?, [String]) {
         #expect(issues.count >= 6, "\(text)")
     }
 
+    @Test func aTopicListedTwiceIsAMistake() {
+        let (source, issues) = readSource("brokers: a:1\ntopics: [t, t]\ngroup: g\n")
+        _ = source
+        #expect(issues.joined().contains("listed twice"), "\(issues)")
+    }
+
     @Test func librdkafkaRefusalsAreConfigProblems() {
         let (source, issues) = readSource(
             """
