@@ -121,11 +121,24 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // `type: webpubsub`: a client on json.reliable.webpubsub.azure.v1 that listens to groups.
+        .target(
+            name: "GroupListener",
+            dependencies: [
+                "BridgeCore", "BridgeJSON", "WebPubSub",
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Wiring: config -> sources, routes, dispatcher and the Web PubSub transport.
         .target(
             name: "BridgeApp",
             dependencies: [
-                "BridgeCore", "WebPubSub", "StdioAdapter", "KafkaAdapter", "RedisAdapter", "LocalHub", "BridgeServer",
+                "BridgeCore", "WebPubSub", "StdioAdapter", "KafkaAdapter", "RedisAdapter", "LocalHub", "BridgeServer", "GroupListener",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -159,6 +172,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 "BridgeJSON",
             ],
@@ -231,6 +245,15 @@ let package = Package(
             name: "BridgeServerTests",
             dependencies: [
                 "BridgeServer", "BridgeCore", "BridgeJSON", "WebPubSub", "BridgeTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GroupListenerTests",
+            dependencies: [
+                "GroupListener", "BridgeCore", "BridgeJSON", "WebPubSub", "LocalHub", "BridgeTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

@@ -1,6 +1,7 @@
 public import BridgeCore
 public import BridgeServer
 import Foundation
+import GroupListener
 public import Logging
 public import LocalHub
 import KafkaAdapter
@@ -43,6 +44,7 @@ public struct BridgeConfiguration: Sendable {
         registry.register(source: RedisStreamSourceFactory())
         registry.register(sink: RedisPublishSinkFactory())
         registry.register(sink: RedisStreamSinkFactory())
+        registry.register(source: GroupListenerSourceFactory())
         return registry
     }
 
@@ -79,22 +81,32 @@ public struct BridgeConfiguration: Sendable {
         }
         let context = AdapterContext(logger: logger, environment: environment)
         let mirrors = root.has("events") || root.has("eventHandler")
-        let core = CoreConfig.read(root, registry: registry, context: context, defaultHub: webpubsub.defaultHub, requireSources: !mirrors)
+        let core = CoreConfig.read(
+            root, registry: registry, context: context, defaultHub: webpubsub.defaultHub, requireSources: !mirrors, warnUnread: false)
         let server = root.mapping("server").flatMap(ServerSettings.read)
         var eventHandler: EventHandlerConfiguration?
+        var readByEvents: Set<String> = []
         if mirrors {
             let keys = webpubsub.embedded?.accessKeys ?? webpubsub.connectionString.map { [$0.accessKey] } ?? []
             let events = root.has("events") ? root.list("events") : nil
             eventHandler = EventHandlerConfiguration.read(
                 eventHandler: root.mapping("eventHandler"), events: events, keys: keys, registry: registry, context: context)
-            if server == nil { root.report("events and eventHandler need server: {listen: HOST:PORT}, where the hub sends events") }
-            if let e = webpubsub.embedded, var h = eventHandler {
+            if var h = eventHandler {
+                readByEvents = checkListeners(&h, sources: core.sources, events: root.value("events"))
+                eventHandler = h
+            }
+            let needsServer = root.has("eventHandler") || eventHandler?.rules.contains(where: \.takesHandlerEvents) == true
+            if server == nil && needsServer {
+                root.report("events and eventHandler need server: {listen: HOST:PORT}, where the hub sends events")
+            }
+            if let e = webpubsub.embedded, var h = eventHandler, needsServer {
                 // The embedded hub sends to this bridge; its own origin is allowed.
                 if !h.allowedOrigins.contains("*") { h.allowedOrigins.append(e.host) }
                 eventHandler = h
                 if server?.port == 0 { root.value("server")?.report("with the embedded hub, server.listen needs a fixed port (the hub is told where to send)") }
             }
         }
+        core.warnUnreadSources(root, readElsewhere: readByEvents)
         if core.deadLetter == nil, !core.routes.isEmpty, core.routes.contains(where: { $0.deadLetter == nil }) {
             reader.warn(
                 "no deadLetter sink: messages that cannot be delivered are logged and dropped (add deadLetter: {type: file, path: ...})",
@@ -112,6 +124,30 @@ public struct BridgeConfiguration: Sendable {
             configuration.webpubsub.embedded = embedded
         }
         return configuration
+    }
+
+    /// Checks that each `group:NAME` of an `events:` rule is heard by a listener
+    /// (`type: webpubsub` source) of the rule's hub, and notes the listeners' user ids so that
+    /// their own connection events are not mirrored. Returns the listeners some rule reads.
+    static func checkListeners(_ handler: inout EventHandlerConfiguration, sources: [SourceEntry], events: ConfigValue?) -> Set<String> {
+        let listeners = sources.compactMap { $0.adapter as? GroupListenerSource }
+        for listener in listeners {
+            handler.listenerUsers[listener.settings.hub.lowercased(), default: []].insert(listener.settings.userId)
+        }
+        var read: Set<String> = []
+        for rule in handler.rules {
+            let hubListeners = listeners.filter { rule.hub == "*" || rule.hub.caseInsensitiveCompare($0.settings.hub) == .orderedSame }
+            for listener in hubListeners where listener.settings.groups.contains(where: { rule.matches(hub: listener.settings.hub, event: "group:\($0)") }) {
+                read.insert(listener.name)
+            }
+            for group in rule.groups where group != "*" && !hubListeners.contains(where: { $0.settings.groups.contains(group) }) {
+                events?.report("no webpubsub source listens to group '\(group)' of hub '\(rule.hub)' (add one: {type: webpubsub, hub: ..., groups: [\(group)]})")
+            }
+            if rule.groups.contains("*"), !rule.events.contains("*"), hubListeners.isEmpty {
+                events?.report("group:* needs a webpubsub source listening to hub '\(rule.hub)'")
+            }
+        }
+        return read
     }
 
     static func readWebPubSub(_ m: ConfigMapping, required: Bool) -> WebPubSubSettings {
@@ -210,7 +246,8 @@ public struct BridgeConfiguration: Sendable {
     /// The event handlers that make the embedded hub call this bridge: for each hub of the
     /// `events:` rules (and the default hub, for `*` rules and the connect policy).
     func embeddedEventHandlers(server: ServerSettings, eventHandler: EventHandlerConfiguration) -> [String: [EventHandlerSettings]] {
-        var hubs = Set(eventHandler.rules.map { $0.hub.lowercased() })
+        let handlerRules = eventHandler.rules.filter(\.takesHandlerEvents)
+        var hubs = Set(handlerRules.map { $0.hub.lowercased() })
         let wildcard = hubs.remove("*") != nil
         if wildcard || eventHandler.connect != nil, let hub = webpubsub.defaultHub { hubs.insert(hub.lowercased()) }
         let host = server.host == "0.0.0.0" || server.host == "::" ? "127.0.0.1" : server.host
@@ -218,7 +255,8 @@ public struct BridgeConfiguration: Sendable {
         if let token = eventHandler.authToken { url += "?code=" + percentEncode(token) }
         var result: [String: [EventHandlerSettings]] = [:]
         for hub in hubs {
-            let names = eventHandler.rules.filter { $0.hub == "*" || $0.hub.lowercased() == hub }.reduce(into: Set<String>()) { $0.formUnion($1.events) }
+            let names = handlerRules.filter { $0.hub == "*" || $0.hub.lowercased() == hub }.reduce(into: Set<String>()) { $0.formUnion($1.events) }
+                .filter { !$0.hasPrefix("group:") }
             var system = names.contains("*") ? Set(["connected", "disconnected"]) : names.intersection(["connected", "disconnected"])
             if eventHandler.connect != nil { system.insert("connect") }
             let user = names.contains("*") ? "*" : names.subtracting(["connected", "disconnected"]).sorted().joined(separator: ",")

@@ -18,6 +18,8 @@ public enum BridgeRunner {
         var client: WebPubSubServiceClient?
         if dryRun {
             transport = DryRunTransport()
+            // Listeners still listen (to the configured service, when there is one).
+            if let cs = configuration.webpubsub.connectionString { configuration.connectListeners { cs } }
         } else if let embedded = configuration.webpubsub.embedded {
             let hub = LocalHub(configuration: embedded, logger: logger)
             services.append(.init(service: hub, serviceName: "hub"))
@@ -28,17 +30,18 @@ public enum BridgeRunner {
                         logger.notice("embedded hub ready; the demo page shows what is sent: \(endpoint)/\(page)")
                     }, successTerminationBehavior: .ignore, serviceName: "announce"))
             transport = HubTransport(hub: hub, settings: configuration.webpubsub.client, logger: logger)
+            configuration.connectListeners { try ConnectionString(parsing: await hub.connectionString()) }
         } else {
             guard let cs = configuration.webpubsub.connectionString else { throw ValidationFailure("webpubsub has no connection") }
             let c = WebPubSubServiceClient(connectionString: cs, configuration: configuration.webpubsub.client, logger: logger)
             client = c
             transport = WebPubSubTransport(client: c)
+            configuration.connectListeners { cs }
             logger.info("sending to Web PubSub", metadata: ["wps.endpoint": "\(cs.endpoint)"])
         }
-        var eventSinks: [any SinkAdapter] = []
+        let eventSinks = configuration.eventHandler?.rules.map(\.sink) ?? []
         if let server = configuration.server {
             let handler = configuration.eventHandler.map { EventHandler(configuration: $0, logger: logger) }
-            eventSinks = configuration.eventHandler?.rules.map(\.sink) ?? []
             let watched = configuration.healthReporters
             let bridgeServer = BridgeServer(
                 host: server.host, port: server.port, handler: handler,

@@ -27,6 +27,6 @@ public struct BridgeService: Service {
                 "wps.routes": "\(configuration.core.routes.count)",
             ])
         defer { logger.info("bridge stopped", metadata: ["wps.stats": "\(dispatcher.stats.summary)"]) }
-        try await dispatcher.run(sources: sources.map(\.adapter))
+        try await dispatcher.run(sources: configuration.runnableSources(logger: logger))
     }
 }

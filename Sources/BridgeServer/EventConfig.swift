@@ -52,9 +52,17 @@ extension EventHandlerConfiguration {
             rule.checkKeys(["hub", "events", "to", "reply"], what: "an events rule")
             let hub = rule.nonEmptyString("hub", required: true)
             if let hub, hub != "*", let problem = WebPubSubNames.hubProblem(hub) { rule.value("hub")?.report(problem) }
-            if rule.value("events") == nil { rule.report("missing required key 'events': user event names, connected, disconnected, or *") }
+            if rule.value("events") == nil { rule.report("missing required key 'events': user event names, connected, disconnected, group:NAME, or *") }
             let names = rule.stringList("events") ?? []
             if names.contains(where: \.isEmpty) || (rule.has("events") && names.isEmpty) { rule.value("events")?.report("event names must not be empty") }
+            for name in names where name.hasPrefix("group:") {
+                let group = name.dropFirst(6)
+                if group.isEmpty {
+                    rule.value("events")?.report("'group:' needs a group name (group:NAME, or group:* for every group a listener hears)")
+                } else if group != "*", let problem = WebPubSubNames.groupProblem(String(group)) {
+                    rule.value("events")?.report(problem)
+                }
+            }
             if names.contains("connect") {
                 rule.value("events")?.report("'connect' is answered by eventHandler.connect, not mirrored; use connected")
             }
@@ -66,7 +74,7 @@ extension EventHandlerConfiguration {
             guard let hub, let sink, !names.isEmpty else { continue }
             config.rules.append(EventRule(hub: hub, events: Set(names), sink: sink, reply: reply))
         }
-        if config.accessKeys.isEmpty && (eventHandler != nil || !(events ?? []).isEmpty) {
+        if config.accessKeys.isEmpty && (eventHandler != nil || config.rules.contains(where: \.takesHandlerEvents)) {
             eventHandler?.report("no access key to check ce-signature with: give webpubsub a connection string or key")
         }
         return config

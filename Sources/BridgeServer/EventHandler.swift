@@ -198,7 +198,12 @@ public final class EventHandler: Sendable {
 
     private func mirror(_ request: HandlerRequest, _ attributes: Attributes, isUserEvent: Bool) async -> HandlerResponse {
         stats.events.add(1, ordering: .relaxed)
-        let rules = configuration.rules.filter { $0.matches(hub: attributes.hub, event: attributes.eventName) }
+        // `group:NAME` names messages the bridge's listeners hear, never a client's event; and the
+        // listeners' own connections are the bridge's business, not the users'.
+        let own = attributes.userId.map { configuration.listenerUsers[attributes.hub.lowercased()]?.contains($0) == true } ?? false
+        let rules =
+            attributes.eventName.hasPrefix("group:") || own
+            ? [] : configuration.rules.filter { $0.matches(hub: attributes.hub, event: attributes.eventName) }
         guard !rules.isEmpty else { return HandlerResponse(204) }
         let contentType = request.headers["content-type"] ?? "application/octet-stream"
         let envelope: JSONValue
@@ -213,7 +218,24 @@ public final class EventHandler: Sendable {
         if let userId = attributes.userId { headers["userId"] = userId }
         let record = SinkRecord(
             payload: ByteBuffer(string: envelope.serialized), dataType: .json, key: attributes.userId ?? attributes.connectionId, headers: headers)
-        let failures = await withTaskGroup(of: String?.self) { group in
+        let failures = await Self.write(record, to: rules)
+        guard failures.isEmpty else {
+            stats.failed.add(1, ordering: .relaxed)
+            logger.error(
+                "mirrored event not written; answering 500 so that the service retries",
+                metadata: ["wps.hub": "\(attributes.hub)", "wps.event": "\(attributes.eventName)", "wps.connection": "\(attributes.connectionId)", "error": "\(failures.joined(separator: "; "))"])
+            return .text(500, "the event could not be written: \(failures.joined(separator: "; "))")
+        }
+        stats.written.add(1, ordering: .relaxed)
+        if isUserEvent, rules.contains(where: { $0.reply == .ack }) {
+            return .json(200, .object([("ack", .string(attributes.id)), ("event", .string(attributes.eventName))]))
+        }
+        return HandlerResponse(204)
+    }
+
+    /// Writes `record` to the sink of every rule at once; returns what failed, one line each.
+    static func write(_ record: SinkRecord, to rules: [EventRule]) async -> [String] {
+        await withTaskGroup(of: String?.self) { group in
             for rule in rules {
                 group.addTask {
                     do {
@@ -228,18 +250,6 @@ public final class EventHandler: Sendable {
             for await failure in group { if let failure { failures.append(failure) } }
             return failures
         }
-        guard failures.isEmpty else {
-            stats.failed.add(1, ordering: .relaxed)
-            logger.error(
-                "mirrored event not written; answering 500 so that the service retries",
-                metadata: ["wps.hub": "\(attributes.hub)", "wps.event": "\(attributes.eventName)", "wps.connection": "\(attributes.connectionId)", "error": "\(failures.joined(separator: "; "))"])
-            return .text(500, "the event could not be written: \(failures.joined(separator: "; "))")
-        }
-        stats.written.add(1, ordering: .relaxed)
-        if isUserEvent, rules.contains(where: { $0.reply == .ack }) {
-            return .json(200, .object([("ack", .string(attributes.id)), ("event", .string(attributes.eventName))]))
-        }
-        return HandlerResponse(204)
     }
 
     struct EnvelopeProblem: Error {

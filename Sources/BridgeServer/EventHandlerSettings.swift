@@ -45,9 +45,21 @@ public struct EventRule: Sendable {
         self.reply = reply
     }
 
-    func matches(hub: String, event: String) -> Bool {
-        (self.hub == "*" || self.hub.caseInsensitiveCompare(hub) == .orderedSame) && (events.contains("*") || events.contains(event))
+    /// `event` is a user event name, `connected`, `disconnected`, or `group:NAME` for a message a
+    /// `type: webpubsub` listener heard in group NAME (matched by `group:NAME`, `group:*` and `*`).
+    public func matches(hub: String, event: String) -> Bool {
+        guard self.hub == "*" || self.hub.caseInsensitiveCompare(hub) == .orderedSame else { return false }
+        return events.contains("*") || events.contains(event) || (event.hasPrefix("group:") && events.contains("group:*"))
     }
+
+    /// The groups whose listened messages this rule takes (`*` for all), empty when none.
+    public var groups: Set<String> {
+        if events.contains("*") { return ["*"] }
+        return Set(events.filter { $0.hasPrefix("group:") }.map { String($0.dropFirst(6)) })
+    }
+
+    /// Whether the rule names events the hub sends to the event handler (not only group messages).
+    public var takesHandlerEvents: Bool { events.contains { !$0.hasPrefix("group:") } }
 }
 
 /// `eventHandler:` and `events:` of the config: everything the upstream endpoint needs.
@@ -64,6 +76,9 @@ public struct EventHandlerConfiguration: Sendable {
     /// answered with the defaults (allow).
     public var connect: ConnectPolicy?
     public var rules: [EventRule] = []
+    /// User ids of the bridge's own group listeners, by hub (lower case): their connection
+    /// events are not mirrored.
+    public var listenerUsers: [String: Set<String>] = [:]
 
     public init() {}
 

@@ -87,27 +87,12 @@ public final class TestWebSocket: Sendable {
                         group.cancelAll()
                     }
                 }
-                deliver(.closed(close.map { Self.number($0.closeCode) }))
+                deliver(.closed(close.map { UInt16(webSocketErrorCode: $0.closeCode) }))
                 if !shared.opened.withLock({ $0 }) { shared.failure.withLock { $0 = "the handshake did not complete" } }
             } catch {
                 shared.failure.withLock { $0 = "\(error)" }
                 deliver(.closed(nil))
             }
-        }
-    }
-
-    static func number(_ code: WebSocketErrorCode) -> UInt16 {
-        switch code {
-        case .normalClosure: 1000
-        case .goingAway: 1001
-        case .protocolError: 1002
-        case .unacceptableData: 1003
-        case .dataInconsistentWithMessage: 1007
-        case .policyViolation: 1008
-        case .messageTooLarge: 1009
-        case .missingExtension: 1010
-        case .unexpectedServerError: 1011
-        case .unknown(let n): n
         }
     }
 

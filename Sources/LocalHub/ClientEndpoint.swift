@@ -229,7 +229,12 @@ extension LocalHub {
                     c.detach(generation: generation)
                     let grace = configuration.reconnectGrace
                     spawn {
-                        try? await Task.sleep(for: grace)
+                        // Checked often, so that a session ended meanwhile (REST close, hub
+                        // shutdown) does not keep this task, and the hub's shutdown, waiting.
+                        let deadline = ContinuousClock.now + grace
+                        while ContinuousClock.now < deadline, !c.isEnded, c.currentGeneration == generation {
+                            try? await Task.sleep(for: min(.milliseconds(100), deadline - ContinuousClock.now))
+                        }
                         if !c.hasSocket && !c.isEnded && c.currentGeneration == generation {
                             await self.terminate(c, reason: "The client did not reconnect in time", notify: false)
                         }

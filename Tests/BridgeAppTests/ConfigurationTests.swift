@@ -168,6 +168,54 @@ let valid = """
     }
 }
 
+@Suite struct GroupListenerConfigurationTests {
+    let base = """
+        webpubsub: {connectionString: "Endpoint=http://h;AccessKey=k", hub: chat}
+        sources:
+          - {name: room, type: webpubsub, hub: chat, groups: [room, lobby], userId: listener}
+
+        """
+
+    @Test func groupRulesNeedNoServerAndReadTheListener() throws {
+        let c = try load(base + "events:\n  - {hub: chat, events: [\"group:room\"], to: {type: stdout}}\n")
+        #expect(c.server == nil)
+        #expect(!c.warnings.contains { $0.message.contains("not read by any route") }, "the events rule reads it")
+        #expect(c.eventHandler?.listenerUsers["chat"] == ["listener"])
+        #expect(c.eventHandler?.rules.first?.takesHandlerEvents == false)
+    }
+
+    @Test func aGroupNoListenerHearsIsAnError() {
+        let found = issues(base + "events:\n  - {hub: chat, events: [\"group:other\", \"group:\"], to: {type: stdout}}\n")
+        #expect(found.contains { $0.message.contains("no webpubsub source listens to group 'other' of hub 'chat'") })
+        #expect(found.contains { $0.message.contains("'group:' needs a group name") })
+        let otherHub = issues(base + "events:\n  - {hub: ops, events: [\"group:*\"], to: {type: stdout}}\n")
+        #expect(otherHub.contains { $0.message.contains("group:* needs a webpubsub source listening to hub 'ops'") })
+    }
+
+    @Test func anUnreadListenerIsWarnedAbout() throws {
+        let c = try load(base + "events:\n  - {hub: ops, events: [\"*\"], to: {type: stdout}}\nserver: {listen: \"127.0.0.1:0\"}\n")
+        #expect(c.warnings.contains { $0.message.contains("source 'room' is not read by any route") })
+    }
+
+    @Test func theEmbeddedHubIsNotAskedForGroupEvents() throws {
+        let c = try load(
+            """
+            webpubsub: {embedded: {port: 0}, hub: chat}
+            server: {listen: "127.0.0.1:8099"}
+            sources:
+              - {name: room, type: webpubsub, hub: chat, groups: [room]}
+              - {name: quiet, type: webpubsub, hub: quiet, groups: [q]}
+            events:
+              - {hub: chat, events: ["group:room", chat, connected], to: {type: stdout}}
+              - {hub: quiet, events: ["group:*"], to: {type: stdout}}
+            """)
+        let handlers = try #require(c.webpubsub.embedded?.eventHandlers)
+        #expect(handlers["chat"]?.first?.userEventPattern == "chat")
+        #expect(handlers["chat"]?.first?.systemEvents == ["connected"])
+        #expect(handlers["quiet"] == nil, "a hub with only group rules sends no events")
+    }
+}
+
 @Suite struct TransportClassificationTests {
     @Test func classifiesServiceErrors() async throws {
         try await withRecordingServer { server in

@@ -159,3 +159,59 @@ func text(_ r: HandlerResponse) -> String { String(decoding: r.body, as: UTF8.se
         #expect(refused.status == 403 && text(refused) == "maintenance")
     }
 }
+
+@Suite struct GroupMirrorTests {
+    @Test func listenedMessagesGoToTheirGroupsRulesAsEnvelopes() async throws {
+        let sink = MemorySink()
+        let other = MemorySink()
+        let mirror = GroupMessageMirror(
+            rules: [
+                EventRule(hub: "chat", events: ["group:room"], sink: sink), EventRule(hub: "chat", events: ["group:*"], sink: other),
+                EventRule(hub: "ops", events: ["*"], sink: other), EventRule(hub: "chat", events: ["message"], sink: other),
+            ], logger: quiet)
+        let message = Message(
+            payload: ByteBuffer(string: #"{"n":1.50}"#), dataType: .json, key: "alice",
+            headers: ["hub": "chat", "group": "room", "event": "group:room", "userId": "alice", "wps-mirrored-from": "chat"],
+            origin: Origin(source: "listener", position: "conn-9/17"))
+        #expect(mirror.rules(for: message).count == 2)
+        try await mirror.write(message)
+        let record = try #require(sink.written.first)
+        let envelope = try JSONValue.parse(record.payload.readableBytesView)
+        #expect(envelope["type"] == .string("azure.webpubsub.group.message") && envelope["id"] == .string("listener/conn-9/17"))
+        #expect(envelope["source"] == .string("/hubs/chat/groups/room") && envelope["group"] == .string("room") && envelope["userid"] == .string("alice"))
+        #expect(envelope["data"]?.serialized == #"{"n":1.50}"#, "numbers as written")
+        #expect(record.key == "alice" && record.headers["ce-type"] == "azure.webpubsub.group.message" && record.headers["wps-mirrored-from"] == "chat")
+        #expect(other.written.count == 1)
+    }
+
+    @Test func aFailedSinkIsRetriedAloneUntilItTakesTheRecord() async throws {
+        let good = MemorySink()
+        let flaky = MemorySink()
+        flaky.failing.store(true, ordering: .relaxed)
+        let mirror = GroupMessageMirror(
+            rules: [EventRule(hub: "chat", events: ["group:room"], sink: good), EventRule(hub: "chat", events: ["group:room"], sink: flaky)], logger: quiet)
+        let message = Message(
+            payload: ByteBuffer(string: "hi"), dataType: .text, key: "bob", headers: ["hub": "chat", "group": "room", "event": "group:room"],
+            origin: Origin(source: "listener", position: "c/1"))
+        let writing = Task { try await mirror.write(message) }
+        try await Task.sleep(for: .milliseconds(300))
+        flaky.failing.store(false, ordering: .relaxed)
+        try await writing.value
+        #expect(good.written.count == 1, "not written twice to the sink that took it")
+        #expect(flaky.written.count == 1)
+    }
+
+    @Test func clientEventsNamedLikeGroupsAndTheListenersOwnEventsAreNotMirrored() async throws {
+        let sink = MemorySink()
+        var config = EventHandlerConfiguration()
+        config.accessKeys = [key]
+        config.rules = [EventRule(hub: "chat", events: ["*"], sink: sink)]
+        config.listenerUsers = ["chat": ["wps-bridge"]]
+        let h = EventHandler(configuration: config, logger: quiet)
+        #expect(await h.handle(event("azure.webpubsub.user.group:room", name: "group:room", body: "{}")).status == 204)
+        #expect(await h.handle(event("azure.webpubsub.sys.connected", name: "connected", user: "wps-bridge", body: "{}")).status == 204)
+        #expect(sink.written.isEmpty)
+        #expect(await h.handle(event("azure.webpubsub.sys.connected", name: "connected", user: "alice", body: "{}")).status == 204)
+        #expect(sink.written.count == 1)
+    }
+}

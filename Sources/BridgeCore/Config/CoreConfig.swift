@@ -69,9 +69,13 @@ public struct CoreConfig: Sendable {
     public static let keys = ["sources", "routes", "deadLetter", "delivery"]
 
     /// Reads the core sections of `root`; problems are reported to `root.reader`.
-    /// - Parameter requireSources: false when the bridge has other work (mirroring client events).
+    /// - Parameters:
+    ///   - requireSources: false when the bridge has other work (mirroring client events).
+    ///   - warnUnread: warn about sources no route reads; false when the caller knows of other
+    ///     readers and calls ``warnUnreadSources(_:readElsewhere:)`` itself.
     public static func read(
-        _ root: ConfigMapping, registry: AdapterRegistry, context: AdapterContext, defaultHub: String?, requireSources: Bool = true
+        _ root: ConfigMapping, registry: AdapterRegistry, context: AdapterContext, defaultHub: String?, requireSources: Bool = true,
+        warnUnread: Bool = true
     ) -> CoreConfig {
         var config = CoreConfig()
         var sourceTypes: [String: any SourceFactory] = [:]
@@ -132,10 +136,15 @@ public struct CoreConfig: Sendable {
                 }
             }
         }
-        for source in config.sources where !config.routes.contains(where: { $0.source == source.name }) {
+        if warnUnread { config.warnUnreadSources(root) }
+        return config
+    }
+
+    /// Warns about each source that no route reads and that is not in `readElsewhere`.
+    public func warnUnreadSources(_ root: ConfigMapping, readElsewhere: Set<String> = []) {
+        for source in sources where !routes.contains(where: { $0.source == source.name }) && !readElsewhere.contains(source.name) {
             root.reader.warn("source '\(source.name)' is not read by any route: its messages are acknowledged and dropped", path: "sources", mark: root.value("sources")?.mark)
         }
-        return config
     }
 
     /// Reads a sink mapping (`{type: file, path: ...}`).

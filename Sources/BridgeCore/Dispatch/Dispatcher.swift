@@ -29,7 +29,7 @@ public final class DispatchStats: Sendable {
         "received \(received.load(ordering: .relaxed)), delivered \(delivered.load(ordering: .relaxed)), "
             + "retried \(retried.load(ordering: .relaxed)), dead-lettered \(deadLettered.load(ordering: .relaxed)), "
             + "dropped \(dropped.load(ordering: .relaxed)), unacknowledged \(unsettled.load(ordering: .relaxed)), "
-            + "unrouted \(unrouted.load(ordering: .relaxed))"
+            + "unrouted \(unrouted.load(ordering: .relaxed)), loops prevented \(loopsPrevented.load(ordering: .relaxed))"
     }
 }
 

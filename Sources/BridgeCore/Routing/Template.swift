@@ -41,7 +41,7 @@ public enum MessageField: Sendable, Hashable, CustomStringConvertible {
         case "offset", "position", "id": self = .position
         case "dataType": self = .dataType
         // Mirrored client events carry these as headers (see the event handler).
-        case "userId", "connectionId", "hub", "event": self = .header(name)
+        case "userId", "connectionId", "hub", "event", "group": self = .header(name)
         default: return nil
         }
     }
@@ -74,7 +74,7 @@ public enum MessageField: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    static let names = "key, header.NAME, json.PATH, source, topic, channel, pattern, stream, partition, offset, dataType, userId, connectionId, hub, event"
+    static let names = "key, header.NAME, json.PATH, source, topic, channel, pattern, stream, partition, offset, dataType, userId, connectionId, hub, event, group"
 }
 
 /// Why a template could not be rendered for a message.
