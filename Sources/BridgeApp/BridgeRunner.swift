@@ -1,5 +1,6 @@
 import BridgeCore
 import BridgeServer
+import CoreMetrics
 import Foundation
 public import Logging
 public import LocalHub
@@ -30,7 +31,7 @@ public enum BridgeRunner {
                         logger.notice("embedded hub ready; the demo page shows what is sent: \(endpoint)/\(page)")
                     }, successTerminationBehavior: .ignore, serviceName: "announce"))
             transport = HubTransport(hub: hub, settings: configuration.webpubsub.client, logger: logger)
-            configuration.connectListeners { try ConnectionString(parsing: await hub.connectionString()) }
+            configuration.connectListeners { try ConnectionString(parsing: try await hub.connectionString()) }
         } else {
             guard let cs = configuration.webpubsub.connectionString else { throw ValidationFailure("webpubsub has no connection") }
             let c = WebPubSubServiceClient(connectionString: cs, configuration: configuration.webpubsub.client, logger: logger)
@@ -43,9 +44,18 @@ public enum BridgeRunner {
         if let server = configuration.server {
             let handler = configuration.eventHandler.map { EventHandler(configuration: $0, logger: logger) }
             let watched = configuration.healthReporters
+            let embeddedHub = services.compactMap { $0.service as? LocalHub }.first
             let bridgeServer = BridgeServer(
                 host: server.host, port: server.port, handler: handler,
-                readiness: { watched.compactMap { name, adapter in adapter.healthProblem.map { "\(name): \($0)" } } }, logger: logger)
+                readiness: { watched.compactMap { name, adapter in adapter.healthProblem.map { "\(name): \($0)" } } },
+                metrics: {
+                    // Gauges read at scrape time; the counters are kept up as things happen.
+                    for (name, adapter) in watched {
+                        Gauge(label: "wps_bridge_component_ready", dimensions: [("component", name)]).record(adapter.healthProblem == nil ? 1 : 0)
+                    }
+                    embeddedHub?.recordMetrics()
+                    return BridgeMetrics.registry.emitToBuffer()
+                }, logger: logger)
             services.append(.init(service: bridgeServer, serviceName: "server"))
         }
         let bridge = BridgeService(configuration: configuration, transport: transport, logger: logger)
@@ -102,7 +112,7 @@ final class HubTransport: DeliveryTransport {
 
     func ready() async throws -> WebPubSubServiceClient {
         if let c = client.withLock({ $0 }) { return c }
-        let cs = try ConnectionString(parsing: await hub.connectionString())
+        let cs = try ConnectionString(parsing: try await hub.connectionString())
         return client.withLock { existing in
             if let existing { return existing }
             let c = WebPubSubServiceClient(connectionString: cs, configuration: settings, logger: logger)
@@ -131,6 +141,6 @@ public struct WhenListening: Service {
     }
 
     public func run() async throws {
-        await action(await hub.endpoint(), await hub.connectionString())
+        await action(try await hub.endpoint(), try await hub.connectionString())
     }
 }

@@ -1,3 +1,4 @@
+import BridgeCore
 import BridgeJSON
 import Foundation
 import HTTPTypes
@@ -9,37 +10,38 @@ import Synchronization
 import WebPubSub
 
 /// The bridge's one HTTP listener (`server.listen`): the upstream event handler at
-/// `{eventHandler.path}/{hub}`, `/healthz` (the process is up) and `/readyz` (200 when every
-/// adapter is healthy, 503 with the problems otherwise).
+/// `{eventHandler.path}/{hub}`, `/healthz` (the process is up), `/readyz` (200 when every
+/// adapter is healthy, 503 otherwise; a JSON body names what is not ready) and `/metrics`
+/// (Prometheus text format).
 public final class BridgeServer: Service, Sendable {
     public let host: String
     public let port: Int
     let handler: EventHandler?
     let readiness: @Sendable () -> [String]
+    let metrics: (@Sendable () -> [UInt8])?
     let logger: Logger
-    private let listening = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, Never>])>((nil, []))
+    private let listening = ListeningPort("the bridge server")
 
-    public init(host: String, port: Int, handler: EventHandler?, readiness: @escaping @Sendable () -> [String], logger: Logger) {
+    public init(
+        host: String, port: Int, handler: EventHandler?, readiness: @escaping @Sendable () -> [String],
+        metrics: (@Sendable () -> [UInt8])? = nil, logger: Logger
+    ) {
         self.host = host
         self.port = port
         self.handler = handler
         self.readiness = readiness
+        self.metrics = metrics
         self.logger = logger
     }
 
     /// The port once listening (the chosen one when `port` is 0).
-    public func waitUntilListening() async -> Int {
-        await withCheckedContinuation { continuation in
-            let port = listening.withLock { l -> Int? in
-                if let p = l.port { return p }
-                l.waiters.append(continuation)
-                return nil
-            }
-            if let port { continuation.resume(returning: port) }
-        }
+    /// - Throws: when the server stopped without listening, or the task is cancelled.
+    public func waitUntilListening() async throws -> Int {
+        try await listening.wait()
     }
 
     public func run() async throws {
+        defer { listening.stop() }
         let app = Application(
             responder: CallbackResponder<BasicRequestContext> { [self] request, _ in
                 await self.respond(request)
@@ -47,12 +49,7 @@ public final class BridgeServer: Service, Sendable {
             configuration: .init(address: .hostname(host, port: port), serverName: "wps-bridge"),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? 0
-                let waiters = listening.withLock { l in
-                    l.port = port
-                    defer { l.waiters.removeAll() }
-                    return l.waiters
-                }
-                for w in waiters { w.resume(returning: port) }
+                listening.set(port)
                 logger.info("bridge server listening", metadata: ["wps.server": "http://\(host):\(port)"])
             },
             logger: logger)
@@ -65,8 +62,14 @@ public final class BridgeServer: Service, Sendable {
         if path == "/healthz" { return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "ok\n"))) }
         if path == "/readyz" {
             let problems = readiness()
-            let text = problems.isEmpty ? "ready\n" : problems.joined(separator: "\n") + "\n"
-            return Response(status: problems.isEmpty ? .ok : .serviceUnavailable, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: text)))
+            let body = JSONValue.object([("ready", .bool(problems.isEmpty)), ("problems", .array(problems.map { .string($0) }))]).serialized + "\n"
+            return Response(
+                status: problems.isEmpty ? .ok : .serviceUnavailable, headers: [.contentType: "application/json"],
+                body: .init(byteBuffer: ByteBuffer(string: body)))
+        }
+        if path == "/metrics", let metrics {
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(bytes: metrics())))
         }
         if let handler {
             let prefix = handler.configuration.path

@@ -1,5 +1,6 @@
 import BridgeCore
 import BridgeJSON
+import CoreMetrics
 import Foundation
 public import Logging
 import NIOCore
@@ -69,6 +70,26 @@ public final class EventHandler: Sendable {
     }
 
     public func handle(_ request: HandlerRequest) async -> HandlerResponse {
+        let response = await answer(request)
+        if request.method == "POST" {
+            let outcome =
+                switch response.status {
+                case 200..<300: "ok"
+                case 500...: "failed"
+                default: "refused"
+                }
+            // Labels from a fixed set (and configured hubs only): a forged request cannot make new series.
+            let ceType = request.headers["ce-type"] ?? ""
+            let type =
+                ceType.hasPrefix("azure.webpubsub.user.")
+                ? "user" : ["connect", "connected", "disconnected"].first { ceType == "azure.webpubsub.sys.\($0)" } ?? "other"
+            let hub = outcome != "refused" && configuration.knows(hub: request.hub) ? request.hub.lowercased() : "-"
+            Counter(label: "wps_bridge_events_total", dimensions: [("hub", hub), ("type", type), ("outcome", outcome)]).increment()
+        }
+        return response
+    }
+
+    private func answer(_ request: HandlerRequest) async -> HandlerResponse {
         if let token = configuration.authToken {
             let given = request.query.first("code") ?? request.headers["x-wps-auth-token"] ?? ""
             guard constantTimeEquals(Array(given.utf8), Array(token.utf8)) else {

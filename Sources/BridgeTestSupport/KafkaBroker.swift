@@ -73,9 +73,11 @@ public enum KafkaTool {
     }
 
     /// Reads `count` records of every partition from the start; throws if fewer arrive in time.
-    public static func consume(_ brokers: String, topic: String, count: Int, timeout: Int = 30) async throws -> [Record] {
+    /// With `linger`, goes on reading that long after `count` and returns the extra records too.
+    public static func consume(_ brokers: String, topic: String, count: Int, timeout: Int = 30, linger: Int = 0) async throws -> [Record] {
         let result = try await runProcess(
-            try TestEnvironment.python(), [script, "consume", brokers, topic, String(count), String(timeout)], timeout: TimeInterval(timeout + 30))
+            try TestEnvironment.python(), [script, "consume", brokers, topic, String(count), String(timeout), String(linger)],
+            timeout: TimeInterval(timeout + linger + 30))
         guard result.status == 0 else { throw TestEnvironmentError("kafka_tool consume failed: \(result.stderr)") }
         return try result.stdout.split(separator: "\n").map { line in
             let o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]

@@ -77,3 +77,20 @@ private final class Relay: ChannelInboundHandler, Sendable {
         context.close(promise: nil)
     }
 }
+
+/// A loopback server that accepts connections and never answers: a peer that hangs.
+public final class SilentServer: Sendable {
+    public let port: Int
+    private let server: any Channel
+
+    public init() async throws {
+        server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in channel.eventLoop.makeSucceededVoidFuture() }
+            .bind(host: "127.0.0.1", port: 0).get()
+        port = server.localAddress?.port ?? 0
+    }
+
+    public func stop() async {
+        try? await server.close()
+    }
+}

@@ -1,5 +1,6 @@
 public import BridgeCore
 import BridgeJSON
+import CoreMetrics
 import Foundation
 import HTTPTypes
 import HummingbirdWSClient
@@ -33,9 +34,12 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
         public var connectionString: ConnectionString?
         /// How long a dropped socket is tried to be recovered before a new connection is made.
         public var recoveryTimeout: Duration = .seconds(30)
+        /// How long the WebSocket handshake may take.
         public var connectTimeout: Duration = .seconds(10)
         public var tokenLifetime: Duration = .seconds(3600)
         public var maxFrameSize = 4 * 1024 * 1024
+        /// Messages received and not yet handed on; when full, the socket stops reading.
+        public var bufferSize = 1000
 
         public init(hub: String, groups: [String]) {
             self.hub = hub
@@ -44,31 +48,40 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
     }
 
     public final class Counters: Sendable {
-        /// Group messages handed on.
+        /// Group messages received for handing on.
         public let received = Atomic<Int>(0)
         /// Messages skipped: without a sender, of other groups, or from the server.
         public let skipped = Atomic<Int>(0)
-        /// Frames resent after a recovery that had been handed on already.
+        /// Frames resent after a recovery that had been received already.
         public let duplicates = Atomic<Int>(0)
         /// Dropped sockets whose session was recovered.
         public let recoveries = Atomic<Int>(0)
-        /// New connections after a session was lost: messages sent meanwhile are gone.
+        /// Sessions lost (a new connection followed): messages sent meanwhile are gone.
         public let gaps = Atomic<Int>(0)
-        /// Deliveries that ended unsettled (shutdown before they were sent).
+        /// Received messages not handed on (shutdown) or not delivered.
         public let unsettled = Atomic<Int>(0)
+        let reconnectsMetric: CoreMetrics.Counter
+        let gapsMetric: CoreMetrics.Counter
+
+        init(source: String) {
+            reconnectsMetric = CoreMetrics.Counter(label: "wps_bridge_source_reconnects_total", dimensions: [("source", source)])
+            gapsMetric = CoreMetrics.Counter(label: "wps_bridge_source_gaps_total", dimensions: [("source", source)])
+        }
     }
 
     public let name: String
     public let settings: Settings
-    public let counters = Counters()
+    public let counters: Counters
     let logger: Logger
     private let provider = Mutex<(@Sendable () async throws -> ConnectionString)?>(nil)
     private let problem = Mutex<String?>("not connected yet")
+    private let bufferFullLogged = Mutex<ContinuousClock.Instant?>(nil)
 
     public init(name: String, settings: Settings, logger: Logger) {
         self.name = name
         self.settings = settings
         self.logger = logger
+        self.counters = Counters(source: name)
     }
 
     public static let subprotocol = "json.reliable.webpubsub.azure.v1"
@@ -86,7 +99,32 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
 
     private var metadata: Logger.Metadata { ["wps.source": "\(name)", "wps.hub": "\(settings.hub)"] }
 
+    /// Listens until cancelled. The sockets put what they receive into a bounded inbox and go
+    /// on reading (answering pings) while one task hands the messages on, at the pace the
+    /// sinks and routes take them.
     public func run(emit: DeliveryEmitter) async throws {
+        let inbox = Inbox(capacity: settings.bufferSize)
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await self.listen(into: inbox) }
+                group.addTask {
+                    while true { try await emit.emit(try await inbox.take()) }
+                }
+                defer { group.cancelAll() }
+                // `listen` returns only when cancelled, the hand-on task only by throwing.
+                try await group.next()
+            }
+        } catch is CancellationError {
+        }
+        let left = inbox.removeAll()
+        for delivery in left { delivery.nack("the bridge stopped before it was handed on") }
+        if !left.isEmpty {
+            logger.warning("listener stopped with \(left.count) received messages not handed on", metadata: metadata)
+        }
+    }
+
+    /// Connects, recovers and reconnects until cancelled.
+    private func listen(into inbox: Inbox) async throws {
         var session: ReliableSession?
         var droppedAt: ContinuousClock.Instant?
         var backoff = Duration.seconds(1)
@@ -94,10 +132,14 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
         while !Task.isCancelled {
             let current: ReliableSession
             let url: String
+            let recovering: Bool
             if let session, let recovery = session.recoveryURL {
                 current = session
                 url = recovery
+                recovering = true
             } else {
+                if let session, session.isEstablished { gap("the session has no reconnection token") }
+                session = nil
                 do {
                     let cs = try await connectionString()
                     let access = try ClientAccess.make(
@@ -110,55 +152,59 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
                     throw ListenerError("source \(name): \(error)")
                 }
                 current = ReliableSession(url: url)
+                recovering = false
             }
-            let recovering = current === session
-            let end = await connectOnce(url: url, session: current, recovering: recovering, emit: emit)
+            let started = ContinuousClock.now
+            let (end, confirmed) = await connectOnce(url: url, session: current, recovering: recovering, inbox: inbox)
             switch end {
             case .cancelled:
                 return
             case .sessionEnded(let reason):
-                if current.isEstablished {
-                    counters.gaps.add(1, ordering: .relaxed)
-                    logger.warning(
-                        "listener's session ended (\(reason)); starting a new connection: group messages sent until it is up are lost",
-                        metadata: metadata.merging(["wps.gaps": "\(counters.gaps.load(ordering: .relaxed))"]) { $1 })
-                    backoff = .seconds(1)
-                } else {
-                    note(problem: "the hub ended the connection: \(reason)", lastLogged: &lastLogged)
-                }
                 session = nil
                 droppedAt = nil
                 problem.withLock { $0 = "reconnecting: \(reason)" }
-                if !(await pause(current.isEstablished ? .milliseconds(100) : backoff)) { return }
-                if !current.isEstablished { backoff = min(backoff * 2, .seconds(10)) }
-            case .dropped(let reason, let wasOpen):
-                problem.withLock { $0 = "disconnected: \(reason)" }
                 if current.isEstablished {
-                    if wasOpen { droppedAt = .now }
-                    let since = droppedAt ?? .now
-                    droppedAt = since
-                    if ContinuousClock.now - since >= settings.recoveryTimeout {
-                        counters.gaps.add(1, ordering: .relaxed)
-                        logger.warning(
-                            "listener's session could not be recovered within \(settings.recoveryTimeout) (\(reason)); starting a new connection: group messages sent meanwhile are lost",
-                            metadata: metadata)
-                        session = nil
-                        droppedAt = nil
-                    } else {
-                        if wasOpen { logger.info("listener's socket dropped (\(reason)); recovering the session", metadata: metadata) }
-                        session = current
-                    }
-                    // At once after the drop, then every second (as the SDKs do).
-                    if !(await pause(wasOpen ? .milliseconds(100) : .seconds(1))) { return }
+                    gap(reason)
+                    // A session that ends as soon as it began (closed again and again) backs off.
+                    if ContinuousClock.now - started >= .seconds(5) { backoff = .seconds(1) }
+                    if !(await pause(ContinuousClock.now - started >= .seconds(5) ? .milliseconds(100) : backoff)) { return }
                 } else {
+                    note(problem: "the hub ended the connection: \(reason)", lastLogged: &lastLogged)
+                    if !(await pause(backoff)) { return }
+                }
+                backoff = min(backoff * 2, .seconds(10))
+            case .dropped(let reason):
+                problem.withLock { $0 = "disconnected: \(reason)" }
+                guard current.isEstablished else {
                     note(problem: "cannot connect: \(reason)", lastLogged: &lastLogged)
                     if !(await pause(backoff)) { return }
                     backoff = min(backoff * 2, .seconds(10))
+                    continue
                 }
-            case .failed(let error):
-                throw error
+                // The recovery window starts when a working socket drops, not at each failed attempt.
+                if confirmed || droppedAt == nil { droppedAt = .now }
+                if confirmed { backoff = .seconds(1) }
+                if let since = droppedAt, ContinuousClock.now - since >= settings.recoveryTimeout {
+                    gap("no recovery within \(settings.recoveryTimeout): \(reason)")
+                    session = nil
+                    droppedAt = nil
+                } else {
+                    if confirmed { logger.info("listener's socket dropped (\(reason)); recovering the session", metadata: metadata) }
+                    session = current
+                }
+                // At once after a working socket dropped, then every second (as the SDKs do).
+                if !(await pause(confirmed ? .milliseconds(100) : .seconds(1))) { return }
             }
         }
+    }
+
+    /// A session is gone: what was sent to the groups until the next one is lost.
+    private func gap(_ reason: String) {
+        counters.gaps.add(1, ordering: .relaxed)
+        counters.gapsMetric.increment()
+        logger.warning(
+            "listener's session ended (\(reason)); starting a new connection: group messages sent until it is up are lost",
+            metadata: metadata.merging(["wps.gaps": "\(counters.gaps.load(ordering: .relaxed))"]) { $1 })
     }
 
     private func note(problem text: String, lastLogged: inout ContinuousClock.Instant?) {
@@ -187,85 +233,121 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
         return try await provider()
     }
 
-    /// What the socket handler tells `connectOnce`.
-    final class SocketState: Sendable {
-        let opened = Atomic<Bool>(false)
-        let ended = Mutex<End?>(nil)
-    }
-
     enum End: Sendable {
         case cancelled
-        /// The service ended the session (close code 1008, or it refused a recovery).
+        /// The service ended the session (close code 1008).
         case sessionEnded(String)
-        /// The socket broke, the handshake failed, or the service closed without ending the
-        /// session. `wasOpen`: the socket had been up.
-        case dropped(String, wasOpen: Bool)
-        /// Handing a message on failed for good.
-        case failed(any Error)
+        /// The socket broke, the handshake failed or timed out, or the service closed without
+        /// ending the session.
+        case dropped(String)
     }
 
-    /// Thrown out of the socket handler to end it.
-    struct Stop: Error {
-        let end: End
+    /// What one socket's tasks share.
+    final class SocketState: Sendable {
+        let opened = Atomic<Bool>(false)
+        /// A `connected` frame or a data frame arrived: the session works on this socket.
+        let confirmed = Atomic<Bool>(false)
     }
 
-    /// One socket: from the handshake until it closes.
-    private func connectOnce(url: String, session: ReliableSession, recovering: Bool, emit: DeliveryEmitter) async -> End {
+    /// How a connect attempt ended: whichever comes first.
+    final class Race: Sendable {
+        enum Outcome: Sendable {
+            case closed(WebSocketCloseFrame?)
+            case failed(any Error)
+            case timedOut
+            case cancelled
+        }
+
+        private let state = Mutex<(outcome: Outcome?, waiter: CheckedContinuation<Outcome, Never>?)>((nil, nil))
+
+        func finish(_ outcome: Outcome) {
+            state.withLock { s -> CheckedContinuation<Outcome, Never>? in
+                guard s.outcome == nil else { return nil }
+                s.outcome = outcome
+                defer { s.waiter = nil }
+                return s.waiter
+            }?.resume(returning: outcome)
+        }
+
+        func wait() async -> Outcome {
+            await withCheckedContinuation { continuation in
+                let ready = state.withLock { s -> Outcome? in
+                    if let outcome = s.outcome { return outcome }
+                    s.waiter = continuation
+                    return nil
+                }
+                if let ready { continuation.resume(returning: ready) }
+            }
+        }
+    }
+
+    /// One socket, from the handshake until it closes. The client library waits for the
+    /// handshake without heeding cancellation, so the socket runs in a task of its own that is
+    /// abandoned (cancelled, not awaited) on a handshake timeout or shutdown.
+    private func connectOnce(url: String, session: ReliableSession, recovering: Bool, inbox: Inbox) async -> (End, confirmed: Bool) {
         var headers = HTTPFields()
         headers[.secWebSocketProtocol] = Self.subprotocol
         let configuration = WebSocketClientConfiguration(
             maxFrameSize: settings.maxFrameSize, additionalHeaders: headers, autoPing: .enabled(timePeriod: .seconds(20)))
         let socket = SocketState()
-        var wsLogger = logger
-        wsLogger[metadataKey: "wps.source"] = "\(name)"
+        let race = Race()
+        var socketLogger = logger
+        socketLogger[metadataKey: "wps.source"] = "\(name)"
+        let connect = Task { [socketLogger] in
+            do {
+                let close = try await WebSocketClient.connect(url: url, configuration: configuration, logger: socketLogger) { inbound, outbound, _ in
+                    socket.opened.store(true, ordering: .relaxed)
+                    session.socketOpened()
+                    try await self.serve(inbound: inbound, outbound: outbound, session: session, recovering: recovering, inbox: inbox, socket: socket)
+                }
+                race.finish(.closed(close))
+            } catch {
+                race.finish(.failed(error))
+            }
+        }
         let connectTimeout = settings.connectTimeout
-        let loggerForSocket = wsLogger
-        do {
-            let close = try await withThrowingTaskGroup(of: WebSocketCloseFrame?.self) { group in
-                group.addTask {
-                    try await WebSocketClient.connect(url: url, configuration: configuration, logger: loggerForSocket) { inbound, outbound, _ in
-                        socket.opened.store(true, ordering: .relaxed)
-                        do {
-                            try await self.serve(inbound: inbound, outbound: outbound, session: session, recovering: recovering, emit: emit)
-                        } catch let stop as Stop {
-                            socket.ended.withLock { $0 = stop.end }
-                            throw stop
-                        }
-                    }
-                }
-                group.addTask {
-                    // A handshake that never completes (a server that accepts and says nothing).
-                    try await Task.sleep(for: connectTimeout)
-                    if !socket.opened.load(ordering: .relaxed) { throw ListenerError("no WebSocket handshake within \(connectTimeout)") }
-                    while true { try await Task.sleep(for: .seconds(3600)) }
-                }
-                defer { group.cancelAll() }
-                return try await group.next() ?? nil
-            }
-            if let end = socket.ended.withLock({ $0 }) { return end }
-            if Task.isCancelled { return .cancelled }
-            if let close, UInt16(webSocketErrorCode: close.closeCode) == 1008 {
-                return .sessionEnded(close.reason.map { "1008: \($0)" } ?? "1008")
-            }
-            return .dropped((close == nil ? "the connection ended without a close frame" : "closed by the hub") + (close.map { " (\(UInt16(webSocketErrorCode: $0.closeCode))\($0.reason.map { ": \($0)" } ?? ""))" } ?? ""), wasOpen: socket.opened.load(ordering: .relaxed))
-        } catch {
-            if let end = socket.ended.withLock({ $0 }) { return end }
-            if Task.isCancelled { return .cancelled }
-            return .dropped("\(error)", wasOpen: socket.opened.load(ordering: .relaxed))
+        let timer = Task {
+            try? await Task.sleep(for: connectTimeout)
+            if !socket.opened.load(ordering: .relaxed) { race.finish(.timedOut) }
+        }
+        let outcome = await withTaskCancellationHandler {
+            await race.wait()
+        } onCancel: {
+            race.finish(.cancelled)
+        }
+        timer.cancel()
+        let confirmed = socket.confirmed.load(ordering: .relaxed)
+        switch outcome {
+        case .cancelled:
+            connect.cancel()
+            return (.cancelled, confirmed)
+        case .timedOut:
+            connect.cancel()
+            return (.dropped("no WebSocket handshake within \(connectTimeout)"), false)
+        case .closed(let close):
+            if Task.isCancelled { return (.cancelled, confirmed) }
+            guard let close else { return (.dropped("the connection ended without a close frame"), confirmed) }
+            let code = UInt16(webSocketErrorCode: close.closeCode)
+            let text = "\(code)" + (close.reason.map { ": \($0)" } ?? "")
+            return (code == 1008 ? .sessionEnded(text) : .dropped("closed by the hub (\(text))"), confirmed)
+        case .failed(let error):
+            if Task.isCancelled { return (.cancelled, confirmed) }
+            return (.dropped("\(error)"), confirmed)
         }
     }
 
-    /// Reads frames and hands group messages on; confirms what was handed on every 200 ms (and
-    /// at once when 500 are unconfirmed, well below the service's buffer of 1000).
+    /// Reads frames into the inbox; confirms what was received every 200 ms (and at once when
+    /// 500 are unconfirmed, well below the service's buffer of 1000).
     private func serve(
-        inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, session: ReliableSession, recovering: Bool, emit: DeliveryEmitter
+        inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, session: ReliableSession, recovering: Bool, inbox: Inbox,
+        socket: SocketState
     ) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 // The acknowledger: ends when the reader does.
                 while true {
                     try await Task.sleep(for: .milliseconds(200))
-                    try await Self.acknowledge(session, outbound)
+                    await Self.acknowledge(session, outbound)
                 }
             }
             group.addTask {
@@ -274,44 +356,65 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
                         self.logger.warning("listener got a binary frame on a JSON subprotocol; ignored", metadata: self.metadata)
                         continue
                     }
-                    try await self.handle(ServiceFrame.parse(text), session: session, recovering: recovering, emit: emit)
-                    if session.unacknowledged >= 500 { try await Self.acknowledge(session, outbound) }
+                    try await self.handle(ServiceFrame.parse(text), session: session, recovering: recovering, inbox: inbox, socket: socket)
+                    if session.unacknowledged >= 500 { await Self.acknowledge(session, outbound) }
                 }
             }
             defer { group.cancelAll() }
-            // The reader ending (socket closed) ends the acknowledger too.
+            // The reader ending (the socket closed) ends the acknowledger too.
             try await group.next()
         }
     }
 
-    /// Sends `sequenceAck` with the highest id handed on, when it is new.
-    private static func acknowledge(_ session: ReliableSession, _ outbound: WebSocketOutboundWriter) async throws {
-        if let id = session.takeAck() {
+    /// Sends `sequenceAck` with the highest id received, when it is new. A failed write is
+    /// left to the reader, which sees the socket end.
+    private static func acknowledge(_ session: ReliableSession, _ outbound: WebSocketOutboundWriter) async {
+        guard let id = session.pendingAck else { return }
+        do {
             try await outbound.write(.text(#"{"type":"sequenceAck","sequenceId":\#(id)}"#))
+            session.acknowledged(id)
+        } catch {}
+    }
+
+    /// The first sign that a recovered socket works (its `connected` frame, or data).
+    private func confirm(_ socket: SocketState, recovering: Bool, connectionId: String?) {
+        guard socket.confirmed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+        problem.withLock { $0 = nil }
+        if recovering {
+            counters.recoveries.add(1, ordering: .relaxed)
+            counters.reconnectsMetric.increment()
+            logger.info("listener's session recovered", metadata: metadata.merging(["wps.connection": "\(connectionId ?? "-")"]) { $1 })
         }
     }
 
-    private func handle(_ frame: ServiceFrame, session: ReliableSession, recovering: Bool, emit: DeliveryEmitter) async throws {
+    private func handle(_ frame: ServiceFrame, session: ReliableSession, recovering: Bool, inbox: Inbox, socket: SocketState) async throws {
         switch frame {
         case .connected(let connectionId, let userId, let token):
-            guard session.connected(connectionId: connectionId, reconnectionToken: token) else {
-                throw Stop(end: .sessionEnded("the hub answered the recovery with another connection"))
-            }
-            problem.withLock { $0 = nil }
-            if recovering {
-                counters.recoveries.add(1, ordering: .relaxed)
-                logger.info("listener's session recovered", metadata: metadata.merging(["wps.connection": "\(connectionId)"]) { $1 })
-            } else {
+            switch session.connected(connectionId: connectionId, reconnectionToken: token) {
+            case .started:
                 logger.info(
                     "listener connected",
                     metadata: metadata.merging(["wps.connection": "\(connectionId)", "wps.user": "\(userId ?? "-")", "wps.groups": "\(settings.groups)"]) { $1 })
+                if counters.gaps.load(ordering: .relaxed) > 0 { counters.reconnectsMetric.increment() }
+            case .same:
+                break
+            case .replaced:
+                // The hub answered the recovery with a new connection (in the groups from the
+                // token): go on with it as a new session.
+                gap("the hub answered the recovery with a new connection")
             }
+            confirm(socket, recovering: recovering, connectionId: connectionId)
         case .disconnected(let message):
             logger.info("hub is disconnecting the listener: \(message)", metadata: metadata)
         case .serverMessage(let sequenceId):
+            confirm(socket, recovering: recovering, connectionId: session.connectionId)
             counters.skipped.add(1, ordering: .relaxed)
             if let sequenceId { session.handedOn(sequenceId) }
+        case .malformed(let reason, let sequenceId):
+            logger.warning("listener got a frame it cannot read (\(reason)); skipped", metadata: metadata)
+            if let sequenceId { session.handedOn(sequenceId) }
         case .groupMessage(let group, let fromUserId, let dataType, let data, let sequenceId):
+            confirm(socket, recovering: recovering, connectionId: session.connectionId)
             if let sequenceId {
                 switch session.arrival(sequenceId) {
                 case .duplicate:
@@ -323,22 +426,31 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
                     break
                 }
             }
-            defer { if let sequenceId { session.handedOn(sequenceId) } }
-            guard settings.groups.contains(group), fromUserId != nil || settings.includeServerMessages else {
+            if settings.groups.contains(group), fromUserId != nil || settings.includeServerMessages {
+                counters.received.add(1, ordering: .relaxed)
+                let delivery = makeDelivery(group: group, fromUserId: fromUserId, dataType: dataType, data: data, sequenceId: sequenceId, session: session)
+                if inbox.isFull { noteFullInbox() }
+                // Waits while the inbox is full: then the hub keeps what follows.
+                try await inbox.put(delivery)
+            } else {
                 counters.skipped.add(1, ordering: .relaxed)
-                return
             }
-            counters.received.add(1, ordering: .relaxed)
-            let delivery = makeDelivery(group: group, fromUserId: fromUserId, dataType: dataType, data: data, sequenceId: sequenceId, session: session)
-            do {
-                try await emit.emit(delivery)
-            } catch {
-                throw Stop(end: error is CancellationError ? .cancelled : .failed(error))
-            }
+            if let sequenceId { session.handedOn(sequenceId) }
         case .other:
             break
-        case .malformed(let text):
-            logger.warning("listener got a frame it cannot read; ignored", metadata: metadata.merging(["wps.frame": "\(text)"]) { $1 })
+        }
+    }
+
+    private func noteFullInbox() {
+        let log = bufferFullLogged.withLock { last in
+            guard last.map({ ContinuousClock.now - $0 >= .seconds(30) }) ?? true else { return false }
+            last = .now
+            return true
+        }
+        if log {
+            logger.warning(
+                "listener's buffer is full (\(settings.bufferSize) messages): sinks or routes are not keeping up; the socket waits, and the hub keeps what follows for a while",
+                metadata: metadata)
         }
     }
 
@@ -351,15 +463,10 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
         ]
         if let fromUserId { headers["userId"] = fromUserId }
         let position = sequenceId.map { "\(session.connectionId ?? "?")/\($0)" }
-        let message = Message(
-            payload: ByteBuffer(bytes: data ?? []), dataType: type, key: fromUserId, headers: headers,
-            origin: Origin(source: name, position: position))
+        let message = Message(payload: ByteBuffer(bytes: data ?? []), dataType: type, key: fromUserId, headers: headers, origin: Origin(source: name, position: position))
         let rejection = data == nil ? "binary data that is not base64" : nil
-        return Delivery(message: message, rejection: rejection) { [logger, counters, metadata] outcome in
-            if case .failed(let reason) = outcome {
-                counters.unsettled.add(1, ordering: .relaxed)
-                logger.warning("group message not delivered", metadata: metadata.merging(["wps.group": "\(group)", "reason": "\(reason)"]) { $1 })
-            }
+        return Delivery(message: message, rejection: rejection) { [counters] outcome in
+            if case .failed = outcome { counters.unsettled.add(1, ordering: .relaxed) }
         }
     }
 }
@@ -378,7 +485,7 @@ public struct GroupListenerSourceFactory: SourceFactory {
 
     public func makeSource(name: String, settings m: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
         m.checkKeys(
-            ["hub", "groups", "userId", "includeServerMessages", "connectionString", "connectionStringFile", "recoveryTimeout", "connectTimeout"],
+            ["hub", "groups", "userId", "includeServerMessages", "connectionString", "connectionStringFile", "recoveryTimeout", "connectTimeout", "bufferSize"],
             what: "a webpubsub source")
         let hub = m.nonEmptyString("hub", required: true)
         if let hub, let problem = WebPubSubNames.hubProblem(hub) { m.value("hub")?.report(problem) }
@@ -396,8 +503,12 @@ public struct GroupListenerSourceFactory: SourceFactory {
         var settings = GroupListenerSource.Settings(hub: hub, groups: groups)
         settings.userId = m.nonEmptyString("userId") ?? settings.userId
         settings.includeServerMessages = m.bool("includeServerMessages") ?? false
-        settings.recoveryTimeout = m.duration("recoveryTimeout") ?? settings.recoveryTimeout
-        settings.connectTimeout = m.duration("connectTimeout") ?? settings.connectTimeout
+        for (key, value) in [("recoveryTimeout", m.duration("recoveryTimeout")), ("connectTimeout", m.duration("connectTimeout"))] {
+            guard let value else { continue }
+            if value < .seconds(1) { m.value(key)?.report("\(key) must be at least 1s") }
+            if key == "recoveryTimeout" { settings.recoveryTimeout = value } else { settings.connectTimeout = value }
+        }
+        settings.bufferSize = m.int("bufferSize", range: 1...1_000_000) ?? settings.bufferSize
         if let text = m.secret("connectionString") {
             do {
                 settings.connectionString = try ConnectionString(parsing: text)

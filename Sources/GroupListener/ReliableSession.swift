@@ -9,7 +9,8 @@ final class ReliableSession: Sendable {
     struct State {
         var connectionId: String?
         var reconnectionToken: String?
-        /// The highest sequence id handed on; later frames at or below it are resent duplicates.
+        /// The highest sequence id received (and kept for handing on, or skipped); later frames
+        /// at or below it are resent duplicates.
         var handedOn: UInt64 = 0
         /// The highest id confirmed to the service with `sequenceAck`.
         var acknowledged: UInt64 = 0
@@ -36,15 +37,31 @@ final class ReliableSession: Sendable {
         }
     }
 
+    enum Connected: Equatable {
+        /// The session's first connection.
+        case started
+        /// The same connection again (a recovery).
+        case same
+        /// Another connection than the session's: the service started a new one, whose sequence
+        /// ids start again (the messages between are gone).
+        case replaced
+    }
+
     /// A `connected` system message: the first one starts the session, later ones (after a
-    /// recovery) may bring a new reconnection token. Returns false when it names another
-    /// connection than this session's (the service started a new one).
-    func connected(connectionId: String, reconnectionToken: String?) -> Bool {
+    /// recovery) may bring a new reconnection token, or name a new connection.
+    func connected(connectionId: String, reconnectionToken: String?) -> Connected {
         state.withLock { s in
-            if let existing = s.connectionId, existing != connectionId { return false }
+            let result: Connected
+            switch s.connectionId {
+            case nil: result = .started
+            case connectionId?: result = .same
+            default:
+                result = .replaced
+                s = State()
+            }
             s.connectionId = connectionId
             if let reconnectionToken { s.reconnectionToken = reconnectionToken }
-            return true
+            return result
         }
     }
 
@@ -71,13 +88,18 @@ final class ReliableSession: Sendable {
         state.withLock { s in s.handedOn = max(s.handedOn, sequenceId) }
     }
 
-    /// The id to confirm with `sequenceAck`, when there is a new one.
-    func takeAck() -> UInt64? {
-        state.withLock { s in
-            guard s.handedOn > s.acknowledged else { return nil }
-            s.acknowledged = s.handedOn
-            return s.handedOn
-        }
+    /// The id to confirm with `sequenceAck`, when there is a new one; ``acknowledged(_:)`` once sent.
+    var pendingAck: UInt64? {
+        state.withLock { s in s.handedOn > s.acknowledged ? s.handedOn : nil }
+    }
+
+    func acknowledged(_ sequenceId: UInt64) {
+        state.withLock { s in s.acknowledged = max(s.acknowledged, sequenceId) }
+    }
+
+    /// A new socket: what was confirmed on the last one may not have arrived, so it is sent again.
+    func socketOpened() {
+        state.withLock { s in s.acknowledged = 0 }
     }
 
     /// Ids handed on and not yet confirmed to the service.
@@ -101,18 +123,19 @@ enum ServiceFrame: Equatable {
     case serverMessage(sequenceId: UInt64?)
     /// ack, pong, unknown types: nothing to do.
     case other
-    /// Not a JSON object with a `type`.
-    case malformed(String)
+    /// Not a JSON object with a `type`, or a message frame that cannot be read (its sequence id,
+    /// when it has one, still counts).
+    case malformed(String, sequenceId: UInt64?)
 
     static func parse(_ text: String) -> ServiceFrame {
         guard let json = try? JSONValue(parsing: text), case .object = json, let type = json["type"]?.stringValue else {
-            return .malformed(String(text.prefix(200)))
+            return .malformed("not a JSON object with a type", sequenceId: nil)
         }
         switch type {
         case "system":
             switch json["event"]?.stringValue {
             case "connected":
-                guard let id = json["connectionId"]?.stringValue else { return .malformed("connected without connectionId") }
+                guard let id = json["connectionId"]?.stringValue else { return .malformed("connected without connectionId", sequenceId: nil) }
                 return .connected(connectionId: id, userId: json["userId"]?.stringValue, reconnectionToken: json["reconnectionToken"]?.stringValue)
             case "disconnected":
                 return .disconnected(message: json["message"]?.stringValue ?? "")
@@ -125,7 +148,7 @@ enum ServiceFrame: Equatable {
                 return nil
             }
             guard json["from"]?.stringValue == "group" else { return .serverMessage(sequenceId: sequenceId) }
-            guard let group = json["group"]?.stringValue else { return .malformed("group message without group") }
+            guard let group = json["group"]?.stringValue else { return .malformed("group message without group", sequenceId: sequenceId) }
             let dataType = json["dataType"]?.stringValue ?? "json"
             let data: [UInt8]?
             switch (dataType, json["data"]) {
@@ -133,7 +156,7 @@ enum ServiceFrame: Equatable {
             case ("binary", .string(let s)?): data = Data(base64Encoded: s).map { Array($0) }
             case ("json", let value?): data = Array(value.serialized.utf8)
             case (_, nil): data = dataType == "json" ? Array("null".utf8) : []
-            default: return .malformed("message with dataType '\(dataType)' and data of another kind")
+            default: return .malformed("message with dataType '\(dataType)' and data of another kind", sequenceId: sequenceId)
             }
             return .groupMessage(group: group, fromUserId: json["fromUserId"]?.stringValue, dataType: dataType, data: data, sequenceId: sequenceId)
         default:

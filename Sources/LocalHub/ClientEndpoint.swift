@@ -1,3 +1,4 @@
+import CoreMetrics
 import BridgeCore
 import BridgeJSON
 import Foundation
@@ -233,7 +234,7 @@ extension LocalHub {
                         // shutdown) does not keep this task, and the hub's shutdown, waiting.
                         let deadline = ContinuousClock.now + grace
                         while ContinuousClock.now < deadline, !c.isEnded, c.currentGeneration == generation {
-                            try? await Task.sleep(for: min(.milliseconds(100), deadline - ContinuousClock.now))
+                            do { try await Task.sleep(for: min(.milliseconds(100), deadline - ContinuousClock.now)) } catch { break }
                         }
                         if !c.hasSocket && !c.isEnded && c.currentGeneration == generation {
                             await self.terminate(c, reason: "The client did not reconnect in time", notify: false)
@@ -303,6 +304,7 @@ extension LocalHub {
             let noEcho = json["noEcho"] == .bool(true)
             let out = Outgoing(source: .group(group, fromUserId: c.userId), dataType: dataType, payload: payload)
             let excluded: Set<String> = noEcho ? [c.id] : []
+            Counter(label: "wps_hub_messages_received_total", dimensions: [("hub", c.hub), ("from", "client")]).increment()
             fanOut(out, to: registry.targets(hub: c.hub, scope: .group(group), excluded: excluded, filter: nil))
             ack()
         case "event":
@@ -314,6 +316,7 @@ extension LocalHub {
                 ack(("InvalidRequest", "\"data\" does not match \"dataType\""))
                 return true
             }
+            Counter(label: "wps_hub_messages_received_total", dimensions: [("hub", c.hub), ("from", "client")]).increment()
             return await userEvent(name, dataType: dataType, payload: payload, from: c, ack: ack)
         case "sequenceAck":
             if c.proto.isReliable, case .number(let n) = json["sequenceId"] ?? .null, let id = UInt64(n) { c.acknowledge(upTo: id) }

@@ -37,6 +37,16 @@ final class HubRegistry: Sendable {
 
     var connectionCount: Int { state.withLock { $0.connections.count } }
 
+    /// Connections and non-empty groups, by hub.
+    func sizes() -> [String: (connections: Int, groups: Int)] {
+        state.withLock { s in
+            var result: [String: (connections: Int, groups: Int)] = [:]
+            for c in s.connections.values { result[c.hub, default: (0, 0)].connections += 1 }
+            for (hub, groups) in s.groups { result[hub, default: (0, 0)].groups = groups.values.filter { !$0.isEmpty }.count }
+            return result
+        }
+    }
+
     func connection(_ id: String) -> ClientConnection? {
         state.withLock { $0.connections[id] }
     }

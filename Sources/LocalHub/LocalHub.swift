@@ -1,3 +1,4 @@
+import CoreMetrics
 import AsyncHTTPClient
 import BridgeCore
 import BridgeJSON
@@ -50,7 +51,7 @@ public final class LocalHub: Service, Sendable {
     public let configuration: LocalHubConfiguration
     let logger: Logger
     let registry = HubRegistry()
-    private let listening = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, Never>])>((nil, []))
+    let listening = ListeningPort("the embedded hub")
     let rejectionStore = RejectionStore()
     private let background: (stream: AsyncStream<@Sendable () async -> Void>, continuation: AsyncStream<@Sendable () async -> Void>.Continuation)
     private let limiter: RateLimiter?
@@ -71,27 +72,22 @@ public final class LocalHub: Service, Sendable {
     }
 
     /// The port, once the hub listens.
-    public func waitUntilListening() async -> Int {
-        await withCheckedContinuation { c in
-            let port: Int? = listening.withLock { l in
-                if let p = l.port { return p }
-                l.waiters.append(c)
-                return nil
-            }
-            if let port { c.resume(returning: port) }
-        }
+    /// - Throws: when the hub stopped without listening, or the task is cancelled.
+    public func waitUntilListening() async throws -> Int {
+        try await listening.wait()
     }
 
     /// `http://host:port`, once listening.
-    public func endpoint() async -> String { "http://\(configuration.host):\(await waitUntilListening())" }
+    public func endpoint() async throws -> String { "http://\(configuration.host):\(try await waitUntilListening())" }
 
     /// `Endpoint=http://host;Port=port;AccessKey=key;Version=1.0;`, once listening.
-    public func connectionString() async -> String {
-        let port = await waitUntilListening()
+    public func connectionString() async throws -> String {
+        let port = try await waitUntilListening()
         return "Endpoint=http://\(configuration.host);Port=\(port);AccessKey=\(configuration.accessKeys[0].value);Version=1.0;"
     }
 
     public func run() async throws {
+        defer { listening.stop() }
         let app = Application(
             responder: CallbackResponder<HubRequestContext> { [self] request, context in
                 await self.respond(request, context: context)
@@ -106,12 +102,7 @@ public final class LocalHub: Service, Sendable {
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "wps-bridge-hub"),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? 0
-                let waiters = listening.withLock { l in
-                    l.port = port
-                    defer { l.waiters.removeAll() }
-                    return l.waiters
-                }
-                for w in waiters { w.resume(returning: port) }
+                listening.set(port)
                 logger.info("hub listening", metadata: ["wps.hub.endpoint": "http://\(configuration.host):\(port)"])
             },
             logger: logger)
@@ -140,6 +131,14 @@ public final class LocalHub: Service, Sendable {
             background.continuation.finish()
         }
         try? await upstreamClient.shutdown()
+    }
+
+    /// Sets the gauges read at scrape time: connections and non-empty groups per hub.
+    public func recordMetrics() {
+        for (hub, size) in registry.sizes() {
+            Gauge(label: "wps_hub_connections", dimensions: [("hub", hub)]).record(size.connections)
+            Gauge(label: "wps_hub_groups", dimensions: [("hub", hub)]).record(size.groups)
+        }
     }
 
     /// Runs `work` in the hub's background task group.
@@ -203,7 +202,7 @@ public final class LocalHub: Service, Sendable {
         // Development only: a token that may join and send to one group, nothing wider.
         let group = query.first("group")
         let roles = group.map { ["webpubsub.joinLeaveGroup.\($0)", "webpubsub.sendToGroup.\($0)"] } ?? []
-        let port = listening.withLock { $0.port } ?? configuration.port
+        let port = listening.current ?? configuration.port
         do {
             let access = try ClientAccess.make(
                 endpoint: "http://\(configuration.host):\(port)", hub: hub, key: configuration.accessKeys[0], userId: query.first("userId"),

@@ -1,3 +1,4 @@
+import CoreMetrics
 import BridgeCore
 import BridgeJSON
 import Foundation
@@ -117,7 +118,7 @@ extension LocalHub {
         case (.post, 1, ":generateToken", _):
             let minutes = Int(query.first("minutesToExpire") ?? "60") ?? 0
             guard (1...525_600).contains(minutes) else { return errorResponse(400, "InvalidRequest", "minutesToExpire must be from 1 to 525600") }
-            let port = await waitUntilListening()
+            let port = listening.current ?? configuration.port
             do {
                 let access = try ClientAccess.make(
                     endpoint: "http://\(configuration.host):\(port)", hub: hub, key: configuration.accessKeys[0], userId: query.first("userId"),
@@ -172,6 +173,7 @@ extension LocalHub {
         let source: Outgoing.Source
         if case .group(let group) = scope { source = .group(group, fromUserId: nil) } else { source = .server }
         let message = Outgoing(source: source, dataType: dataType, payload: dataType == .json ? compactJSON(body) : body)
+        Counter(label: "wps_hub_messages_received_total", dimensions: [("hub", hub), ("from", "rest")]).increment()
         fanOut(message, to: registry.targets(hub: hub, scope: scope, excluded: excluded, filter: filter))
         return Response(status: .accepted)
     }
@@ -186,9 +188,12 @@ extension LocalHub {
 
     /// Delivers to each connection; ends those that cannot keep up.
     func fanOut(_ message: Outgoing, to connections: [ClientConnection]) {
+        var sent = 0
+        defer { if sent > 0 { Counter(label: "wps_hub_messages_sent_total", dimensions: [("hub", connections[0].hub)]).increment(by: sent) } }
         for c in connections {
             switch c.deliver(message) {
-            case .sent, .noSocket: break
+            case .sent: sent += 1
+            case .noSocket: break
             case .slowClient:
                 spawn { await self.terminate(c, reason: "SlowClient: the client does not read its messages fast enough", notify: false) }
             case .bufferFull:

@@ -27,17 +27,18 @@ struct LogOptions: ParsableArguments {
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: Logger.Level = .info
 
+    @Option(name: .long, help: "text or json (one object per line); default: text on a terminal, json otherwise.")
+    var logFormat: BridgeLogHandler.Format?
+
     func bootstrap() -> Logger {
         let level = logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        let format = logFormat ?? (isatty(STDERR_FILENO) == 1 ? .text : .json)
+        LoggingSystem.bootstrap { label in BridgeLogHandler(label: label, format: format, level: level) }
         return Logger(label: "wps-bridge")
     }
 }
 
+extension BridgeLogHandler.Format: ExpressibleByArgument {}
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 /// `--connection-string` or `WEBPUBSUB_CONNECTION_STRING`.
@@ -72,6 +73,7 @@ struct Run: AsyncParsableCommand {
         // A write to a socket the peer (or a cancelled Redis read) closed must fail, not kill us.
         signal(SIGPIPE, SIG_IGN)
         let logger = log.bootstrap()
+        BridgeMetrics.bootstrap()
         let configuration: BridgeConfiguration
         do {
             configuration = try BridgeConfiguration.load(path: config, requireWebPubSub: !dryRun, logger: logger)

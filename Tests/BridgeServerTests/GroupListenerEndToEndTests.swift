@@ -56,7 +56,8 @@ import WebPubSub
         #expect(chatResult.status == 0, "\(chatResult.stderr)\n\(bridge.logTail)")
         forwarded += await archive.messages(2 * rounds - forwarded.count, idle: .seconds(20))
 
-        let records = try await KafkaTool.consume(broker.brokers, topic: "chat-room", count: 2 * rounds)
+        // Reading on for 3 s after the last expected record: a repeated one would show.
+        let records = try await KafkaTool.consume(broker.brokers, topic: "chat-room", count: 2 * rounds, linger: 3)
         let envelopes = try records.map { try JSONValue.parse(Array(($0.value ?? "").utf8)) }
         #expect(records.count == 2 * rounds, "each message once")
         for sender in ["alice", "bob"] {

@@ -30,7 +30,9 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
         #expect(ServiceFrame.parse(#"{"type":"ack","ackId":1,"success":true}"#) == .other)
         #expect(ServiceFrame.parse(#"{"type":"system","event":"disconnected","message":"bye"}"#) == .disconnected(message: "bye"))
         if case .malformed = ServiceFrame.parse("[1]") {} else { Issue.record("an array is not a frame") }
-        if case .malformed = ServiceFrame.parse(#"{"type":"message","from":"group","group":"g","dataType":"text","data":5}"#) {} else {
+        if case .malformed(_, let id) = ServiceFrame.parse(#"{"type":"message","from":"group","group":"g","dataType":"text","data":5,"sequenceId":3}"#) {
+            #expect(id == 3, "its sequence id still counts")
+        } else {
             Issue.record("text data must be a string")
         }
     }
@@ -38,26 +40,33 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
     @Test func sequenceIdsAreTrackedAndAcknowledged() {
         let session = ReliableSession(url: "ws://h/client/hubs/chat?access_token=a.b.c")
         #expect(session.recoveryURL == nil)
-        #expect(session.connected(connectionId: "c/1", reconnectionToken: "t+1"))
+        #expect(session.connected(connectionId: "c/1", reconnectionToken: "t+1") == .started)
         #expect(session.recoveryURL == "ws://h/client/hubs/chat?access_token=a.b.c&awps_connection_id=c%2F1&awps_reconnection_token=t%2B1")
         #expect(session.arrival(1) == .new)
         session.handedOn(1)
         #expect(session.arrival(1) == .duplicate)
         #expect(session.arrival(4) == .gap(missing: 2))
         session.handedOn(2)
-        #expect(session.takeAck() == 2)
-        #expect(session.takeAck() == nil)
-        #expect(!session.connected(connectionId: "c2", reconnectionToken: nil), "another connection is not this session")
-        #expect(session.connected(connectionId: "c/1", reconnectionToken: "t2"))
+        #expect(session.pendingAck == 2)
+        session.acknowledged(2)
+        #expect(session.pendingAck == nil)
+        session.socketOpened()
+        #expect(session.pendingAck == 2, "confirmed again on a new socket")
+        #expect(session.connected(connectionId: "c/1", reconnectionToken: "t2") == .same)
         #expect(session.recoveryURL?.hasSuffix("awps_reconnection_token=t2") == true)
+        #expect(session.connected(connectionId: "c3", reconnectionToken: "t3") == .replaced, "another connection is a new session")
+        #expect(session.arrival(1) == .new, "its ids start again")
+        #expect(session.recoveryURL?.contains("awps_connection_id=c3&awps_reconnection_token=t3") == true)
     }
 
     @Test func configMistakesAreReported() {
         let reader = ConfigReader(environment: [:], baseDirectory: "/tmp")
-        let root = reader.root(yaml: "hub: 1bad\ngroups: [a, a, ' ']\ncolour: red\nconnectionString: nope\n")!
-        let source = GroupListenerSourceFactory().makeSource(name: "l", settings: root, context: AdapterContext(logger: quiet, environment: [:]))
+        let root = reader.root(yaml: "hub: 1bad\ngroups: [a, a, ' ']\ncolour: red\nconnectionString: nope\nconnectTimeout: 0s\n")!
+        _ = GroupListenerSourceFactory().makeSource(name: "l", settings: root, context: AdapterContext(logger: quiet, environment: [:]))
         let text = reader.issues.map(\.description).joined(separator: "\n")
-        #expect(source != nil || !text.isEmpty)
+        #expect(text.contains("'1bad'") || text.contains("hub name"), "\(text)")
+        #expect(text.contains("whitespace") || text.contains("group name"), "\(text)")
+        #expect(text.contains("connectTimeout must be at least 1s"))
         #expect(text.contains("colour"))
         #expect(text.contains("listed twice"))
         #expect(text.contains("invalid connection string"))
@@ -89,7 +98,7 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
         let hub = LocalHub(configuration: configuration, logger: quiet)
         let running = Task { try await hub.run() }
         defer { running.cancel() }
-        try await body(hub, try ConnectionString(parsing: await hub.connectionString()))
+        try await body(hub, try ConnectionString(parsing: try await hub.connectionString()))
     }
 
     func sender(_ cs: ConnectionString, user: String) async throws -> TestWebSocket {
@@ -114,7 +123,6 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
             let listener = GroupListenerSource(name: "listen", settings: settings, logger: quiet)
             let collected = Collected()
             let running = Task { try await listener.run(emit: collected.emitter) }
-            defer { running.cancel() }
             #expect(await eventually { listener.healthProblem == nil })
             let alice = try await sender(cs, user: "alice")
             let bob = try await sender(cs, user: "bob")
@@ -144,10 +152,68 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
             #expect(listener.counters.gaps.load(ordering: .relaxed) == 0)
             #expect(proxy.accepted >= 3)
             print("listener: recoveries \(listener.counters.recoveries.load(ordering: .relaxed)), resent duplicates skipped \(listener.counters.duplicates.load(ordering: .relaxed))")
+            #expect(await stop(running))
             await alice.close()
             await bob.close()
             await proxy.stop()
             _ = hub
+        }
+    }
+
+    /// Cancels a running listener and waits (bounded) until `run` returned.
+    func stop(_ running: Task<Void, any Error>) async -> Bool {
+        let done = Atomic<Bool>(false)
+        running.cancel()
+        let waiter = Task {
+            _ = try? await running.value
+            done.store(true, ordering: .relaxed)
+        }
+        _ = waiter
+        return await eventually(timeout: .seconds(10)) { done.load(ordering: .relaxed) }
+    }
+
+    @Test func aHubThatNeverAnswersTheHandshakeTimesOutAndShutdownIsPrompt() async throws {
+        let silent = try await SilentServer()
+        var settings = GroupListenerSource.Settings(hub: "chat", groups: ["room"])
+        settings.connectionString = try ConnectionString(endpoint: "http://127.0.0.1:\(silent.port)", accessKey: AccessKey("k"))
+        settings.connectTimeout = .seconds(1)
+        let listener = GroupListenerSource(name: "listen", settings: settings, logger: quiet)
+        let running = Task { try await listener.run(emit: Collected().emitter) }
+        #expect(await eventually(timeout: .seconds(10)) { listener.healthProblem?.contains("no WebSocket handshake within") == true }, "\(listener.healthProblem ?? "-")")
+        // Cancelled while the next handshake hangs: `run` returns anyway.
+        try await Task.sleep(for: .milliseconds(1200))
+        #expect(await stop(running))
+        await silent.stop()
+    }
+
+    @Test func aRecoveryTheHubRefusesStartsANewConnection() async throws {
+        try await hub { hub, cs in
+            let hubPort = Int(cs.endpoint.split(separator: ":").last!)!
+            let proxy = try await TCPProxy(to: hubPort)
+            var settings = GroupListenerSource.Settings(hub: "chat", groups: ["room"])
+            settings.connectionString = try ConnectionString(endpoint: "http://127.0.0.1:\(proxy.port)", accessKey: cs.accessKey)
+            let listener = GroupListenerSource(name: "listen", settings: settings, logger: quiet)
+            let collected = Collected()
+            let running = Task { try await listener.run(emit: collected.emitter) }
+            #expect(await eventually { listener.healthProblem == nil })
+            let client = WebPubSubServiceClient(connectionString: cs, logger: quiet)
+            let alice = try await sender(cs, user: "alice")
+            await send(alice, "one", ackId: 1)
+            #expect(await eventually { collected.count == 1 })
+            // The link breaks and, before the listener is back, the session is closed: its
+            // recovery is answered with 1008, so it starts afresh.
+            proxy.cut()
+            try await client.closeUserConnections(hub: "chat", userId: "wps-bridge", reason: "test")
+            #expect(await eventually { listener.counters.gaps.load(ordering: .relaxed) == 1 })
+            #expect(await eventually { (try? await client.userExists(hub: "chat", userId: "wps-bridge")) == true })
+            await send(alice, "two", ackId: 2)
+            #expect(await eventually { collected.count == 2 })
+            #expect(collected.texts == ["one", "two"])
+            #expect(listener.counters.recoveries.load(ordering: .relaxed) == 0)
+            #expect(await stop(running))
+            await alice.close()
+            await proxy.stop()
+            try await client.shutdown()
         }
     }
 
@@ -158,10 +224,8 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
                 logger: quiet)
             let collected = Collected()
             let running = Task { try await listener.run(emit: collected.emitter) }
-            defer { running.cancel() }
             #expect(await eventually { listener.healthProblem == nil })
             let client = WebPubSubServiceClient(connectionString: cs, logger: quiet)
-            defer { Task { try? await client.shutdown() } }
             // A REST send has no sender: skipped (it could be this bridge's own route).
             try await client.sendToGroup(hub: "chat", group: "room", payload: ByteBuffer(string: "from a server"), contentType: "text/plain")
             let alice = try await sender(cs, user: "alice")
@@ -175,7 +239,9 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
             #expect(await eventually { collected.count == 2 })
             #expect(collected.texts == ["before", "after"])
             #expect(listener.counters.skipped.load(ordering: .relaxed) == 1)
+            #expect(await stop(running))
             await alice.close()
+            try await client.shutdown()
         }
     }
 }

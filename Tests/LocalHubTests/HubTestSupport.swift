@@ -17,7 +17,7 @@ func withHub<T>(
     configure(&configuration)
     let hub = LocalHub(configuration: configuration, logger: quietLogger)
     let running = Task { try await hub.run() }
-    let cs = try ConnectionString(parsing: await hub.connectionString())
+    let cs = try ConnectionString(parsing: try await hub.connectionString())
     do {
         let result = try await body(hub, cs)
         running.cancel()

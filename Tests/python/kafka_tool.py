@@ -3,9 +3,10 @@ reads and reads back what the bridge wrote.
 
   kafka_tool.py produce BROKERS TOPIC        < records.ndjson
       each line {"value": "..." or "value_hex": "ff00", "key": "..."?, "partition": N?, "headers": {...}?}
-  kafka_tool.py consume BROKERS TOPIC COUNT [TIMEOUT_S]
+  kafka_tool.py consume BROKERS TOPIC COUNT [TIMEOUT_S] [LINGER_S]
       prints one JSON line per record: topic, partition, offset, key, value, headers;
-      exits 1 if fewer than COUNT records arrived in time.
+      exits 1 if fewer than COUNT records arrived in time. With LINGER_S, goes on reading that
+      long after COUNT and prints what else arrives (to see records that should not be there).
   kafka_tool.py create BROKERS TOPIC PARTITIONS
 """
 import json
@@ -45,7 +46,7 @@ def produce(brokers, topic):
         sys.exit(1)
 
 
-def consume(brokers, topic, count, timeout):
+def consume(brokers, topic, count, timeout, linger=0.0):
     # Reads every partition from the start without a group, so that nothing depends on rebalances.
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": "kafka-tool-" + uuid.uuid4().hex,
                          "enable.auto.commit": False})
@@ -63,7 +64,14 @@ def consume(brokers, topic, count, timeout):
         sys.exit(1)
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     got = 0
-    while got < count and time.time() < deadline:
+    linger_until = None
+    while True:
+        if linger_until is None and got >= count:
+            if linger <= 0:
+                break
+            linger_until = time.time() + linger
+        if time.time() >= (deadline if linger_until is None else linger_until):
+            break
         msg = consumer.poll(0.5)
         if msg is None:
             continue
@@ -97,7 +105,8 @@ if __name__ == "__main__":
     if cmd == "produce":
         produce(sys.argv[2], sys.argv[3])
     elif cmd == "consume":
-        consume(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]) if len(sys.argv) > 5 else 30)
+        consume(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]) if len(sys.argv) > 5 else 30,
+                float(sys.argv[6]) if len(sys.argv) > 6 else 0.0)
     elif cmd == "create":
         create(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:

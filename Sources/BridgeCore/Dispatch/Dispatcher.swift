@@ -66,6 +66,7 @@ public final class Dispatcher: Sendable {
         let resolved: Result<ResolvedTarget, DeliveryFailure>
         let payload: ByteBuffer
         let dataType: DataType
+        let metrics: TargetMetrics
     }
 
     let routes: [Route]
@@ -77,6 +78,9 @@ public final class Dispatcher: Sendable {
     public let stats = DispatchStats()
     private let scheduler: LaneScheduler<Job>
     private let laneCounter = Atomic<Int>(0)
+    /// By route, then target; one more per route for input that could not be read.
+    private let targetMetrics: [[TargetMetrics]]
+    private let sourceMetrics = Mutex<[String: SourceMetrics]>([:])
 
     public init(
         routes: [Route], transport: any DeliveryTransport, deadLetter: (any SinkAdapter)?, settings: DeliverySettings,
@@ -91,6 +95,18 @@ public final class Dispatcher: Sendable {
         self.settings = settings
         self.logger = logger
         self.scheduler = LaneScheduler(capacity: settings.maxInFlight)
+        self.targetMetrics = routes.map { route in
+            route.targets.map { TargetMetrics(route: route.name, target: $0.description) } + [TargetMetrics(route: route.name, target: "rejected input")]
+        }
+    }
+
+    private func metrics(source: String) -> SourceMetrics {
+        sourceMetrics.withLock { m in
+            if let existing = m[source] { return existing }
+            let made = SourceMetrics(source: source)
+            m[source] = made
+            return made
+        }
     }
 
     /// Sends and retries under way or queued.
@@ -174,6 +190,8 @@ public final class Dispatcher: Sendable {
     /// Routes one delivery and queues its sends; suspends while the dispatcher is full.
     func accept(_ delivery: Delivery, from source: String) async throws {
         stats.received.add(1, ordering: .relaxed)
+        let sourceMetrics = metrics(source: source)
+        sourceMetrics.received.increment()
         let message = delivery.message
         let context = MessageContext(message)
         var sends: [PlannedSend] = []
@@ -182,17 +200,19 @@ public final class Dispatcher: Sendable {
             if let routeIndex = routesBySource[source]?.first {
                 sends.append(
                     PlannedSend(
-                        lane: "\(routeIndex)/rejected/\(message.laneKey)", routeIndex: routeIndex, targetLabel: "none (rejected input)",
-                        resolved: .failure(DeliveryFailure(.permanent, message: rejection)), dataType: message.dataType))
+                        lane: "\(routeIndex)/rejected/\(message.laneKey)", routeIndex: routeIndex, targetIndex: routes[routeIndex].targets.count,
+                        targetLabel: "none (rejected input)", resolved: .failure(DeliveryFailure(.permanent, message: rejection)),
+                        dataType: message.dataType))
             }
         } else {
-            sends = plan(message, context: context, source: source)
+            sends = plan(message, context: context, source: source, metrics: sourceMetrics)
         }
         guard !sends.isEmpty else {
             if let rejection = delivery.rejection {
                 logger.error("invalid input dropped", metadata: ["wps.origin": "\(message.origin.description)", "error": "\(rejection)"])
             } else {
                 stats.unrouted.add(1, ordering: .relaxed)
+                sourceMetrics.unrouted.increment()
                 logger.debug("message matched no route", metadata: ["wps.origin": "\(message.origin.description)"])
             }
             delivery.ack()
@@ -204,12 +224,14 @@ public final class Dispatcher: Sendable {
                 lane: send.lane,
                 job: Job(
                     tracker: tracker, routeIndex: send.routeIndex, targetLabel: send.targetLabel, resolved: send.resolved,
-                    payload: message.payload, dataType: send.dataType)
+                    payload: message.payload, dataType: send.dataType, metrics: targetMetrics[send.routeIndex][send.targetIndex])
             )
         }
+        for (_, job) in jobs { job.metrics.inFlight.increment() }
         do {
             try await scheduler.enqueue(jobs)
         } catch {
+            for (_, job) in jobs { job.metrics.inFlight.decrement() }
             stats.unsettled.add(1, ordering: .relaxed)
             delivery.nack("shutting down before it was queued")
             throw error
@@ -220,13 +242,14 @@ public final class Dispatcher: Sendable {
     struct PlannedSend {
         let lane: String
         let routeIndex: Int
+        let targetIndex: Int
         let targetLabel: String
         let resolved: Result<ResolvedTarget, DeliveryFailure>
         let dataType: DataType
     }
 
     /// The sends a message makes: one per target of each matching route.
-    private func plan(_ message: Message, context: MessageContext, source: String) -> [PlannedSend] {
+    private func plan(_ message: Message, context: MessageContext, source: String, metrics: SourceMetrics) -> [PlannedSend] {
         var sends: [PlannedSend] = []
         for routeIndex in routesBySource[source] ?? [] {
             let route = routes[routeIndex]
@@ -243,6 +266,7 @@ public final class Dispatcher: Sendable {
                     from.caseInsensitiveCompare(t.hub) == .orderedSame
                 {
                     stats.loopsPrevented.add(1, ordering: .relaxed)
+                    metrics.loopsPrevented.increment()
                     continue
                 }
                 let dataType = target.dataType ?? message.dataType
@@ -258,7 +282,10 @@ public final class Dispatcher: Sendable {
                 case .strict: lane = "\(routeIndex)/\(targetIndex)/\(message.laneKey)"
                 case .none: lane = "#\(laneCounter.wrappingAdd(1, ordering: .relaxed).newValue)"
                 }
-                sends.append(PlannedSend(lane: lane, routeIndex: routeIndex, targetLabel: target.description, resolved: resolved, dataType: dataType))
+                sends.append(
+                    PlannedSend(
+                        lane: lane, routeIndex: routeIndex, targetIndex: targetIndex, targetLabel: target.description, resolved: resolved,
+                        dataType: dataType))
             }
         }
         return sends
@@ -273,6 +300,8 @@ public final class Dispatcher: Sendable {
     }
 
     private func settle(_ job: Job, _ outcome: DeliveryOutcome) {
+        job.metrics.inFlight.decrement()
+        if case .failed = outcome { job.metrics.unsettled.increment() }
         if case .failed = job.tracker.settle(outcome) { stats.unsettled.add(1, ordering: .relaxed) }
     }
 
@@ -292,6 +321,8 @@ public final class Dispatcher: Sendable {
             do {
                 try await transport.send(job.payload, dataType: job.dataType, to: target)
                 stats.delivered.add(1, ordering: .relaxed)
+                job.metrics.delivered.increment()
+                job.metrics.recordLatency(since: job.tracker.delivery.message.timestamp)
                 return .done
             } catch let error as DeliveryFailure {
                 failure = error
@@ -306,6 +337,7 @@ public final class Dispatcher: Sendable {
             }
             let delay = settings.retry.delay(attempt: attempt, retryAfter: retryAfter)
             stats.retried.add(1, ordering: .relaxed)
+            job.metrics.retried.increment()
             logger.debug(
                 "send failed, retrying",
                 metadata: [
@@ -337,6 +369,7 @@ public final class Dispatcher: Sendable {
         if let status = failure.status { metadata["wps.status"] = "\(status)" }
         guard let sink = route.deadLetter ?? deadLetter else {
             stats.dropped.add(1, ordering: .relaxed)
+            job.metrics.dropped.increment()
             logger.error("delivery failed; no deadLetter sink is configured, message dropped", metadata: metadata)
             return .done
         }
@@ -358,6 +391,7 @@ public final class Dispatcher: Sendable {
         do {
             try await sink.write(record)
             stats.deadLettered.add(1, ordering: .relaxed)
+            job.metrics.deadLettered.increment()
             return .done
         } catch {
             logger.error(

@@ -1,0 +1,100 @@
+import BridgeJSON
+import Foundation
+public import Logging
+import Synchronization
+
+/// Writes log lines to standard error as text (`2026-11-29T10:00:00Z info wps-bridge: k=v [Module] message`)
+/// or JSON (one object per line: `time`, `level`, `label`, `source`, `message`, then the
+/// metadata), with secrets redacted from messages and metadata.
+public struct BridgeLogHandler: LogHandler {
+    public enum Format: String, Sendable, CaseIterable {
+        case text, json
+    }
+
+    public var logLevel: Logger.Level
+    public var metadata: Logger.Metadata = [:]
+    public var metadataProvider: Logger.MetadataProvider?
+    let label: String
+    let format: Format
+
+    public init(label: String, format: Format, level: Logger.Level, metadataProvider: Logger.MetadataProvider? = nil) {
+        self.label = label
+        self.format = format
+        self.logLevel = level
+        self.metadataProvider = metadataProvider
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var merged = metadata
+        if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
+        if let extra = event.metadata { merged.merge(extra) { $1 } }
+        let time = Date().formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+        let message = Redaction.redact(event.message.description)
+        let line: String
+        switch format {
+        case .json:
+            var members: [(String, JSONValue)] = [
+                ("time", .string(time)), ("level", .string(event.level.rawValue)), ("label", .string(label)), ("source", .string(event.source)),
+                ("message", .string(message)),
+            ]
+            for (key, value) in merged.sorted(by: { $0.key < $1.key }) where !["time", "level", "label", "source", "message"].contains(key) {
+                members.append((key, Self.json(value)))
+            }
+            line = JSONValue.object(members).serialized
+        case .text:
+            let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\(Redaction.redact($0.value.description))" }.joined(separator: " ")
+            line = "\(time) \(event.level) \(label):\(fields.isEmpty ? "" : " " + fields) [\(event.source)] \(message)"
+        }
+        Self.output.withLock { _ in FileHandle.standardError.write(Data((line + "\n").utf8)) }
+    }
+
+    static func json(_ value: Logger.Metadata.Value) -> JSONValue {
+        switch value {
+        case .string(let s): .string(Redaction.redact(s))
+        case .stringConvertible(let c): .string(Redaction.redact(c.description))
+        case .array(let items): .array(items.map(json))
+        case .dictionary(let d): .object(d.sorted { $0.key < $1.key }.map { ($0.key, json($0.value)) })
+        }
+    }
+
+    /// One line at a time, whole.
+    static let output = Mutex(())
+}
+
+/// Hides the secrets that can end up in log text: access keys in connection strings, and
+/// tokens and signatures in URLs (`access_token`, `awps_reconnection_token`, `code`, `sig`,
+/// `signature`), whatever logged them (this bridge, or a library logging a URL).
+public enum Redaction {
+    static let queryKeys = ["access_token=", "awps_reconnection_token=", "code=", "sig=", "signature="]
+
+    public static func redact(_ text: String) -> String {
+        guard text.contains("=") else { return text }
+        var result = text
+        for key in queryKeys { result = hideValues(after: key, in: result, ending: "&\" ',;)]}\n") }
+        result = hideValues(after: "AccessKey=", in: result, ending: ";\" \n", caseInsensitive: true)
+        return result
+    }
+
+    /// Replaces what follows each `key` (up to one of `ending`) with `***`.
+    static func hideValues(after key: String, in text: String, ending: String, caseInsensitive: Bool = false) -> String {
+        var out = ""
+        var rest = Substring(text)
+        let options: String.CompareOptions = caseInsensitive ? [.caseInsensitive] : []
+        while let range = rest.range(of: key, options: options) {
+            // Only a whole parameter name: `?code=` or `&code=`, not `xcode=`.
+            let before = range.lowerBound == rest.startIndex ? nil : rest[rest.index(before: range.lowerBound)]
+            out += rest[..<range.upperBound]
+            rest = rest[range.upperBound...]
+            if let before, before.isLetter || before.isNumber || before == "_" { continue }
+            let end = rest.firstIndex { ending.contains($0) } ?? rest.endIndex
+            if end > rest.startIndex, rest[..<end] != "***" { out += "***" } else { out += rest[..<end] }
+            rest = rest[end...]
+        }
+        return out + rest
+    }
+}
