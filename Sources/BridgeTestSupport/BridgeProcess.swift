@@ -7,14 +7,14 @@ public struct BridgeProcess: Sendable {
     public let process: ChildProcess
 
     /// Writes `yaml` to `directory/bridge.yaml` and starts the bridge on it.
-    public init(_ yaml: String, in directory: String) throws {
+    public init(_ yaml: String, in directory: String, logLevel: String = "debug") throws {
         self.directory = directory
         let config = directory + "/bridge.yaml"
         try yaml.write(toFile: config, atomically: true, encoding: .utf8)
         let bin = try TestEnvironment.bridgeBinary()
         // exec: the pid is the bridge's, so that kill() reaches it.
         process = try ChildProcess(
-            "/bin/sh", ["-c", "exec '\(bin)' run -c '\(config)' --log-level debug 2>>'\(directory)/bridge.log'"], currentDirectory: directory)
+            "/bin/sh", ["-c", "exec '\(bin)' run -c '\(config)' --log-level \(logLevel) 2>>'\(directory)/bridge.log'"], currentDirectory: directory)
     }
 
     /// What the bridge logged so far.

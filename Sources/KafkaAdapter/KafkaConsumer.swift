@@ -1,5 +1,6 @@
 import BridgeCore
 import CRdKafka
+import CoreMetrics
 import DequeModule
 import Foundation
 import Logging
@@ -38,6 +39,10 @@ final class KafkaConsumer: @unchecked Sendable {
         /// are resumed.
         var highWater = 256
         var lowWater = 32
+        /// The source's name, for metrics.
+        var source = "kafka"
+        /// How often the lag of each assigned partition is measured.
+        var lagInterval: Duration = .seconds(5)
     }
 
     private struct State {
@@ -62,6 +67,8 @@ final class KafkaConsumer: @unchecked Sendable {
     private var paused = false
     private var unknownTopicsLogged: Set<String> = []
     private let lastCommit = Mutex(ContinuousClock.now)
+    /// Touched by the poll thread only.
+    private var lastLag = ContinuousClock.now
 
     init(settings: Settings, logger: Logger) throws(KafkaError) {
         self.settings = settings
@@ -199,6 +206,10 @@ final class KafkaConsumer: @unchecked Sendable {
             }
             if ContinuousClock.now - lastCommit.withLock({ $0 }) >= settings.commitInterval {
                 commit(sync: false)
+            }
+            if ContinuousClock.now - lastLag >= settings.lagInterval {
+                lastLag = .now
+                recordLag()
             }
         }
         // Final commit, then leave the group (this serves the revoke callback on this thread).
@@ -403,6 +414,29 @@ final class KafkaConsumer: @unchecked Sendable {
         }
     }
 
+    /// `wps_bridge_kafka_consumer_lag`: per assigned partition, the high watermark (as last
+    /// fetched, no broker round trip) minus the position not yet done (the next commit).
+    private func recordLag() {
+        // While a problem is known (brokers down), ask a broker: an answer means it is over,
+        // also when no message comes to say so.
+        if context.currentProblem != nil, let tp = state.withLock({ $0.offsets.keys.first }) {
+            var low: Int64 = 0
+            var high: Int64 = 0
+            if rd_kafka_query_watermark_offsets(rk, tp.topic, tp.partition, &low, &high, 500) == RD_KAFKA_RESP_ERR_NO_ERROR { context.healthy() }
+        }
+        let positions = state.withLock { s in s.offsets.compactMap { tp, o in (o.commitPosition ?? o.committed).map { (tp, $0) } } }
+        for (tp, position) in positions {
+            var low: Int64 = 0
+            var high: Int64 = 0
+            guard rd_kafka_get_watermark_offsets(rk, tp.topic, tp.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR, high >= 0 else { continue }
+            lagGauge(tp).record(max(0, high - position))
+        }
+    }
+
+    private func lagGauge(_ tp: TopicPartition) -> Gauge {
+        Gauge(label: "wps_bridge_kafka_consumer_lag", dimensions: [("source", settings.source), ("topic", tp.topic), ("partition", String(tp.partition))])
+    }
+
     /// Lets partitions go: records of them not yet handed out are dropped (their next owner
     /// reads them again), in-flight ones get `revokeDrainTimeout` to settle, then the
     /// contiguous acknowledged position is committed.
@@ -430,5 +464,7 @@ final class KafkaConsumer: @unchecked Sendable {
         state.withLock { s in
             for tp in revoked { s.offsets[tp] = nil }
         }
+        // Its lag is the next owner's to tell.
+        for tp in revoked { lagGauge(tp).destroy() }
     }
 }

@@ -116,6 +116,7 @@ public struct KafkaSourceFactory: SourceFactory {
         var consumer = KafkaConsumer.Settings(properties: properties, topics: topics)
         consumer.commitInterval = commitInterval
         consumer.revokeDrainTimeout = revokeTimeout
+        consumer.source = name
         return KafkaSource(name: name, settings: consumer, dataType: dataType, logger: context.logger)
     }
 

@@ -1,4 +1,5 @@
 public import BridgeCore
+import CoreMetrics
 import Foundation
 import Logging
 import NIOCore
@@ -57,6 +58,8 @@ public final class RedisPubSubSource: SourceAdapter, HealthReporting {
                 }
                 if everSubscribed, let since = disconnectedAt {
                     counters.gaps.add(1, ordering: .relaxed)
+                    Counter(label: "wps_bridge_source_reconnects_total", dimensions: [("source", name)]).increment()
+                    Counter(label: "wps_bridge_source_gaps_total", dimensions: [("source", name)]).increment()
                     logger.warning(
                         "redis pub/sub resubscribed; messages published while disconnected are lost (pub/sub is at-most-once)",
                         metadata: ["wps.source": "\(name)", "wps.disconnected_for": "\(ContinuousClock.now - since)", "wps.gaps": "\(gaps)"])

@@ -1,5 +1,6 @@
 public import BridgeCore
 import BridgeJSON
+import CoreMetrics
 import Foundation
 import Logging
 import NIOCore
@@ -70,10 +71,13 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
         defer { thread.shutdown() }
         var backoff = Duration.milliseconds(100)
         var lastLogged: ContinuousClock.Instant?
+        var connectedBefore = false
         while !Task.isCancelled {
             do {
                 let url = settings.url
                 let connection = try await thread.run { try RedisBlockingConnection(url) }
+                if connectedBefore { Counter(label: "wps_bridge_source_reconnects_total", dimensions: [("source", name)]).increment() }
+                connectedBefore = true
                 try await createGroups(connection, thread: thread)
                 logger.info(
                     "redis stream source started",

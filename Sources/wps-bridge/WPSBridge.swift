@@ -7,6 +7,7 @@ import Foundation
 import Logging
 import NIOCore
 import ServiceLifecycle
+import Synchronization
 import WebPubSub
 
 @main
@@ -82,6 +83,8 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(1)
         }
         for warning in configuration.warnings { logger.warning("\(warning)") }
+        let secondSignal = SecondSignal(logger: logger)
+        defer { secondSignal.cancel() }
         do {
             try await BridgeRunner.run(configuration: configuration, dryRun: dryRun, logger: logger)
         } catch {
@@ -237,5 +240,34 @@ struct Hub: AsyncParsableCommand {
                     }, successTerminationBehavior: .ignore, serviceName: "announce")],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+    }
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown (the service group's business); a second one
+/// while it runs exits at once, for an operator who does not want to wait for the drain.
+final class SecondSignal {
+    private final class Count: Sendable {
+        let value = Atomic<Int>(0)
+    }
+
+    private let sources: [any DispatchSourceSignal]
+
+    init(logger: Logger) {
+        let count = Count()
+        sources = [SIGTERM, SIGINT].map { number in
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                if count.value.add(1, ordering: .relaxed).newValue >= 2 {
+                    logger.warning("second signal: exiting without waiting for in-flight sends (they are read again on restart where the source allows)")
+                    exit(130)
+                }
+            }
+            source.resume()
+            return source
+        }
+    }
+
+    func cancel() {
+        for source in sources { source.cancel() }
     }
 }

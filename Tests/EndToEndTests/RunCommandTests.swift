@@ -130,6 +130,32 @@ import WebPubSub
     }
 }
 
+extension RunCommandTests {
+    @Test func aSecondSignalExitsWithoutWaitingForTheDrain() async throws {
+        let server = RecordingServer()
+        try await server.start()
+        let cs = server.connectionString
+        await server.stop()
+        let dir = try TestEnvironment.temporaryDirectory()
+        // Nothing listens: the send is retried for minutes, and shutdown would wait 60 s for it.
+        let cfg = try config(dir, connectionString: cs, extra: "  shutdownTimeout: 60s")
+        let text = try String(contentsOfFile: cfg, encoding: .utf8)
+            .replacingOccurrences(of: "retry: {maxAttempts: 3, initialBackoff: 10ms, maxBackoff: 100ms}", with: "retry: {maxAttempts: 1000, initialBackoff: 200ms, maxBackoff: 1s}")
+        try text.write(toFile: cfg, atomically: true, encoding: .utf8)
+        let bridge = try ChildProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg, "--log-level", "debug"])
+        bridge.write("{\"data\":1}\n")
+        try await Task.sleep(for: .seconds(1))
+        bridge.terminate()
+        try await Task.sleep(for: .seconds(1))
+        #expect(bridge.isRunning, "the first signal drains (up to shutdownTimeout)")
+        let started = ContinuousClock.now
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 130)
+        #expect(ContinuousClock.now - started < .seconds(10))
+        bridge.closeInput()
+    }
+}
+
 @Suite struct OtherCommandTests {
     @Test func validateListsEveryProblemWithItsLine() async throws {
         let dir = try TestEnvironment.temporaryDirectory()
