@@ -13,7 +13,8 @@ import WebPubSub
 /// Azure Web PubSub otherwise, or printing sends (`dryRun`).
 public enum BridgeRunner {
     /// Returns when the bridge has finished (its sources ended) or after a graceful shutdown.
-    public static func run(configuration: BridgeConfiguration, dryRun: Bool, logger: Logger) async throws {
+    /// - Parameter progress: print a one-line summary every few seconds (on a terminal).
+    public static func run(configuration: BridgeConfiguration, dryRun: Bool, progress: Bool = false, logger: Logger) async throws {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         let transport: any DeliveryTransport
         var client: WebPubSubServiceClient?
@@ -59,6 +60,13 @@ public enum BridgeRunner {
             services.append(.init(service: bridgeServer, serviceName: "server"))
         }
         let bridge = BridgeService(configuration: configuration, transport: transport, logger: logger)
+        if progress {
+            let dispatcher = bridge.dispatcher
+            services.append(
+                .init(
+                    service: ProgressReporter(stats: dispatcher.stats, inFlight: { dispatcher.inFlight }), successTerminationBehavior: .ignore,
+                    serviceName: "progress"))
+        }
         // The bridge returning (stdin at EOF) ends the run, and the hub stops after it; unless
         // the bridge also serves the event handler, which goes on until a signal.
         services.append(

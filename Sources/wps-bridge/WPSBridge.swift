@@ -68,6 +68,9 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "Print each send instead of making it.")
     var dryRun = false
 
+    @Flag(help: "No progress line (printed every 5 s while messages move, when stderr is a terminal).")
+    var quiet = false
+
     @OptionGroup var log: LogOptions
 
     func run() async throws {
@@ -86,7 +89,8 @@ struct Run: AsyncParsableCommand {
         let secondSignal = SecondSignal(logger: logger)
         defer { secondSignal.cancel() }
         do {
-            try await BridgeRunner.run(configuration: configuration, dryRun: dryRun, logger: logger)
+            try await BridgeRunner.run(
+                configuration: configuration, dryRun: dryRun, progress: !quiet && isatty(STDERR_FILENO) == 1, logger: logger)
         } catch {
             logger.error("bridge failed", metadata: ["error": "\(error)"])
             throw ExitCode(1)

@@ -1,4 +1,4 @@
-import BridgeApp
+@testable import BridgeApp
 import BridgeCore
 import BridgeTestSupport
 import Foundation
@@ -235,5 +235,18 @@ let valid = """
             try await client.shutdown()
             #expect(kinds == [.retryable(retryAfter: .seconds(1)), .retryable(retryAfter: nil), .retryable(retryAfter: nil), .permanent, .permanent, .permanent])
         }
+    }
+}
+
+@Suite struct ProgressLineTests {
+    @Test func summarisesTheDispatcher() {
+        let stats = DispatchStats()
+        stats.received.add(1200, ordering: .relaxed)
+        stats.delivered.add(1190, ordering: .relaxed)
+        stats.retried.add(3, ordering: .relaxed)
+        stats.deadLettered.add(2, ordering: .relaxed)
+        #expect(
+            ProgressReporter.line(stats: stats, inFlight: 8, rate: 249.6)
+                == "wps-bridge: 1200 in (250/s), 1190 delivered, 3 retried, 2 dead-lettered, 8 in flight")
     }
 }

@@ -128,6 +128,50 @@ import Testing
         await hub.stop()
     }
 
+    @Test func aStoppedBridgeRepeatsNothingWhenStartedAgain() async throws {
+        let broker = try await KafkaBroker()
+        let hub = try await HubProcess()
+        let dir = try TestEnvironment.temporaryDirectory()
+        let topic = "graceful"
+        try await KafkaTool.create(broker.brokers, topic: topic, partitions: 4)
+        let count = 2000
+        try await KafkaTool.produce(broker.brokers, topic: topic, (0..<count).map { i in ["value": #"{"p":\#(i % 4),"n":\#(i)}"#, "partition": i % 4] })
+        let subscriber = try await hub.subscriber(hub: "chat", group: "stream")
+        let yaml = """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+            sources:
+            \(kafkaSource(broker, topic: topic, group: "g-term"))
+            routes:
+              - from: events
+                to:
+                  - {hub: chat, group: stream}
+            delivery:
+              concurrency: 2
+              maxInFlight: 8
+            """
+        let first = try startBridge(yaml, in: dir)
+        var got = await collect(subscriber, count: 300)
+        // SIGTERM mid-stream: intake stops, in-flight sends finish, offsets are committed.
+        first.terminate()
+        #expect(await first.exitStatus() == 0, "log:\n\(log(dir).suffix(3000))")
+        // What the first run sent after the 300 (it drained its in-flight sends) is here too.
+        while let m = await subscriber.expect(type: "message", timeout: .seconds(2)) { got.append(m) }
+        let beforeRestart = got.count
+        let second = try startBridge(yaml, in: dir)
+        while Set(numbers(got).map(\.n)).count < count, let m = await subscriber.expect(type: "message", timeout: .seconds(40)) {
+            got.append(m)
+        }
+        let distinct = Set(numbers(got).map(\.n))
+        #expect(distinct.count == count, "missing: \(Set(0..<count).subtracting(distinct).sorted().prefix(20)); log:\n\(log(dir).suffix(4000))")
+        #expect(got.count == count, "a graceful stop commits what was delivered: \(got.count - distinct.count) repeated")
+        print("kafka SIGTERM test: \(beforeRestart) delivered by the first run, \(got.count) in all, \(got.count - distinct.count) repeated")
+        second.terminate()
+        #expect(await second.exitStatus() == 0)
+        await broker.stop()
+        await hub.stop()
+    }
+
     @Test func undeliverableMessagesGoToTheDeadLetterTopicAndTheStreamGoesOn() async throws {
         let broker = try await KafkaBroker()
         let hub = try await HubProcess()

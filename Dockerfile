@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# wps-bridge as a sidecar image: built with the Swift toolchain, run on Swift's slim runtime.
+#   docker build -t wps-bridge .
+#   docker run --rm -v $PWD/bridge.yaml:/etc/wps-bridge/bridge.yaml:ro \
+#     -e WEBPUBSUB_CONNECTION_STRING -p 8081:8081 wps-bridge
+ARG SWIFT_VERSION=6.3
+
+FROM swift:${SWIFT_VERSION}-bookworm AS build
+WORKDIR /src
+# The C libraries first (a layer of its own): hiredis from Debian, librdkafka >= 2.2 built from
+# Debian trixie's source package, exactly as on a developer machine.
+COPY scripts/bootstrap scripts/bootstrap
+RUN scripts/bootstrap
+COPY Package.swift ./
+COPY Sources Sources
+COPY Plugins Plugins
+RUN swift build -c release --product wps-bridge \
+    && cp "$(swift build -c release --show-bin-path)/wps-bridge" /usr/local/bin/wps-bridge
+
+FROM swift:${SWIFT_VERSION}-bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates libhiredis0.14 libsasl2-2 libssl3 zlib1g liblz4-1 libzstd1 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /usr/local/lib/librdkafka.so.1 /usr/local/lib/
+RUN ldconfig && useradd --system --uid 10001 --home-dir /var/lib/wps-bridge --create-home wps
+COPY --from=build /usr/local/bin/wps-bridge /usr/local/bin/wps-bridge
+USER 10001
+WORKDIR /var/lib/wps-bridge
+# server.listen in the config: event handler, /healthz, /readyz, /metrics.
+EXPOSE 8081
+ENTRYPOINT ["/usr/local/bin/wps-bridge"]
+CMD ["run", "--config", "/etc/wps-bridge/bridge.yaml", "--log-format", "json"]

@@ -1,0 +1,43 @@
+import BridgeCore
+import Foundation
+import ServiceLifecycle
+
+/// The one-line summary `run` prints on a terminal every few seconds while messages move:
+/// messages in (and the rate), delivered, retried, dead-lettered, in flight.
+struct ProgressReporter: Service {
+    let stats: DispatchStats
+    let inFlight: @Sendable () -> Int
+    var interval: Duration = .seconds(5)
+
+    func run() async throws {
+        // Ends with the group's graceful shutdown, like everything else.
+        try? await cancelWhenGracefulShutdown { await report() }
+    }
+
+    private func report() async {
+        var last = ContinuousClock.now
+        var lastReceived = 0
+        var lastLine = ""
+        while true {
+            do { try await Task.sleep(for: interval) } catch { return }
+            let now = ContinuousClock.now
+            let received = stats.received.load(ordering: .relaxed)
+            let seconds = Double((now - last).components.seconds) + Double((now - last).components.attoseconds) / 1e18
+            let rate = seconds > 0 ? Double(received - lastReceived) / seconds : 0
+            last = now
+            lastReceived = received
+            let line = Self.line(stats: stats, inFlight: inFlight(), rate: rate)
+            // Quiet while nothing moves.
+            guard line != lastLine || rate > 0 else { continue }
+            lastLine = line
+            FileHandle.standardError.write(Data((line + "\n").utf8))
+        }
+    }
+
+    static func line(stats: DispatchStats, inFlight: Int, rate: Double) -> String {
+        let received = stats.received.load(ordering: .relaxed)
+        return "wps-bridge: \(received) in (\(Int(rate.rounded()))/s), \(stats.delivered.load(ordering: .relaxed)) delivered, "
+            + "\(stats.retried.load(ordering: .relaxed)) retried, \(stats.deadLettered.load(ordering: .relaxed)) dead-lettered, "
+            + "\(inFlight) in flight"
+    }
+}
