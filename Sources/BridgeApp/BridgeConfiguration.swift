@@ -29,6 +29,11 @@ public struct BridgeConfiguration: Sendable {
     public var eventHandler: EventHandlerConfiguration?
     /// Things that are allowed but probably not meant.
     public var warnings: [ConfigIssue]
+    /// The sections a reload does not apply, as written (see ``restartSections``).
+    public var fingerprints: [String: String] = [:]
+
+    /// What a reload leaves as it is: changing these needs a restart.
+    public static let restartSections = ["webpubsub", "server", "eventHandler", "events", "delivery"]
 
     public static let topLevelKeys = ["webpubsub", "server", "eventHandler", "events"] + CoreConfig.keys
 
@@ -115,6 +120,7 @@ public struct BridgeConfiguration: Sendable {
         let issues = reader.issues.sorted { ($0.line ?? 0, $0.column ?? 0) < ($1.line ?? 0, $1.column ?? 0) }
         guard issues.isEmpty else { throw ConfigError(file: file, issues: issues) }
         var configuration = BridgeConfiguration(webpubsub: webpubsub, core: core, warnings: reader.warnings)
+        for section in restartSections { configuration.fingerprints[section] = root.value(section)?.fingerprint ?? "" }
         configuration.server = server
         configuration.eventHandler = eventHandler
         if var embedded = configuration.webpubsub.embedded, let server, let eventHandler {

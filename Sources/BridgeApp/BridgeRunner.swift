@@ -13,17 +13,26 @@ import WebPubSub
 /// Azure Web PubSub otherwise, or printing sends (`dryRun`).
 public enum BridgeRunner {
     /// Returns when the bridge has finished (its sources ended) or after a graceful shutdown.
-    /// - Parameter progress: print a one-line summary every few seconds (on a terminal).
-    public static func run(configuration: BridgeConfiguration, dryRun: Bool, progress: Bool = false, logger: Logger) async throws {
+    /// - Parameters:
+    ///   - configPath: the file the configuration came from: SIGHUP (and `POST /-/reload` with
+    ///     `server.reload: true`) re-read it.
+    ///   - progress: print a one-line summary every few seconds (on a terminal).
+    public static func run(
+        configuration: BridgeConfiguration, configPath: String? = nil, dryRun: Bool, progress: Bool = false, logger: Logger
+    ) async throws {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         let transport: any DeliveryTransport
         var client: WebPubSubServiceClient?
+        /// Where listeners connect: the bridge's Web PubSub (for this config, and reloaded ones).
+        var listenerConnection: (@Sendable () async throws -> ConnectionString)?
+        var embeddedHub: LocalHub?
         if dryRun {
             transport = DryRunTransport()
             // Listeners still listen (to the configured service, when there is one).
-            if let cs = configuration.webpubsub.connectionString { configuration.connectListeners { cs } }
+            if let cs = configuration.webpubsub.connectionString { listenerConnection = { cs } }
         } else if let embedded = configuration.webpubsub.embedded {
             let hub = LocalHub(configuration: embedded, logger: logger)
+            embeddedHub = hub
             services.append(.init(service: hub, serviceName: "hub"))
             let page = demoPage(configuration)
             services.append(
@@ -32,34 +41,51 @@ public enum BridgeRunner {
                         logger.notice("embedded hub ready; the demo page shows what is sent: \(endpoint)/\(page)")
                     }, successTerminationBehavior: .ignore, serviceName: "announce"))
             transport = HubTransport(hub: hub, settings: configuration.webpubsub.client, logger: logger)
-            configuration.connectListeners { try ConnectionString(parsing: try await hub.connectionString()) }
+            listenerConnection = { try ConnectionString(parsing: try await hub.connectionString()) }
         } else {
             guard let cs = configuration.webpubsub.connectionString else { throw ValidationFailure("webpubsub has no connection") }
             let c = WebPubSubServiceClient(connectionString: cs, configuration: configuration.webpubsub.client, logger: logger)
             client = c
             transport = WebPubSubTransport(client: c)
-            configuration.connectListeners { cs }
+            listenerConnection = { cs }
             logger.info("sending to Web PubSub", metadata: ["wps.endpoint": "\(cs.endpoint)"])
         }
+        let prepare: @Sendable (BridgeConfiguration) -> Void = { [listenerConnection] config in
+            if let listenerConnection { config.connectListeners(listenerConnection) }
+        }
+        prepare(configuration)
         let eventSinks = configuration.eventHandler?.rules.map(\.sink) ?? []
+        let bridge = BridgeService(configuration: configuration, transport: transport, logger: logger)
+        let reloader = configPath.map {
+            Reloader(path: $0, configuration: configuration, dispatcher: bridge.dispatcher, logger: logger, prepare: prepare)
+        }
+        if let reloader { services.append(.init(service: ReloadOnSignal(reloader: reloader), successTerminationBehavior: .ignore, serviceName: "reload")) }
         if let server = configuration.server {
             let handler = configuration.eventHandler.map { EventHandler(configuration: $0, logger: logger) }
-            let watched = configuration.healthReporters
-            let embeddedHub = services.compactMap { $0.service as? LocalHub }.first
+            // What is watched follows reloads (sources come and go).
+            let watched: @Sendable () -> [(String, any HealthReporting)] = { (reloader?.current ?? configuration).healthReporters }
+            let hub = embeddedHub
+            var reloadEndpoint: (@Sendable () async -> (applied: Bool, report: String))?
+            if server.reloadEndpoint, let reloader {
+                reloadEndpoint = {
+                    let outcome = await reloader.reload()
+                    return (outcome.applied, outcome.report)
+                }
+            }
             let bridgeServer = BridgeServer(
                 host: server.host, port: server.port, handler: handler,
-                readiness: { watched.compactMap { name, adapter in adapter.healthProblem.map { "\(name): \($0)" } } },
+                readiness: { watched().compactMap { name, adapter in adapter.healthProblem.map { "\(name): \($0)" } } },
                 metrics: {
                     // Gauges read at scrape time; the counters are kept up as things happen.
-                    for (name, adapter) in watched {
+                    for (name, adapter) in watched() {
                         Gauge(label: "wps_bridge_component_ready", dimensions: [("component", name)]).record(adapter.healthProblem == nil ? 1 : 0)
                     }
-                    embeddedHub?.recordMetrics()
+                    hub?.recordMetrics()
                     return BridgeMetrics.registry.emitToBuffer()
-                }, logger: logger)
+                },
+                reload: reloadEndpoint, logger: logger)
             services.append(.init(service: bridgeServer, serviceName: "server"))
         }
-        let bridge = BridgeService(configuration: configuration, transport: transport, logger: logger)
         if progress {
             let dispatcher = bridge.dispatcher
             services.append(

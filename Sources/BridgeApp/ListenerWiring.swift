@@ -5,11 +5,11 @@ import Logging
 import WebPubSub
 
 /// A group listener whose messages are first written to the `events:` sinks that name their
-/// group, then handed to the routes that read the source (or settled, when none does).
+/// group, then handed to the dispatcher for the routes that read the source (none: counted as
+/// unrouted and settled).
 struct MirroringSource: SourceAdapter {
     let inner: GroupListenerSource
     let mirror: GroupMessageMirror
-    let routed: Bool
 
     var name: String { inner.name }
 
@@ -24,7 +24,7 @@ struct MirroringSource: SourceAdapter {
                         throw error
                     }
                 }
-                if routed { try await emit.emit(delivery) } else { delivery.ack() }
+                try await emit.emit(delivery)
             })
     }
 
@@ -35,14 +35,19 @@ extension BridgeConfiguration {
     /// The sources as the dispatcher runs them: group listeners wrapped so that `events:` rules
     /// see their messages.
     func runnableSources(logger: Logger) -> [any SourceAdapter] {
+        runnable(core.sources, logger: logger)
+    }
+
+    /// `entries` as the dispatcher runs them, mirrored by this configuration's `events:` rules.
+    func runnable(_ entries: [SourceEntry], logger: Logger) -> [any SourceAdapter] {
         let mirror = GroupMessageMirror(rules: eventHandler?.rules ?? [], logger: logger)
-        return core.sources.map { entry in
+        return entries.map { entry in
             guard let listener = entry.adapter as? GroupListenerSource else { return entry.adapter }
             let mirrored = listener.settings.groups.contains { group in
                 mirror.rules.contains { $0.matches(hub: listener.settings.hub, event: "group:\(group)") }
             }
             guard mirrored else { return listener }
-            return MirroringSource(inner: listener, mirror: mirror, routed: core.routes.contains { $0.source == entry.name })
+            return MirroringSource(inner: listener, mirror: mirror)
         }
     }
 

@@ -19,13 +19,16 @@ public final class BridgeServer: Service, Sendable {
     let handler: EventHandler?
     let readiness: @Sendable () -> [String]
     let metrics: (@Sendable () -> [UInt8])?
+    /// `POST /-/reload`: applied, and what happened (the validation report when refused).
+    let reload: (@Sendable () async -> (applied: Bool, report: String))?
     let logger: Logger
     private let listening = ListeningPort("the bridge server")
 
     public init(
         host: String, port: Int, handler: EventHandler?, readiness: @escaping @Sendable () -> [String],
-        metrics: (@Sendable () -> [UInt8])? = nil, logger: Logger
+        metrics: (@Sendable () -> [UInt8])? = nil, reload: (@Sendable () async -> (applied: Bool, report: String))? = nil, logger: Logger
     ) {
+        self.reload = reload
         self.host = host
         self.port = port
         self.handler = handler
@@ -66,6 +69,11 @@ public final class BridgeServer: Service, Sendable {
             return Response(
                 status: problems.isEmpty ? .ok : .serviceUnavailable, headers: [.contentType: "application/json"],
                 body: .init(byteBuffer: ByteBuffer(string: body)))
+        }
+        if path == "/-/reload", let reload {
+            guard request.method == .post else { return plain(.methodNotAllowed, "POST to reload\n") }
+            let (applied, report) = await reload()
+            return plain(applied ? .ok : .badRequest, report + "\n")
         }
         if path == "/metrics", let metrics {
             return Response(

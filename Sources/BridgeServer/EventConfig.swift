@@ -6,6 +6,8 @@ public import WebPubSub
 public struct ServerSettings: Sendable, Equatable {
     public var host: String
     public var port: Int
+    /// `reload: true`: `POST /-/reload` re-reads the config (as SIGHUP does).
+    public var reloadEndpoint = false
 
     public init(host: String = "127.0.0.1", port: Int = 8081) {
         self.host = host
@@ -14,14 +16,16 @@ public struct ServerSettings: Sendable, Equatable {
 
     /// `server: {listen: HOST:PORT}`.
     public static func read(_ m: ConfigMapping) -> ServerSettings? {
-        m.checkKeys(["listen"], what: "server")
+        m.checkKeys(["listen", "reload"], what: "server")
         guard let v = m.requireKey("listen", "HOST:PORT, e.g. 127.0.0.1:8081 or 0.0.0.0:8081"), let text = v.string() else { return nil }
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
             v.report("'\(text)' is not HOST:PORT")
             return nil
         }
         let host = String(text[..<colon])
-        return ServerSettings(host: host.isEmpty ? "0.0.0.0" : host, port: port)
+        var settings = ServerSettings(host: host.isEmpty ? "0.0.0.0" : host, port: port)
+        settings.reloadEndpoint = m.bool("reload") ?? false
+        return settings
     }
 }
 

@@ -24,6 +24,9 @@ public struct BridgeProcess: Sendable {
     public var logTail: String { String(log.suffix(6000)) }
 
     public func terminate() { process.terminate() }
+    public func signal(_ number: Int32) { process.signal(number) }
+    /// Writes to the bridge's stdin.
+    public func write(_ text: String) { process.write(text) }
     public func kill() { process.kill() }
     public var isRunning: Bool { process.isRunning }
     public func exitStatus() async -> Int32 { await process.exitStatus() }

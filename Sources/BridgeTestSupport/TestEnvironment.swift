@@ -167,6 +167,9 @@ public final class ChildProcess: Sendable {
     /// SIGKILL: no chance to clean up, as in a crash.
     public func kill() { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
 
+    /// Any signal, e.g. SIGHUP.
+    public func signal(_ number: Int32) { if process.isRunning { Glibc.kill(process.processIdentifier, number) } }
+
     public var isRunning: Bool { process.isRunning }
 
     /// The exit status, once it has exited.

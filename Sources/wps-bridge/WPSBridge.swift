@@ -90,7 +90,7 @@ struct Run: AsyncParsableCommand {
         defer { secondSignal.cancel() }
         do {
             try await BridgeRunner.run(
-                configuration: configuration, dryRun: dryRun, progress: !quiet && isatty(STDERR_FILENO) == 1, logger: logger)
+                configuration: configuration, configPath: config, dryRun: dryRun, progress: !quiet && isatty(STDERR_FILENO) == 1, logger: logger)
         } catch {
             logger.error("bridge failed", metadata: ["error": "\(error)"])
             throw ExitCode(1)

@@ -167,3 +167,81 @@ import WebPubSub
         return found
     }
 }
+
+extension OperabilityTests {
+    @Test func aReloadKeepsTheRunningConfigWhenBrokenAndAppliesAGoodOne() async throws {
+        let hubPort = try TestEnvironment.freePort()
+        let serverPort = try TestEnvironment.freePort()
+        let key = "reload-test-key-0123456789ABCDEFGHIJ"
+        let redis = try await RedisServer()
+        let dir = try TestEnvironment.temporaryDirectory()
+        let head = """
+            webpubsub: {embedded: {port: \(hubPort), accessKey: \(key)}, hub: chat}
+            server: {listen: "127.0.0.1:\(serverPort)", reload: true}
+            deadLetter: {type: file, path: dead.ndjson}
+
+            """
+        let bridge = try BridgeProcess(
+            head + """
+                sources:
+                  - {name: in, type: stdin, format: lines}
+                routes:
+                  - {name: typed, from: in, to: [{group: one}]}
+                """, in: dir)
+        #expect(await eventually { TestEnvironment.isListening(hubPort) && TestEnvironment.isListening(serverPort) }, "\(bridge.logTail)")
+        let cs = try ConnectionString(parsing: "Endpoint=http://127.0.0.1;Port=\(hubPort);AccessKey=\(key);Version=1.0;")
+        func subscriber(_ group: String) async throws -> TestWebSocket {
+            let access = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: nil, roles: [], groups: [group], expiresIn: .seconds(600))
+            let socket = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1")
+            _ = await socket.expect(type: "system", event: "connected")
+            return socket
+        }
+        let one = try await subscriber("one")
+        let two = try await subscriber("two")
+        let news = try await subscriber("news")
+        bridge.write("first\n")
+        #expect(await one.expect(type: "message")?["data"] == .string("first"))
+
+        // A broken file: refused with its report, and the running routes go on.
+        try "sources: [{name: in, type: stdin}]\nroutes: [{from: nowhere, to: [{group: x}]}]\n".write(toFile: dir + "/bridge.yaml", atomically: true, encoding: .utf8)
+        bridge.signal(SIGHUP)
+        #expect(await eventually { bridge.log.contains("config reload refused") }, "\(bridge.logTail)")
+        #expect(bridge.log.contains("nowhere"), "the report names the problem")
+        bridge.write("second\n")
+        #expect(await one.expect(type: "message")?["data"] == .string("second"))
+
+        // A good one: the stdin route now goes to group two, and a Redis source comes in; stdin
+        // (unchanged) keeps its place in the input.
+        try (head + """
+            sources:
+              - {name: in, type: stdin, format: lines}
+              - {name: live, type: redis, url: "\(redis.url)", channels: [news]}
+            routes:
+              - {name: typed, from: in, to: [{group: two}]}
+              - {name: wire, from: live, to: [{group: news}]}
+            """).write(toFile: dir + "/bridge.yaml", atomically: true, encoding: .utf8)
+        bridge.signal(SIGHUP)
+        #expect(await eventually { bridge.log.contains("started live") }, "\(bridge.logTail)")
+        bridge.write("third\n")
+        #expect(await two.expect(type: "message")?["data"] == .string("third"))
+        #expect(await eventually { (try? await redis.cli("PUBSUB", "NUMSUB", "news"))?.hasSuffix("1\n") == true })
+        _ = try await redis.cli("PUBLISH", "news", #"{"headline":"reloaded"}"#)
+        #expect(await news.expect(type: "message")?["data"]?["headline"] == .string("reloaded"))
+        #expect(one.drain().isEmpty, "nothing more for the old route")
+
+        // The same through POST /-/reload: a broken file is a 400 with the report.
+        try "webpubsub: {}\n".write(toFile: dir + "/bridge.yaml", atomically: true, encoding: .utf8)
+        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(serverPort)/-/reload")!)
+        request.httpMethod = "POST"
+        let (body, response) = try await URLSession.shared.data(for: request)
+        #expect((response as? HTTPURLResponse)?.statusCode == 400, "\(String(decoding: body, as: UTF8.self))")
+        #expect(String(decoding: body, as: UTF8.self).contains("refused"))
+        bridge.write("fourth\n")
+        #expect(await two.expect(type: "message")?["data"] == .string("fourth"))
+
+        for socket in [one, two, news] { await socket.close() }
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+        await redis.stop()
+    }
+}

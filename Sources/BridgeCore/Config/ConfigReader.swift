@@ -173,6 +173,9 @@ public struct ConfigValue {
 
     public var mark: Mark? { node.mark }
 
+    /// The node as YAML text, without positions: equal for equal settings.
+    public var fingerprint: String { (try? Yams.serialize(node: node)) ?? "" }
+
     public var isScalar: Bool {
         if case .scalar = node { return true }
         return false

@@ -54,6 +54,8 @@ public struct SourceEntry: Sendable {
     public var name: String
     public var type: String
     public var adapter: any SourceAdapter
+    /// Its settings as written, to tell on a reload whether it changed.
+    public var fingerprint: String = ""
 }
 
 /// The parts of `bridge.yaml` that the core owns: sources, routes, dead letters, delivery.
@@ -100,7 +102,7 @@ public struct CoreConfig: Sendable {
                 guard let name else { continue }
                 sourceTypes[name] = factory
                 if let adapter = factory.makeSource(name: name, settings: settings, context: context) {
-                    config.sources.append(SourceEntry(name: name, type: type, adapter: adapter))
+                    config.sources.append(SourceEntry(name: name, type: type, adapter: adapter, fingerprint: item.fingerprint))
                 }
             }
         }

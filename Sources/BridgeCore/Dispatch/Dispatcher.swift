@@ -61,7 +61,9 @@ final class DeliveryTracker: Sendable {
 public final class Dispatcher: Sendable {
     struct Job: Sendable {
         let tracker: DeliveryTracker
-        let routeIndex: Int
+        let route: Route
+        /// The dead-letter sink of routes without one, as configured when the job was planned.
+        let fallbackDeadLetter: (any SinkAdapter)?
         let targetLabel: String
         let resolved: Result<ResolvedTarget, DeliveryFailure>
         let payload: ByteBuffer
@@ -69,36 +71,53 @@ public final class Dispatcher: Sendable {
         let metrics: TargetMetrics
     }
 
-    let routes: [Route]
-    let routesBySource: [String: [Int]]
+    /// Routes with their metrics and dead-letter sinks: swapped whole by a reload.
+    final class RoutingTable: Sendable {
+        let routes: [Route]
+        let routesBySource: [String: [Int]]
+        let deadLetter: (any SinkAdapter)?
+        /// By route, then target; one more per route for input that could not be read.
+        let targetMetrics: [[TargetMetrics]]
+
+        init(routes: [Route], deadLetter: (any SinkAdapter)?) {
+            self.routes = routes
+            var bySource: [String: [Int]] = [:]
+            for (i, route) in routes.enumerated() { bySource[route.source, default: []].append(i) }
+            routesBySource = bySource
+            self.deadLetter = deadLetter
+            targetMetrics = routes.map { route in
+                route.targets.map { TargetMetrics(route: route.name, target: $0.description) } + [TargetMetrics(route: route.name, target: "rejected input")]
+            }
+        }
+
+        var sinks: [any SinkAdapter] { routes.compactMap(\.deadLetter) + (deadLetter.map { [$0] } ?? []) }
+    }
+
+    private let table: Mutex<RoutingTable>
+    /// Dead-letter sinks of earlier tables, closed at the end (jobs may still hold them).
+    private let retiredSinks = Mutex<[any SinkAdapter]>([])
+    private let sources = SourceSet()
     let transport: any DeliveryTransport
-    let deadLetter: (any SinkAdapter)?
     let settings: DeliverySettings
     let logger: Logger
     public let stats = DispatchStats()
     private let scheduler: LaneScheduler<Job>
     private let laneCounter = Atomic<Int>(0)
-    /// By route, then target; one more per route for input that could not be read.
-    private let targetMetrics: [[TargetMetrics]]
     private let sourceMetrics = Mutex<[String: SourceMetrics]>([:])
 
     public init(
         routes: [Route], transport: any DeliveryTransport, deadLetter: (any SinkAdapter)?, settings: DeliverySettings,
         logger: Logger
     ) {
-        self.routes = routes
-        var bySource: [String: [Int]] = [:]
-        for (i, route) in routes.enumerated() { bySource[route.source, default: []].append(i) }
-        self.routesBySource = bySource
+        self.table = Mutex(RoutingTable(routes: routes, deadLetter: deadLetter))
         self.transport = transport
-        self.deadLetter = deadLetter
         self.settings = settings
         self.logger = logger
         self.scheduler = LaneScheduler(capacity: settings.maxInFlight)
-        self.targetMetrics = routes.map { route in
-            route.targets.map { TargetMetrics(route: route.name, target: $0.description) } + [TargetMetrics(route: route.name, target: "rejected input")]
-        }
     }
+
+    /// The routes in use.
+    public var routes: [Route] { table.withLock { $0 }.routes }
 
     private func metrics(source: String) -> SourceMetrics {
         sourceMetrics.withLock { m in
@@ -130,6 +149,7 @@ public final class Dispatcher: Sendable {
             } catch {
                 intakeError = error
             }
+            self.sources.cancelAll()
             let drained = await drain()
             if !drained {
                 logger.warning(
@@ -142,16 +162,16 @@ public final class Dispatcher: Sendable {
             }
             if !drained { workers.cancelAll() }
         }
-        for source in sources {
+        for entry in self.sources.entries {
+            await entry.stopped()
             do {
-                try await source.finish()
+                try await entry.source.finish()
             } catch {
-                logger.error("source could not finish cleanly", metadata: ["wps.source": "\(source.name)", "error": "\(error)"])
+                logger.error("source could not finish cleanly", metadata: ["wps.source": "\(entry.source.name)", "error": "\(error)"])
                 if intakeError == nil { intakeError = error }
             }
         }
-        var sinks = routes.compactMap(\.deadLetter)
-        if let deadLetter { sinks.append(deadLetter) }
+        let sinks = table.withLock { $0 }.sinks + retiredSinks.withLock { $0 }
         for sink in sinks {
             do { try await sink.close() } catch {
                 logger.error("dead-letter sink could not be closed", metadata: ["wps.sink": "\(sink.description)", "error": "\(error)"])
@@ -160,13 +180,56 @@ public final class Dispatcher: Sendable {
         if let intakeError { throw intakeError }
     }
 
-    private func intake(_ sources: [any SourceAdapter]) async throws {
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for source in sources {
-                let emitter = DeliveryEmitter { delivery in try await self.accept(delivery, from: source.name) }
-                group.addTask { try await source.run(emit: emitter) }
+    /// Reads every source until each has ended (or the task is cancelled: shutdown).
+    private func intake(_ initial: [any SourceAdapter]) async throws {
+        for source in initial { start(source) }
+        await withTaskCancellationHandler {
+            await sources.waitUntilAllEnded()
+        } onCancel: {
+            sources.cancelAll()
+        }
+        if let error = sources.firstError { throw error }
+    }
+
+    private func start(_ source: any SourceAdapter) {
+        sources.start(source) { delivery, entry in
+            // Counted until settled, so that a source that is stopped alone commits after its last one.
+            entry.pending.add(1, ordering: .relaxed)
+            let counted = Delivery(message: delivery.message, rejection: delivery.rejection) { outcome in
+                delivery.complete(outcome)
+                entry.pending.subtract(1, ordering: .relaxed)
             }
-            try await group.waitForAll()
+            try await self.accept(counted, from: source.name)
+        }
+    }
+
+    /// A reload: stops the sources in `removing` (each commits once what it had in flight is
+    /// settled, for `shutdownTimeout` at most), swaps the routes and dead-letter sinks, then
+    /// starts `adding`. Sources in neither go on untouched, and so do sends already planned.
+    public func reload(removing: [String], routes: [Route], deadLetter: (any SinkAdapter)?, adding: [any SourceAdapter]) async {
+        sources.hold()
+        defer { sources.release() }
+        for name in removing {
+            guard let entry = await sources.remove(name) else { continue }
+            let deadline = ContinuousClock.now + settings.shutdownTimeout
+            while entry.pending.load(ordering: .relaxed) > 0, ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+            do {
+                try await entry.source.finish()
+            } catch {
+                logger.error("removed source could not finish cleanly", metadata: ["wps.source": "\(name)", "error": "\(error)"])
+            }
+            logger.info("source stopped by a reload", metadata: ["wps.source": "\(name)"])
+        }
+        let old = table.withLock { t in
+            defer { t = RoutingTable(routes: routes, deadLetter: deadLetter) }
+            return t
+        }
+        retiredSinks.withLock { $0 += old.sinks }
+        for source in adding {
+            start(source)
+            logger.info("source started by a reload", metadata: ["wps.source": "\(source.name)"])
         }
     }
 
@@ -194,18 +257,20 @@ public final class Dispatcher: Sendable {
         sourceMetrics.received.increment()
         let message = delivery.message
         let context = MessageContext(message)
+        let table = self.table.withLock { $0 }
         var sends: [PlannedSend] = []
         if let rejection = delivery.rejection {
             // Input the source could not read: straight to the dead-letter sink of the source's first route.
-            if let routeIndex = routesBySource[source]?.first {
+            if let routeIndex = table.routesBySource[source]?.first {
                 sends.append(
                     PlannedSend(
-                        lane: "\(routeIndex)/rejected/\(message.laneKey)", routeIndex: routeIndex, targetIndex: routes[routeIndex].targets.count,
+                        lane: "\(table.routes[routeIndex].name)/rejected/\(message.laneKey)", routeIndex: routeIndex,
+                        targetIndex: table.routes[routeIndex].targets.count,
                         targetLabel: "none (rejected input)", resolved: .failure(DeliveryFailure(.permanent, message: rejection)),
                         dataType: message.dataType))
             }
         } else {
-            sends = plan(message, context: context, source: source, metrics: sourceMetrics)
+            sends = plan(message, context: context, source: source, table: table, metrics: sourceMetrics)
         }
         guard !sends.isEmpty else {
             if let rejection = delivery.rejection {
@@ -223,8 +288,9 @@ public final class Dispatcher: Sendable {
             (
                 lane: send.lane,
                 job: Job(
-                    tracker: tracker, routeIndex: send.routeIndex, targetLabel: send.targetLabel, resolved: send.resolved,
-                    payload: message.payload, dataType: send.dataType, metrics: targetMetrics[send.routeIndex][send.targetIndex])
+                    tracker: tracker, route: table.routes[send.routeIndex], fallbackDeadLetter: table.deadLetter, targetLabel: send.targetLabel,
+                    resolved: send.resolved, payload: message.payload, dataType: send.dataType,
+                    metrics: table.targetMetrics[send.routeIndex][send.targetIndex])
             )
         }
         for (_, job) in jobs { job.metrics.inFlight.increment() }
@@ -249,10 +315,10 @@ public final class Dispatcher: Sendable {
     }
 
     /// The sends a message makes: one per target of each matching route.
-    private func plan(_ message: Message, context: MessageContext, source: String, metrics: SourceMetrics) -> [PlannedSend] {
+    private func plan(_ message: Message, context: MessageContext, source: String, table: RoutingTable, metrics: SourceMetrics) -> [PlannedSend] {
         var sends: [PlannedSend] = []
-        for routeIndex in routesBySource[source] ?? [] {
-            let route = routes[routeIndex]
+        for routeIndex in table.routesBySource[source] ?? [] {
+            let route = table.routes[routeIndex]
             if let condition = route.condition, !condition.matches(context) { continue }
             for (targetIndex, target) in route.targets.enumerated() {
                 var resolved: Result<ResolvedTarget, DeliveryFailure>
@@ -279,7 +345,7 @@ public final class Dispatcher: Sendable {
                 }
                 let lane: String
                 switch route.ordering {
-                case .strict: lane = "\(routeIndex)/\(targetIndex)/\(message.laneKey)"
+                case .strict: lane = "\(route.name)/\(targetIndex)/\(message.laneKey)"
                 case .none: lane = "#\(laneCounter.wrappingAdd(1, ordering: .relaxed).newValue)"
                 }
                 sends.append(
@@ -341,7 +407,7 @@ public final class Dispatcher: Sendable {
             logger.debug(
                 "send failed, retrying",
                 metadata: [
-                    "wps.route": "\(routes[job.routeIndex].name)", "wps.target": "\(target)", "wps.attempt": "\(attempt)",
+                    "wps.route": "\(job.route.name)", "wps.target": "\(target)", "wps.attempt": "\(attempt)",
                     "wps.delay": "\(delay)", "error": "\(failure)",
                 ])
             do {
@@ -355,7 +421,7 @@ public final class Dispatcher: Sendable {
 
     /// A permanent failure (or retries used up): log it once and write the dead letter.
     private func giveUp(_ job: Job, _ failure: DeliveryFailure, attempts: Int) async -> DeliveryOutcome {
-        let route = routes[job.routeIndex]
+        let route = job.route
         let message = job.tracker.delivery.message
         let target: String
         switch job.resolved {
@@ -367,7 +433,7 @@ public final class Dispatcher: Sendable {
             "wps.attempts": "\(attempts)", "error": "\(failure.message)",
         ]
         if let status = failure.status { metadata["wps.status"] = "\(status)" }
-        guard let sink = route.deadLetter ?? deadLetter else {
+        guard let sink = route.deadLetter ?? job.fallbackDeadLetter else {
             stats.dropped.add(1, ordering: .relaxed)
             job.metrics.dropped.increment()
             logger.error("delivery failed; no deadLetter sink is configured, message dropped", metadata: metadata)

@@ -1,0 +1,121 @@
+import Synchronization
+
+/// The sources the dispatcher reads, each in a task of its own so that one can be stopped (a
+/// reload) while the others go on; with what each has in flight, so that a stopped one can
+/// commit once its deliveries are settled.
+final class SourceSet: Sendable {
+    final class Entry: Sendable {
+        let source: any SourceAdapter
+        /// Deliveries accepted and not yet settled.
+        let pending = Atomic<Int>(0)
+        /// Until its `run` returned.
+        let running = Atomic<Bool>(true)
+        fileprivate let task = Mutex<Task<Void, Never>?>(nil)
+
+        init(_ source: any SourceAdapter) {
+            self.source = source
+        }
+
+        /// Waits until the source's `run` returned.
+        func stopped() async {
+            await task.withLock { $0 }?.value
+        }
+    }
+
+    private struct State {
+        var entries: [String: Entry] = [:]
+        var firstError: (any Error)?
+        /// Held while a reload swaps sources, so that a moment without any does not end intake.
+        var holds = 0
+        var cancelled = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = Mutex(State())
+
+    /// Starts reading `source`; `emit` hands its deliveries to the dispatcher.
+    func start(_ source: any SourceAdapter, emit: @escaping @Sendable (Delivery, Entry) async throws -> Void) {
+        let entry = Entry(source)
+        let cancelled = state.withLock { s in
+            s.entries[source.name] = entry
+            return s.cancelled
+        }
+        let task = Task {
+            do {
+                try await source.run(emit: DeliveryEmitter { delivery in try await emit(delivery, entry) })
+            } catch is CancellationError {
+            } catch {
+                self.failed(error)
+            }
+            self.ended(entry)
+        }
+        entry.task.withLock { $0 = task }
+        if cancelled { task.cancel() }
+    }
+
+    /// A source failed: the first error ends every source (the bridge stops).
+    private func failed(_ error: any Error) {
+        let first = state.withLock { s in
+            defer { if s.firstError == nil { s.firstError = error } }
+            return s.firstError == nil
+        }
+        if first { cancelAll() }
+    }
+
+    /// A source's `run` returned: it stays listed (for `finish`) unless it was removed.
+    private func ended(_ entry: Entry) {
+        entry.running.store(false, ordering: .relaxed)
+        let waiters = state.withLock { s in wakeable(&s) }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private func wakeable(_ s: inout State) -> [CheckedContinuation<Void, Never>] {
+        guard s.holds == 0, !s.entries.values.contains(where: { $0.running.load(ordering: .relaxed) }) else { return [] }
+        defer { s.waiters.removeAll() }
+        return s.waiters
+    }
+
+    /// Stops reading every source.
+    func cancelAll() {
+        let entries = state.withLock { s in
+            s.cancelled = true
+            return Array(s.entries.values)
+        }
+        for entry in entries { entry.task.withLock { $0 }?.cancel() }
+    }
+
+    /// Returns when every source's `run` has returned (and no reload holds the set).
+    func waitUntilAllEnded() async {
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { s -> Bool in
+                if s.holds == 0, !s.entries.values.contains(where: { $0.running.load(ordering: .relaxed) }) { return true }
+                s.waiters.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    var firstError: (any Error)? { state.withLock { $0.firstError } }
+
+    /// The sources still listed, for `finish` at the end.
+    var entries: [Entry] { state.withLock { Array($0.entries.values) } }
+
+    func hold() { state.withLock { $0.holds += 1 } }
+
+    func release() {
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.holds -= 1
+            return wakeable(&s)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Stops reading a source and takes it off the set; returns it once its `run` returned.
+    func remove(_ name: String) async -> Entry? {
+        guard let entry = state.withLock({ $0.entries.removeValue(forKey: name) }) else { return nil }
+        entry.task.withLock { $0 }?.cancel()
+        await entry.stopped()
+        return entry
+    }
+}
