@@ -11,9 +11,9 @@ WORKDIR /src
 # Debian trixie's source package, exactly as on a developer machine.
 COPY scripts/bootstrap scripts/bootstrap
 RUN scripts/bootstrap
-COPY Package.swift ./
-COPY Sources Sources
-COPY Plugins Plugins
+# The whole package (SwiftPM checks every target's folder, tests included); .dockerignore
+# keeps build output and virtualenvs out.
+COPY . .
 RUN swift build -c release --product wps-bridge \
     && cp "$(swift build -c release --show-bin-path)/wps-bridge" /usr/local/bin/wps-bridge
 
@@ -24,6 +24,9 @@ RUN apt-get update \
 COPY --from=build /usr/local/lib/librdkafka.so.1 /usr/local/lib/
 RUN ldconfig && useradd --system --uid 10001 --home-dir /var/lib/wps-bridge --create-home wps
 COPY --from=build /usr/local/bin/wps-bridge /usr/local/bin/wps-bridge
+# Fail the build, not the first start, when a runtime library is missing.
+RUN ! ldd /usr/local/bin/wps-bridge /usr/local/lib/librdkafka.so.1 | grep 'not found' \
+    && wps-bridge --version
 USER 10001
 WORKDIR /var/lib/wps-bridge
 # server.listen in the config: event handler, /healthz, /readyz, /metrics.

@@ -57,19 +57,31 @@ public enum BridgeRunner {
         let eventSinks = configuration.eventHandler?.rules.map(\.sink) ?? []
         let bridge = BridgeService(configuration: configuration, transport: transport, logger: logger)
         let reloader = configPath.map {
-            Reloader(path: $0, configuration: configuration, dispatcher: bridge.dispatcher, logger: logger, prepare: prepare)
+            Reloader(
+                path: $0, requireWebPubSub: !dryRun, configuration: configuration, dispatcher: bridge.dispatcher, logger: logger, prepare: prepare)
         }
         if let reloader { services.append(.init(service: ReloadOnSignal(reloader: reloader), successTerminationBehavior: .ignore, serviceName: "reload")) }
         if let server = configuration.server {
             let handler = configuration.eventHandler.map { EventHandler(configuration: $0, logger: logger) }
+            // Readiness includes Web PubSub itself: reachable, and accepting the key.
+            var probe: WebPubSubProbe?
+            let probeHub = configuration.webpubsub.defaultHub ?? "healthcheck"
+            if let client {
+                probe = WebPubSubProbe(hub: probeHub, logger: logger) { client }
+            } else if let hubTransport = transport as? HubTransport {
+                probe = WebPubSubProbe(hub: probeHub, logger: logger) { try await hubTransport.ready() }
+            }
+            if let probe { services.append(.init(service: probe, successTerminationBehavior: .ignore, serviceName: "probe")) }
             // What is watched follows reloads (sources come and go).
-            let watched: @Sendable () -> [(String, any HealthReporting)] = { (reloader?.current ?? configuration).healthReporters }
+            let watched: @Sendable () -> [(String, any HealthReporting)] = { [probe] in
+                (probe.map { [("webpubsub", $0)] } ?? []) + (reloader?.current ?? configuration).healthReporters
+            }
             let hub = embeddedHub
-            var reloadEndpoint: (@Sendable () async -> (applied: Bool, report: String))?
-            if server.reloadEndpoint, let reloader {
-                reloadEndpoint = {
+            var reloadEndpoint: BridgeServer.ReloadEndpoint?
+            if let token = server.reloadToken, let reloader {
+                reloadEndpoint = BridgeServer.ReloadEndpoint(token: token) {
                     let outcome = await reloader.reload()
-                    return (outcome.applied, outcome.report)
+                    return (outcome.status, outcome.report)
                 }
             }
             let bridgeServer = BridgeServer(

@@ -50,7 +50,7 @@ public struct BridgeLogHandler: LogHandler {
             let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\(Redaction.redact($0.value.description))" }.joined(separator: " ")
             line = "\(time) \(event.level) \(label):\(fields.isEmpty ? "" : " " + fields) [\(event.source)] \(message)"
         }
-        Self.output.withLock { _ in FileHandle.standardError.write(Data((line + "\n").utf8)) }
+        Self.output.withLock { _ in writeToStandardError(line + "\n") }
     }
 
     static func json(_ value: Logger.Metadata.Value) -> JSONValue {
@@ -66,18 +66,53 @@ public struct BridgeLogHandler: LogHandler {
     static let output = Mutex(())
 }
 
-/// Hides the secrets that can end up in log text: access keys in connection strings, and
-/// tokens and signatures in URLs (`access_token`, `awps_reconnection_token`, `code`, `sig`,
-/// `signature`), whatever logged them (this bridge, or a library logging a URL).
+/// Writes to stderr with write(2); a closed stderr loses the text instead of stopping the
+/// process (FileHandle's write traps on an error).
+public func writeToStandardError(_ text: String) {
+    var bytes = Array(text.utf8)[...]
+    while !bytes.isEmpty {
+        let written = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        if written < 0 && errno == EINTR { continue }
+        guard written > 0 else { return }
+        bytes = bytes.dropFirst(written)
+    }
+}
+
+/// Hides the secrets that can end up in log text: access keys in connection strings, tokens,
+/// passwords and signatures in URLs and headers (`access_token`, `awps_reconnection_token`,
+/// `code`, `token`, `password`, `secret`, `sig`, `signature`, `Bearer ...`), and the password of
+/// a URL (`redis://user:password@host`), whatever logged them (this bridge, or a library).
 public enum Redaction {
-    static let queryKeys = ["access_token=", "awps_reconnection_token=", "code=", "sig=", "signature="]
+    static let queryKeys = ["access_token=", "awps_reconnection_token=", "code=", "token=", "password=", "secret=", "sig=", "signature="]
 
     public static func redact(_ text: String) -> String {
-        guard text.contains("=") else { return text }
         var result = text
-        for key in queryKeys { result = hideValues(after: key, in: result, ending: "&\" ',;)]}\n") }
-        result = hideValues(after: "AccessKey=", in: result, ending: ";\" \n", caseInsensitive: true)
+        if result.contains("=") {
+            for key in queryKeys { result = hideValues(after: key, in: result, ending: "&\" ',;)]}\n", caseInsensitive: true) }
+            result = hideValues(after: "AccessKey=", in: result, ending: ";\" \n", caseInsensitive: true)
+        }
+        if result.contains("Bearer ") { result = hideValues(after: "Bearer ", in: result, ending: "\" ,;\n", caseInsensitive: false) }
+        if result.contains("://") { result = hideURLPasswords(result) }
         return result
+    }
+
+    /// `scheme://user:password@host` -> `scheme://user:***@host`.
+    static func hideURLPasswords(_ text: String) -> String {
+        var out = ""
+        var rest = Substring(text)
+        while let scheme = rest.range(of: "://") {
+            out += rest[..<scheme.upperBound]
+            rest = rest[scheme.upperBound...]
+            let authorityEnd = rest.firstIndex { "/ \"'\n?#".contains($0) } ?? rest.endIndex
+            let authority = rest[..<authorityEnd]
+            if let at = authority.lastIndex(of: "@"), let colon = authority[..<at].firstIndex(of: ":") {
+                out += authority[...colon] + "***" + authority[at...]
+            } else {
+                out += authority
+            }
+            rest = rest[authorityEnd...]
+        }
+        return out + rest
     }
 
     /// Replaces what follows each `key` (up to one of `ending`) with `***`.

@@ -30,7 +30,7 @@ struct ProgressReporter: Service {
             // Quiet while nothing moves.
             guard line != lastLine || rate > 0 else { continue }
             lastLine = line
-            FileHandle.standardError.write(Data((line + "\n").utf8))
+            writeToStandardError(line + "\n")
         }
     }
 

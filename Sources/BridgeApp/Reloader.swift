@@ -13,19 +13,46 @@ import UnixSignals
 /// and waits for a restart.
 public final class Reloader: Sendable {
     public struct Outcome: Sendable {
-        public let applied: Bool
+        public enum Kind: Sendable {
+            case applied
+            /// The file has mistakes; the running config stays.
+            case refused
+            /// Another reload is under way.
+            case busy
+            /// The bridge has finished or is stopping.
+            case notRunning
+        }
+
+        public let kind: Kind
         public let report: String
+        public var applied: Bool { kind == .applied }
+
+        /// The HTTP status `POST /-/reload` answers with.
+        public var status: Int {
+            switch kind {
+            case .applied: 200
+            case .refused: 400
+            case .busy: 409
+            case .notRunning: 503
+            }
+        }
     }
 
     let path: String
+    /// false for `--dry-run`, which needs no Web PubSub connection.
+    let requireWebPubSub: Bool
     let dispatcher: Dispatcher
     let logger: Logger
     /// Readies the sources of a new config (listeners get the bridge's connection).
     let prepare: @Sendable (BridgeConfiguration) -> Void
     private let state: Mutex<(current: BridgeConfiguration, busy: Bool)>
 
-    init(path: String, configuration: BridgeConfiguration, dispatcher: Dispatcher, logger: Logger, prepare: @escaping @Sendable (BridgeConfiguration) -> Void) {
+    init(
+        path: String, requireWebPubSub: Bool, configuration: BridgeConfiguration, dispatcher: Dispatcher, logger: Logger,
+        prepare: @escaping @Sendable (BridgeConfiguration) -> Void
+    ) {
         self.path = path
+        self.requireWebPubSub = requireWebPubSub
         self.dispatcher = dispatcher
         self.logger = logger
         self.prepare = prepare
@@ -42,19 +69,22 @@ public final class Reloader: Sendable {
             s.busy = true
             return true
         }
-        guard started else { return Outcome(applied: false, report: "a reload is already under way") }
+        guard started else { return Outcome(kind: .busy, report: "a reload is already under way") }
         defer { state.withLock { $0.busy = false } }
 
         let new: BridgeConfiguration
         do {
-            new = try BridgeConfiguration.load(path: path, logger: logger)
+            new = try BridgeConfiguration.load(path: path, requireWebPubSub: requireWebPubSub, logger: logger)
         } catch {
             logger.error("config reload refused; the running config stays\n\(error.description)")
-            return Outcome(applied: false, report: "refused, the running config stays:\n\(error.description)")
+            return Outcome(kind: .refused, report: "refused, the running config stays:\n\(error.description)")
         }
         let old = current
         // Sinks made for sections that are not reloaded are never used.
         for rule in new.eventHandler?.rules ?? [] { try? await rule.sink.close() }
+        func discard() async {
+            for sink in new.core.routes.compactMap(\.deadLetter) + (new.core.deadLetter.map { [$0] } ?? []) { try? await sink.close() }
+        }
         var notes: [String] = []
         for section in BridgeConfiguration.restartSections where old.fingerprints[section] != new.fingerprints[section] {
             notes.append("\(section) changed: restart to apply it")
@@ -64,7 +94,13 @@ public final class Reloader: Sendable {
         let removed = old.core.sources.filter { newSources[$0.name]?.fingerprint != $0.fingerprint }.map(\.name)
         let added = new.core.sources.filter { oldSources[$0.name]?.fingerprint != $0.fingerprint }
         prepare(new)
-        await dispatcher.reload(removing: removed, routes: new.core.routes, deadLetter: new.core.deadLetter, adding: old.runnable(added, logger: logger))
+        let applied = await dispatcher.reload(
+            removing: removed, routes: new.core.routes, deadLetter: new.core.deadLetter, adding: old.runnable(added, logger: logger))
+        guard applied else {
+            await discard()
+            logger.warning("config reload not applied: the bridge has finished or is stopping")
+            return Outcome(kind: .notRunning, report: "not applied: the bridge has finished or is stopping; restart it")
+        }
 
         // The running adapters of unchanged sources stay; the sections read at start stay.
         var merged = old
@@ -80,7 +116,7 @@ public final class Reloader: Sendable {
         if !added.isEmpty { summary += "; started \(added.map(\.name).sorted().joined(separator: ", "))" }
         for warning in new.warnings { notes.append("warning: \(warning)") }
         logger.notice("\(summary)", metadata: notes.isEmpty ? [:] : ["wps.notes": "\(notes.joined(separator: "; "))"])
-        return Outcome(applied: true, report: ([summary] + notes).joined(separator: "\n"))
+        return Outcome(kind: .applied, report: ([summary] + notes).joined(separator: "\n"))
     }
 }
 

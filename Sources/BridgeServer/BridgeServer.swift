@@ -19,14 +19,25 @@ public final class BridgeServer: Service, Sendable {
     let handler: EventHandler?
     let readiness: @Sendable () -> [String]
     let metrics: (@Sendable () -> [UInt8])?
-    /// `POST /-/reload`: applied, and what happened (the validation report when refused).
-    let reload: (@Sendable () async -> (applied: Bool, report: String))?
+    /// `POST /-/reload`, with the token it needs (`Authorization: Bearer` or `X-WPS-Reload-Token`).
+    public struct ReloadEndpoint: Sendable {
+        let token: String
+        /// The HTTP status and what happened (the validation report when refused).
+        let reload: @Sendable () async -> (status: Int, report: String)
+
+        public init(token: String, reload: @escaping @Sendable () async -> (status: Int, report: String)) {
+            self.token = token
+            self.reload = reload
+        }
+    }
+
+    let reload: ReloadEndpoint?
     let logger: Logger
     private let listening = ListeningPort("the bridge server")
 
     public init(
         host: String, port: Int, handler: EventHandler?, readiness: @escaping @Sendable () -> [String],
-        metrics: (@Sendable () -> [UInt8])? = nil, reload: (@Sendable () async -> (applied: Bool, report: String))? = nil, logger: Logger
+        metrics: (@Sendable () -> [UInt8])? = nil, reload: ReloadEndpoint? = nil, logger: Logger
     ) {
         self.reload = reload
         self.host = host
@@ -72,8 +83,11 @@ public final class BridgeServer: Service, Sendable {
         }
         if path == "/-/reload", let reload {
             guard request.method == .post else { return plain(.methodNotAllowed, "POST to reload\n") }
-            let (applied, report) = await reload()
-            return plain(applied ? .ok : .badRequest, report + "\n")
+            let bearer = request.headers[.authorization].flatMap { $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : nil }
+            let given = bearer ?? request.headers[HTTPField.Name("X-WPS-Reload-Token")!] ?? ""
+            guard constantTimeEquals(given, reload.token) else { return plain(.unauthorized, "a reload needs the reload token\n") }
+            let (status, report) = await reload.reload()
+            return plain(.init(code: status), report + "\n")
         }
         if path == "/metrics", let metrics {
             return Response(

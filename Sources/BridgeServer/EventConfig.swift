@@ -6,8 +6,9 @@ public import WebPubSub
 public struct ServerSettings: Sendable, Equatable {
     public var host: String
     public var port: Int
-    /// `reload: true`: `POST /-/reload` re-reads the config (as SIGHUP does).
-    public var reloadEndpoint = false
+    /// `reload: true` with `reloadToken`: `POST /-/reload` re-reads the config (as SIGHUP does)
+    /// for requests that carry the token.
+    public var reloadToken: String?
 
     public init(host: String = "127.0.0.1", port: Int = 8081) {
         self.host = host
@@ -16,7 +17,7 @@ public struct ServerSettings: Sendable, Equatable {
 
     /// `server: {listen: HOST:PORT}`.
     public static func read(_ m: ConfigMapping) -> ServerSettings? {
-        m.checkKeys(["listen", "reload"], what: "server")
+        m.checkKeys(["listen", "reload", "reloadToken", "reloadTokenFile"], what: "server")
         guard let v = m.requireKey("listen", "HOST:PORT, e.g. 127.0.0.1:8081 or 0.0.0.0:8081"), let text = v.string() else { return nil }
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
             v.report("'\(text)' is not HOST:PORT")
@@ -24,7 +25,14 @@ public struct ServerSettings: Sendable, Equatable {
         }
         let host = String(text[..<colon])
         var settings = ServerSettings(host: host.isEmpty ? "0.0.0.0" : host, port: port)
-        settings.reloadEndpoint = m.bool("reload") ?? false
+        let token = m.secret("reloadToken")
+        if m.bool("reload") == true {
+            if let token {
+                settings.reloadToken = token
+            } else {
+                m.report("server.reload needs reloadToken (or reloadTokenFile): the endpoint shares the listener with the event handler")
+            }
+        }
         return settings
     }
 }

@@ -78,7 +78,7 @@ class KafkaClientContext: @unchecked Sendable {
     let logger: Logger
     let role: String
     /// Set from librdkafka's threads: the last error that made the client unhealthy, or nil.
-    let problem = Mutex<(reason: String, since: ContinuousClock.Instant, logged: ContinuousClock.Instant)?>(nil)
+    let problem = Mutex<(reason: String, code: Int32, since: ContinuousClock.Instant, logged: ContinuousClock.Instant)?>(nil)
     let fatal = Mutex<String?>(nil)
 
     init(logger: Logger, role: String) {
@@ -88,6 +88,17 @@ class KafkaClientContext: @unchecked Sendable {
 
     /// The current problem, e.g. "all brokers are down", for readiness.
     var currentProblem: String? { fatal.withLock { $0 } ?? problem.withLock { $0?.reason } }
+
+    /// Whether the current problem is about reaching the brokers (down, unresolvable, timing
+    /// out), which a broker's answer shows to be over.
+    var problemIsConnectivity: Bool {
+        problem.withLock { p in
+            guard let code = p?.code else { return false }
+            let err = rd_kafka_resp_err_t(rawValue: code)
+            return [RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN, RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR__RESOLVE, RD_KAFKA_RESP_ERR__TIMED_OUT]
+                .contains(err)
+        }
+    }
 
     /// Called when the client made progress (a message, an assignment, a delivery report).
     func healthy() {
@@ -107,7 +118,7 @@ class KafkaClientContext: @unchecked Sendable {
         let now = ContinuousClock.now
         let shouldLog = problem.withLock { p -> Bool in
             if let current = p, current.reason == reason, now - current.logged < .seconds(30) { return false }
-            p = (reason, p?.since ?? now, now)
+            p = (reason, code, p?.since ?? now, now)
             return true
         }
         guard shouldLog else { return }

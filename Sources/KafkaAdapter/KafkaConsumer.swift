@@ -53,9 +53,14 @@ final class KafkaConsumer: @unchecked Sendable {
         /// No more records are wanted: `run` ended. The thread keeps polling (paused) until closed.
         var draining = false
         var closeRequested = false
-        var closed: CheckedContinuation<Void, Never>?
+        /// Whoever waits in `close` (a reload and the shutdown may both).
+        var closed: [CheckedContinuation<Void, Never>] = []
         var threadDone = false
         var commitInFlight = false
+        /// Partitions to read again from a message that could not be settled, and not before when.
+        var rewinds: [TopicPartition: (offset: Int64, notBefore: ContinuousClock.Instant)] = [:]
+        /// The wait before the next rewind of a partition: doubles while its rewinds keep failing.
+        var rewindBackoff: [TopicPartition: Duration] = [:]
     }
 
     let settings: Settings
@@ -150,15 +155,27 @@ final class KafkaConsumer: @unchecked Sendable {
         }
     }
 
-    /// Settles one record: acknowledged offsets may be committed.
+    /// Settles one record: acknowledged offsets may be committed. A record that failed (its
+    /// dead letter could not be written) holds its partition's commit; unless the consumer is
+    /// draining, the partition is read again from it after a backoff (1 s doubling to 30 s).
     func settle(_ record: KafkaRecord, _ outcome: DeliveryOutcome) {
         state.withLock { s in
-            guard var offsets = s.offsets[record.partition], offsets.generation == record.generation else { return }
+            let tp = record.partition
+            guard var offsets = s.offsets[tp], offsets.generation == record.generation else { return }
             switch outcome {
-            case .done: offsets.ack(record.offset)
-            case .failed: offsets.fail(record.offset)
+            case .done:
+                offsets.ack(record.offset)
+                if s.rewinds[tp] == nil { s.rewindBackoff[tp] = nil }
+            case .failed:
+                offsets.fail(record.offset)
+                if !s.draining {
+                    let backoff = s.rewindBackoff[tp] ?? .seconds(1)
+                    let earliest = min(s.rewinds[tp]?.offset ?? record.offset, record.offset)
+                    s.rewinds[tp] = (earliest, s.rewinds[tp]?.notBefore ?? .now + backoff)
+                    s.rewindBackoff[tp] = min(backoff * 2, .seconds(30))
+                }
             }
-            s.offsets[record.partition] = offsets
+            s.offsets[tp] = offsets
         }
     }
 
@@ -180,7 +197,7 @@ final class KafkaConsumer: @unchecked Sendable {
             let done = state.withLock { s -> Bool in
                 s.closeRequested = true
                 if s.threadDone { return true }
-                s.closed = continuation
+                s.closed.append(continuation)
                 return false
             }
             if done { continuation.resume() }
@@ -207,6 +224,7 @@ final class KafkaConsumer: @unchecked Sendable {
             if ContinuousClock.now - lastCommit.withLock({ $0 }) >= settings.commitInterval {
                 commit(sync: false)
             }
+            rewindDue()
             if ContinuousClock.now - lastLag >= settings.lagInterval {
                 lastLag = .now
                 recordLag()
@@ -220,12 +238,12 @@ final class KafkaConsumer: @unchecked Sendable {
         }
         KafkaConsumer.unregister(rk)
         rd_kafka_destroy(rk)
-        state.withLock { s in
+        let waiters = state.withLock { s in
             s.threadDone = true
-            let closed = s.closed
-            s.closed = nil
-            return closed
-        }?.resume()
+            defer { s.closed.removeAll() }
+            return s.closed
+        }
+        for waiter in waiters { waiter.resume() }
     }
 
     private func take(_ message: UnsafeMutablePointer<rd_kafka_message_t>) {
@@ -414,12 +432,44 @@ final class KafkaConsumer: @unchecked Sendable {
         }
     }
 
+    /// Seeks partitions back to a message that could not be settled, under a new generation (the
+    /// acknowledgements of what was handed out before are ignored; those messages come again).
+    private func rewindDue() {
+        let now = ContinuousClock.now
+        let due: [(TopicPartition, Int64?)] = state.withLock { s in
+            guard !s.draining, !s.rewinds.isEmpty else { return [] }
+            var due: [(TopicPartition, Int64?)] = []
+            for (tp, rewind) in s.rewinds where rewind.notBefore <= now {
+                s.rewinds[tp] = nil
+                guard let old = s.offsets[tp] else { continue }  // revoked meanwhile: its next owner reads it
+                s.generation += 1
+                var fresh = PartitionOffsets(generation: s.generation)
+                fresh.committed = old.committed
+                s.offsets[tp] = fresh
+                s.queue.removeAll { $0.partition == tp }
+                due.append((tp, rewind.offset))
+            }
+            return due
+        }
+        guard !due.isEmpty else { return }
+        let list = makePartitionList(due)
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        if let error = rd_kafka_seek_partitions(rk, list, 5000) {
+            logger.error("kafka seek failed: \(String(cString: rd_kafka_error_string(error)))")
+            rd_kafka_error_destroy(error)
+            return
+        }
+        logger.warning(
+            "kafka partition read again from a message that could not be settled (its dead letter was not written)",
+            metadata: ["wps.partitions": "\(due.map { "\($0.0)@\($0.1!)" })"])
+    }
+
     /// `wps_bridge_kafka_consumer_lag`: per assigned partition, the high watermark (as last
     /// fetched, no broker round trip) minus the position not yet done (the next commit).
     private func recordLag() {
         // While a problem is known (brokers down), ask a broker: an answer means it is over,
         // also when no message comes to say so.
-        if context.currentProblem != nil, let tp = state.withLock({ $0.offsets.keys.first }) {
+        if context.problemIsConnectivity, let tp = state.withLock({ $0.offsets.keys.first }) {
             var low: Int64 = 0
             var high: Int64 = 0
             if rd_kafka_query_watermark_offsets(rk, tp.topic, tp.partition, &low, &high, 500) == RD_KAFKA_RESP_ERR_NO_ERROR { context.healthy() }
@@ -462,7 +512,11 @@ final class KafkaConsumer: @unchecked Sendable {
         }
         commit(sync: true, only: revoked)
         state.withLock { s in
-            for tp in revoked { s.offsets[tp] = nil }
+            for tp in revoked {
+                s.offsets[tp] = nil
+                s.rewinds[tp] = nil
+                s.rewindBackoff[tp] = nil
+            }
         }
         // Its lag is the next owner's to tell.
         for tp in revoked { lagGauge(tp).destroy() }

@@ -52,6 +52,8 @@ public final class LocalHub: Service, Sendable {
     let logger: Logger
     let registry = HubRegistry()
     let listening = ListeningPort("the embedded hub")
+    /// Hubs that had connections, for their gauges.
+    private let metricHubs = Mutex<Set<String>>([])
     let rejectionStore = RejectionStore()
     private let background: (stream: AsyncStream<@Sendable () async -> Void>, continuation: AsyncStream<@Sendable () async -> Void>.Continuation)
     private let limiter: RateLimiter?
@@ -135,7 +137,14 @@ public final class LocalHub: Service, Sendable {
 
     /// Sets the gauges read at scrape time: connections and non-empty groups per hub.
     public func recordMetrics() {
-        for (hub, size) in registry.sizes() {
+        let sizes = registry.sizes()
+        // A hub whose last client left reads 0, not its last value.
+        let hubs = metricHubs.withLock { seen in
+            seen.formUnion(sizes.keys)
+            return seen
+        }
+        for hub in hubs {
+            let size = sizes[hub] ?? (0, 0)
             Gauge(label: "wps_hub_connections", dimensions: [("hub", hub)]).record(size.connections)
             Gauge(label: "wps_hub_groups", dimensions: [("hub", hub)]).record(size.groups)
         }

@@ -147,48 +147,64 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
         }
     }
 
-    /// Entries delivered to this consumer before (a restart) and never acknowledged.
+    /// Entries delivered to this consumer before (a restart, or a lost connection) and never
+    /// acknowledged, other than those in flight here: listed with XPENDING (which, unlike a
+    /// re-read, does not count as a delivery), then claimed for their fields.
     private func readOwnPending(_ connection: RedisBlockingConnection, thread: RedisThread, emit: DeliveryEmitter) async throws {
-        var after = Dictionary(uniqueKeysWithValues: settings.streams.map { ($0, "0") })
-        while !after.isEmpty {
-            let streams = Array(after.keys).sorted()
-            let reply = try await call(
-                connection, thread: thread, ["XREADGROUP", "GROUP", settings.group, settings.consumer, "COUNT", String(settings.count), "STREAMS"] + streams + streams.map { after[$0]! })
-            let batches = Self.parseRead(reply)
-            for stream in streams {
-                let entries = batches[stream] ?? []
-                if entries.isEmpty {
-                    after[stream] = nil
-                    continue
-                }
-                after[stream] = entries.last!.id
-                try await dispatch(entries, stream: stream, reclaimed: true, connection: connection, thread: thread, emit: emit)
+        for stream in settings.streams {
+            var start = "-"
+            while true {
+                let reply = try await call(
+                    connection, thread: thread, ["XPENDING", stream, settings.group, start, "+", String(settings.count), settings.consumer])
+                let ids = (reply.array ?? []).compactMap { $0.array?.first?.text }
+                guard let last = ids.last else { break }
+                try await claim(ids, stream: stream, connection: connection, thread: thread, emit: emit)
+                if ids.count < settings.count { break }
+                start = "(" + last
             }
         }
     }
 
-    /// Entries other consumers (or this one, before a crash) left idle for `minIdle`.
+    /// Entries other consumers (or this one, before a crash) left idle for `minIdle`. XAUTOCLAIM
+    /// with JUSTID takes them without counting a delivery, so that this consumer's own entries,
+    /// in flight for longer than `minIdle` (a long Web PubSub outage), do not creep towards
+    /// `maxDeliveries`; the others are then claimed (a delivery) for their fields.
     private func claimStale(_ connection: RedisBlockingConnection, thread: RedisThread, emit: DeliveryEmitter) async throws {
         let minIdleMs = String(settings.minIdle.components.seconds * 1000 + settings.minIdle.components.attoseconds / 1_000_000_000_000_000)
         for stream in settings.streams {
             var cursor = "0-0"
             repeat {
                 let reply = try await call(
-                    connection, thread: thread, ["XAUTOCLAIM", stream, settings.group, settings.consumer, minIdleMs, cursor, "COUNT", String(settings.count)])
+                    connection, thread: thread,
+                    ["XAUTOCLAIM", stream, settings.group, settings.consumer, minIdleMs, cursor, "COUNT", String(settings.count), "JUSTID"])
                 guard let parts = reply.array, parts.count >= 2 else { break }
                 cursor = parts[0].text ?? "0-0"
-                let entries = (parts[1].array ?? []).compactMap(Self.parseEntry)
-                let live = entries.filter { $0.fields != nil }
-                if !live.isEmpty {
-                    logger.info("redis stream entries reclaimed", metadata: ["wps.stream": "\(stream)", "wps.count": "\(live.count)"])
-                }
-                try await dispatch(entries, stream: stream, reclaimed: true, connection: connection, thread: thread, emit: emit)
+                let ids = (parts[1].array ?? []).compactMap(\.text)
                 // Redis 7 also lists the ids of entries deleted meanwhile: acknowledge them.
                 if parts.count >= 3, let deleted = parts[2].array {
                     for id in deleted.compactMap(\.text) { queueAck(stream, id) }
                 }
+                let claimed = try await claim(ids, stream: stream, connection: connection, thread: thread, emit: emit)
+                if claimed > 0 {
+                    logger.info("redis stream entries reclaimed", metadata: ["wps.stream": "\(stream)", "wps.count": "\(claimed)"])
+                }
             } while cursor != "0-0"
         }
+    }
+
+    /// Claims `ids` that are not in flight here (XCLAIM: their fields, one more delivery) and
+    /// hands them on; ids that do not come back were deleted from the stream and are
+    /// acknowledged. Returns how many were handed on.
+    @discardableResult
+    private func claim(_ ids: [String], stream: String, connection: RedisBlockingConnection, thread: RedisThread, emit: DeliveryEmitter) async throws -> Int {
+        let fresh = inFlight.withLock { set in ids.filter { !set.contains(stream + "\u{0}" + $0) } }
+        guard !fresh.isEmpty else { return 0 }
+        let reply = try await call(connection, thread: thread, ["XCLAIM", stream, settings.group, settings.consumer, "0"] + fresh)
+        let entries = (reply.array ?? []).compactMap(Self.parseEntry)
+        let returned = Set(entries.map(\.id))
+        for id in fresh where !returned.contains(id) { queueAck(stream, id) }
+        try await dispatch(entries, stream: stream, reclaimed: true, connection: connection, thread: thread, emit: emit)
+        return entries.filter { $0.fields != nil }.count
     }
 
     private func readNew(_ connection: RedisBlockingConnection, thread: RedisThread, emit: DeliveryEmitter) async throws {

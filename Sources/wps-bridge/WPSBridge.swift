@@ -261,7 +261,8 @@ final class SecondSignal {
         sources = [SIGTERM, SIGINT].map { number in
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
             source.setEventHandler {
-                if count.value.add(1, ordering: .relaxed).newValue >= 2 {
+                // Signals that arrive together are merged into one event: `data` counts them.
+                if count.value.add(max(1, Int(source.data)), ordering: .relaxed).newValue >= 2 {
                     logger.warning("second signal: exiting without waiting for in-flight sends (they are read again on restart where the source allows)")
                     exit(130)
                 }

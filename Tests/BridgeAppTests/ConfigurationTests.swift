@@ -250,3 +250,20 @@ let valid = """
                 == "wps-bridge: 1200 in (250/s), 1190 delivered, 3 retried, 2 dead-lettered, 8 in flight")
     }
 }
+
+@Suite struct RedactionTests {
+    @Test(arguments: [
+        ("GET ws://h/client/hubs/chat?access_token=eyJabc.def&x=1", "GET ws://h/client/hubs/chat?access_token=***&x=1"),
+        ("url=http://b:8081/eventhandler/{hub}?CODE=s3cret", "url=http://b:8081/eventhandler/{hub}?CODE=***"),
+        ("?awps_connection_id=c1&awps_reconnection_token=abc", "?awps_connection_id=c1&awps_reconnection_token=***"),
+        ("Endpoint=https://x.webpubsub.azure.com;AccessKey=K3y/+=;Version=1.0;", "Endpoint=https://x.webpubsub.azure.com;AccessKey=***;Version=1.0;"),
+        ("cannot connect to redis://app:hunter2@cache:6379/0", "cannot connect to redis://app:***@cache:6379/0"),
+        ("redis://:hunter2@cache", "redis://:***@cache"),
+        ("Authorization: Bearer eyJhbGciOi.x.y", "Authorization: Bearer ***"),
+        ("{\"password=\": 1} token=abc xcode=keep", "{\"password=\": 1} token=*** xcode=keep"),
+        ("plain text, no secrets: https://example.com/a?b=c", "plain text, no secrets: https://example.com/a?b=c"),
+    ])
+    func hidesSecrets(input: String, expected: String) {
+        #expect(Redaction.redact(input) == expected)
+    }
+}

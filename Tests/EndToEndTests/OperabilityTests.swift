@@ -68,14 +68,15 @@ import WebPubSub
         bridge.closeInput()
     }
 
-    @Test func readinessFollowsRedisAndKafka() async throws {
+    @Test func readinessFollowsRedisKafkaAndWebPubSub() async throws {
         let redis = try await RedisServer()
+        let hub = try await HubProcess()
         let kafkaPort = try TestEnvironment.freePort()
         let serverPort = try TestEnvironment.freePort()
         let dir = try TestEnvironment.temporaryDirectory()
         let bridge = try BridgeProcess(
             """
-            webpubsub: {connectionString: "Endpoint=http://127.0.0.1;Port=1;AccessKey=k;Version=1.0;", hub: chat}
+            webpubsub: {connectionString: "\(hub.connectionString)", hub: chat}
             server: {listen: "127.0.0.1:\(serverPort)"}
             sources:
               - {name: live, type: redis, url: "\(redis.url)", channels: [news]}
@@ -99,7 +100,7 @@ import WebPubSub
         // No broker yet: not ready, and the body says which source.
         #expect(await eventually { let r = await readiness(); return r.status == 503 && r.problems.contains { $0.hasPrefix("source orders") } }, "\(bridge.logTail)")
         let broker = try await KafkaBroker(port: kafkaPort)
-        // A broker without the topic is still not ready ("unknown topic"); with it, ready.
+        // The consumer needs its topic too (until then it reports "unknown topic").
         try await KafkaTool.create(broker.brokers, topic: "orders", partitions: 1)
         let kafkaReady = await eventually(timeout: .seconds(60)) { await readiness().status == 200 }
         let afterKafka = await readiness().problems
@@ -115,6 +116,29 @@ import WebPubSub
         #expect(await bridge.exitStatus() == 0)
         await broker.stop()
         await redis.stop()
+        await hub.stop()
+    }
+
+    @Test func readinessSaysWhenWebPubSubRefusesTheKey() async throws {
+        let hub = try await HubProcess()
+        let serverPort = try TestEnvironment.freePort()
+        let wrong = hub.connectionString.replacingOccurrences(of: hub.accessKey, with: "not-the-key-0123456789")
+        let bridge = try BridgeProcess(
+            """
+            webpubsub: {connectionString: "\(wrong)", hub: chat}
+            server: {listen: "127.0.0.1:\(serverPort)"}
+            sources: [{name: in, type: stdin}]
+            routes: [{from: in, to: [{group: g}]}]
+            deadLetter: {type: file, path: dead.ndjson}
+            """, in: try TestEnvironment.temporaryDirectory())
+        let refused = await eventually {
+            guard let (status, body) = try? await get("http://127.0.0.1:\(serverPort)/readyz") else { return false }
+            return status == 503 && body.contains("webpubsub: the service refuses the access key (HTTP 401)")
+        }
+        #expect(refused, "\(bridge.logTail)")
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+        await hub.stop()
     }
 
     @Test func logsCarryNoKeyTokenOrSecret() async throws {
@@ -177,7 +201,7 @@ extension OperabilityTests {
         let dir = try TestEnvironment.temporaryDirectory()
         let head = """
             webpubsub: {embedded: {port: \(hubPort), accessKey: \(key)}, hub: chat}
-            server: {listen: "127.0.0.1:\(serverPort)", reload: true}
+            server: {listen: "127.0.0.1:\(serverPort)", reload: true, reloadToken: reload-secret}
             deadLetter: {type: file, path: dead.ndjson}
 
             """
@@ -229,10 +253,14 @@ extension OperabilityTests {
         #expect(await news.expect(type: "message")?["data"]?["headline"] == .string("reloaded"))
         #expect(one.drain().isEmpty, "nothing more for the old route")
 
-        // The same through POST /-/reload: a broken file is a 400 with the report.
+        // The same through POST /-/reload: without the token, 401; with it, a broken file is a
+        // 400 with the report.
         try "webpubsub: {}\n".write(toFile: dir + "/bridge.yaml", atomically: true, encoding: .utf8)
         var request = URLRequest(url: URL(string: "http://127.0.0.1:\(serverPort)/-/reload")!)
         request.httpMethod = "POST"
+        let (_, anonymous) = try await URLSession.shared.data(for: request)
+        #expect((anonymous as? HTTPURLResponse)?.statusCode == 401)
+        request.setValue("Bearer reload-secret", forHTTPHeaderField: "Authorization")
         let (body, response) = try await URLSession.shared.data(for: request)
         #expect((response as? HTTPURLResponse)?.statusCode == 400, "\(String(decoding: body, as: UTF8.self))")
         #expect(String(decoding: body, as: UTF8.self).contains("refused"))

@@ -141,18 +141,18 @@ extension RunCommandTests {
         let cfg = try config(dir, connectionString: cs, extra: "  shutdownTimeout: 60s")
         let text = try String(contentsOfFile: cfg, encoding: .utf8)
             .replacingOccurrences(of: "retry: {maxAttempts: 3, initialBackoff: 10ms, maxBackoff: 100ms}", with: "retry: {maxAttempts: 1000, initialBackoff: 200ms, maxBackoff: 1s}")
-        try text.write(toFile: cfg, atomically: true, encoding: .utf8)
-        let bridge = try ChildProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg, "--log-level", "debug"])
+        let bridge = try BridgeProcess(text, in: dir)
         bridge.write("{\"data\":1}\n")
-        try await Task.sleep(for: .seconds(1))
+        #expect(await eventually { bridge.log.contains("send failed, retrying") }, "\(bridge.logTail)")
         bridge.terminate()
-        try await Task.sleep(for: .seconds(1))
-        #expect(bridge.isRunning, "the first signal drains (up to shutdownTimeout)")
+        #expect(await eventually { bridge.log.contains("Signal caught") }, "the first signal starts the graceful shutdown: \(bridge.logTail)")
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(bridge.isRunning, "which drains (up to shutdownTimeout)")
         let started = ContinuousClock.now
         bridge.terminate()
         #expect(await bridge.exitStatus() == 130)
         #expect(ContinuousClock.now - started < .seconds(10))
-        bridge.closeInput()
+        #expect(bridge.log.contains("second signal"))
     }
 }
 

@@ -172,6 +172,55 @@ import Testing
         await hub.stop()
     }
 
+    @Test func aMessageWhoseDeadLetterFailedIsReadAgainOnceTheSinkWorks() async throws {
+        let broker = try await KafkaBroker()
+        let hub = try await HubProcess()
+        let dir = try TestEnvironment.temporaryDirectory()
+        try await KafkaTool.create(broker.brokers, topic: "rewind", partitions: 1)
+        try await KafkaTool.produce(
+            broker.brokers, topic: "rewind",
+            [
+                ["value": #"{"n":1}"#, "key": "a"],
+                // No key: {key} cannot resolve, so it is dead-lettered; that broker is down.
+                ["value": #"{"n":2}"#],
+                ["value": #"{"n":3}"#, "key": "a"],
+            ])
+        let subscriber = try await hub.subscriber(hub: "chat", group: "room-a")
+        let deadPort = try TestEnvironment.freePort()
+        let yaml = """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+            sources:
+            \(kafkaSource(broker, topic: "rewind", group: "g-rewind"))
+            routes:
+              - from: events
+                to:
+                  - {hub: chat, group: "room-{key}"}
+            deadLetter: {type: kafka, brokers: "127.0.0.1:\(deadPort)", topic: dead, deliveryTimeout: 1s}
+            """
+        let first = try startBridge(yaml, in: dir)
+        let got = await collect(subscriber, count: 2)
+        #expect(got.map { $0["data"]?["n"] } == [.number("1"), .number("3")], "log:\n\(log(dir).suffix(3000))")
+        // The dead letter cannot be written: the partition is read again from it, with backoff.
+        #expect(await eventually { log(dir).contains("read again from a message that could not be settled") }, "\(log(dir).suffix(3000))")
+        let deadBroker = try await KafkaBroker(port: deadPort)
+        let dead = try await KafkaTool.consume(deadBroker.brokers, topic: "dead", count: 1, timeout: 60, linger: 3)
+        #expect(dead.map(\.value) == [#"{"n":2}"#], "written once, when its sink was back")
+        // Everything is settled now, so the commit moved past it: a restart reads nothing again.
+        _ = subscriber.drain()
+        try await Task.sleep(for: .seconds(2))
+        first.terminate()
+        #expect(await first.exitStatus() == 0)
+        _ = subscriber.drain()
+        let second = try startBridge(yaml, in: dir)
+        #expect(await subscriber.expect(type: "message", timeout: .seconds(12)) == nil, "nothing is read again after a restart")
+        second.terminate()
+        #expect(await second.exitStatus() == 0)
+        await deadBroker.stop()
+        await broker.stop()
+        await hub.stop()
+    }
+
     @Test func undeliverableMessagesGoToTheDeadLetterTopicAndTheStreamGoesOn() async throws {
         let broker = try await KafkaBroker()
         let hub = try await HubProcess()

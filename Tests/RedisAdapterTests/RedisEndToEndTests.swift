@@ -155,4 +155,37 @@ import Testing
         await redis.stop()
         await hub.stop()
     }
+
+    @Test func anEntryInFlightLongerThanMinIdleIsNotCountedAsDeliveredAgain() async throws {
+        let redis = try await RedisServer()
+        try await withRecordingServer { server in
+            // Web PubSub is unavailable for a while: the entry stays in flight, retried.
+            server.enqueue(.init(status: 503), .init(status: 503), .init(status: 503), .init(status: 503), .init(status: 503), .init(status: 503))
+            _ = try await redis.cli("XGROUP", "CREATE", "jobs", "bridge", "0", "MKSTREAM")
+            _ = try await redis.cli("XADD", "jobs", "*", "data", #"{"n":1}"#)
+            let bridge = try BridgeProcess(
+                """
+                webpubsub:
+                  connectionString: "\(server.connectionString)"
+                  hub: chat
+                sources:
+                  - {name: jobs, type: redis-stream, url: "\(redis.url)", streams: [jobs], group: bridge, minIdle: 1s, maxDeliveries: 2}
+                routes:
+                  - {from: jobs, to: [{group: g}]}
+                delivery:
+                  retry: {maxAttempts: 20, initialBackoff: 600ms, maxBackoff: 600ms}
+                deadLetter: {type: file, path: dead.ndjson}
+                """, in: try TestEnvironment.temporaryDirectory())
+            #expect(await eventually { server.requests.count >= 3 }, "\(bridge.logTail)")
+            // Several minIdle periods passed while it was in flight (each one a reclaim pass):
+            // still one delivery, not one per pass.
+            let pending = try await redis.raw(["XPENDING", "jobs", "bridge", "-", "+", "10"]).split(separator: "\n").map(String.init)
+            #expect(pending.count == 4 && pending[3] == "1", "\(pending)")
+            #expect(try await eventually { try await redis.raw(["XPENDING", "jobs", "bridge"]).hasPrefix("0") }, "\(bridge.logTail)")
+            #expect(server.requests.count == 7, "sent once it could be, not dead-lettered")
+            bridge.terminate()
+            #expect(await bridge.exitStatus() == 0)
+        }
+        await redis.stop()
+    }
 }

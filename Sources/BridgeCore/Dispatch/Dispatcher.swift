@@ -149,6 +149,7 @@ public final class Dispatcher: Sendable {
             } catch {
                 intakeError = error
             }
+            // Before the drain's end: a reload from now on is refused, and one under way ends first.
             self.sources.cancelAll()
             let drained = await drain()
             if !drained {
@@ -162,7 +163,7 @@ public final class Dispatcher: Sendable {
             }
             if !drained { workers.cancelAll() }
         }
-        for entry in self.sources.entries {
+        for entry in await self.sources.close() {
             await entry.stopped()
             do {
                 try await entry.source.finish()
@@ -191,7 +192,8 @@ public final class Dispatcher: Sendable {
         if let error = sources.firstError { throw error }
     }
 
-    private func start(_ source: any SourceAdapter) {
+    @discardableResult
+    private func start(_ source: any SourceAdapter) -> Bool {
         sources.start(source) { delivery, entry in
             // Counted until settled, so that a source that is stopped alone commits after its last one.
             entry.pending.add(1, ordering: .relaxed)
@@ -206,21 +208,28 @@ public final class Dispatcher: Sendable {
     /// A reload: stops the sources in `removing` (each commits once what it had in flight is
     /// settled, for `shutdownTimeout` at most), swaps the routes and dead-letter sinks, then
     /// starts `adding`. Sources in neither go on untouched, and so do sends already planned.
-    public func reload(removing: [String], routes: [Route], deadLetter: (any SinkAdapter)?, adding: [any SourceAdapter]) async {
-        sources.hold()
+    /// - Returns: false when the dispatcher is stopping or stopped (nothing was changed).
+    @discardableResult
+    public func reload(removing: [String], routes: [Route], deadLetter: (any SinkAdapter)?, adding: [any SourceAdapter]) async -> Bool {
+        guard sources.hold() else { return false }
         defer { sources.release() }
-        for name in removing {
-            guard let entry = await sources.remove(name) else { continue }
-            let deadline = ContinuousClock.now + settings.shutdownTimeout
-            while entry.pending.load(ordering: .relaxed) > 0, ContinuousClock.now < deadline {
-                try? await Task.sleep(for: .milliseconds(20))
+        // Stopped side by side, each committing once its own deliveries are settled.
+        await withDiscardingTaskGroup { group in
+            for name in removing {
+                group.addTask {
+                    guard let entry = await self.sources.remove(name) else { return }
+                    let deadline = ContinuousClock.now + self.settings.shutdownTimeout
+                    while entry.pending.load(ordering: .relaxed) > 0, ContinuousClock.now < deadline {
+                        do { try await Task.sleep(for: .milliseconds(20)) } catch { break }
+                    }
+                    do {
+                        try await entry.source.finish()
+                    } catch {
+                        self.logger.error("removed source could not finish cleanly", metadata: ["wps.source": "\(name)", "error": "\(error)"])
+                    }
+                    self.logger.info("source stopped by a reload", metadata: ["wps.source": "\(name)"])
+                }
             }
-            do {
-                try await entry.source.finish()
-            } catch {
-                logger.error("removed source could not finish cleanly", metadata: ["wps.source": "\(name)", "error": "\(error)"])
-            }
-            logger.info("source stopped by a reload", metadata: ["wps.source": "\(name)"])
         }
         let old = table.withLock { t in
             defer { t = RoutingTable(routes: routes, deadLetter: deadLetter) }
@@ -228,9 +237,13 @@ public final class Dispatcher: Sendable {
         }
         retiredSinks.withLock { $0 += old.sinks }
         for source in adding {
-            start(source)
-            logger.info("source started by a reload", metadata: ["wps.source": "\(source.name)"])
+            if start(source) {
+                logger.info("source started by a reload", metadata: ["wps.source": "\(source.name)"])
+            } else {
+                logger.error("source not started by the reload: one of that name still runs, or the bridge is stopping", metadata: ["wps.source": "\(source.name)"])
+            }
         }
+        return true
     }
 
     /// Waits until nothing is in flight; once a graceful shutdown began, for `shutdownTimeout` at most.

@@ -28,18 +28,24 @@ final class SourceSet: Sendable {
         /// Held while a reload swaps sources, so that a moment without any does not end intake.
         var holds = 0
         var cancelled = false
+        /// The dispatcher is done with its sources: nothing starts any more.
+        var closed = false
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
 
     private let state = Mutex(State())
 
-    /// Starts reading `source`; `emit` hands its deliveries to the dispatcher.
-    func start(_ source: any SourceAdapter, emit: @escaping @Sendable (Delivery, Entry) async throws -> Void) {
+    /// Starts reading `source`; `emit` hands its deliveries to the dispatcher. False when the
+    /// set is closed (the dispatcher has finished) or a source of that name is listed.
+    @discardableResult
+    func start(_ source: any SourceAdapter, emit: @escaping @Sendable (Delivery, Entry) async throws -> Void) -> Bool {
         let entry = Entry(source)
-        let cancelled = state.withLock { s in
+        let added = state.withLock { s -> Bool in
+            guard !s.closed, s.entries[source.name] == nil else { return false }
             s.entries[source.name] = entry
-            return s.cancelled
+            return true
         }
+        guard added else { return false }
         let task = Task {
             do {
                 try await source.run(emit: DeliveryEmitter { delivery in try await emit(delivery, entry) })
@@ -50,7 +56,10 @@ final class SourceSet: Sendable {
             self.ended(entry)
         }
         entry.task.withLock { $0 = task }
-        if cancelled { task.cancel() }
+        // Checked after the task is stored: a `cancelAll` in between either saw the task or set
+        // the flag read here.
+        if state.withLock({ $0.cancelled }) { task.cancel() }
+        return true
     }
 
     /// A source failed: the first error ends every source (the bridge stops).
@@ -101,7 +110,24 @@ final class SourceSet: Sendable {
     /// The sources still listed, for `finish` at the end.
     var entries: [Entry] { state.withLock { Array($0.entries.values) } }
 
-    func hold() { state.withLock { $0.holds += 1 } }
+    /// Keeps `waitUntilAllEnded` waiting while sources are swapped; false once the set is closed.
+    func hold() -> Bool {
+        state.withLock { s in
+            guard !s.closed else { return false }
+            s.holds += 1
+            return true
+        }
+    }
+
+    /// No source starts from now on (the dispatcher is stopping); returns the ones listed,
+    /// for `finish`, once no reload holds the set.
+    func close() async -> [Entry] {
+        state.withLock { $0.closed = true }
+        while state.withLock({ $0.holds > 0 }) {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return entries
+    }
 
     func release() {
         let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
