@@ -109,6 +109,19 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
         return socket
     }
 
+    /// A listener on group `room` of hub `chat` whose socket goes through a proxy the test can cut.
+    func listenThroughProxy(_ cs: ConnectionString) async throws -> (TCPProxy, GroupListenerSource, Collected, Task<Void, any Error>) {
+        let hubPort = Int(cs.endpoint.split(separator: ":").last!)!
+        let proxy = try await TCPProxy(to: hubPort)
+        var settings = GroupListenerSource.Settings(hub: "chat", groups: ["room"])
+        settings.connectionString = try ConnectionString(endpoint: "http://127.0.0.1:\(proxy.port)", accessKey: cs.accessKey)
+        let listener = GroupListenerSource(name: "listen", settings: settings, logger: quiet)
+        let collected = Collected()
+        let running = Task { try await listener.run(emit: collected.emitter) }
+        #expect(await eventually { listener.healthProblem == nil })
+        return (proxy, listener, collected, running)
+    }
+
     func send(_ socket: TestWebSocket, _ text: String, ackId: Int) async {
         socket.send(json: .object([("type", .string("sendToGroup")), ("group", .string("room")), ("dataType", .string("text")), ("data", .string(text)), ("ackId", .number(String(ackId)))]))
         _ = await socket.expect(type: "ack")
@@ -116,14 +129,7 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
 
     @Test func aDroppedSocketIsRecoveredAndNothingIsLostOrRepeated() async throws {
         try await hub { hub, cs in
-            let hubPort = Int(cs.endpoint.split(separator: ":").last!)!
-            let proxy = try await TCPProxy(to: hubPort)
-            var settings = GroupListenerSource.Settings(hub: "chat", groups: ["room"])
-            settings.connectionString = try ConnectionString(endpoint: "http://127.0.0.1:\(proxy.port)", accessKey: cs.accessKey)
-            let listener = GroupListenerSource(name: "listen", settings: settings, logger: quiet)
-            let collected = Collected()
-            let running = Task { try await listener.run(emit: collected.emitter) }
-            #expect(await eventually { listener.healthProblem == nil })
+            let (proxy, listener, collected, running) = try await listenThroughProxy(cs)
             let alice = try await sender(cs, user: "alice")
             let bob = try await sender(cs, user: "bob")
             var resentBefore = -1
@@ -188,14 +194,7 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
 
     @Test func aRecoveryTheHubRefusesStartsANewConnection() async throws {
         try await hub { hub, cs in
-            let hubPort = Int(cs.endpoint.split(separator: ":").last!)!
-            let proxy = try await TCPProxy(to: hubPort)
-            var settings = GroupListenerSource.Settings(hub: "chat", groups: ["room"])
-            settings.connectionString = try ConnectionString(endpoint: "http://127.0.0.1:\(proxy.port)", accessKey: cs.accessKey)
-            let listener = GroupListenerSource(name: "listen", settings: settings, logger: quiet)
-            let collected = Collected()
-            let running = Task { try await listener.run(emit: collected.emitter) }
-            #expect(await eventually { listener.healthProblem == nil })
+            let (proxy, listener, collected, running) = try await listenThroughProxy(cs)
             let client = WebPubSubServiceClient(connectionString: cs, logger: quiet)
             let alice = try await sender(cs, user: "alice")
             await send(alice, "one", ackId: 1)

@@ -79,20 +79,20 @@ import Testing
         await hub.stop()
     }
 
-    @Test func aKilledBridgeLosesNothingWhenStartedAgain() async throws {
+    /// `count` records `{"p","n"}` over 4 partitions, a hub with a subscriber of group `stream`,
+    /// and the config of a bridge (2 sends at once, 8 in flight) that reads them into it.
+    func streamOf(_ count: Int, topic: String, group: String) async throws -> (KafkaBroker, HubProcess, String, TestWebSocket, String) {
         let broker = try await KafkaBroker()
         let hub = try await HubProcess()
         let dir = try TestEnvironment.temporaryDirectory()
-        let topic = "stream"
         try await KafkaTool.create(broker.brokers, topic: topic, partitions: 4)
-        let count = 2000
         try await KafkaTool.produce(broker.brokers, topic: topic, (0..<count).map { i in ["value": #"{"p":\#(i % 4),"n":\#(i)}"#, "partition": i % 4] })
         let subscriber = try await hub.subscriber(hub: "chat", group: "stream")
         let yaml = """
             webpubsub:
               connectionString: "\(hub.connectionString)"
             sources:
-            \(kafkaSource(broker, topic: topic, group: "g-kill"))
+            \(kafkaSource(broker, topic: topic, group: group))
             routes:
               - from: events
                 to:
@@ -101,6 +101,12 @@ import Testing
               concurrency: 2
               maxInFlight: 8
             """
+        return (broker, hub, dir, subscriber, yaml)
+    }
+
+    @Test func aKilledBridgeLosesNothingWhenStartedAgain() async throws {
+        let count = 2000
+        let (broker, hub, dir, subscriber, yaml) = try await streamOf(count, topic: "stream", group: "g-kill")
         let first = try startBridge(yaml, in: dir)
         var got = await collect(subscriber, count: 300)
         first.kill()
@@ -129,27 +135,8 @@ import Testing
     }
 
     @Test func aStoppedBridgeRepeatsNothingWhenStartedAgain() async throws {
-        let broker = try await KafkaBroker()
-        let hub = try await HubProcess()
-        let dir = try TestEnvironment.temporaryDirectory()
-        let topic = "graceful"
-        try await KafkaTool.create(broker.brokers, topic: topic, partitions: 4)
         let count = 2000
-        try await KafkaTool.produce(broker.brokers, topic: topic, (0..<count).map { i in ["value": #"{"p":\#(i % 4),"n":\#(i)}"#, "partition": i % 4] })
-        let subscriber = try await hub.subscriber(hub: "chat", group: "stream")
-        let yaml = """
-            webpubsub:
-              connectionString: "\(hub.connectionString)"
-            sources:
-            \(kafkaSource(broker, topic: topic, group: "g-term"))
-            routes:
-              - from: events
-                to:
-                  - {hub: chat, group: stream}
-            delivery:
-              concurrency: 2
-              maxInFlight: 8
-            """
+        let (broker, hub, dir, subscriber, yaml) = try await streamOf(count, topic: "graceful", group: "g-term")
         let first = try startBridge(yaml, in: dir)
         var got = await collect(subscriber, count: 300)
         // SIGTERM mid-stream: intake stops, in-flight sends finish, offsets are committed.
