@@ -427,7 +427,14 @@ final class KafkaConsumer: @unchecked Sendable {
             logger.info("kafka partitions revoked", metadata: ["wps.partitions": "\(tps.map(\.description).sorted())"])
         default:
             logger.error("kafka rebalance error: \(String(cString: rd_kafka_err2str(err)))")
-            state.withLock { s in s.offsets.removeAll() }
+            let dropped = state.withLock { s in
+                defer {
+                    s.offsets.removeAll()
+                    s.rewinds.removeAll()
+                }
+                return Array(s.offsets.keys)
+            }
+            for tp in dropped { lagGauge(tp).destroy() }
             rd_kafka_assign(rk, nil)
         }
     }

@@ -267,3 +267,29 @@ let valid = """
         #expect(Redaction.redact(input) == expected)
     }
 }
+
+@Suite struct SourceFingerprintTests {
+    @Test func aRotatedSecretFileChangesTheSourcesFingerprint() throws {
+        let dir = try TestEnvironment.temporaryDirectory()
+        try "first-password".write(toFile: dir + "/redis.pw", atomically: true, encoding: .utf8)
+        let yaml = """
+            webpubsub: {connectionString: "Endpoint=http://h;AccessKey=k", hub: chat}
+            sources:
+              - {name: live, type: redis, url: "redis://127.0.0.1:6379", passwordFile: redis.pw, channels: [news]}
+              - {name: in, type: stdin}
+            routes:
+              - {from: live, to: [{group: g}]}
+              - {from: in, to: [{group: g}]}
+            deadLetter: {type: stdout}
+            """
+        func fingerprints() throws -> [String: String] {
+            Dictionary(uniqueKeysWithValues: try load(yaml, baseDirectory: dir).core.sources.map { ($0.name, $0.fingerprint) })
+        }
+        let before = try fingerprints()
+        #expect(try fingerprints() == before, "stable for the same settings")
+        try "second-password".write(toFile: dir + "/redis.pw", atomically: true, encoding: .utf8)
+        let after = try fingerprints()
+        #expect(after["live"] != before["live"], "a reload restarts the source with the new password")
+        #expect(after["in"] == before["in"])
+    }
+}

@@ -173,8 +173,34 @@ public struct ConfigValue {
 
     public var mark: Mark? { node.mark }
 
-    /// The node as YAML text, without positions: equal for equal settings.
-    public var fingerprint: String { (try? Yams.serialize(node: node)) ?? "" }
+    /// The node as YAML text, without positions, and what the files it names under `...File`
+    /// keys hold (hashed): equal for equal settings, different when a secret file was rotated.
+    public var fingerprint: String {
+        var text = (try? Yams.serialize(node: node)) ?? ""
+        var hasher = Hasher()
+        var files = false
+        func visit(_ node: Node) {
+            switch node {
+            case .mapping(let mapping):
+                for (key, value) in mapping {
+                    if case .scalar(let k) = key, k.string.hasSuffix("File"), case .scalar(let path) = value {
+                        files = true
+                        hasher.combine(k.string)
+                        hasher.combine((try? reader.readFile(path.string)) ?? "")
+                    } else {
+                        visit(value)
+                    }
+                }
+            case .sequence(let items):
+                items.forEach(visit)
+            default:
+                break
+            }
+        }
+        visit(node)
+        if files { text += "\n# files \(hasher.finalize())" }
+        return text
+    }
 
     public var isScalar: Bool {
         if case .scalar = node { return true }
