@@ -77,6 +77,7 @@ public enum BridgeRunner {
                 (probe.map { [("webpubsub", $0)] } ?? []) + (reloader?.current ?? configuration).healthReporters
             }
             let hub = embeddedHub
+            let reported = Mutex<Set<String>>([])
             var reloadEndpoint: BridgeServer.ReloadEndpoint?
             if let token = server.reloadToken, let reloader {
                 reloadEndpoint = BridgeServer.ReloadEndpoint(token: token) {
@@ -89,9 +90,17 @@ public enum BridgeRunner {
                 readiness: { watched().compactMap { name, adapter in adapter.healthProblem.map { "\(name): \($0)" } } },
                 metrics: {
                     // Gauges read at scrape time; the counters are kept up as things happen.
-                    for (name, adapter) in watched() {
+                    let components = watched()
+                    for (name, adapter) in components {
                         Gauge(label: "wps_bridge_component_ready", dimensions: [("component", name)]).record(adapter.healthProblem == nil ? 1 : 0)
                     }
+                    // Components a reload removed go away rather than keep their last value.
+                    let gone = reported.withLock { names in
+                        let now = Set(components.map(\.0))
+                        defer { names = now }
+                        return names.subtracting(now)
+                    }
+                    for name in gone { Gauge(label: "wps_bridge_component_ready", dimensions: [("component", name)]).destroy() }
                     hub?.recordMetrics()
                     return BridgeMetrics.registry.emitToBuffer()
                 },

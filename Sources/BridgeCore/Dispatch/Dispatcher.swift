@@ -61,6 +61,8 @@ final class DeliveryTracker: Sendable {
 public final class Dispatcher: Sendable {
     struct Job: Sendable {
         let tracker: DeliveryTracker
+        /// The routing table the job was planned with: its sinks stay open while jobs use it.
+        let table: RoutingTable
         let route: Route
         /// The dead-letter sink of routes without one, as configured when the job was planned.
         let fallbackDeadLetter: (any SinkAdapter)?
@@ -91,11 +93,15 @@ public final class Dispatcher: Sendable {
         }
 
         var sinks: [any SinkAdapter] { routes.compactMap(\.deadLetter) + (deadLetter.map { [$0] } ?? []) }
+        /// Jobs planned with this table and not yet settled.
+        let jobs = Atomic<Int>(0)
+        /// Its sinks were closed (once: by the reload's closer or at the end).
+        let closed = Atomic<Bool>(false)
     }
 
     private let table: Mutex<RoutingTable>
-    /// Dead-letter sinks of earlier tables, closed at the end (jobs may still hold them).
-    private let retiredSinks = Mutex<[any SinkAdapter]>([])
+    /// Tables a reload replaced: their sinks are closed once no job uses them, or at the end.
+    private let retired = Mutex<[RoutingTable]>([])
     private let sources = SourceSet()
     let transport: any DeliveryTransport
     let settings: DeliverySettings
@@ -172,7 +178,8 @@ public final class Dispatcher: Sendable {
                 if intakeError == nil { intakeError = error }
             }
         }
-        let sinks = table.withLock { $0 }.sinks + retiredSinks.withLock { $0 }
+        let tables = [table.withLock { $0 }] + retired.withLock { $0 }
+        let sinks = tables.filter { $0.closed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged }.flatMap(\.sinks)
         for sink in sinks {
             do { try await sink.close() } catch {
                 logger.error("dead-letter sink could not be closed", metadata: ["wps.sink": "\(sink.description)", "error": "\(error)"])
@@ -235,7 +242,19 @@ public final class Dispatcher: Sendable {
             defer { t = RoutingTable(routes: routes, deadLetter: deadLetter) }
             return t
         }
-        retiredSinks.withLock { $0 += old.sinks }
+        retired.withLock { $0.append(old) }
+        // Its dead-letter sinks (a file, a producer) are closed once the jobs planned with it are settled.
+        Task { [logger] in
+            // A moment first: a message planned just before the swap may not be counted yet.
+            try? await Task.sleep(for: .seconds(1))
+            while old.jobs.load(ordering: .relaxed) > 0 { try? await Task.sleep(for: .milliseconds(100)) }
+            guard old.closed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+            for sink in old.sinks {
+                do { try await sink.close() } catch {
+                    logger.error("replaced dead-letter sink could not be closed", metadata: ["wps.sink": "\(sink.description)", "error": "\(error)"])
+                }
+            }
+        }
         for source in adding {
             if start(source) {
                 logger.info("source started by a reload", metadata: ["wps.source": "\(source.name)"])
@@ -301,16 +320,19 @@ public final class Dispatcher: Sendable {
             (
                 lane: send.lane,
                 job: Job(
-                    tracker: tracker, route: table.routes[send.routeIndex], fallbackDeadLetter: table.deadLetter, targetLabel: send.targetLabel,
+                    tracker: tracker, table: table, route: table.routes[send.routeIndex], fallbackDeadLetter: table.deadLetter,
+                    targetLabel: send.targetLabel,
                     resolved: send.resolved, payload: message.payload, dataType: send.dataType,
                     metrics: table.targetMetrics[send.routeIndex][send.targetIndex])
             )
         }
         for (_, job) in jobs { job.metrics.inFlight.increment() }
+        table.jobs.add(jobs.count, ordering: .relaxed)
         do {
             try await scheduler.enqueue(jobs)
         } catch {
             for (_, job) in jobs { job.metrics.inFlight.decrement() }
+            table.jobs.subtract(jobs.count, ordering: .relaxed)
             stats.unsettled.add(1, ordering: .relaxed)
             delivery.nack("shutting down before it was queued")
             throw error
@@ -379,6 +401,7 @@ public final class Dispatcher: Sendable {
     }
 
     private func settle(_ job: Job, _ outcome: DeliveryOutcome) {
+        job.table.jobs.subtract(1, ordering: .relaxed)
         job.metrics.inFlight.decrement()
         if case .failed = outcome { job.metrics.unsettled.increment() }
         if case .failed = job.tracker.settle(outcome) { stats.unsettled.add(1, ordering: .relaxed) }
