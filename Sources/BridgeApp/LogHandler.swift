@@ -78,32 +78,53 @@ public func writeToStandardError(_ text: String) {
     }
 }
 
-/// Hides the secrets that can end up in log text: access keys in connection strings, tokens,
-/// passwords and signatures in URLs and headers (`access_token`, `awps_reconnection_token`,
-/// `code`, `token`, `password`, `secret`, `sig`, `signature`, `Bearer ...`), and the password of
-/// a URL (`redis://user:password@host`), whatever logged them (this bridge, or a library).
+/// Hides the secrets that can end up in log text: access keys in connection strings (Web
+/// PubSub's `AccessKey`, Event Hubs' `SharedAccessKey`, storage's `AccountKey`), tokens,
+/// passwords and secrets (`access_token`, `awps_reconnection_token`, `token`, `refresh_token`,
+/// `id_token`, `client_secret`, `password`, `secret`, `signature`; `code` and `sig` as URL
+/// parameters), bearer tokens, and the password of a URL (`redis://user:password@host`),
+/// whatever logged them (this bridge, or a library).
 public enum Redaction {
-    static let queryKeys = ["access_token=", "awps_reconnection_token=", "code=", "token=", "password=", "secret=", "sig=", "signature="]
+    struct Rule {
+        let key: String
+        var caseInsensitive = true
+        /// The value runs up to one of these.
+        var ending = "&\" ',;)]}\n"
+        /// Only right after one of these (`?code=`, `&sig=`); nil: after anything but a letter,
+        /// digit or `_` (a whole name).
+        var after: String?
+        /// Shorter values are left alone (`Bearer` in prose).
+        var minimumLength = 1
+    }
+
+    static let rules: [Rule] = [
+        "access_token=", "awps_reconnection_token=", "refresh_token=", "id_token=", "token=", "client_secret=", "password=", "secret=",
+        "signature=",
+    ].map { Rule(key: $0) } + [
+        Rule(key: "code=", after: "?&"), Rule(key: "sig=", after: "?&"),
+        Rule(key: "AccessKey=", ending: ";\" \n"), Rule(key: "SharedAccessKey=", ending: ";\" \n"), Rule(key: "AccountKey=", ending: ";\" \n"),
+        Rule(key: "Bearer ", caseInsensitive: false, ending: "\" ,;\n", minimumLength: 16),
+    ]
 
     public static func redact(_ text: String) -> String {
+        guard text.contains("=") || text.contains("Bearer ") || text.contains("://") else { return text }
         var result = text
-        if result.contains("=") {
-            for key in queryKeys { result = hideValues(after: key, in: result, ending: "&\" ',;)]}\n", caseInsensitive: true) }
-            result = hideValues(after: "AccessKey=", in: result, ending: ";\" \n", caseInsensitive: true)
+        for rule in rules where result.range(of: rule.key, options: rule.caseInsensitive ? [.caseInsensitive] : []) != nil {
+            result = hideValues(rule, in: result)
         }
-        if result.contains("Bearer ") { result = hideValues(after: "Bearer ", in: result, ending: "\" ,;\n", caseInsensitive: false) }
         if result.contains("://") { result = hideURLPasswords(result) }
         return result
     }
 
-    /// `scheme://user:password@host` -> `scheme://user:***@host`.
+    /// `scheme://user:password@host` -> `scheme://user:***@host`, for each URL in the text.
     static func hideURLPasswords(_ text: String) -> String {
         var out = ""
         var rest = Substring(text)
         while let scheme = rest.range(of: "://") {
             out += rest[..<scheme.upperBound]
             rest = rest[scheme.upperBound...]
-            let authorityEnd = rest.firstIndex { "/ \"'\n?#".contains($0) } ?? rest.endIndex
+            // The authority ends at the path, or where the next thing in the text starts.
+            let authorityEnd = rest.firstIndex { "/ \"'\n?#,;[]()<>".contains($0) } ?? rest.endIndex
             let authority = rest[..<authorityEnd]
             if let at = authority.lastIndex(of: "@"), let colon = authority[..<at].firstIndex(of: ":") {
                 out += authority[...colon] + "***" + authority[at...]
@@ -115,19 +136,27 @@ public enum Redaction {
         return out + rest
     }
 
-    /// Replaces what follows each `key` (up to one of `ending`) with `***`.
-    static func hideValues(after key: String, in text: String, ending: String, caseInsensitive: Bool = false) -> String {
+    /// Replaces what follows each occurrence of the rule's key with `***`.
+    static func hideValues(_ rule: Rule, in text: String) -> String {
         var out = ""
         var rest = Substring(text)
-        let options: String.CompareOptions = caseInsensitive ? [.caseInsensitive] : []
-        while let range = rest.range(of: key, options: options) {
-            // Only a whole parameter name: `?code=` or `&code=`, not `xcode=`.
-            let before = range.lowerBound == rest.startIndex ? nil : rest[rest.index(before: range.lowerBound)]
+        let options: String.CompareOptions = rule.caseInsensitive ? [.caseInsensitive] : []
+        var previous: Character?
+        while let range = rest.range(of: rule.key, options: options) {
+            let before = range.lowerBound == rest.startIndex ? previous : rest[rest.index(before: range.lowerBound)]
             out += rest[..<range.upperBound]
+            previous = rest[..<range.upperBound].last
             rest = rest[range.upperBound...]
-            if let before, before.isLetter || before.isNumber || before == "_" { continue }
-            let end = rest.firstIndex { ending.contains($0) } ?? rest.endIndex
-            if end > rest.startIndex, rest[..<end] != "***" { out += "***" } else { out += rest[..<end] }
+            if let after = rule.after {
+                guard let before, after.contains(before) else { continue }
+            } else if let before, before.isLetter || before.isNumber || before == "_" {
+                continue
+            }
+            let end = rest.firstIndex { rule.ending.contains($0) } ?? rest.endIndex
+            let value = rest[..<end]
+            guard value.count >= rule.minimumLength, value != "***" else { continue }
+            out += "***"
+            previous = "*"
             rest = rest[end...]
         }
         return out + rest

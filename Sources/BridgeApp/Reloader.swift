@@ -94,12 +94,19 @@ public final class Reloader: Sendable {
         let removed = old.core.sources.filter { newSources[$0.name]?.fingerprint != $0.fingerprint }.map(\.name)
         let added = new.core.sources.filter { oldSources[$0.name]?.fingerprint != $0.fingerprint }
         prepare(new)
-        let applied = await dispatcher.reload(
+        let result = await dispatcher.reload(
             removing: removed, routes: new.core.routes, deadLetter: new.core.deadLetter, adding: old.runnable(added, logger: logger))
-        guard applied else {
+        switch result {
+        case .applied:
+            break
+        case .notRunning:
             await discard()
-            logger.warning("config reload not applied: the bridge has finished or is stopping")
-            return Outcome(kind: .notRunning, report: "not applied: the bridge has finished or is stopping; restart it")
+            logger.warning("config reload not applied: the bridge is starting, stopping or has finished")
+            return Outcome(kind: .notRunning, report: "not applied: the bridge is starting, stopping or has finished")
+        case .interrupted:
+            // The new routes and sinks are in use (the dispatcher closes them at its end).
+            logger.warning("config reload cut short: the bridge is stopping")
+            return Outcome(kind: .notRunning, report: "cut short: the bridge is stopping")
         }
 
         // The running adapters of unchanged sources stay; the sections read at start stay.

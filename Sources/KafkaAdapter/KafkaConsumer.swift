@@ -61,6 +61,8 @@ final class KafkaConsumer: @unchecked Sendable {
         var rewinds: [TopicPartition: (offset: Int64, notBefore: ContinuousClock.Instant)] = [:]
         /// The wait before the next rewind of a partition: doubles while its rewinds keep failing.
         var rewindBackoff: [TopicPartition: Duration] = [:]
+        /// Where each partition was last read again from: the backoff is over once that message settled.
+        var rewoundTo: [TopicPartition: Int64] = [:]
     }
 
     let settings: Settings
@@ -165,7 +167,10 @@ final class KafkaConsumer: @unchecked Sendable {
             switch outcome {
             case .done:
                 offsets.ack(record.offset)
-                if s.rewinds[tp] == nil { s.rewindBackoff[tp] = nil }
+                if s.rewoundTo[tp] == record.offset {
+                    s.rewoundTo[tp] = nil
+                    s.rewindBackoff[tp] = nil
+                }
             case .failed:
                 offsets.fail(record.offset)
                 if !s.draining {
@@ -439,36 +444,63 @@ final class KafkaConsumer: @unchecked Sendable {
         }
     }
 
-    /// Seeks partitions back to a message that could not be settled, under a new generation (the
-    /// acknowledgements of what was handed out before are ignored; those messages come again).
+    /// Seeks partitions back to a message that could not be settled (or to the oldest message
+    /// of the partition not yet settled, if that is earlier), then starts a new generation for
+    /// each partition whose seek worked: acknowledgements of what was handed out before are
+    /// ignored, and those messages come again. Runs on the poll thread, as `take` does, so no
+    /// record is taken between the seek and the new generation.
     private func rewindDue() {
         let now = ContinuousClock.now
         let due: [(TopicPartition, Int64?)] = state.withLock { s in
             guard !s.draining, !s.rewinds.isEmpty else { return [] }
             var due: [(TopicPartition, Int64?)] = []
             for (tp, rewind) in s.rewinds where rewind.notBefore <= now {
-                s.rewinds[tp] = nil
-                guard let old = s.offsets[tp] else { continue }  // revoked meanwhile: its next owner reads it
-                s.generation += 1
-                var fresh = PartitionOffsets(generation: s.generation)
-                fresh.committed = old.committed
-                s.offsets[tp] = fresh
-                s.queue.removeAll { $0.partition == tp }
-                due.append((tp, rewind.offset))
+                guard let offsets = s.offsets[tp] else {
+                    s.rewinds[tp] = nil  // revoked meanwhile: its next owner reads it
+                    continue
+                }
+                due.append((tp, min(rewind.offset, offsets.commitPosition ?? rewind.offset)))
             }
             return due
         }
         guard !due.isEmpty else { return }
         let list = makePartitionList(due)
         defer { rd_kafka_topic_partition_list_destroy(list) }
+        var failed: Set<TopicPartition> = []
         if let error = rd_kafka_seek_partitions(rk, list, 5000) {
-            logger.error("kafka seek failed: \(String(cString: rd_kafka_error_string(error)))")
+            logger.error("kafka seek failed: \(String(cString: rd_kafka_error_string(error))); trying again later")
             rd_kafka_error_destroy(error)
-            return
+            failed = Set(due.map(\.0))
+        } else {
+            for i in 0..<Int(list.pointee.cnt) where list.pointee.elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                let e = list.pointee.elems[i]
+                failed.insert(TopicPartition(topic: String(cString: e.topic), partition: e.partition))
+                logger.error("kafka seek failed for \(String(cString: e.topic))[\(e.partition)]: \(String(cString: rd_kafka_err2str(e.err))); trying again later")
+            }
         }
+        let rewound = state.withLock { s in
+            var rewound: [(TopicPartition, Int64?)] = []
+            for (tp, offset) in due {
+                guard let old = s.offsets[tp], let offset else { continue }
+                if failed.contains(tp) {
+                    s.rewinds[tp]?.notBefore = .now + .seconds(1)
+                    continue
+                }
+                s.rewinds[tp] = nil
+                s.generation += 1
+                var fresh = PartitionOffsets(generation: s.generation)
+                fresh.committed = old.committed
+                s.offsets[tp] = fresh
+                s.rewoundTo[tp] = offset
+                s.queue.removeAll { $0.partition == tp }
+                rewound.append((tp, offset))
+            }
+            return rewound
+        }
+        guard !rewound.isEmpty else { return }
         logger.warning(
             "kafka partition read again from a message that could not be settled (its dead letter was not written)",
-            metadata: ["wps.partitions": "\(due.map { "\($0.0)@\($0.1!)" })"])
+            metadata: ["wps.partitions": "\(rewound.map { "\($0.0)@\($0.1!)" })"])
     }
 
     /// `wps_bridge_kafka_consumer_lag`: per assigned partition, the high watermark (as last
@@ -523,6 +555,7 @@ final class KafkaConsumer: @unchecked Sendable {
                 s.offsets[tp] = nil
                 s.rewinds[tp] = nil
                 s.rewindBackoff[tp] = nil
+                s.rewoundTo[tp] = nil
             }
         }
         // Its lag is the next owner's to tell.

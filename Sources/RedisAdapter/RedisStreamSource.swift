@@ -274,11 +274,13 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
             if reclaimed { message.headers["wps-deliveries"] = String(deliveries) }
             inFlight.withLock { _ = $0.insert(token) }
             let delivery = Delivery(message: message, rejection: rejection) { [self] outcome in
-                inFlight.withLock { _ = $0.remove(token) }
                 switch outcome {
                 case .done:
+                    // Stays "in flight" until the XACK went through: a reconnect in between
+                    // must not send it again.
                     queueAck(stream, entry.id)
                 case .failed(let reason):
+                    inFlight.withLock { _ = $0.remove(token) }
                     logger.warning(
                         "redis stream entry not delivered; it stays pending and is read again",
                         metadata: ["wps.source": "\(name)", "wps.stream": "\(stream)", "wps.id": "\(entry.id)", "reason": "\(reason)"])
@@ -350,15 +352,23 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
             return p
         }
         guard !batch.isEmpty else { return }
+        var failed: [(String, String)] = []
         for (stream, ids) in Dictionary(grouping: batch, by: \.0) {
             do {
                 _ = try await client.command(["XACK", stream, settings.group] + ids.map(\.1))
                 counters.acked.add(ids.count, ordering: .relaxed)
+                inFlight.withLock { set in for (_, id) in ids { set.remove(stream + "\u{0}" + id) } }
             } catch {
                 logger.error(
-                    "redis XACK failed; the entries stay pending and are delivered again",
+                    "redis XACK failed; trying again (entries not acknowledged when the bridge stops are delivered again)",
                     metadata: ["wps.source": "\(name)", "wps.stream": "\(stream)", "wps.count": "\(ids.count)", "error": "\(error)"])
+                failed += ids
             }
+        }
+        if !failed.isEmpty {
+            try? await Task.sleep(for: .seconds(1))
+            pendingAcks.withLock { $0 = failed + $0 }
+            ackSignal.continuation.yield()
         }
     }
 }

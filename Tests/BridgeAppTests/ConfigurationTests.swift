@@ -254,14 +254,22 @@ let valid = """
 @Suite struct RedactionTests {
     @Test(arguments: [
         ("GET ws://h/client/hubs/chat?access_token=eyJabc.def&x=1", "GET ws://h/client/hubs/chat?access_token=***&x=1"),
-        ("url=http://b:8081/eventhandler/{hub}?CODE=s3cret", "url=http://b:8081/eventhandler/{hub}?CODE=***"),
+        ("url=http://b:8081/eventhandler/{hub}?code=s3cret", "url=http://b:8081/eventhandler/{hub}?code=***"),
         ("?awps_connection_id=c1&awps_reconnection_token=abc", "?awps_connection_id=c1&awps_reconnection_token=***"),
         ("Endpoint=https://x.webpubsub.azure.com;AccessKey=K3y/+=;Version=1.0;", "Endpoint=https://x.webpubsub.azure.com;AccessKey=***;Version=1.0;"),
         ("cannot connect to redis://app:hunter2@cache:6379/0", "cannot connect to redis://app:***@cache:6379/0"),
         ("redis://:hunter2@cache", "redis://:***@cache"),
-        ("Authorization: Bearer eyJhbGciOi.x.y", "Authorization: Bearer ***"),
-        ("{\"password=\": 1} token=abc xcode=keep", "{\"password=\": 1} token=*** xcode=keep"),
+        ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.x.y", "Authorization: Bearer ***"),
+        ("{\"password=\": 1} token=abc xcode=keep ?CODE=x", "{\"password=\": 1} token=*** xcode=keep ?CODE=***"),
         ("plain text, no secrets: https://example.com/a?b=c", "plain text, no secrets: https://example.com/a?b=c"),
+        (
+            "sasl.password=Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=app;SharedAccessKey=S3cr3t=",
+            "sasl.password=***;SharedAccessKeyName=app;SharedAccessKey=***"
+        ),
+        ("client_secret=abc&refresh_token=def", "client_secret=***&refresh_token=***"),
+        ("Error Domain=NSCocoaErrorDomain Code=260 \"no file\"", "Error Domain=NSCocoaErrorDomain Code=260 \"no file\""),
+        ("it needs a Bearer token here", "it needs a Bearer token here"),
+        ("[redis://a@h,redis://u:p@h2]", "[redis://a@h,redis://u:***@h2]"),
     ])
     func hidesSecrets(input: String, expected: String) {
         #expect(Redaction.redact(input) == expected)

@@ -191,6 +191,7 @@ public final class Dispatcher: Sendable {
     /// Reads every source until each has ended (or the task is cancelled: shutdown).
     private func intake(_ initial: [any SourceAdapter]) async throws {
         for source in initial { start(source) }
+        sources.markStarted()
         await withTaskCancellationHandler {
             await sources.waitUntilAllEnded()
         } onCancel: {
@@ -215,10 +216,18 @@ public final class Dispatcher: Sendable {
     /// A reload: stops the sources in `removing` (each commits once what it had in flight is
     /// settled, for `shutdownTimeout` at most), swaps the routes and dead-letter sinks, then
     /// starts `adding`. Sources in neither go on untouched, and so do sends already planned.
-    /// - Returns: false when the dispatcher is stopping or stopped (nothing was changed).
+    public enum ReloadResult: Sendable {
+        case applied
+        /// Not started yet, stopping or stopped: nothing was changed.
+        case notRunning
+        /// The dispatcher began stopping during the reload: routes and sinks were swapped, new
+        /// sources may not have started.
+        case interrupted
+    }
+
     @discardableResult
-    public func reload(removing: [String], routes: [Route], deadLetter: (any SinkAdapter)?, adding: [any SourceAdapter]) async -> Bool {
-        guard sources.hold() else { return false }
+    public func reload(removing: [String], routes: [Route], deadLetter: (any SinkAdapter)?, adding: [any SourceAdapter]) async -> ReloadResult {
+        guard sources.hold() else { return .notRunning }
         defer { sources.release() }
         // Stopped side by side, each committing once its own deliveries are settled.
         await withDiscardingTaskGroup { group in
@@ -262,7 +271,7 @@ public final class Dispatcher: Sendable {
                 logger.error("source not started by the reload: one of that name still runs, or the bridge is stopping", metadata: ["wps.source": "\(source.name)"])
             }
         }
-        return true
+        return sources.isStopping ? .interrupted : .applied
     }
 
     /// Waits until nothing is in flight; once a graceful shutdown began, for `shutdownTimeout` at most.

@@ -30,6 +30,10 @@ final class SourceSet: Sendable {
         var cancelled = false
         /// The dispatcher is done with its sources: nothing starts any more.
         var closed = false
+        /// The first sources were started: reloads may come.
+        var started = false
+        /// `close` waits for the reload that holds the set.
+        var holdWaiters: [CheckedContinuation<Void, Never>] = []
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
 
@@ -41,7 +45,7 @@ final class SourceSet: Sendable {
     func start(_ source: any SourceAdapter, emit: @escaping @Sendable (Delivery, Entry) async throws -> Void) -> Bool {
         let entry = Entry(source)
         let added = state.withLock { s -> Bool in
-            guard !s.closed, s.entries[source.name] == nil else { return false }
+            guard !s.closed, !s.cancelled, s.entries[source.name] == nil else { return false }
             s.entries[source.name] = entry
             return true
         }
@@ -79,25 +83,27 @@ final class SourceSet: Sendable {
     }
 
     private func wakeable(_ s: inout State) -> [CheckedContinuation<Void, Never>] {
-        guard s.holds == 0, !s.entries.values.contains(where: { $0.running.load(ordering: .relaxed) }) else { return [] }
+        // Once stopping, a reload's hold does not keep intake (and so the drain) waiting.
+        guard s.holds == 0 || s.cancelled, !s.entries.values.contains(where: { $0.running.load(ordering: .relaxed) }) else { return [] }
         defer { s.waiters.removeAll() }
         return s.waiters
     }
 
     /// Stops reading every source.
     func cancelAll() {
-        let entries = state.withLock { s in
+        let (entries, waiters) = state.withLock { s in
             s.cancelled = true
-            return Array(s.entries.values)
+            return (Array(s.entries.values), wakeable(&s))
         }
         for entry in entries { entry.task.withLock { $0 }?.cancel() }
+        for waiter in waiters { waiter.resume() }
     }
 
     /// Returns when every source's `run` has returned (and no reload holds the set).
     func waitUntilAllEnded() async {
         await withCheckedContinuation { continuation in
             let now = state.withLock { s -> Bool in
-                if s.holds == 0, !s.entries.values.contains(where: { $0.running.load(ordering: .relaxed) }) { return true }
+                if s.holds == 0 || s.cancelled, !s.entries.values.contains(where: { $0.running.load(ordering: .relaxed) }) { return true }
                 s.waiters.append(continuation)
                 return false
             }
@@ -110,10 +116,16 @@ final class SourceSet: Sendable {
     /// The sources still listed, for `finish` at the end.
     var entries: [Entry] { state.withLock { Array($0.entries.values) } }
 
-    /// Keeps `waitUntilAllEnded` waiting while sources are swapped; false once the set is closed.
+    /// The first sources run: from now on a reload may hold the set.
+    func markStarted() { state.withLock { $0.started = true } }
+
+    var isStopping: Bool { state.withLock { $0.cancelled || $0.closed } }
+
+    /// Keeps `waitUntilAllEnded` waiting while sources are swapped. False before the first
+    /// sources run and once the dispatcher is stopping: then a reload must not change anything.
     func hold() -> Bool {
         state.withLock { s in
-            guard !s.closed else { return false }
+            guard s.started, !s.cancelled, !s.closed else { return false }
             s.holds += 1
             return true
         }
@@ -122,9 +134,14 @@ final class SourceSet: Sendable {
     /// No source starts from now on (the dispatcher is stopping); returns the ones listed,
     /// for `finish`, once no reload holds the set.
     func close() async -> [Entry] {
-        state.withLock { $0.closed = true }
-        while state.withLock({ $0.holds > 0 }) {
-            try? await Task.sleep(for: .milliseconds(10))
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { s -> Bool in
+                s.closed = true
+                if s.holds == 0 { return true }
+                s.holdWaiters.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
         }
         return entries
     }
@@ -132,7 +149,12 @@ final class SourceSet: Sendable {
     func release() {
         let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             s.holds -= 1
-            return wakeable(&s)
+            var waiters = wakeable(&s)
+            if s.holds == 0 {
+                waiters += s.holdWaiters
+                s.holdWaiters.removeAll()
+            }
+            return waiters
         }
         for waiter in waiters { waiter.resume() }
     }
