@@ -239,7 +239,7 @@ public final class EventHandler: Sendable {
         if let userId = attributes.userId { headers["userId"] = userId }
         let record = SinkRecord(
             payload: ByteBuffer(string: envelope.serialized), dataType: .json, key: attributes.userId ?? attributes.connectionId, headers: headers)
-        let failures = await Self.write(record, to: rules)
+        let failures = await Self.write(record, to: rules).map(\.reason)
         guard failures.isEmpty else {
             stats.failed.add(1, ordering: .relaxed)
             logger.error(
@@ -254,20 +254,21 @@ public final class EventHandler: Sendable {
         return HandlerResponse(204)
     }
 
-    /// Writes `record` to the sink of every rule at once; returns what failed, one line each.
-    static func write(_ record: SinkRecord, to rules: [EventRule]) async -> [String] {
-        await withTaskGroup(of: String?.self) { group in
+    /// Writes `record` to the sink of every rule at once; returns the rules whose sink failed,
+    /// with why.
+    static func write(_ record: SinkRecord, to rules: [EventRule]) async -> [(rule: EventRule, reason: String)] {
+        await withTaskGroup(of: (EventRule, String)?.self) { group in
             for rule in rules {
                 group.addTask {
                     do {
                         try await rule.sink.write(record)
                         return nil
                     } catch {
-                        return "\(rule.sink.description): \(error)"
+                        return (rule, "\(rule.sink.description): \(error)")
                     }
                 }
             }
-            var failures: [String] = []
+            var failures: [(rule: EventRule, reason: String)] = []
             for await failure in group { if let failure { failures.append(failure) } }
             return failures
         }

@@ -36,28 +36,10 @@ public struct GroupMessageMirror: Sendable {
         var lastLogged: ContinuousClock.Instant?
         while true {
             try Task.checkCancellation()
-            var failed: [EventRule] = []
-            var reasons: [String] = []
-            await withTaskGroup(of: (Int, String?).self) { group in
-                for (index, rule) in pending.enumerated() {
-                    group.addTask {
-                        do {
-                            try await rule.sink.write(record)
-                            return (index, nil)
-                        } catch {
-                            return (index, "\(rule.sink.description): \(error)")
-                        }
-                    }
-                }
-                for await (index, failure) in group {
-                    if let failure {
-                        failed.append(pending[index])
-                        reasons.append(failure)
-                    }
-                }
-            }
-            if failed.isEmpty { return }
-            pending = failed
+            let failures = await EventHandler.write(record, to: pending)
+            if failures.isEmpty { return }
+            pending = failures.map(\.rule)
+            let reasons = failures.map(\.reason)
             if lastLogged.map({ ContinuousClock.now - $0 >= .seconds(30) }) ?? true {
                 lastLogged = .now
                 logger.error(

@@ -26,7 +26,6 @@ final class Inbox: Sendable {
         self.capacity = capacity
     }
 
-    var count: Int { state.withLock { $0.items.count + $0.putters.count } }
     var isFull: Bool { state.withLock { $0.items.count >= capacity } }
 
     /// Adds `item`, waiting while the inbox is full.
