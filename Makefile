@@ -5,7 +5,7 @@ SWIFT ?= swift
 BIN := .build/debug/wps-bridge
 CONFIG ?= bridge.yaml.example
 
-.PHONY: run hub test build release bootstrap validate clean
+.PHONY: run hub test build release bench bench-quick bench-build bootstrap validate clean
 
 run: bootstrap
 	$(SWIFT) build --product wps-bridge
@@ -31,6 +31,21 @@ release: bootstrap
 	$(SWIFT) build -c release --product wps-bridge
 	@echo "built $$($(SWIFT) build -c release --show-bin-path)/wps-bridge"
 
+# The benchmark (bench/bench.py, BENCHMARKS.md): release builds in their own folder, so that
+# they do not replace the debug build the tests use.
+BENCH_BUILD := .build-release
+
+bench-build:
+	scripts/bootstrap --tests
+	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product wps-bridge
+	$(SWIFT) build -c release --scratch-path $(BENCH_BUILD) --product wps-bench
+
+bench: bench-build
+	BENCH_BIN=$(CURDIR)/$(BENCH_BUILD)/release .venv/bin/python bench/bench.py
+
+bench-quick: bench-build
+	BENCH_QUICK=1 BENCH_BIN=$(CURDIR)/$(BENCH_BUILD)/release .venv/bin/python bench/bench.py
+
 validate: build
 	$(BIN) validate --config $(CONFIG)
 
@@ -38,4 +53,4 @@ bootstrap:
 	scripts/bootstrap
 
 clean:
-	rm -rf .build .venv
+	rm -rf .build .build-release .venv

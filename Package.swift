@@ -10,6 +10,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "wps-bridge", targets: ["wps-bridge"]),
+        .executable(name: "wps-bench", targets: ["wps-bench"]),
         .plugin(name: "ValidateBridgeConfig", targets: ["ValidateBridgeConfig"]),
     ],
     dependencies: [
@@ -164,6 +165,19 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The Swift half of `make bench`: counting subscribers, the fan-out, the REST load generator.
+        .executableTarget(
+            name: "wps-bench",
+            dependencies: [
+                "WebPubSub", "BridgeJSON",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -97,9 +97,10 @@ public final class HubProcess: Sendable {
 
     public var connectionString: String { "Endpoint=http://127.0.0.1;Port=\(port);AccessKey=\(accessKey);Version=1.0;" }
 
-    public init() async throws {
+    /// `arguments` are added to `wps-bridge hub`'s (`--rate-limit N`, say).
+    public init(arguments: [String] = []) async throws {
         port = try TestEnvironment.freePort()
-        process = try ChildProcess(try TestEnvironment.bridgeBinary(), ["hub", "--port", String(port), "--access-key", accessKey])
+        process = try ChildProcess(try TestEnvironment.bridgeBinary(), ["hub", "--port", String(port), "--access-key", accessKey] + arguments)
         let port = self.port
         guard await eventually(timeout: .seconds(20), { TestEnvironment.isListening(port) }) else {
             process.kill()

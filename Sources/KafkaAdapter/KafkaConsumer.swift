@@ -22,9 +22,10 @@ struct KafkaRecord: Sendable {
 /// A librdkafka consumer in a consumer group, driven by a thread of its own so that blocking
 /// polls and the rebalance callbacks never run on Swift's cooperative pool.
 ///
-/// The thread polls, puts records into a small hand-off queue and pauses every assigned
-/// partition when the queue is full (the dispatcher is not taking more): polling goes on, so
-/// the group membership and rebalances keep working while nothing new is fetched. Offsets are
+/// The thread polls and puts records into a hand-off queue that hands them out one partition
+/// after another; a partition whose records pile up there (the dispatcher is not taking more)
+/// is paused until it has room again: polling goes on, so the group membership and rebalances
+/// keep working while nothing new is fetched for it. Offsets are
 /// committed up to the highest contiguous acknowledged offset per partition, every
 /// `commitInterval`, on revoke and on close.
 final class KafkaConsumer: @unchecked Sendable {
@@ -35,10 +36,11 @@ final class KafkaConsumer: @unchecked Sendable {
         /// How long a revoke waits for in-flight messages of the revoked partitions to settle
         /// before committing what is done and letting the partitions go.
         var revokeDrainTimeout: Duration = .seconds(10)
-        /// Records waiting for the dispatcher before the partitions are paused, and when they
-        /// are resumed.
-        var highWater = 256
-        var lowWater = 32
+        /// Records waiting for the dispatcher, all partitions together, before a partition is
+        /// paused: each assigned partition may hold its share; it is resumed at a quarter of
+        /// that. Far apart: a pause drops what librdkafka had fetched ahead, which the resume
+        /// fetches again.
+        var highWater = 8192
         /// The source's name, for metrics.
         var source = "kafka"
         /// How often the lag of each assigned partition is measured.
@@ -46,7 +48,11 @@ final class KafkaConsumer: @unchecked Sendable {
     }
 
     private struct State {
-        var queue: Deque<KafkaRecord> = []
+        var queue = RecordQueue()
+        /// Partitions paused because their records pile up here (mirror of the poll thread's).
+        var paused: Set<TopicPartition> = []
+        /// Paused partitions that have room again: resumed at the next poll.
+        var resumeWanted: Set<TopicPartition> = []
         var waiter: CheckedContinuation<KafkaRecord?, Never>?
         var offsets: [TopicPartition: PartitionOffsets] = [:]
         var generation = 0
@@ -70,7 +76,7 @@ final class KafkaConsumer: @unchecked Sendable {
     let context: KafkaClientContext
     private let rk: OpaquePointer
     private let state = Mutex(State())
-    /// Whether the assigned partitions are paused. Touched by the poll thread only.
+    /// Whether every assigned partition is paused (draining). Touched by the poll thread only.
     private var paused = false
     private var unknownTopicsLogged: Set<String> = []
     private let lastCommit = Mutex(ContinuousClock.now)
@@ -142,7 +148,11 @@ final class KafkaConsumer: @unchecked Sendable {
             await withCheckedContinuation { (continuation: CheckedContinuation<KafkaRecord?, Never>) in
                 let immediate: KafkaRecord?? = state.withLock { s in
                     if s.draining || Task.isCancelled { return .some(nil) }
-                    if let record = s.queue.popFirst() { return .some(record) }
+                    if let record = s.queue.popFirst() {
+                        let tp = record.partition
+                        if s.paused.contains(tp), s.queue.count(of: tp) <= Self.lowWater(s, settings) { s.resumeWanted.insert(tp) }
+                        return .some(record)
+                    }
                     s.waiter = continuation
                     return .none
                 }
@@ -215,12 +225,14 @@ final class KafkaConsumer: @unchecked Sendable {
 
     private func pollLoop() {
         while !state.withLock({ $0.closeRequested }) {
-            let wantPause = state.withLock { s in s.draining || s.queue.count >= settings.highWater }
-            let wantResume = state.withLock { s in !s.draining && s.queue.count <= settings.lowWater }
-            if wantPause && !paused {
-                setPaused(true)
-            } else if wantResume && paused {
-                setPaused(false)
+            let (draining, resume) = state.withLock { s -> (Bool, Set<TopicPartition>) in
+                defer { s.resumeWanted.removeAll() }
+                return (s.draining, s.resumeWanted)
+            }
+            if draining {
+                if !paused { setPaused(true) }
+            } else if !resume.isEmpty {
+                setPaused(false, only: resume)
             }
             if let message = rd_kafka_consumer_poll(rk, 100) {
                 take(message)
@@ -278,6 +290,7 @@ final class KafkaConsumer: @unchecked Sendable {
         }
         var tsType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let ts = rd_kafka_message_timestamp(message, &tsType)
+        var pause = false
         let waiter: (CheckedContinuation<KafkaRecord?, Never>, KafkaRecord)? = state.withLock { s in
             guard var offsets = s.offsets[tp] else {
                 // Not (or no longer) assigned: librdkafka does not return such messages, but if it
@@ -294,9 +307,11 @@ final class KafkaConsumer: @unchecked Sendable {
                 return (waiter, record)
             }
             s.queue.append(record)
+            if !s.paused.contains(tp), s.queue.count(of: tp) >= Self.highWater(s, settings) { pause = true }
             return nil
         }
         if let (continuation, record) = waiter { continuation.resume(returning: record) }
+        if pause { setPaused(true, only: [tp]) }
     }
 
     private func consumerError(_ m: rd_kafka_message_t) {
@@ -317,17 +332,28 @@ final class KafkaConsumer: @unchecked Sendable {
         context.error(code: err.rawValue, reason: String(cString: rd_kafka_err2str(err)))
     }
 
-    private func setPaused(_ pause: Bool) {
-        var list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
-        guard rd_kafka_assignment(rk, &list) == RD_KAFKA_RESP_ERR_NO_ERROR, let list else { return }
+    /// A partition's share of `highWater`; it is resumed at a quarter of it.
+    private static func highWater(_ s: State, _ settings: Settings) -> Int { max(32, settings.highWater / max(1, s.offsets.count)) }
+    private static func lowWater(_ s: State, _ settings: Settings) -> Int { highWater(s, settings) / 4 }
+
+    /// Pauses or resumes `only` these partitions (those still assigned), or every assigned one.
+    private func setPaused(_ pause: Bool, only: Set<TopicPartition>? = nil) {
+        var assigned: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+        guard rd_kafka_assignment(rk, &assigned) == RD_KAFKA_RESP_ERR_NO_ERROR, let assigned else { return }
+        defer { rd_kafka_topic_partition_list_destroy(assigned) }
+        let chosen = assigned.partitions.filter { only?.contains($0) ?? true }
+        if only == nil { paused = pause }
+        state.withLock { s in
+            if pause { s.paused.formUnion(chosen) } else { s.paused.subtract(chosen) }
+        }
+        guard !chosen.isEmpty else { return }
+        let list = makePartitionList(chosen.map { ($0, nil) })
         defer { rd_kafka_topic_partition_list_destroy(list) }
-        paused = pause
-        guard list.pointee.cnt > 0 else { return }
         let err = pause ? rd_kafka_pause_partitions(rk, list) : rd_kafka_resume_partitions(rk, list)
         if err != RD_KAFKA_RESP_ERR_NO_ERROR {
             logger.warning("kafka \(pause ? "pause" : "resume") failed: \(String(cString: rd_kafka_err2str(err)))")
-        } else {
-            logger.debug(pause ? "kafka partitions paused: the dispatcher is full" : "kafka partitions resumed")
+        } else if only == nil {
+            logger.debug(pause ? "kafka partitions paused: draining" : "kafka partitions resumed")
         }
     }
 
@@ -402,6 +428,8 @@ final class KafkaConsumer: @unchecked Sendable {
                 for tp in tps {
                     s.generation += 1
                     s.offsets[tp] = PartitionOffsets(generation: s.generation)
+                    s.paused.remove(tp)
+                    s.resumeWanted.remove(tp)
                 }
             }
             if cooperative {
@@ -414,8 +442,9 @@ final class KafkaConsumer: @unchecked Sendable {
                 if e != RD_KAFKA_RESP_ERR_NO_ERROR { logger.error("kafka assign failed: \(String(cString: rd_kafka_err2str(e)))") }
             }
             if paused {
-                // Everything else is paused; new partitions must not run ahead.
+                // Everything else is paused (draining); new partitions must not run ahead.
                 rd_kafka_pause_partitions(rk, partitions)
+                state.withLock { $0.paused.formUnion(tps) }
             }
             context.healthy()
             logger.info("kafka partitions assigned", metadata: ["wps.partitions": "\(tps.map(\.description).sorted())"])
@@ -492,7 +521,8 @@ final class KafkaConsumer: @unchecked Sendable {
                 fresh.committed = old.committed
                 s.offsets[tp] = fresh
                 s.rewoundTo[tp] = offset
-                s.queue.removeAll { $0.partition == tp }
+                s.queue.remove(partition: tp)
+                if s.paused.contains(tp) { s.resumeWanted.insert(tp) }
                 rewound.append((tp, offset))
             }
             return rewound
@@ -531,16 +561,12 @@ final class KafkaConsumer: @unchecked Sendable {
     /// contiguous acknowledged position is committed.
     private func revoke(_ revoked: Set<TopicPartition>) {
         state.withLock { s in
-            var kept: Deque<KafkaRecord> = []
             var firstDropped: [TopicPartition: Int64] = [:]
-            for record in s.queue {
-                if revoked.contains(record.partition) {
-                    if firstDropped[record.partition] == nil { firstDropped[record.partition] = record.offset }
-                } else {
-                    kept.append(record)
-                }
+            for tp in revoked {
+                if let first = s.queue.remove(partition: tp).first { firstDropped[tp] = first.offset }
             }
-            s.queue = kept
+            s.paused.subtract(revoked)
+            s.resumeWanted.subtract(revoked)
             for (tp, offset) in firstDropped { s.offsets[tp]?.drop(from: offset) }
         }
         let deadline = ContinuousClock.now + settings.revokeDrainTimeout

@@ -108,6 +108,10 @@ public struct KafkaSourceFactory: SourceFactory {
             ("bootstrap.servers", brokers), ("group.id", group), ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"), ("auto.offset.reset", startFrom.rawValue),
             ("client.id", "wps-bridge"),
+            // What librdkafka fetches ahead: its defaults (64 MB, 100,000 messages) would be most of the process's memory.
+            ("queued.max.messages.kbytes", "8192"), ("queued.min.messages", "10000"),
+            // Kafka's default before 3.0 (now 45 s): a bridge that died gives up its partitions sooner.
+            ("session.timeout.ms", "10000"),
         ]
         properties = merge(properties, extra)
         if let value = settings.value("librdkafka") {

@@ -263,7 +263,8 @@ public final class LocalHub: Service, Sendable {
         channel.closeFuture.whenComplete { [rejectionStore] _ in _ = rejectionStore.take(id) }
     }
 
-    func checkRate() -> Bool { limiter?.take() ?? true }
+    /// nil when the request may go on; else how long until the rate limit takes another.
+    func checkRate() -> Duration? { limiter?.take() }
 }
 
 /// Why the hub refused a channel's WebSocket upgrade, until the answer is written.
@@ -301,16 +302,17 @@ final class RateLimiter: Sendable {
         state = Mutex((Double(max(1, perSecond)), .now))
     }
 
-    func take() -> Bool {
+    /// Takes a token; when there is none, returns how long until there is one.
+    func take() -> Duration? {
         state.withLock { s in
             let now = ContinuousClock.now
             let elapsed = now - s.last
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
             s.tokens = min(Double(perSecond), s.tokens + seconds * Double(perSecond))
             s.last = now
-            guard s.tokens >= 1 else { return false }
+            guard s.tokens >= 1 else { return .seconds((1 - s.tokens) / Double(perSecond)) }
             s.tokens -= 1
-            return true
+            return nil
         }
     }
 }

@@ -23,8 +23,12 @@ extension LocalHub {
         } catch {
             return errorResponse(401, "Unauthorized", "invalid token: \(error.message)")
         }
-        guard checkRate() else {
-            return errorResponse(429, "TooManyRequests", "rate limit of \(configuration.rateLimit ?? 0) requests per second exceeded", headers: [.retryAfter: "1"])
+        if let wait = checkRate() {
+            // Retry-After has whole seconds only; retry-after-ms (which the Azure SDKs read first) says when exactly.
+            let ms = max(1, Int((Double(wait.components.seconds) * 1000 + Double(wait.components.attoseconds) / 1e15).rounded(.up)))
+            return errorResponse(
+                429, "TooManyRequests", "rate limit of \(configuration.rateLimit ?? 0) requests per second exceeded",
+                headers: [.retryAfter: String(max(1, (ms + 999) / 1000)), HTTPField.Name("retry-after-ms")!: String(ms)])
         }
         if segments == ["health"] {
             return request.method == .head || request.method == .get ? Response(status: .ok) : methodNotAllowed()

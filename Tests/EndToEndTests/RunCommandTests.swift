@@ -69,6 +69,42 @@ import WebPubSub
         }
     }
 
+    /// A hub that takes 100 requests a second, a bridge that could send far more: the bridge
+    /// paces itself once refused, and every message arrives once, none dead-lettered.
+    @Test func throttledHubGetsEverythingOnce() async throws {
+        let hub = try await HubProcess(arguments: ["--rate-limit", "100"])
+        defer { Task { await hub.stop() } }
+        let subscriber = try await hub.subscriber(hub: "chat", group: "demo")
+        let dir = try TestEnvironment.temporaryDirectory()
+        let path = dir + "/bridge.yaml"
+        try """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+              hub: chat
+            sources:
+              - {name: in, type: stdin, format: json}
+            routes:
+              - {from: in, to: [{group: demo}], ordering: none}
+            deadLetter: {type: file, path: \(dir)/dead.ndjson}
+            delivery:
+              concurrency: 16
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let count = 400
+        let input = (0..<count).map { #"{"i":\#($0)}"# }.joined(separator: "\n") + "\n"
+        let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", path, "--log-format", "json"], input: input, timeout: 120)
+        #expect(result.status == 0, "\(result.stderr.suffix(2000))")
+        var seen: [Int: Int] = [:]
+        while seen.count < count, let m = await subscriber.expect(type: "message", timeout: .seconds(10)) {
+            if let i = m["data"]?["i"], case .number(let n) = i, let n = Int(n) { seen[n, default: 0] += 1 }
+        }
+        #expect(seen.count == count && seen.values.allSatisfy { $0 == 1 }, "\(seen.count) distinct")
+        #expect(subscriber.drain().isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/dead.ndjson"))
+        #expect(result.stderr.contains("sends are paced from now on"), "\(result.stderr.suffix(2000))")
+        #expect(result.stderr.contains("delivered \(count), "), "\(result.stderr.suffix(2000))")
+        await subscriber.close()
+    }
+
     @Test func retriesA500ThenSucceeds() async throws {
         try await withRecordingServer { server in
             server.enqueue(.init(status: 500))

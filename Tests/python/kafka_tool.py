@@ -49,7 +49,9 @@ def produce(brokers, topic):
 def consume(brokers, topic, count, timeout, linger=0.0):
     # Reads every partition from the start without a group, so that nothing depends on rebalances.
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": "kafka-tool-" + uuid.uuid4().hex,
-                         "enable.auto.commit": False})
+                         "enable.auto.commit": False,
+                         # The test broker (Tansu) holds a join for about half the session timeout.
+                         "session.timeout.ms": 6000})
     deadline = time.time() + timeout
     partitions = None
     while partitions is None and time.time() < deadline:

@@ -110,6 +110,8 @@ public final class Dispatcher: Sendable {
     private let scheduler: LaneScheduler<Job>
     private let laneCounter = Atomic<Int>(0)
     private let sourceMetrics = Mutex<[String: SourceMetrics]>([:])
+    /// Paces sends once the service throttles (429).
+    public let pacer = AdaptiveRate()
 
     public init(
         routes: [Route], transport: any DeliveryTransport, deadLetter: (any SinkAdapter)?, settings: DeliverySettings,
@@ -430,7 +432,13 @@ public final class Dispatcher: Sendable {
             if Task.isCancelled { return .failed("shutdown before it was sent") }
             let failure: DeliveryFailure
             do {
+                try await pacer.acquire()
+            } catch {
+                return .failed("shutdown before it was sent")
+            }
+            do {
                 try await transport.send(job.payload, dataType: job.dataType, to: target)
+                pacer.accepted()
                 stats.delivered.add(1, ordering: .relaxed)
                 job.metrics.delivered.increment()
                 job.metrics.recordLatency(since: job.tracker.delivery.message.timestamp)
@@ -441,6 +449,11 @@ public final class Dispatcher: Sendable {
                 return .failed("shutdown while it was being sent")
             } catch {
                 failure = DeliveryFailure(.retryable(retryAfter: nil), message: "\(error)")
+            }
+            if failure.status == 429, let rate = pacer.throttledResponse() {
+                logger.notice(
+                    "Web PubSub answers 429 (too many requests): sends are paced from now on, adapting to what it accepts",
+                    metadata: ["wps.rate": "\(Int(rate))/s"])
             }
             if Task.isCancelled { return .failed("shutdown while it was being sent") }
             guard case .retryable(let retryAfter) = failure.kind, attempt < settings.retry.maxAttempts else {

@@ -1,0 +1,149 @@
+import CoreMetrics
+import Synchronization
+
+/// Paces sends to what the service accepts, once it has said "too many requests" (429).
+///
+/// Until the first 429 nothing is paced. Then sends are spaced to a rate, AIMD-style: each 429
+/// cuts the rate (to `decrease` of what was accepted over the last second, or of the rate, at
+/// most once per `decreaseInterval`, so that the requests answered together by one refusal count
+/// once), and while sends wait for the pacer the rate grows by `increase` of itself per second.
+/// The service's token bucket lets the rate probe above the limit briefly; the cut brings it back
+/// below before many requests are refused. After `idleReset` without a 429, pacing stops.
+///
+/// The rate, not the number of requests in flight, is what is adapted: on a nearby service one
+/// request takes well under a millisecond, so even a single connection can send faster than a
+/// throttled unit accepts, and a concurrency limit alone could not keep below it.
+public final class AdaptiveRate: Sendable {
+    public struct Settings: Sendable, Equatable {
+        /// Share of the accepted rate kept after a 429.
+        public var decrease = 0.85
+        /// Growth per second while sends wait for the pacer, as a share of the rate.
+        public var increase = 0.05
+        public var decreaseInterval: Duration = .milliseconds(250)
+        public var idleReset: Duration = .seconds(60)
+        /// Never paced below this many sends per second.
+        public var minimumRate = 1.0
+        /// Sends allowed at once after a quiet moment, in seconds of the rate.
+        public var burst = 0.01
+
+        public init() {}
+    }
+
+    private struct State {
+        /// Sends per second; nil while not pacing.
+        var rate: Double?
+        /// The earliest time the next send may start.
+        var nextSlot: ContinuousClock.Instant
+        var lastDecrease: ContinuousClock.Instant
+        var lastThrottle: ContinuousClock.Instant?
+        /// Whether a send waited since the last growth step (the rate is what binds).
+        var bound = false
+        var lastGrowth: ContinuousClock.Instant
+        /// Accepted sends in the current and the previous half second.
+        var acceptedNow = 0
+        var acceptedBefore = 0
+        var bucketStart: ContinuousClock.Instant
+    }
+
+    private let state: Mutex<State>
+    let settings: Settings
+    private let gauge = Gauge(label: "wps_bridge_send_rate_limit")
+    private let throttledCounter = Counter(label: "wps_bridge_sends_throttled_total")
+    /// 429 answers seen.
+    public let throttled = Atomic<Int>(0)
+
+    public init(settings: Settings = Settings()) {
+        self.settings = settings
+        let now = ContinuousClock.now
+        state = Mutex(State(nextSlot: now, lastDecrease: now - .seconds(3600), lastGrowth: now, bucketStart: now))
+        gauge.record(0)
+    }
+
+    /// The paced rate in sends per second, nil while not pacing.
+    public var rate: Double? { state.withLock { $0.rate } }
+
+    /// Waits for this send's slot.
+    /// - Throws: `CancellationError` when the task is cancelled while it waits.
+    func acquire() async throws {
+        let wait: Duration? = state.withLock { s in
+            guard let rate = s.rate else { return nil }
+            let now = ContinuousClock.now
+            if let last = s.lastThrottle, now - last > settings.idleReset {
+                s.rate = nil
+                s.lastThrottle = nil
+                gauge.record(0)
+                return nil
+            }
+            let interval = Duration.seconds(1 / rate)
+            let earliest = now - Duration.seconds(settings.burst)
+            if s.nextSlot < earliest { s.nextSlot = earliest }
+            let slot = s.nextSlot
+            s.nextSlot = slot + interval
+            guard slot > now else { return nil }
+            s.bound = true
+            return slot - now
+        }
+        if let wait { try await Task.sleep(for: wait) }
+    }
+
+    /// A send was accepted.
+    func accepted() {
+        state.withLock { s in
+            let now = ContinuousClock.now
+            roll(&s, now)
+            s.acceptedNow += 1
+            guard let rate = s.rate else { return }
+            let elapsed = (now - s.lastGrowth).seconds
+            guard elapsed >= 0.05 else { return }
+            s.lastGrowth = now
+            if s.bound {
+                let grown = rate * (1 + settings.increase * elapsed)
+                s.rate = grown
+                gauge.record(grown)
+            }
+            s.bound = false
+        }
+    }
+
+    /// The service answered 429. Returns the rate when this answer started the pacing.
+    @discardableResult
+    func throttledResponse() -> Double? {
+        throttled.add(1, ordering: .relaxed)
+        throttledCounter.increment()
+        return state.withLock { s -> Double? in
+            let now = ContinuousClock.now
+            roll(&s, now)
+            s.lastThrottle = now
+            guard now - s.lastDecrease >= settings.decreaseInterval else { return nil }
+            s.lastDecrease = now
+            let started = s.rate == nil
+            // What the service took over the last half second to second: its limit, or a bit over while its bucket drained.
+            let window = max(0.5, min(1.0, (now - s.bucketStart).seconds + 0.5))
+            let acceptedRate = Double(s.acceptedNow + s.acceptedBefore) / window
+            let base = min(s.rate ?? .infinity, acceptedRate > 0 ? acceptedRate : (s.rate ?? settings.minimumRate))
+            let next = max(settings.minimumRate, base * settings.decrease)
+            s.rate = next
+            s.lastGrowth = now
+            s.bound = false
+            gauge.record(next)
+            return started ? next : nil
+        }
+    }
+
+    private func roll(_ s: inout State, _ now: ContinuousClock.Instant) {
+        let half = Duration.milliseconds(500)
+        guard now - s.bucketStart >= half else { return }
+        if now - s.bucketStart >= half * 2 {
+            s.acceptedBefore = 0
+        } else {
+            s.acceptedBefore = s.acceptedNow
+        }
+        s.acceptedNow = 0
+        s.bucketStart = now
+    }
+}
+
+extension Duration {
+    /// In seconds, as a Double.
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

@@ -1,0 +1,173 @@
+import BridgeJSON
+import Foundation
+import HTTPTypes
+import HummingbirdWSClient
+import Logging
+import NIOCore
+import Synchronization
+import WebPubSub
+
+/// WebSocket clients of one group, on `json.webpubsub.azure.v1`, that count what they get.
+///
+/// Each frame is a JSON object; the bench's payloads carry `"i"` (a sequence number) and may carry
+/// `"t"` (the producer's wall clock in nanoseconds), from which the latency is taken.
+final class Subscribers: Sendable {
+    struct Tally {
+        var received: [Int]
+        var complete = 0
+        var first: Date?
+        var last: Date?
+        /// Latency of each message at the first client, in microseconds.
+        var latencies: [Int64] = []
+        /// Per sequence number, how many clients have it (fan-out).
+        var perSequence: [Int: Int] = [:]
+        /// When every client had each sequence number (fan-out).
+        var completedAt: [Int: ContinuousClock.Instant] = [:]
+        var connected = 0
+        var failures: [String] = []
+    }
+
+    let clients: Int
+    let expect: Int
+    let measureLatency: Bool
+    let trackSequences: Bool
+    private let tally: Mutex<Tally>
+    private let finished: AsyncStream<Void>.Continuation
+    let finishedStream: AsyncStream<Void>
+
+    init(clients: Int, expect: Int, measureLatency: Bool, trackSequences: Bool) {
+        self.clients = clients
+        self.expect = expect
+        self.measureLatency = measureLatency
+        self.trackSequences = trackSequences
+        tally = Mutex(Tally(received: Array(repeating: 0, count: clients)))
+        (finishedStream, finished) = AsyncStream.makeStream()
+    }
+
+    var snapshot: Tally { tally.withLock { $0 } }
+
+    /// Connects every client (in batches, so that the hub is not flooded with handshakes) and
+    /// runs them until `stop` is cancelled. Returns once all are connected; the sockets go on in `group`.
+    func connect(url: @escaping @Sendable (Int) throws -> String, group: inout ThrowingTaskGroup<Void, any Error>) async throws {
+        for index in 0..<clients {
+            let target = try url(index)
+            group.addTask { try await self.run(index: index, url: target) }
+            if index % 50 == 49 {
+                try await waitConnected(index + 1, timeout: .seconds(30))
+            }
+        }
+        try await waitConnected(clients, timeout: .seconds(60))
+    }
+
+    private func waitConnected(_ count: Int, timeout: Duration) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let (connected, failures) = tally.withLock { ($0.connected, $0.failures) }
+            if let failure = failures.first { throw BenchError("a subscriber failed: \(failure)") }
+            if connected >= count { return }
+            if ContinuousClock.now > deadline { throw BenchError("only \(connected) of \(count) subscribers connected") }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// When every client had message `sequence`, waiting for it up to `timeout`.
+    func completion(of sequence: Int, timeout: Duration) async throws -> ContinuousClock.Instant? {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let at = tally.withLock({ $0.completedAt[sequence] }) { return at }
+            try await Task.sleep(for: .microseconds(100))
+        }
+        return nil
+    }
+
+    /// Waits until every client has `expect` messages, or `timeout`.
+    func waitComplete(timeout: Duration) async -> Bool {
+        if tally.withLock({ $0.complete }) >= clients { return true }
+        return await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                for await _ in self.finishedStream { return true }
+                return false
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first || self.tally.withLock { $0.complete } >= self.clients
+        }
+    }
+
+    private func run(index: Int, url: String) async throws {
+        var headers = HTTPFields()
+        headers[.secWebSocketProtocol] = "json.webpubsub.azure.v1"
+        var logger = Logger(label: "wps-bench")
+        logger.logLevel = .critical
+        let configuration = WebSocketClientConfiguration(maxFrameSize: 1 << 20, additionalHeaders: headers)
+        do {
+            _ = try await WebSocketClient.connect(url: url, configuration: configuration, logger: logger) { inbound, _, _ in
+                for try await message in inbound.messages(maxSize: 1 << 20) {
+                    guard case .text(let text) = message else { continue }
+                    self.receive(index: index, text)
+                }
+            }
+        } catch is CancellationError {
+        } catch {
+            tally.withLock { $0.failures.append("\(error)") }
+        }
+    }
+
+    private func receive(index: Int, _ text: String) {
+        guard let frame = try? JSONValue(parsing: text), frame["type"]?.stringValue == "message" else {
+            if text.contains("\"connected\"") { tally.withLock { $0.connected += 1 } }
+            return
+        }
+        let data = frame["data"]
+        let sequence = data?["i"]?.intValue
+        var latency: Int64?
+        if measureLatency, index == 0, let stamp = data?["t"]?.int64Value {
+            let now = Int64(Date().timeIntervalSince1970 * 1e9)
+            latency = (now - stamp) / 1000
+        }
+        let now = Date()
+        let done: Bool = tally.withLock { t in
+            t.received[index] += 1
+            if t.first == nil { t.first = now }
+            t.last = now
+            if let latency { t.latencies.append(latency) }
+            if trackSequences, let sequence {
+                let count = t.perSequence[sequence, default: 0] + 1
+                t.perSequence[sequence] = count
+                if count == clients { t.completedAt[sequence] = .now }
+            }
+            guard t.received[index] == expect else { return false }
+            t.complete += 1
+            return t.complete == clients
+        }
+        if done { finished.yield() }
+    }
+}
+
+extension JSONValue {
+    var intValue: Int? {
+        if case .number(let text) = self { return Int(text) }
+        return nil
+    }
+
+    var int64Value: Int64? {
+        if case .number(let text) = self { return Int64(text) }
+        return nil
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Percentiles of a sample, nearest rank.
+func percentile(_ sorted: [Double], _ p: Double) -> Double {
+    guard !sorted.isEmpty else { return .nan }
+    let rank = Int((p / 100 * Double(sorted.count)).rounded(.up)) - 1
+    return sorted[min(max(rank, 0), sorted.count - 1)]
+}

