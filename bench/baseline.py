@@ -20,6 +20,8 @@ def main():
         "bootstrap.servers": brokers,
         "group.id": group_id,
         "auto.offset.reset": "earliest",
+        # The bridge's default too: both pay the same consumer-group join on the test broker.
+        "session.timeout.ms": 10000,
     })
     consumer.subscribe([topic])
     sent = 0

@@ -61,8 +61,8 @@ public enum BridgeRunner {
                 path: $0, requireWebPubSub: !dryRun, configuration: configuration, dispatcher: bridge.dispatcher, logger: logger, prepare: prepare)
         }
         if let reloader { services.append(.init(service: ReloadOnSignal(reloader: reloader), successTerminationBehavior: .ignore, serviceName: "reload")) }
+        let handler = configuration.server == nil ? nil : configuration.eventHandler.map { EventHandler(configuration: $0, logger: logger) }
         if let server = configuration.server {
-            let handler = configuration.eventHandler.map { EventHandler(configuration: $0, logger: logger) }
             // Readiness includes Web PubSub itself: reachable, and accepting the key.
             var probe: WebPubSubProbe?
             let probeHub = configuration.webpubsub.defaultHub ?? "healthcheck"
@@ -114,11 +114,11 @@ public enum BridgeRunner {
                     service: ProgressReporter(stats: dispatcher.stats, inFlight: { dispatcher.inFlight }), successTerminationBehavior: .ignore,
                     serviceName: "progress"))
         }
-        // The bridge returning (stdin at EOF) ends the run, and the hub stops after it; unless
-        // the bridge also serves the event handler, which goes on until a signal.
+        // The bridge returning (stdin at EOF) ends the run, and the hub and the server (health,
+        // metrics) stop after it; unless the server is the event handler, which goes on until a signal.
         services.append(
             .init(
-                service: bridge, successTerminationBehavior: configuration.server == nil ? .gracefullyShutdownGroup : .ignore,
+                service: bridge, successTerminationBehavior: handler == nil ? .gracefullyShutdownGroup : .ignore,
                 serviceName: "bridge"))
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -53,6 +53,18 @@ import WebPubSub
         }
     }
 
+    /// A server for health and metrics only does not keep the run going once stdin ended.
+    @Test func aHealthServerDoesNotOutliveTheSources() async throws {
+        try await withRecordingServer { server in
+            let dir = try TestEnvironment.temporaryDirectory()
+            let port = try TestEnvironment.freePort()
+            let cfg = try config(dir, connectionString: server.connectionString, extra: "server: {listen: 127.0.0.1:\(port)}")
+            let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg], input: "{\"data\":1}\n", timeout: 30)
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(server.requests.filter { $0.method == "POST" }.map(\.bodyText) == ["1"])
+        }
+    }
+
     @Test func honoursRetryAfterOn429() async throws {
         try await withRecordingServer { server in
             server.enqueue(.init(status: 429, headers: ["Retry-After": "1"], body: #"{"code":"TooManyRequests","message":"throttled"}"#))
