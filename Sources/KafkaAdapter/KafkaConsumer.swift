@@ -173,16 +173,18 @@ final class KafkaConsumer: @unchecked Sendable {
     func settle(_ record: KafkaRecord, _ outcome: DeliveryOutcome) {
         state.withLock { s in
             let tp = record.partition
-            guard var offsets = s.offsets[tp], offsets.generation == record.generation else { return }
+            // Changed in place (`s.offsets[tp]!.`): a copy taken out of the dictionary would share
+            // the tracker's storage, and each change would then copy all of it.
+            guard s.offsets[tp]?.generation == record.generation else { return }
             switch outcome {
             case .done:
-                offsets.ack(record.offset)
+                s.offsets[tp]!.ack(record.offset)
                 if s.rewoundTo[tp] == record.offset {
                     s.rewoundTo[tp] = nil
                     s.rewindBackoff[tp] = nil
                 }
             case .failed:
-                offsets.fail(record.offset)
+                s.offsets[tp]!.fail(record.offset)
                 if !s.draining {
                     let backoff = s.rewindBackoff[tp] ?? .seconds(1)
                     let earliest = min(s.rewinds[tp]?.offset ?? record.offset, record.offset)
@@ -190,7 +192,6 @@ final class KafkaConsumer: @unchecked Sendable {
                     s.rewindBackoff[tp] = min(backoff * 2, .seconds(30))
                 }
             }
-            s.offsets[tp] = offsets
         }
     }
 
@@ -292,15 +293,14 @@ final class KafkaConsumer: @unchecked Sendable {
         let ts = rd_kafka_message_timestamp(message, &tsType)
         var pause = false
         let waiter: (CheckedContinuation<KafkaRecord?, Never>, KafkaRecord)? = state.withLock { s in
-            guard var offsets = s.offsets[tp] else {
+            guard s.offsets[tp] != nil else {
                 // Not (or no longer) assigned: librdkafka does not return such messages, but if it
                 // did, dropping it is right: its next owner reads it from the committed offset.
                 return nil
             }
-            offsets.taken(m.offset)
-            s.offsets[tp] = offsets
+            s.offsets[tp]!.taken(m.offset)
             let record = KafkaRecord(
-                partition: tp, offset: m.offset, generation: offsets.generation, key: key, payload: payload, headers: headers,
+                partition: tp, offset: m.offset, generation: s.offsets[tp]!.generation, key: key, payload: payload, headers: headers,
                 timestamp: tsType == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? nil : ts)
             if let waiter = s.waiter {
                 s.waiter = nil

@@ -83,9 +83,12 @@ final class LaneScheduler<Job: Sendable>: Sendable {
 
     private static func takeReady(_ s: inout State) -> (String, Job)? {
         while let lane = s.ready.popFirst() {
-            guard var entry = s.lanes[lane], !entry.busy, let job = entry.queue.popFirst() else { continue }
-            entry.busy = true
-            s.lanes[lane] = entry
+            // Changed in place: a copy of the lane taken out of the dictionary would share its
+            // queue's storage, and the pop would then copy the whole queue (every job of the lane).
+            guard let index = s.lanes.index(forKey: lane), !s.lanes.values[index].busy,
+                let job = s.lanes.values[index].queue.popFirst()
+            else { continue }
+            s.lanes.values[index].busy = true
             return (lane, job)
         }
         return nil
@@ -118,12 +121,11 @@ final class LaneScheduler<Job: Sendable>: Sendable {
         var idle: [CheckedContinuation<Bool, Never>] = []
         state.withLock { s in
             s.inFlight -= 1
-            if var entry = s.lanes[lane] {
-                entry.busy = false
-                if entry.queue.isEmpty {
-                    s.lanes[lane] = nil
+            if let index = s.lanes.index(forKey: lane) {
+                if s.lanes.values[index].queue.isEmpty {
+                    s.lanes.remove(at: index)
                 } else {
-                    s.lanes[lane] = entry
+                    s.lanes.values[index].busy = false
                     s.ready.append(lane)
                     if !s.idleWorkers.isEmpty, let job = Self.takeReady(&s) {
                         wakeWorker = (s.idleWorkers.removeFirst(), job)
