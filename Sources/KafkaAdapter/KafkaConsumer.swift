@@ -307,11 +307,25 @@ final class KafkaConsumer: @unchecked Sendable {
                 return (waiter, record)
             }
             s.queue.append(record)
-            if !s.paused.contains(tp), s.queue.count(of: tp) >= Self.highWater(s, settings) { pause = true }
+            if !s.paused.contains(tp), s.queue.count(of: tp) >= Self.highWater(s, settings) {
+                // Marked in the same step: `next` may empty the queue before the pause is made,
+                // and must then see the partition as paused to ask for its resume.
+                s.paused.insert(tp)
+                pause = true
+            }
             return nil
         }
         if let (continuation, record) = waiter { continuation.resume(returning: record) }
-        if pause { setPaused(true, only: [tp]) }
+        if pause {
+            // On the poll thread, which also makes the resumes: the pause comes first.
+            let list = makePartitionList([(tp, nil)])
+            defer { rd_kafka_topic_partition_list_destroy(list) }
+            let err = rd_kafka_pause_partitions(rk, list)
+            if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                logger.warning("kafka pause failed: \(String(cString: rd_kafka_err2str(err)))")
+                state.withLock { _ = $0.paused.remove(tp) }
+            }
+        }
     }
 
     private func consumerError(_ m: rd_kafka_message_t) {
@@ -445,6 +459,10 @@ final class KafkaConsumer: @unchecked Sendable {
                 // Everything else is paused (draining); new partitions must not run ahead.
                 rd_kafka_pause_partitions(rk, partitions)
                 state.withLock { $0.paused.formUnion(tps) }
+            } else {
+                // librdkafka keeps a partition's pause across a revoke and a new assignment: one
+                // paused here before a rebalance would never be read again.
+                rd_kafka_resume_partitions(rk, partitions)
             }
             context.healthy()
             logger.info("kafka partitions assigned", metadata: ["wps.partitions": "\(tps.map(\.description).sorted())"])

@@ -10,26 +10,32 @@ import Testing
         try await pacer.acquire()
         for _ in 0..<100 { pacer.accepted() }
         #expect(pacer.rate == nil, "successes alone never start pacing")
-        // 100 accepted within the last half second to second: 85% of 100-200 a second.
+        // 100 accepted within the last quarter second to second: 85% of 100-400 a second.
         #expect(pacer.throttledResponse() != nil, "the first 429 starts pacing")
         let rate = try #require(pacer.rate)
-        #expect(rate >= 85 && rate <= 170, "\(rate)")
+        #expect(rate >= 85 && rate <= 340, "\(rate)")
         // Requests answered 429 together count once.
         #expect(pacer.throttledResponse() == nil)
         #expect(pacer.rate == rate)
         #expect(pacer.throttled.load(ordering: .relaxed) == 2)
     }
 
+    @Test func aFirst429WithNothingAcceptedDoesNotPace() {
+        let pacer = AdaptiveRate()
+        #expect(pacer.throttledResponse() == nil)
+        #expect(pacer.rate == nil)
+    }
+
     @Test func pacedSendsAreSpacedByTheRate() async throws {
-        var settings = AdaptiveRate.Settings()
-        settings.minimumRate = 50
-        let pacer = AdaptiveRate(settings: settings)
-        // No sends accepted yet: the first 429 paces at the minimum, 50 a second.
+        let pacer = AdaptiveRate()
+        for _ in 0..<30 { pacer.accepted() }
+        // 30 accepted within the last quarter second to second: paced at 85% of 30-120 a second.
         pacer.throttledResponse()
-        #expect(pacer.rate == 50)
+        let rate = try #require(pacer.rate)
+        #expect(rate >= 25 && rate <= 102, "\(rate)")
         let start = ContinuousClock.now
         for _ in 0..<11 { try await pacer.acquire() }
-        // Ten intervals of 20 ms at least (sleeps end late, never early).
-        #expect(ContinuousClock.now - start >= .milliseconds(190))
+        // Ten intervals of 1/rate at least, less the burst allowance (sleeps end late, never early).
+        #expect(ContinuousClock.now - start >= .seconds(10 / rate) - .milliseconds(15))
     }
 }

@@ -3,10 +3,12 @@ import Synchronization
 
 /// Paces sends to what the service accepts, once it has said "too many requests" (429).
 ///
-/// Until the first 429 nothing is paced. Then sends are spaced to a rate, AIMD-style: each 429
-/// cuts the rate (to `decrease` of what was accepted over the last second, or of the rate, at
-/// most once per `decreaseInterval`, so that the requests answered together by one refusal count
-/// once), and while sends wait for the pacer the rate grows by `increase` of itself per second.
+/// Until a 429 comes after sends were accepted, nothing is paced (a 429 with nothing accepted
+/// in the last second says nothing about the rate; its send waits for its `Retry-After`). Then
+/// sends are spaced to a rate, AIMD-style: each 429 cuts the rate (to `decrease` of what was
+/// accepted over the last second, or of the rate, at most once per `decreaseInterval`, so that
+/// the requests answered together by one refusal count once), and while sends wait for the
+/// pacer the rate grows by `increase` of itself per second.
 /// The service's token bucket lets the rate probe above the limit briefly; the cut brings it back
 /// below before many requests are refused. After `idleReset` without a 429, pacing stops.
 ///
@@ -39,9 +41,10 @@ public final class AdaptiveRate: Sendable {
         /// Whether a send waited since the last growth step (the rate is what binds).
         var bound = false
         var lastGrowth: ContinuousClock.Instant
-        /// Accepted sends in the current and the previous half second.
+        /// Accepted sends since `bucketStart`, and in the bucket before it (`beforeLength` long).
         var acceptedNow = 0
         var acceptedBefore = 0
+        var beforeLength: Duration = .zero
         var bucketStart: ContinuousClock.Instant
     }
 
@@ -71,6 +74,7 @@ public final class AdaptiveRate: Sendable {
             if let last = s.lastThrottle, now - last > settings.idleReset {
                 s.rate = nil
                 s.lastThrottle = nil
+                s.nextSlot = now
                 gauge.record(0)
                 return nil
             }
@@ -115,13 +119,21 @@ public final class AdaptiveRate: Sendable {
             roll(&s, now)
             s.lastThrottle = now
             guard now - s.lastDecrease >= settings.decreaseInterval else { return nil }
-            s.lastDecrease = now
             let started = s.rate == nil
             // What the service took over the last half second to second: its limit, or a bit over while its bucket drained.
-            let window = max(0.5, min(1.0, (now - s.bucketStart).seconds + 0.5))
+            let window = max(0.25, ((now - s.bucketStart) + s.beforeLength).seconds)
             let acceptedRate = Double(s.acceptedNow + s.acceptedBefore) / window
-            let base = min(s.rate ?? .infinity, acceptedRate > 0 ? acceptedRate : (s.rate ?? settings.minimumRate))
+            let base: Double
+            if let rate = s.rate {
+                base = acceptedRate > 0 ? min(rate, acceptedRate) : rate
+            } else if acceptedRate > 0 {
+                base = acceptedRate
+                s.nextSlot = now
+            } else {
+                return nil
+            }
             let next = max(settings.minimumRate, base * settings.decrease)
+            s.lastDecrease = now
             s.rate = next
             s.lastGrowth = now
             s.bound = false
@@ -135,8 +147,10 @@ public final class AdaptiveRate: Sendable {
         guard now - s.bucketStart >= half else { return }
         if now - s.bucketStart >= half * 2 {
             s.acceptedBefore = 0
+            s.beforeLength = .zero
         } else {
             s.acceptedBefore = s.acceptedNow
+            s.beforeLength = now - s.bucketStart
         }
         s.acceptedNow = 0
         s.bucketStart = now
