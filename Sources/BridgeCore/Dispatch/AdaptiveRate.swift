@@ -120,7 +120,7 @@ public final class AdaptiveRate: Sendable {
             s.lastThrottle = now
             guard now - s.lastDecrease >= settings.decreaseInterval else { return nil }
             let started = s.rate == nil
-            // What the service took over the last half second to second: its limit, or a bit over while its bucket drained.
+            // What the service took over the last quarter second to second and a half: its limit, or a bit over while its bucket drained.
             let window = max(0.25, ((now - s.bucketStart) + s.beforeLength).seconds)
             let acceptedRate = Double(s.acceptedNow + s.acceptedBefore) / window
             let base: Double
@@ -150,7 +150,8 @@ public final class AdaptiveRate: Sendable {
             s.beforeLength = .zero
         } else {
             s.acceptedBefore = s.acceptedNow
-            s.beforeLength = now - s.bucketStart
+            // A bucket without sends adds no length: after a quiet moment the burst's rate counts.
+            s.beforeLength = s.acceptedNow > 0 ? now - s.bucketStart : .zero
         }
         s.acceptedNow = 0
         s.bucketStart = now
