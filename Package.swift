@@ -46,10 +46,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Entra ID credentials: client secret, workload identity, managed identity, the default chain.
+        .target(
+            name: "AzureIdentity",
+            dependencies: [
+                "BridgeJSON",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "WebPubSub",
             dependencies: [
-                "BridgeJSON",
+                "BridgeJSON", "AzureIdentity",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -110,6 +122,7 @@ let package = Package(
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
@@ -148,7 +161,8 @@ let package = Package(
         .target(
             name: "BridgeApp",
             dependencies: [
-                "BridgeCore", "BridgeJSON", "WebPubSub", "StdioAdapter", "KafkaAdapter", "RedisAdapter", "LocalHub", "BridgeServer", "GroupListener",
+                "BridgeCore", "BridgeJSON", "WebPubSub", "AzureIdentity", "StdioAdapter", "KafkaAdapter", "RedisAdapter", "LocalHub", "BridgeServer",
+                "GroupListener",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
@@ -161,7 +175,7 @@ let package = Package(
         .executableTarget(
             name: "wps-bridge",
             dependencies: [
-                "BridgeApp", "BridgeCore", "WebPubSub", "LocalHub", "KafkaAdapter",
+                "BridgeApp", "BridgeCore", "WebPubSub", "AzureIdentity", "LocalHub", "KafkaAdapter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -200,6 +214,7 @@ let package = Package(
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
                 "BridgeJSON",
             ],
             swiftSettings: swiftSettings
@@ -218,7 +233,8 @@ let package = Package(
         .testTarget(
             name: "WebPubSubTests",
             dependencies: [
-                "WebPubSub", "BridgeTestSupport", "BridgeJSON",
+                "WebPubSub", "AzureIdentity", "BridgeTestSupport", "BridgeJSON",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),

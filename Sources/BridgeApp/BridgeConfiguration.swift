@@ -1,3 +1,4 @@
+public import AzureIdentity
 public import BridgeCore
 public import BridgeServer
 import Foundation
@@ -9,14 +10,40 @@ import RedisAdapter
 import StdioAdapter
 public import WebPubSub
 
-/// Where the bridge sends: Azure Web PubSub (or a compatible hub) by connection string.
+/// Where the bridge sends: Azure Web PubSub (or a compatible hub) by connection string or
+/// access key, or by endpoint and Entra ID credential.
 public struct WebPubSubSettings: Sendable {
     public var connectionString: ConnectionString?
+    /// `endpoint` with a `credential` other than `accessKey`.
+    public var entra: EntraConnection?
     /// `webpubsub.embedded`: run a local hub inside the bridge and send to it.
     public var embedded: LocalHubConfiguration?
     /// The hub of targets that name none.
     public var defaultHub: String?
     public var client = WebPubSubServiceClient.Configuration()
+}
+
+extension WebPubSubSettings {
+    /// The REST client for the configured connection (not the embedded hub).
+    public func makeClient(environment: [String: String] = ProcessInfo.processInfo.environment, logger: Logger) throws -> WebPubSubServiceClient {
+        if let entra {
+            let credential = try entra.credential.make(environment: environment, logger: logger)
+            return try WebPubSubServiceClient(endpoint: entra.endpoint, authentication: .entra(credential), configuration: client, logger: logger)
+        }
+        guard let connectionString else { throw ValidationFailure("webpubsub has no connection") }
+        return WebPubSubServiceClient(connectionString: connectionString, configuration: client, logger: logger)
+    }
+}
+
+/// An endpoint reached with an Entra ID credential.
+public struct EntraConnection: Sendable {
+    public var endpoint: String
+    public var credential: CredentialSettings
+
+    public init(endpoint: String, credential: CredentialSettings) {
+        self.endpoint = endpoint
+        self.credential = credential
+    }
 }
 
 /// A whole `bridge.yaml`, read and validated.
@@ -158,7 +185,10 @@ public struct BridgeConfiguration: Sendable {
 
     static func readWebPubSub(_ m: ConfigMapping, required: Bool) -> WebPubSubSettings {
         m.checkKeys(
-            ["connectionString", "endpoint", "accessKey", "accessKeyFile", "embedded", "hub", "apiVersion", "requestTimeout", "connectTimeout", "maxConnections"],
+            [
+                "connectionString", "endpoint", "accessKey", "accessKeyFile", "credential", "embedded", "hub", "apiVersion", "requestTimeout",
+                "connectTimeout", "maxConnections",
+            ],
             what: "webpubsub")
         var settings = WebPubSubSettings()
         if let hub = m.nonEmptyString("hub") {
@@ -169,7 +199,7 @@ public struct BridgeConfiguration: Sendable {
         settings.client.connectTimeout = m.duration("connectTimeout") ?? settings.client.connectTimeout
         settings.client.maxConnections = m.int("maxConnections", range: 1...4096) ?? settings.client.maxConnections
         if let e = m.value("embedded") {
-            if m.has("connectionString") || m.has("endpoint") {
+            if m.has("connectionString") || m.has("endpoint") || m.has("credential") {
                 m.report("give 'embedded' or a connection ('connectionString' / 'endpoint'), not both")
             }
             // `embedded: {}` or `embedded: true` take every default.
@@ -177,6 +207,24 @@ public struct BridgeConfiguration: Sendable {
                 settings.embedded = flag ? LocalHubConfiguration(accessKeys: [AccessKey(randomAccessKey())]) : nil
             } else if let em = e.mapping() {
                 settings.embedded = readEmbeddedHub(em)
+            }
+            return settings
+        }
+        let credential = m.value("credential").flatMap(readCredential)
+        // A broken credential block is reported; guessing at what was meant would add noise.
+        if m.has("credential"), credential == nil { return settings }
+        if m.has("connectionString"), let credential, credential != .accessKey {
+            m.value("credential")?.report("a connection string carries an access key; with an Entra ID credential give 'endpoint' instead")
+        }
+        if case .entra(let entra) = credential {
+            if m.has("accessKey") || m.has("accessKeyFile") {
+                m.report("'accessKey' goes with credential type accessKey, not \(entra.typeName)")
+            }
+            guard let endpoint = m.nonEmptyString("endpoint", required: !m.has("connectionString")) else { return settings }
+            do {
+                settings.entra = EntraConnection(endpoint: try ConnectionString(endpoint: endpoint, accessKey: AccessKey("")).endpoint, credential: entra)
+            } catch {
+                m.value("endpoint")?.report(error.message)
             }
             return settings
         }
@@ -213,10 +261,76 @@ public struct BridgeConfiguration: Sendable {
         return settings
     }
 
+    enum CredentialChoice: Equatable {
+        case accessKey
+        case entra(CredentialSettings)
+    }
+
+    /// `credential: TYPE` or `credential: {type: TYPE, ...}`.
+    static func readCredential(_ v: ConfigValue) -> CredentialChoice? {
+        let types = ["accessKey"] + CredentialSettings.typeNames
+        let type: String?
+        let m: ConfigMapping?
+        if v.isScalar {
+            type = v.string()
+            m = nil
+        } else if let mapping = v.mapping() {
+            type = mapping.nonEmptyString("type", required: true)
+            m = mapping
+        } else {
+            return nil
+        }
+        guard let type else { return nil }
+        guard types.contains(type) else {
+            v.report("unknown credential type '\(type)'; known: \(types.joined(separator: ", "))")
+            return nil
+        }
+        let allowed: [String] =
+            switch type {
+            case "managedIdentity": ["clientId", "endpoint"]
+            case "workloadIdentity": ["tenantId", "clientId", "tokenFile", "authorityHost"]
+            case "clientSecret": ["tenantId", "clientId", "clientSecret", "clientSecretFile", "authorityHost"]
+            case "default": ["managedIdentityClientId"]
+            default: []
+            }
+        m?.checkKeys(["type"] + allowed, what: "a \(type) credential")
+        func url(_ key: String) -> String? {
+            guard let text = m?.nonEmptyString(key) else { return nil }
+            if !(text.hasPrefix("http://") || text.hasPrefix("https://")) { m?.value(key)?.report("'\(key)' must be an http:// or https:// URL") }
+            return text
+        }
+        switch type {
+        case "accessKey":
+            return .accessKey
+        case "managedIdentity":
+            return .entra(.managedIdentity(clientId: m?.nonEmptyString("clientId"), endpoint: url("endpoint")))
+        case "workloadIdentity":
+            let file = m?.nonEmptyString("tokenFile").map { m!.reader.absolutePath($0) }
+            return .entra(
+                .workloadIdentity(tenantId: m?.nonEmptyString("tenantId"), clientId: m?.nonEmptyString("clientId"), tokenFile: file, authorityHost: url("authorityHost")))
+        case "clientSecret":
+            guard let m else {
+                v.report("a clientSecret credential needs tenantId, clientId and clientSecret (or clientSecretFile): {type: clientSecret, ...}")
+                return nil
+            }
+            let tenant = m.nonEmptyString("tenantId", required: true)
+            let client = m.nonEmptyString("clientId", required: true)
+            let secret = m.secret("clientSecret", required: true)
+            let host = url("authorityHost")
+            guard let tenant, let client, let secret else { return nil }
+            return .entra(.clientSecret(tenantId: tenant, clientId: client, secret: secret, authorityHost: host))
+        default:
+            return .entra(.default(managedIdentityClientId: m?.nonEmptyString("managedIdentityClientId")))
+        }
+    }
+
     /// Reads the embedded hub's settings (also what `wps-bridge hub --config` reads).
     public static func readEmbeddedHub(_ m: ConfigMapping) -> LocalHubConfiguration? {
         m.checkKeys(
-            ["host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "reconnectGrace", "upstreamRetries", "hubs"],
+            [
+                "host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "reconnectGrace", "upstreamRetries",
+                "trustedIssuers", "hubs",
+            ],
             what: "webpubsub.embedded")
         var config = LocalHubConfiguration(accessKeys: [AccessKey(m.secret("accessKey") ?? randomAccessKey())])
         if let secondary = m.nonEmptyString("secondaryAccessKey") { config.accessKeys.append(AccessKey(secondary)) }
@@ -226,6 +340,10 @@ public struct BridgeConfiguration: Sendable {
         config.allowAnonymous = m.bool("allowAnonymous") ?? false
         config.reconnectGrace = m.duration("reconnectGrace") ?? config.reconnectGrace
         config.upstreamRetries = m.int("upstreamRetries", range: 0...100) ?? config.upstreamRetries
+        config.trustedIssuers = m.stringList("trustedIssuers") ?? []
+        for issuer in config.trustedIssuers where !(issuer.hasPrefix("http://") || issuer.hasPrefix("https://")) {
+            m.value("trustedIssuers")?.report("'\(issuer)' is not an issuer URL (http:// or https://)")
+        }
         if let hubs = m.mapping("hubs") {
             for name in hubs.keys {
                 guard let hub = hubs.mapping(name) else { continue }
@@ -286,6 +404,9 @@ public struct BridgeConfiguration: Sendable {
         var lines: [String] = []
         if let cs = webpubsub.connectionString {
             lines.append("Web PubSub: \(cs.endpoint)" + (webpubsub.defaultHub.map { " (default hub \($0))" } ?? ""))
+        }
+        if let entra = webpubsub.entra {
+            lines.append("Web PubSub: \(entra.endpoint) with Entra ID (\(entra.credential))" + (webpubsub.defaultHub.map { " (default hub \($0))" } ?? ""))
         }
         if let e = webpubsub.embedded {
             lines.append("Web PubSub: embedded hub on http://\(e.host):\(e.port)" + (webpubsub.defaultHub.map { " (default hub \($0))" } ?? ""))

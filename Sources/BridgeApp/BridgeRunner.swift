@@ -24,12 +24,17 @@ public enum BridgeRunner {
         let transport: any DeliveryTransport
         var client: WebPubSubServiceClient?
         /// Where listeners connect: the bridge's Web PubSub (for this config, and reloaded ones).
-        var listenerConnection: (@Sendable () async throws -> ConnectionString)?
+        var listenerConnection: ClientAccessIssuer?
         var embeddedHub: LocalHub?
         if dryRun {
             transport = DryRunTransport()
             // Listeners still listen (to the configured service, when there is one).
-            if let cs = configuration.webpubsub.connectionString { listenerConnection = { cs } }
+            if let cs = configuration.webpubsub.connectionString { listenerConnection = .signing(cs) }
+            if configuration.webpubsub.entra != nil {
+                let c = try configuration.webpubsub.makeClient(logger: logger)
+                client = c
+                listenerConnection = .service(c)
+            }
         } else if let embedded = configuration.webpubsub.embedded {
             let hub = LocalHub(configuration: embedded, logger: logger)
             embeddedHub = hub
@@ -40,15 +45,23 @@ public enum BridgeRunner {
                     service: WhenListening(hub: hub) { endpoint, _ in
                         logger.notice("embedded hub ready; the demo page shows what is sent: \(endpoint)/\(page)")
                     }, successTerminationBehavior: .ignore, serviceName: "announce"))
-            transport = HubTransport(hub: hub, settings: configuration.webpubsub.client, logger: logger)
-            listenerConnection = { try ConnectionString(parsing: try await hub.connectionString()) }
+            let hubTransport = HubTransport(hub: hub, settings: configuration.webpubsub.client, logger: logger)
+            transport = hubTransport
+            listenerConnection = ClientAccessIssuer { hub, userId, groups, expiresIn in
+                try await hubTransport.ready().clientAccess(hub: hub, userId: userId, groups: groups, expiresIn: expiresIn)
+            }
         } else {
-            guard let cs = configuration.webpubsub.connectionString else { throw ValidationFailure("webpubsub has no connection") }
-            let c = WebPubSubServiceClient(connectionString: cs, configuration: configuration.webpubsub.client, logger: logger)
+            let c = try configuration.webpubsub.makeClient(logger: logger)
             client = c
             transport = WebPubSubTransport(client: c)
-            listenerConnection = { cs }
-            logger.info("sending to Web PubSub", metadata: ["wps.endpoint": "\(cs.endpoint)"])
+            listenerConnection = .service(c)
+            var metadata: Logger.Metadata = ["wps.endpoint": "\(c.endpoint)"]
+            if let entra = configuration.webpubsub.entra { metadata["wps.credential"] = "\(entra.credential)" }
+            logger.info("sending to Web PubSub", metadata: metadata)
+        }
+        if let handler = configuration.eventHandler, configuration.server != nil, handler.accessKeys.isEmpty, handler.authToken != nil {
+            logger.notice(
+                "the event handler cannot check ce-signature without an access key (webpubsub uses Entra ID): requests are authenticated by eventHandler.authToken alone")
         }
         let prepare: @Sendable (BridgeConfiguration) -> Void = { [listenerConnection] config in
             if let listenerConnection { config.connectListeners(listenerConnection) }

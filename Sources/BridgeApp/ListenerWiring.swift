@@ -52,7 +52,7 @@ extension BridgeConfiguration {
     }
 
     /// Tells each group listener without a connection of its own where the bridge's Web PubSub is.
-    func connectListeners(_ connection: @escaping @Sendable () async throws -> ConnectionString) {
+    func connectListeners(_ connection: ClientAccessIssuer) {
         for entry in core.sources {
             guard let listener = entry.adapter as? GroupListenerSource, listener.usesBridgeConnection else { continue }
             listener.use(connection: connection)

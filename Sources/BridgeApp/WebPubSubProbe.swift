@@ -34,11 +34,14 @@ final class WebPubSubProbe: HealthReporting, Service {
 
     func check() async {
         let result: String?
+        var what = "the access key"
         do {
-            _ = try await client().groupExists(hub: hub, group: "wps-bridge-readiness")
+            let client = try await client()
+            if case .entra = client.authentication { what = "the Entra ID token (does the identity have a Web PubSub role?)" }
+            _ = try await client.groupExists(hub: hub, group: "wps-bridge-readiness")
             result = nil
         } catch let error as WebPubSubError where error.status == 401 || error.status == 403 {
-            result = "the service refuses the access key (HTTP \(error.status ?? 0))"
+            result = "the service refuses \(what) (HTTP \(error.status ?? 0))"
         } catch is CancellationError {
             return
         } catch {

@@ -86,8 +86,11 @@ extension EventHandlerConfiguration {
             guard let hub, let sink, !names.isEmpty else { continue }
             config.rules.append(EventRule(hub: hub, events: Set(names), sink: sink, reply: reply))
         }
-        if config.accessKeys.isEmpty && (eventHandler != nil || config.rules.contains(where: \.takesHandlerEvents)) {
-            eventHandler?.report("no access key to check ce-signature with: give webpubsub a connection string or key")
+        if config.accessKeys.isEmpty, config.authToken == nil, eventHandler != nil || config.rules.contains(where: \.takesHandlerEvents) {
+            // With an Entra ID credential the bridge holds no key: the shared secret is then what authenticates the hub.
+            let message =
+                "no access key to check ce-signature with: with an Entra ID credential set eventHandler.authToken (the hub's event handler URL carries it as ?code=TOKEN), or give eventHandler.secondaryAccessKey"
+            if let eventHandler { eventHandler.report(message) } else { events?.first?.reader.report(message, path: "eventHandler", mark: nil) }
         }
         return config
     }

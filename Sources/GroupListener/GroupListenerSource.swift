@@ -73,7 +73,7 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
     public let settings: Settings
     public let counters: Counters
     let logger: Logger
-    private let provider = Mutex<(@Sendable () async throws -> ConnectionString)?>(nil)
+    private let provider = Mutex<ClientAccessIssuer?>(nil)
     private let problem = Mutex<String?>("not connected yet")
     private let bufferFullLogged = Mutex<ContinuousClock.Instant?>(nil)
 
@@ -89,9 +89,10 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
     /// Whether the listener takes its connection from the bridge's `webpubsub` settings.
     public var usesBridgeConnection: Bool { settings.connectionString == nil }
 
-    /// Where to connect when the source has no connection string of its own: called once per
-    /// new connection (the embedded hub's port is known only once it listens).
-    public func use(connection: @escaping @Sendable () async throws -> ConnectionString) {
+    /// Where to connect when the source has no connection string of its own: asked once per
+    /// new connection (the embedded hub's port is known only once it listens; with Entra ID the
+    /// service issues the token).
+    public func use(connection: ClientAccessIssuer) {
         provider.withLock { $0 = connection }
     }
 
@@ -141,11 +142,7 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
                 if let session, session.isEstablished { gap("the session has no reconnection token") }
                 session = nil
                 do {
-                    let cs = try await connectionString()
-                    let access = try ClientAccess.make(
-                        endpoint: cs.endpoint, hub: settings.hub, key: cs.accessKey, userId: settings.userId, roles: [], groups: settings.groups,
-                        expiresIn: settings.tokenLifetime)
-                    url = access.url
+                    url = try await issuer()(hub: settings.hub, userId: settings.userId, groups: settings.groups, expiresIn: settings.tokenLifetime).url
                 } catch is CancellationError {
                     return
                 } catch {
@@ -225,12 +222,12 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
         }
     }
 
-    private func connectionString() async throws -> ConnectionString {
-        if let own = settings.connectionString { return own }
+    private func issuer() throws -> ClientAccessIssuer {
+        if let own = settings.connectionString { return .signing(own) }
         guard let provider = provider.withLock({ $0 }) else {
             throw ListenerError("no Web PubSub connection: give the source a connectionString, or the bridge a webpubsub connection")
         }
-        return try await provider()
+        return provider
     }
 
     enum End: Sendable {

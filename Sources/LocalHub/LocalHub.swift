@@ -38,6 +38,9 @@ public struct LocalHubConfiguration: Sendable {
     /// messages wait behind it, which keeps their order).
     public var upstreamRetries = 3
     public var upstreamRetryBackoff: Duration = .milliseconds(500)
+    /// Entra ID token issuers whose RS256 tokens (audience `https://webpubsub.azure.com`) the
+    /// REST API accepts besides access-key tokens; their keys come from OpenID discovery.
+    public var trustedIssuers: [String] = []
 
     public init(accessKeys: [AccessKey]) {
         self.accessKeys = accessKeys
@@ -60,6 +63,7 @@ public final class LocalHub: Service, Sendable {
     let upstreamClient: HTTPClient
     let upstream: UpstreamCaller
     private let nextConnection = Atomic<Int>(0)
+    let entra: EntraVerifier?
 
     public init(configuration: LocalHubConfiguration, logger: Logger) {
         precondition(!configuration.accessKeys.isEmpty, "the hub needs an access key")
@@ -71,6 +75,7 @@ public final class LocalHub: Service, Sendable {
         upstream = UpstreamCaller(
             httpClient: upstreamClient, keys: configuration.accessKeys, origin: configuration.host, retries: configuration.upstreamRetries,
             retryBackoff: configuration.upstreamRetryBackoff, logger: logger)
+        entra = configuration.trustedIssuers.isEmpty ? nil : EntraVerifier(issuers: configuration.trustedIssuers, httpClient: upstreamClient, logger: logger)
     }
 
     /// The port, once the hub listens.

@@ -16,9 +16,16 @@ extension LocalHub {
             return errorResponse(401, "Unauthorized", "missing bearer token")
         }
         let path = rawPath.trimmingSuffix("/")
-        do {
-            _ = try AccessKeyJWT.verify(String(auth.dropFirst(7)), keys: configuration.accessKeys) { aud in
-                Self.audiencePath(aud) == path
+        let token = String(auth.dropFirst(7))
+        do throws(JWTError) {
+            if EntraVerifier.isRS256(token) {
+                // An Entra ID token: trusted only when the hub was told its issuer.
+                guard let entra else { throw JWTError("an RS256 (Entra ID) token, but the hub trusts no issuer (start it with --trust-issuer URL)") }
+                _ = try await entra.verify(token)
+            } else {
+                _ = try AccessKeyJWT.verify(token, keys: configuration.accessKeys) { aud in
+                    Self.audiencePath(aud) == path
+                }
             }
         } catch {
             return errorResponse(401, "Unauthorized", "invalid token: \(error.message)")

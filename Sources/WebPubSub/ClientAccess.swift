@@ -31,10 +31,22 @@ public struct ClientAccess: Sendable, Equatable {
         if let userId { claims.append(("sub", .string(userId))) }
         if !roles.isEmpty { claims.append(("role", .array(roles.map { .string($0) }))) }
         if !groups.isEmpty { claims.append(("webpubsub.group", .array(groups.map { .string($0) }))) }
-        let token = AccessKeyJWT.sign(claims: claims, key: key)
+        return try ClientAccess(endpoint: endpoint, hub: hub, token: AccessKeyJWT.sign(claims: claims, key: key))
+    }
+
+    /// The URL for a token obtained elsewhere (the service's `:generateToken`).
+    public init(endpoint: String, hub: String, token: String) throws(WebPubSubError) {
+        guard !hub.isEmpty else { throw .invalidArgument("hub must not be empty") }
+        let lower = endpoint.lowercased()
         let wsEndpoint = (lower.hasPrefix("https://") ? "wss://" + lower.dropFirst(8) : "ws://" + lower.dropFirst(7))
         let base = wsEndpoint + "/client/hubs/" + percentEncode(hub)
-        return ClientAccess(baseURL: base, token: token, url: base + "?access_token=" + token)
+        self.init(baseURL: base, token: token, url: base + "?access_token=" + token)
+    }
+
+    init(baseURL: String, token: String, url: String) {
+        self.baseURL = baseURL
+        self.token = token
+        self.url = url
     }
 }
 
@@ -122,4 +134,34 @@ public struct Query: Sendable {
 
     public func first(_ name: String) -> String? { pairs.first { $0.0 == name }?.1 }
     public func all(_ name: String) -> [String] { pairs.filter { $0.0 == name }.map(\.1) }
+}
+
+/// Makes client access URLs: signed with an access key, or issued by the service (Entra ID).
+/// Listeners (`type: webpubsub` sources) connect with what it gives.
+public struct ClientAccessIssuer: Sendable {
+    let issue: @Sendable (_ hub: String, _ userId: String?, _ groups: [String], _ expiresIn: Duration) async throws -> ClientAccess
+
+    public init(_ issue: @escaping @Sendable (_ hub: String, _ userId: String?, _ groups: [String], _ expiresIn: Duration) async throws -> ClientAccess) {
+        self.issue = issue
+    }
+
+    /// Signs locally with the connection string's key.
+    public static func signing(_ connectionString: ConnectionString) -> ClientAccessIssuer {
+        ClientAccessIssuer { hub, userId, groups, expiresIn in
+            try ClientAccess.make(
+                endpoint: connectionString.endpoint, hub: hub, key: connectionString.accessKey, userId: userId, roles: [], groups: groups,
+                expiresIn: expiresIn)
+        }
+    }
+
+    /// Asks `client` (which signs locally too, when it has a key).
+    public static func service(_ client: WebPubSubServiceClient) -> ClientAccessIssuer {
+        ClientAccessIssuer { hub, userId, groups, expiresIn in
+            try await client.clientAccess(hub: hub, userId: userId, groups: groups, expiresIn: expiresIn)
+        }
+    }
+
+    public func callAsFunction(hub: String, userId: String?, groups: [String], expiresIn: Duration) async throws -> ClientAccess {
+        try await issue(hub, userId, groups, expiresIn)
+    }
 }

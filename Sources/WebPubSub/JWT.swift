@@ -112,7 +112,7 @@ public struct JWTClaims: Sendable {
 
 public struct JWTError: Error, Sendable, CustomStringConvertible {
     public let message: String
-    init(_ message: String) { self.message = message }
+    public init(_ message: String) { self.message = message }
     public var description: String { message }
 }
 

@@ -5,7 +5,7 @@ import BridgeJSON
 public struct WebPubSubError: Error, Sendable, CustomStringConvertible {
     /// What went wrong; a struct so that kinds can be added without breaking callers.
     public struct Kind: Sendable, Hashable, CustomStringConvertible {
-        enum Base: Sendable, Hashable { case invalidConnectionString, invalidArgument, transport, status, cancelled }
+        enum Base: Sendable, Hashable { case invalidConnectionString, invalidArgument, transport, status, cancelled, authentication }
         let base: Base
         public static let invalidConnectionString = Kind(base: .invalidConnectionString)
         public static let invalidArgument = Kind(base: .invalidArgument)
@@ -15,6 +15,8 @@ public struct WebPubSubError: Error, Sendable, CustomStringConvertible {
         public static let status = Kind(base: .status)
         /// The calling task was cancelled; the request may or may not have reached the service.
         public static let cancelled = Kind(base: .cancelled)
+        /// No Entra ID token could be obtained (the identity endpoint failed or refused).
+        public static let authentication = Kind(base: .authentication)
         public var description: String {
             switch base {
             case .invalidConnectionString: "invalid connection string"
@@ -22,6 +24,7 @@ public struct WebPubSubError: Error, Sendable, CustomStringConvertible {
             case .transport: "request failed"
             case .status: "unexpected status"
             case .cancelled: "cancelled"
+            case .authentication: "authentication failed"
             }
         }
     }
@@ -63,7 +66,8 @@ public struct WebPubSubError: Error, Sendable, CustomStringConvertible {
     /// Worth another try: no response, 408, 429 or 5xx.
     public var isRetryable: Bool {
         switch kind {
-        case .transport: return true
+        // An identity endpoint that failed (after its own retries) may answer later.
+        case .transport, .authentication: return true
         case .status:
             guard let status else { return false }
             return status == 408 || status == 429 || status >= 500

@@ -1,4 +1,5 @@
 public import AsyncHTTPClient
+public import AzureIdentity
 import BridgeJSON
 import Foundation
 public import Logging
@@ -8,8 +9,8 @@ import Synchronization
 
 /// The Web PubSub data-plane REST API: every operation of api-version 2024-12-01.
 ///
-/// Requests are signed with access-key JWTs that are cached per URL until shortly before they
-/// expire; connections are pooled and kept alive (HTTP/2 where the endpoint offers it over TLS).
+/// Requests carry access-key JWTs (cached per URL until shortly before they expire) or Entra ID
+/// tokens (scope `https://webpubsub.azure.com/.default`, renewed before expiry); connections are pooled and kept alive (HTTP/2 where the endpoint offers it over TLS).
 /// Operations throw ``WebPubSubError``, carrying the status code and body of a refused request.
 public final class WebPubSubServiceClient: Sendable {
     public struct Configuration: Sendable {
@@ -25,21 +26,56 @@ public final class WebPubSubServiceClient: Sendable {
         public init() {}
     }
 
+    /// How requests are authorized.
+    public enum Authentication: Sendable {
+        /// Access-key JWTs signed here; client tokens too.
+        case accessKey(AccessKey)
+        /// Entra ID tokens; client tokens come from the service (`:generateToken`).
+        case entra(any TokenCredential)
+    }
+
+    /// The scope of Entra ID tokens for Web PubSub.
+    public static let entraScope = "https://webpubsub.azure.com/.default"
+
     /// The connection string's endpoint, e.g. `https://x.webpubsub.azure.com`.
     public let endpoint: String
-    let key: AccessKey
+    public let authentication: Authentication
     public let configuration: Configuration
     let httpClient: HTTPClient
     let ownsHTTPClient: Bool
     let logger: Logger
     private let tokenCache = Mutex<[String: (token: String, renewAt: Date)]>([:])
+    private let entraTokens: TokenCache?
 
-    public init(
+    public convenience init(
         connectionString: ConnectionString, configuration: Configuration = Configuration(), httpClient: HTTPClient? = nil,
         logger: Logger = Logger(label: "wps.webpubsub")
     ) {
-        self.endpoint = connectionString.endpoint
-        self.key = connectionString.accessKey
+        self.init(
+            validEndpoint: connectionString.endpoint, authentication: .accessKey(connectionString.accessKey), configuration: configuration,
+            httpClient: httpClient, logger: logger)
+    }
+
+    /// - Parameter endpoint: `http(s)://host[:port]`.
+    public convenience init(
+        endpoint: String, authentication: Authentication, configuration: Configuration = Configuration(), httpClient: HTTPClient? = nil,
+        logger: Logger = Logger(label: "wps.webpubsub")
+    ) throws(WebPubSubError) {
+        self.init(
+            validEndpoint: try ConnectionString.normalizeEndpoint(endpoint), authentication: authentication, configuration: configuration,
+            httpClient: httpClient, logger: logger)
+    }
+
+    private init(
+        validEndpoint: String, authentication: Authentication, configuration: Configuration, httpClient: HTTPClient?, logger: Logger
+    ) {
+        self.endpoint = validEndpoint
+        self.authentication = authentication
+        if case .entra(let credential) = authentication {
+            entraTokens = TokenCache(credential: credential, scope: Self.entraScope)
+        } else {
+            entraTokens = nil
+        }
         self.configuration = configuration
         self.logger = logger
         if let httpClient {
@@ -300,13 +336,21 @@ public final class WebPubSubServiceClient: Sendable {
         return token
     }
 
-    /// A client access URL signed locally with the access key, as the SDKs' `get_client_access_token`.
+    /// A client access URL, as the SDKs' `get_client_access_token`: signed here with the access
+    /// key, or (with Entra ID) issued by the service's `:generateToken`.
     public func clientAccess(
-        hub: String, userId: String? = nil, roles: [String] = [], groups: [String] = [], expiresIn: Duration = .seconds(3600),
-        now: Date = Date()
-    ) throws(WebPubSubError) -> ClientAccess {
-        try ClientAccess.make(
-            endpoint: endpoint, hub: hub, key: key, userId: userId, roles: roles, groups: groups, expiresIn: expiresIn, now: now)
+        hub: String, userId: String? = nil, roles: [String] = [], groups: [String] = [], expiresIn: Duration = .seconds(3600)
+    ) async throws(WebPubSubError) -> ClientAccess {
+        switch authentication {
+        case .accessKey(let key):
+            return try ClientAccess.make(
+                endpoint: endpoint, hub: hub, key: key, userId: userId, roles: roles, groups: groups, expiresIn: expiresIn)
+        case .entra:
+            guard expiresIn > .zero else { throw .invalidArgument("token lifetime must be positive") }
+            let minutes = Int((Double(expiresIn.components.seconds) / 60).rounded(.up))
+            let token = try await generateClientToken(hub: hub, userId: userId, roles: roles, groups: groups, minutesToExpire: max(1, minutes))
+            return try ClientAccess(endpoint: endpoint, hub: hub, token: token)
+        }
     }
 
     // MARK: Plumbing
@@ -360,8 +404,22 @@ public final class WebPubSubServiceClient: Sendable {
         return response.status == 200
     }
 
-    /// A bearer token for `url`, from the cache while it has at least 10% of its life left.
-    func token(for url: String, now: Date = Date()) -> String {
+    /// The Authorization header's bearer token for `url`.
+    func authorization(for url: String, operation: String) async throws(WebPubSubError) -> String {
+        switch authentication {
+        case .accessKey(let key):
+            return token(for: url, key: key)
+        case .entra:
+            do {
+                return try await entraTokens!.token()
+            } catch {
+                throw WebPubSubError(kind: .authentication, message: "no Entra ID token: \(error.message)", operation: operation)
+            }
+        }
+    }
+
+    /// An access-key token for `url`, from the cache while it has at least 10% of its life left.
+    func token(for url: String, key: AccessKey, now: Date = Date()) -> String {
         if let cached = tokenCache.withLock({ $0[url] }), cached.renewAt > now { return cached.token }
         let lifetime = Double(configuration.tokenLifetime.components.seconds)
         let token = AccessKeyJWT.restToken(url: url, key: key, expiry: now.addingTimeInterval(lifetime))
@@ -378,7 +436,7 @@ public final class WebPubSubServiceClient: Sendable {
     ) async throws(WebPubSubError) -> Response {
         var request = HTTPClientRequest(url: url)
         request.method = method
-        request.headers.add(name: "Authorization", value: "Bearer " + token(for: url))
+        request.headers.add(name: "Authorization", value: "Bearer " + (try await authorization(for: url, operation: operation)))
         request.headers.add(name: "User-Agent", value: "wps-bridge")
         if let body {
             request.headers.add(name: "Content-Type", value: contentType ?? "application/octet-stream")

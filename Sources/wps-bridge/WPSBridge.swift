@@ -1,4 +1,5 @@
 import ArgumentParser
+import AzureIdentity
 import BridgeApp
 import LocalHub
 import BridgeCore
@@ -42,17 +43,72 @@ struct LogOptions: ParsableArguments {
 extension BridgeLogHandler.Format: ExpressibleByArgument {}
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
-/// `--connection-string` or `WEBPUBSUB_CONNECTION_STRING`.
+/// `--connection-string` or `WEBPUBSUB_CONNECTION_STRING`; or `--endpoint` with an Entra ID `--credential`.
 struct ConnectionOptions: ParsableArguments {
     @Option(name: .long, help: "Web PubSub connection string (default: $WEBPUBSUB_CONNECTION_STRING).")
     var connectionString: String?
 
-    func resolve() throws -> ConnectionString {
-        guard let text = connectionString ?? ProcessInfo.processInfo.environment["WEBPUBSUB_CONNECTION_STRING"], !text.isEmpty else {
-            throw ValidationError("no connection string: pass --connection-string or set WEBPUBSUB_CONNECTION_STRING")
+    @Option(help: "The service endpoint, with --credential (e.g. https://x.webpubsub.azure.com).")
+    var endpoint: String?
+
+    @Option(help: "Entra ID credential: managedIdentity, workloadIdentity, clientSecret or default (with --endpoint).")
+    var credential: String?
+
+    @Option(help: "Client id of the app registration or user-assigned identity (default: $AZURE_CLIENT_ID).")
+    var clientId: String?
+
+    @Option(help: "Tenant id, for clientSecret and workloadIdentity (default: $AZURE_TENANT_ID).")
+    var tenantId: String?
+
+    @Option(help: "A file holding the client secret, for clientSecret (default: $AZURE_CLIENT_SECRET).")
+    var clientSecretFile: String?
+
+    /// The REST client these options describe.
+    func makeClient(logger: Logger) throws -> WebPubSubServiceClient {
+        let environment = ProcessInfo.processInfo.environment
+        if let credential {
+            guard connectionString == nil else { throw ValidationError("--credential goes with --endpoint, not --connection-string") }
+            guard let endpoint else { throw ValidationError("--credential needs --endpoint") }
+            let settings: CredentialSettings
+            switch credential {
+            case "managedIdentity":
+                settings = .managedIdentity(clientId: clientId, endpoint: nil)
+            case "workloadIdentity":
+                settings = .workloadIdentity(tenantId: tenantId, clientId: clientId, tokenFile: nil, authorityHost: nil)
+            case "clientSecret":
+                guard let tenant = tenantId ?? environment["AZURE_TENANT_ID"], let client = clientId ?? environment["AZURE_CLIENT_ID"] else {
+                    throw ValidationError("clientSecret needs --tenant-id and --client-id (or AZURE_TENANT_ID, AZURE_CLIENT_ID)")
+                }
+                var secret = environment["AZURE_CLIENT_SECRET"]
+                if let clientSecretFile {
+                    do {
+                        secret = try String(contentsOfFile: clientSecretFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+                    } catch {
+                        throw ValidationError("cannot read \(clientSecretFile): \(error.localizedDescription)")
+                    }
+                }
+                guard let secret, !secret.isEmpty else { throw ValidationError("clientSecret needs --client-secret-file or AZURE_CLIENT_SECRET") }
+                settings = .clientSecret(tenantId: tenant, clientId: client, secret: secret, authorityHost: nil)
+            case "default":
+                settings = .default(managedIdentityClientId: clientId)
+            default:
+                throw ValidationError("--credential must be managedIdentity, workloadIdentity, clientSecret or default")
+            }
+            do {
+                return try WebPubSubServiceClient(
+                    endpoint: endpoint, authentication: .entra(try settings.make(environment: environment, logger: logger)), logger: logger)
+            } catch let error as WebPubSubError {
+                throw ValidationError("--endpoint: \(error.message)")
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+        guard endpoint == nil else { throw ValidationError("--endpoint needs --credential (or give --connection-string)") }
+        guard let text = connectionString ?? environment["WEBPUBSUB_CONNECTION_STRING"], !text.isEmpty else {
+            throw ValidationError("no connection: pass --connection-string (or set WEBPUBSUB_CONNECTION_STRING), or --endpoint with --credential")
         }
         do {
-            return try ConnectionString(parsing: text)
+            return WebPubSubServiceClient(connectionString: try ConnectionString(parsing: text), logger: logger)
         } catch {
             throw ValidationError("invalid connection string: \(error.message)")
         }
@@ -127,14 +183,21 @@ struct Token: AsyncParsableCommand {
     @Option(name: .customLong("group"), help: "A group to join on connect (repeatable).") var groups: [String] = []
     @Option(help: "Minutes until the token expires.") var expires: Int = 60
     @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var log: LogOptions
 
     func run() async throws {
         guard expires > 0 else { throw ValidationError("--expires must be at least 1 minute") }
-        let cs = try connection.resolve()
-        let access = try ClientAccess.make(
-            endpoint: cs.endpoint, hub: hub, key: cs.accessKey, userId: user, roles: roles, groups: groups,
-            expiresIn: .seconds(expires * 60))
-        print(access.url)
+        let logger = log.bootstrap()
+        let client = try connection.makeClient(logger: logger)
+        do {
+            let access = try await client.clientAccess(hub: hub, userId: user, roles: roles, groups: groups, expiresIn: .seconds(expires * 60))
+            try? await client.shutdown()
+            print(access.url)
+        } catch {
+            try? await client.shutdown()
+            FileHandle.standardError.write(Data("token failed: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
     }
 }
 
@@ -161,7 +224,6 @@ struct Send: AsyncParsableCommand {
 
     func run() async throws {
         let logger = log.bootstrap()
-        let cs = try connectionOptions.resolve()
         let type = DataType(rawValue: dataType)!
         var payload = ByteBuffer(string: message)
         if type == .binary {
@@ -171,7 +233,7 @@ struct Send: AsyncParsableCommand {
         if type == .json, (try? JSONSerialization.jsonObject(with: Data(message.utf8), options: .fragmentsAllowed)) == nil {
             throw ValidationError("MESSAGE is not valid JSON (use --data-type text for plain text)")
         }
-        let client = WebPubSubServiceClient(connectionString: cs, logger: logger)
+        let client = try connectionOptions.makeClient(logger: logger)
         let recipient: Recipient =
             if all { .all } else if let group { .group(group) } else if let user { .user(user) } else { .connection(connection!) }
         let target = ResolvedTarget(hub: hub, recipient: recipient, filter: filter, excluded: excluded)
@@ -199,6 +261,10 @@ struct Hub: AsyncParsableCommand {
     var eventHandlers: [String] = []
     @Option(help: "Accept at most N REST requests per second; answer the rest with 429 and Retry-After.") var rateLimit: Int?
     @Flag(help: "Accept client connections without an access token.") var allowAnonymous = false
+    @Option(
+        name: .customLong("trust-issuer"),
+        help: "Accept Entra ID tokens (RS256, audience https://webpubsub.azure.com) from this issuer; keys from its OpenID configuration (repeatable).")
+    var trustIssuers: [String] = []
     @Option(name: .shortAndLong, help: "A bridge config whose webpubsub.embedded section sets up the hub.") var config: String?
     @OptionGroup var log: LogOptions
 
@@ -226,6 +292,10 @@ struct Hub: AsyncParsableCommand {
             settings.rateLimit = rateLimit
         }
         if allowAnonymous { settings.allowAnonymous = true }
+        for issuer in trustIssuers {
+            guard issuer.hasPrefix("http://") || issuer.hasPrefix("https://") else { throw ValidationError("--trust-issuer takes the issuer's URL") }
+            settings.trustedIssuers.append(issuer)
+        }
         for spec in eventHandlers {
             let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, WebPubSubNames.hubProblem(parts[0]) == nil, parts[1].hasPrefix("http://") || parts[1].hasPrefix("https://") else {

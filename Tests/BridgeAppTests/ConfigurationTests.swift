@@ -122,6 +122,14 @@ let valid = """
         ("deadLetter: {type: sqs}", "deadLetter.type", 1, "unknown sink type 'sqs'"),
         ("deadLetter: {type: kafka, topic: t}", "deadLetter", 1, "missing required key 'brokers'"),
         ("extra: 1", "extra", 1, "unknown key 'extra'"),
+        ("webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: password", "webpubsub.credential", 4, "unknown credential type 'password'"),
+        ("webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: clientSecret", "webpubsub.credential", 4, "needs tenantId, clientId and clientSecret"),
+        ("webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: {type: clientSecret, tenantId: t, clientId: c}", "webpubsub.credential", 4, "missing 'clientSecret'"),
+        ("webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: {type: managedIdentity, tenantId: t}", "webpubsub.credential.tenantId", 4, "unknown key 'tenantId'"),
+        ("webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: {type: managedIdentity, endpoint: 169.254.169.254}", "webpubsub.credential.endpoint", 4, "http:// or https://"),
+        ("webpubsub:\n  hub: chat\n  connectionString: \"Endpoint=http://h;AccessKey=k\"\n  credential: managedIdentity", "webpubsub.credential", 4, "give 'endpoint' instead"),
+        ("webpubsub:\n  hub: chat\n  credential: managedIdentity", "webpubsub", 2, "missing required key 'endpoint'"),
+        ("webpubsub:\n  hub: chat\n  endpoint: https://x\n  accessKey: k\n  credential: default", "webpubsub", 2, "'accessKey' goes with credential type accessKey"),
     ])
     func reportsEachMistake(patch: String, path: String, line: Int, message: String) throws {
         // Start from a minimal valid file and replace one section with the patch.
@@ -140,6 +148,31 @@ let valid = """
         #expect(issue.path == path)
         #expect(issue.line == line)
         #expect(issue.message.contains(message), "\(issue.message)")
+    }
+
+    @Test func readsEntraIDCredentials() throws {
+        let dir = try TestEnvironment.temporaryDirectory()
+        try "from-file\n".write(toFile: dir + "/secret", atomically: true, encoding: .utf8)
+        func credential(_ block: String) throws -> WebPubSubSettings {
+            try load("webpubsub:\n  endpoint: https://x.webpubsub.azure.com/\n  hub: chat\n  credential: \(block)\nsources:\n  - {name: in, type: stdin}\nroutes:\n  - {from: in, to: [{group: g}]}", baseDirectory: dir).webpubsub
+        }
+        let secret = try credential("{type: clientSecret, tenantId: t, clientId: c, clientSecretFile: secret, authorityHost: \"http://127.0.0.1:1\"}")
+        #expect(secret.entra?.endpoint == "https://x.webpubsub.azure.com")
+        #expect(secret.entra?.credential == .clientSecret(tenantId: "t", clientId: "c", secret: "from-file", authorityHost: "http://127.0.0.1:1"))
+        #expect(secret.connectionString == nil)
+        #expect(try credential("managedIdentity").entra?.credential == .managedIdentity(clientId: nil, endpoint: nil))
+        #expect(try credential("{type: default, managedIdentityClientId: m}").entra?.credential == .default(managedIdentityClientId: "m"))
+        #expect(
+            try credential("{type: workloadIdentity, tokenFile: sa-token}").entra?.credential
+                == .workloadIdentity(tenantId: nil, clientId: nil, tokenFile: dir + "/sa-token", authorityHost: nil))
+        // The summary names the credential, never the secret.
+        let summary = try load(
+            "webpubsub:\n  endpoint: https://x\n  hub: chat\n  credential: {type: clientSecret, tenantId: t, clientId: c, clientSecret: hush}\nsources:\n  - {name: in, type: stdin}\nroutes:\n  - {from: in, to: [{group: g}]}"
+        ).summary
+        #expect(summary.contains("clientSecret (tenant t, client id c)") && !summary.contains("hush"), "\(summary)")
+        // type: accessKey is today's endpoint + key.
+        let key = try credential("accessKey\n  accessKey: k1")
+        #expect(key.connectionString?.accessKey.value == "k1" && key.entra == nil)
     }
 
     @Test func collectsEveryProblemInOnePass() {

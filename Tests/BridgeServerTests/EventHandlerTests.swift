@@ -22,11 +22,12 @@ final class MemorySink: SinkAdapter {
 }
 
 func handler(
-    rules: [(String, Set<String>, EventRule.Reply)] = [("chat", ["*"], .empty)], connect: ConnectPolicy? = nil, token: String? = nil
+    rules: [(String, Set<String>, EventRule.Reply)] = [("chat", ["*"], .empty)], connect: ConnectPolicy? = nil, token: String? = nil,
+    keys: [AccessKey] = [key]
 ) -> (EventHandler, MemorySink) {
     let sink = MemorySink()
     var config = EventHandlerConfiguration()
-    config.accessKeys = [key]
+    config.accessKeys = keys
     config.allowedOrigins = ["myhub.webpubsub.azure.com"]
     config.authToken = token
     config.connect = connect
@@ -111,6 +112,20 @@ func text(_ r: HandlerResponse) -> String { String(decoding: r.body, as: UTF8.se
         mismatched.headers["ce-hub"] = "elsewhere"
         #expect(await h.handle(mismatched).status == 400)
         #expect(sink.written.count == 1)
+    }
+
+    /// With Entra ID the bridge has no key: the auth token alone authenticates the hub, and
+    /// without one nothing is accepted.
+    @Test func withoutAccessKeysTheAuthTokenDecides() async {
+        let user = "azure.webpubsub.user.chat"
+        let (h, sink) = handler(token: "s3cret", keys: [])
+        #expect(await h.handle(event(user, name: "chat", body: "{}", query: "code=s3cret", drop: "ce-signature")).status == 204)
+        #expect(await h.handle(event(user, name: "chat", body: "{}", drop: "ce-signature")).status == 401)
+        #expect(await h.handle(event(user, name: "chat", body: "{}", query: "code=wrong")).status == 401)
+        #expect(sink.written.count == 1)
+        let (open, openSink) = handler(token: nil, keys: [])
+        #expect(await open.handle(event(user, name: "chat", body: "{}")).status == 401)
+        #expect(openSink.written.isEmpty)
     }
 
     @Test func abuseProtectionHandshake() async {

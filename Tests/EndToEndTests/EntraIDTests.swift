@@ -1,0 +1,191 @@
+import BridgeJSON
+import BridgeTestSupport
+import Foundation
+import Testing
+import WebPubSub
+
+/// `webpubsub.credential` end to end: the bridge binary gets Entra ID tokens from a test
+/// identity provider on loopback (client credentials, federated assertion, IMDS, App Service)
+/// and delivers through a `wps-bridge hub --trust-issuer` that checks them.
+@Suite(.serialized) struct EntraIDTests {
+    let clientId = "aaaaaaaa-0000-0000-0000-000000000001"
+    let secret = "s3cr3t-value-that-must-not-be-logged"
+
+    /// A stdin -> group demo config with this `credential:` block (YAML, indented under webpubsub).
+    func config(_ dir: String, hub: HubProcess, credential: String) throws -> String {
+        let path = dir + "/bridge.yaml"
+        try """
+            webpubsub:
+              endpoint: http://127.0.0.1:\(hub.port)
+              hub: chat
+            \(credential)
+            sources:
+              - {name: in, type: stdin}
+            routes:
+              - {from: in, to: [{group: demo}]}
+            deadLetter: {type: file, path: \(dir)/dead.ndjson}
+            delivery:
+              retry: {maxAttempts: 3, initialBackoff: 10ms, maxBackoff: 100ms}
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// Runs the bridge with three messages and checks that the subscriber got each, that nothing
+    /// was dead-lettered, and that neither the secret nor any token reached the log.
+    func deliver(
+        _ idp: TestIdentityProvider, credential: String, environment: [String: String] = [:], secrets: [String] = []
+    ) async throws -> ProcessResult {
+        let hub = try await HubProcess(arguments: ["--trust-issuer", idp.issuer])
+        let subscriber = try await hub.subscriber(hub: "chat", group: "demo")
+        let dir = try TestEnvironment.temporaryDirectory()
+        let cfg = try config(dir, hub: hub, credential: credential)
+        let input = (1...3).map { #"{"data":{"n":\#($0)}}"# }.joined(separator: "\n") + "\n"
+        let result = try await runProcess(
+            try TestEnvironment.bridgeBinary(), ["run", "-c", cfg, "--log-level", "debug", "--log-format", "json"], input: input,
+            environment: environment, timeout: 60)
+        var got: [JSONValue] = []
+        while got.count < 3, let m = await subscriber.expect(type: "message", timeout: .seconds(5)) { got.append(m["data"] ?? .null) }
+        await subscriber.close()
+        await hub.stop()
+        #expect(result.status == 0, "\(result.stderr.suffix(3000))")
+        #expect(got.map(\.serialized) == [#"{"n":1}"#, #"{"n":2}"#, #"{"n":3}"#], "\(result.stderr.suffix(3000))")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/dead.ndjson"))
+        let log = result.stdout + result.stderr
+        for s in secrets + idp.issuedTokens { #expect(!log.contains(s), "a secret or token is in the log") }
+        // A token's signature part alone must not appear either.
+        for token in idp.issuedTokens { #expect(!log.contains(String(token.split(separator: ".").last ?? ""))) }
+        return result
+    }
+
+    @Test func clientSecretFromAFile() async throws {
+        let idp = try TestIdentityProvider()
+        try await idp.start()
+        idp.register(clientId: clientId, secret: secret)
+        let dir = try TestEnvironment.temporaryDirectory()
+        try (secret + "\n").write(toFile: dir + "/secret", atomically: true, encoding: .utf8)
+        _ = try await deliver(
+            idp,
+            credential: """
+                  credential:
+                    type: clientSecret
+                    tenantId: \(idp.tenant)
+                    clientId: \(clientId)
+                    clientSecretFile: \(dir)/secret
+                    authorityHost: \(idp.endpoint)
+                """, secrets: [secret])
+        // One token for the whole run.
+        #expect(idp.served.filter { $0.kind == "clientCredentials" }.map(\.status) == [200])
+        await idp.stop()
+    }
+
+    @Test func workloadIdentityFromTheAKSVariables() async throws {
+        let idp = try TestIdentityProvider()
+        try await idp.start()
+        let assertion = "eyJ.service-account-token.sig"
+        idp.register(clientId: clientId, federatedAssertion: assertion)
+        let dir = try TestEnvironment.temporaryDirectory()
+        try assertion.write(toFile: dir + "/token", atomically: true, encoding: .utf8)
+        let environment = [
+            "AZURE_TENANT_ID": idp.tenant, "AZURE_CLIENT_ID": clientId, "AZURE_FEDERATED_TOKEN_FILE": dir + "/token",
+            "AZURE_AUTHORITY_HOST": idp.endpoint + "/",
+        ]
+        _ = try await deliver(idp, credential: "  credential: workloadIdentity", environment: environment, secrets: [assertion])
+        #expect(idp.served.filter { $0.kind == "clientCredentials" }.map(\.status) == [200])
+        await idp.stop()
+    }
+
+    @Test func managedIdentityThroughIMDS() async throws {
+        let idp = try TestIdentityProvider()
+        try await idp.start()
+        idp.register(managedIdentity: clientId)
+        _ = try await deliver(
+            idp,
+            credential: """
+                  credential: {type: managedIdentity, clientId: \(clientId), endpoint: "\(idp.endpoint)"}
+                """)
+        #expect(idp.served.filter { $0.kind == "imds" }.map(\.status) == [200])
+        #expect(idp.served.first { $0.kind == "imds" }?.clientId == clientId)
+        await idp.stop()
+    }
+
+    @Test func managedIdentityThroughIdentityEndpoint() async throws {
+        let idp = try TestIdentityProvider()
+        try await idp.start()
+        let environment = ["IDENTITY_ENDPOINT": idp.endpoint + "/msi/token", "IDENTITY_HEADER": idp.identityHeader]
+        _ = try await deliver(idp, credential: "  credential: managedIdentity", environment: environment, secrets: [idp.identityHeader])
+        #expect(idp.served.filter { $0.kind == "appService" }.map(\.status) == [200])
+        await idp.stop()
+    }
+
+    /// `default` with no environment or workload credential set up goes on to the managed
+    /// identity, and says which one it uses.
+    @Test func defaultChainFallsThroughToManagedIdentity() async throws {
+        let idp = try TestIdentityProvider()
+        try await idp.start()
+        let result = try await deliver(
+            idp, credential: "  credential: default", environment: ["AZURE_POD_IDENTITY_AUTHORITY_HOST": idp.endpoint])
+        #expect(result.stderr.contains("Entra ID credential: managedIdentity"), "\(result.stderr.suffix(2000))")
+        #expect(idp.served.filter { $0.kind == "imds" }.map(\.status) == [200])
+        await idp.stop()
+    }
+
+    /// When nothing in the chain works, one error says why each failed, and nothing is sent.
+    @Test func defaultChainReportsEveryReason() async throws {
+        let hub = try await HubProcess(arguments: [])
+        let closed = try TestEnvironment.freePort()
+        let dir = try TestEnvironment.temporaryDirectory()
+        let cfg = try config(dir, hub: hub, credential: "  credential: default")
+        let result = try await runProcess(
+            try TestEnvironment.bridgeBinary(), ["run", "-c", cfg, "--log-format", "json"], input: #"{"data":1}"# + "\n",
+            environment: ["AZURE_POD_IDENTITY_AUTHORITY_HOST": "http://127.0.0.1:\(closed)", "AZURE_TENANT_ID": "t"], timeout: 60)
+        await hub.stop()
+        // The message could not be sent: it is dead-lettered with the reasons.
+        let dead = (try? String(contentsOfFile: dir + "/dead.ndjson", encoding: .utf8)) ?? ""
+        let text = result.stderr + dead
+        #expect(text.contains("environment: AZURE_CLIENT_ID, AZURE_CLIENT_SECRET not set"), "\(text.suffix(3000))")
+        #expect(text.contains("workloadIdentity: AZURE_CLIENT_ID, AZURE_FEDERATED_TOKEN_FILE not set"), "\(text.suffix(3000))")
+        #expect(text.contains("managedIdentity (IMDS http://127.0.0.1:\(closed))"), "\(text.suffix(3000))")
+        #expect(!dead.isEmpty, "\(result.stderr.suffix(3000))")
+    }
+
+    /// `eventHandler` with an Entra ID credential needs the shared secret: the config says so.
+    @Test func anEventHandlerWithoutKeyNeedsAnAuthToken() async throws {
+        let dir = try TestEnvironment.temporaryDirectory()
+        let path = dir + "/bridge.yaml"
+        try """
+            webpubsub:
+              endpoint: https://example.webpubsub.azure.com
+              hub: chat
+              credential: managedIdentity
+            server: {listen: "127.0.0.1:0"}
+            eventHandler: {}
+            events:
+              - {hub: chat, events: [message], to: {type: stdout}}
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["validate", "-c", path])
+        #expect(result.status == 1)
+        #expect(result.stdout.contains("set eventHandler.authToken"), "\(result.stdout)")
+    }
+
+    /// `wps-bridge token` with a credential gets the client token from the service's
+    /// `:generateToken`, and the hub accepts a client that connects with it.
+    @Test func tokenCommandAsksTheService() async throws {
+        let idp = try TestIdentityProvider()
+        try await idp.start()
+        idp.register(clientId: clientId, secret: secret)
+        let hub = try await HubProcess(arguments: ["--trust-issuer", idp.issuer])
+        let result = try await runProcess(
+            try TestEnvironment.bridgeBinary(),
+            ["token", "--hub", "chat", "--user", "ann", "--group", "demo", "--endpoint", "http://127.0.0.1:\(hub.port)", "--credential", "clientSecret"],
+            environment: ["AZURE_TENANT_ID": idp.tenant, "AZURE_CLIENT_ID": clientId, "AZURE_CLIENT_SECRET": secret, "AZURE_AUTHORITY_HOST": idp.endpoint])
+        #expect(result.status == 0, "\(result.stderr)")
+        let url = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(url.hasPrefix("ws://127.0.0.1:\(hub.port)/client/hubs/chat?access_token="), "\(url)")
+        let socket = try await TestWebSocket.connect(url, subprotocol: "json.webpubsub.azure.v1")
+        let connected = await socket.expect(type: "system", event: "connected")
+        #expect(connected?["userId"] == .string("ann"))
+        await socket.close()
+        await hub.stop()
+        await idp.stop()
+    }
+}
