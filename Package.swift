@@ -251,6 +251,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .testTarget(name: "AzureIdentityTests", dependencies: ["AzureIdentity"], swiftSettings: swiftSettings),
         .testTarget(name: "BridgeJSONTests", dependencies: ["BridgeJSON"], swiftSettings: swiftSettings),
         .testTarget(
             name: "BridgeAppTests",

@@ -11,7 +11,7 @@ public let defaultAuthorityHost = "https://login.microsoftonline.com"
 /// client secret or a client assertion (a federated token read from a file).
 public struct ClientCredentialsFlow: Sendable {
     public enum Proof: Sendable {
-        /// A secret, read when a token is requested (a rotated secret file is picked up).
+        /// A secret (the config's, read when it was loaded).
         case secret(@Sendable () throws(IdentityError) -> String)
         /// A signed assertion read from this file each time (Kubernetes rotates it).
         case assertionFile(String)
@@ -35,6 +35,9 @@ public struct ClientCredentialsFlow: Sendable {
     public var tokenURL: String { "\(authorityHost)/\(tenantId)/oauth2/v2.0/token" }
 
     func getToken(scope: String, what: String) async throws(IdentityError) -> AccessToken {
+        guard authorityHost.lowercased().hasPrefix("https://") || isLoopback(authorityHost) else {
+            throw IdentityError(.refused, "\(what): the authority host \(authorityHost) is not https: a secret goes over https only (or to a loopback address)")
+        }
         var form = [("grant_type", "client_credentials"), ("client_id", clientId), ("scope", scope)]
         switch proof {
         case .secret(let read):
@@ -139,6 +142,8 @@ public struct ManagedIdentityCredential: TokenCredential {
         case appService(endpoint: String, header: String)
         /// `GET {host}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=...` with `Metadata: true`.
         case imds(host: String)
+        /// An environment this build does not speak to (Service Fabric, Azure Arc).
+        case unsupported(String)
     }
 
     public static let imdsHost = "http://169.254.169.254"
@@ -149,19 +154,47 @@ public struct ManagedIdentityCredential: TokenCredential {
     /// In a chain: an IMDS that does not answer within a second means "no managed identity here".
     let probing: Bool
 
+    /// - Parameter imdsHost: the IMDS address, from the config; it wins over the environment.
     public init(clientId: String? = nil, environment: [String: String], imdsHost: String? = nil, probing: Bool = false) {
         self.clientId = clientId
         self.probing = probing
-        if let endpoint = environment.nonEmpty("IDENTITY_ENDPOINT"), let header = environment.nonEmpty("IDENTITY_HEADER") {
+        func imds(_ raw: String) -> Source {
+            var host = raw
+            while host.hasSuffix("/") { host.removeLast() }
+            return .imds(host: host)
+        }
+        if let imdsHost {
+            source = imds(imdsHost)
+        } else if environment.nonEmpty("IDENTITY_SERVER_THUMBPRINT") != nil {
+            source = .unsupported("Service Fabric managed identity (IDENTITY_SERVER_THUMBPRINT is set) is not supported")
+        } else if let endpoint = environment.nonEmpty("IDENTITY_ENDPOINT"), environment.nonEmpty("IMDS_ENDPOINT") != nil {
+            source = .unsupported("Azure Arc managed identity (IDENTITY_ENDPOINT with IMDS_ENDPOINT, \(endpoint)) is not supported")
+        } else if let endpoint = environment.nonEmpty("IDENTITY_ENDPOINT"), let header = environment.nonEmpty("IDENTITY_HEADER") {
             source = .appService(endpoint: endpoint, header: header)
         } else {
-            var host = imdsHost ?? environment.nonEmpty("AZURE_POD_IDENTITY_AUTHORITY_HOST") ?? Self.imdsHost
-            while host.hasSuffix("/") { host.removeLast() }
-            source = .imds(host: host)
+            source = imds(environment.nonEmpty("AZURE_POD_IDENTITY_AUTHORITY_HOST") ?? Self.imdsHost)
         }
         var http = IdentityHTTP()
-        if case .imds = source { http.retryStatuses.formUnion([404, 410]) }
+        if case .imds = source {
+            // IMDS answers 404 and 410 while it starts or updates; Azure asks clients to keep trying
+            // for at least 70 s: 1 + 2 + 4 + 8 + 16 + 32 s (plus jitter).
+            http.retryStatuses.formUnion([404, 410])
+            http.backoff = .seconds(1)
+            http.retries = 6
+        }
         self.http = http
+    }
+
+    init(clientId: String?, source: Source, http: IdentityHTTP, probing: Bool) {
+        self.clientId = clientId
+        self.source = source
+        self.http = http
+        self.probing = probing
+    }
+
+    /// The same credential for use once a chain chose it: full timeouts and retries.
+    public func withoutProbing() -> ManagedIdentityCredential {
+        ManagedIdentityCredential(clientId: clientId, source: source, http: http, probing: false)
     }
 
     public func getToken(scope: String) async throws(IdentityError) -> AccessToken {
@@ -182,24 +215,28 @@ public struct ManagedIdentityCredential: TokenCredential {
             url = host + "/metadata/identity/oauth2/token?" + encodeQuery([("api-version", "2018-02-01")] + query)
             headers = [("Metadata", "true")]
             what = "managedIdentity (IMDS \(host))"
+        case .unsupported(let why):
+            throw IdentityError(.unavailable, "managedIdentity: \(why)")
         }
-        var http = http
         if probing, case .imds = source {
-            // The first answer decides whether there is an IMDS at all; no retries, one second.
-            http.retries = 0
-            http.timeout = .seconds(1)
+            // In a chain, the first answer decides whether there is an IMDS at all: one try,
+            // a few seconds. Once it answered, a failure is retried as usual.
+            var probe = http
+            probe.retries = 0
+            probe.timeout = .seconds(3)
+            let response: IdentityHTTP.Response
+            do {
+                response = try await probe.send(.GET, url, headers: headers, what: what)
+            } catch {
+                throw IdentityError(.unavailable, "\(error.message) (no managed identity endpoint here)")
+            }
+            // IMDS says 400 when the VM has no identity (or not the one asked for).
+            if response.status == 400 || response.status == 404 {
+                throw IdentityError(.unavailable, "\(what): HTTP \(response.status)\(errorText(response.json))")
+            }
+            if !http.retryStatuses.contains(response.status) { return try parseToken(response, what: what) }
         }
-        let response: IdentityHTTP.Response
-        do {
-            response = try await http.send(.GET, url, headers: headers, what: what)
-        } catch where probing {
-            throw IdentityError(.unavailable, "\(error.message) (no managed identity endpoint here)")
-        }
-        // IMDS says 400 when the VM has no identity (or not the one asked for).
-        if probing, response.status == 400 || response.status == 404 {
-            throw IdentityError(.unavailable, "\(what): HTTP \(response.status)\(errorText(response.json))")
-        }
-        return try parseToken(response, what: what)
+        return try parseToken(try await http.send(.GET, url, headers: headers, what: what), what: what)
     }
 }
 
@@ -248,7 +285,9 @@ public final class ChainedCredential: TokenCredential {
             }
             do {
                 let token = try await credential.getToken(scope: scope)
-                chosen.withLock { $0 = credential }
+                // Probing was for the choice: from now on, full timeouts and retries.
+                let kept = (credential as? ManagedIdentityCredential)?.withoutProbing() ?? credential
+                chosen.withLock { $0 = kept }
                 logger.notice("Entra ID credential: \(credential.name)", metadata: ["wps.credential": "\(name)"])
                 return token
             } catch where error.kind == .unavailable {

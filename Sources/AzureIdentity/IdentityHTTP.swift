@@ -47,7 +47,7 @@ struct IdentityHTTP: Sendable {
                 outcome = .success(
                     Response(
                         status: Int(response.status.code), json: try? JSONValue.parse(Array(bytes.readableBytesView)),
-                        retryAfter: response.headers.first(name: "Retry-After").flatMap(Double.init).map { .milliseconds(Int64($0 * 1000)) }))
+                        retryAfter: response.headers.first(name: "Retry-After").flatMap(Double.init).flatMap(retryAfterDuration)))
             } catch is CancellationError {
                 throw IdentityError(.transport, "\(what): cancelled")
             } catch {
@@ -66,6 +66,20 @@ struct IdentityHTTP: Sendable {
             delay *= 2
         }
     }
+}
+
+/// A `Retry-After` in seconds as a duration of at most a minute; nil when it is not a sane number.
+func retryAfterDuration(_ seconds: Double) -> Duration? {
+    guard seconds.isFinite, seconds >= 0 else { return nil }
+    return .milliseconds(Int64(min(seconds, 60) * 1000))
+}
+
+/// Whether `url`'s host is a loopback address (where plain http may carry a secret).
+func isLoopback(_ url: String) -> Bool {
+    guard let authority = url.split(separator: "://", maxSplits: 1).last?.split(separator: "/", maxSplits: 1).first else { return false }
+    var host = String(authority)
+    if host.hasPrefix("[") { host = String(host.dropFirst().prefix { $0 != "]" }) } else if let colon = host.lastIndex(of: ":") { host = String(host[..<colon]) }
+    return host == "localhost" || host == "::1" || host.hasPrefix("127.")
 }
 
 /// `application/x-www-form-urlencoded` value encoding.

@@ -8,13 +8,17 @@ public struct AccessToken: Sendable {
     public var expiresOn: Date
     /// When to get a new one (the identity endpoint's `refresh_in`, or a share of the lifetime).
     public var refreshOn: Date
+    /// The last moment it is handed out: expiry less a margin for the request's trip.
+    public var usableUntil: Date
 
     public init(token: String, expiresOn: Date, refreshOn: Date? = nil, now: Date = Date()) {
         self.token = token
         self.expiresOn = expiresOn
-        // As the Azure SDKs: five minutes before expiry, or half-way for tokens that live less than ten.
         let lifetime = max(0, expiresOn.timeIntervalSince(now))
-        self.refreshOn = refreshOn ?? now.addingTimeInterval(lifetime - min(300, lifetime / 2))
+        usableUntil = expiresOn.addingTimeInterval(-min(30, lifetime / 8))
+        // As the Azure SDKs: five minutes before expiry, or half-way for tokens that live less
+        // than ten; never later than the token is usable.
+        self.refreshOn = min(refreshOn ?? now.addingTimeInterval(lifetime - min(300, lifetime / 2)), usableUntil)
     }
 }
 
@@ -41,6 +45,8 @@ public struct IdentityError: Error, Sendable, CustomStringConvertible {
         case refused
         /// The endpoint could not be reached or kept failing.
         case transport
+        /// The caller was cancelled while it waited.
+        case cancelled
     }
 
     public let kind: Kind
@@ -56,22 +62,30 @@ public struct IdentityError: Error, Sendable, CustomStringConvertible {
 
 /// Caches one scope's token and renews it before it expires: while the current token is still
 /// good a renewal runs in the background and callers keep using the old one; only one renewal
-/// runs at a time, however many callers ask.
+/// runs at a time, however many callers wait for it. A caller that is cancelled stops waiting
+/// (the renewal goes on for the others).
 public final class TokenCache: Sendable {
     public let credential: any TokenCredential
     public let scope: String
-    /// After a failed background renewal, how long to keep using the old token before trying again.
+    /// After a failed background renewal, how long to keep using the old token before trying
+    /// again: this, or half the time the old token has left, whichever is shorter.
     let retryAfterFailure: TimeInterval
+
+    private typealias Waiter = CheckedContinuation<String, any Error>
 
     private struct State {
         var current: AccessToken?
-        var renewal: Task<AccessToken, any Error>?
+        var renewing = false
+        /// When the renewal in flight (or the last one) started, by the callers' clock.
+        var renewalStarted: Date?
         var failedAt: Date?
+        var waiters: [Int: Waiter] = [:]
+        var nextWaiter = 0
     }
 
     private let state = Mutex(State())
 
-    public init(credential: any TokenCredential, scope: String, retryAfterFailure: TimeInterval = 1) {
+    public init(credential: any TokenCredential, scope: String, retryAfterFailure: TimeInterval = 30) {
         self.credential = credential
         self.scope = scope
         self.retryAfterFailure = retryAfterFailure
@@ -79,64 +93,70 @@ public final class TokenCache: Sendable {
 
     /// A valid token: the cached one, or a new one when there is none still good.
     public func token(now: Date = Date()) async throws(IdentityError) -> String {
-        enum Step {
-            case use(String)
-            case wait(Task<AccessToken, any Error>)
+        let cached: String? = state.withLock { s in
+            guard let current = s.current, now < current.usableUntil else { return nil }
+            if now >= current.refreshOn, !s.renewing {
+                let pause = min(retryAfterFailure, max(1, current.usableUntil.timeIntervalSince(now) / 2))
+                if s.failedAt.map({ now.timeIntervalSince($0) >= pause }) ?? true { startRenewal(&s, now: now) }
+            }
+            return current.token
         }
-        let step: Step = state.withLock { s in
-            if let current = s.current, now < current.refreshOn { return .use(current.token) }
-            // Still usable for a while: renew in the background.
-            if let current = s.current, now < usableUntil(current) {
-                if s.renewal == nil, s.failedAt.map({ now.timeIntervalSince($0) >= retryAfterFailure }) ?? true {
-                    s.renewal = renew()
+        if let cached { return cached }
+        let id = state.withLock { s in
+            defer { s.nextWaiter += 1 }
+            return s.nextWaiter
+        }
+        do {
+            return try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (waiter: Waiter) in
+                    let ready: Result<String, any Error>? = state.withLock { s in
+                        // A renewal may have finished since the first look.
+                        if let current = s.current, Date() < current.usableUntil { return .success(current.token) }
+                        if Task.isCancelled { return .failure(CancellationError()) }
+                        s.waiters[id] = waiter
+                        if !s.renewing { startRenewal(&s, now: now) }
+                        return nil
+                    }
+                    if let ready { waiter.resume(with: ready) }
                 }
-                return .use(current.token)
+            } onCancel: {
+                state.withLock { $0.waiters.removeValue(forKey: id) }?.resume(throwing: CancellationError())
             }
-            if let renewal = s.renewal { return .wait(renewal) }
-            let renewal = renew()
-            s.renewal = renewal
-            return .wait(renewal)
-        }
-        switch step {
-        case .use(let token):
-            return token
-        case .wait(let task):
-            do {
-                return try await task.value.token
-            } catch let error as IdentityError {
-                throw error
-            } catch {
-                throw IdentityError(.transport, "\(error)")
-            }
+        } catch let error as IdentityError {
+            throw error
+        } catch is CancellationError {
+            throw IdentityError(.cancelled, "cancelled while waiting for an Entra ID token")
+        } catch {
+            throw IdentityError(.transport, "\(error)")
         }
     }
 
-    /// The last moment a token is handed out: expiry less a margin for the request's trip.
-    private func usableUntil(_ token: AccessToken) -> Date {
-        let margin = min(30, max(0, token.expiresOn.timeIntervalSince(token.refreshOn)) / 4)
-        return token.expiresOn.addingTimeInterval(-margin)
-    }
-
-    /// Starts a renewal; called with the lock held. The task records its own outcome.
-    private func renew() -> Task<AccessToken, any Error> {
+    /// Starts the renewal; called with the lock held. It hands its outcome to every waiter.
+    private func startRenewal(_ s: inout State, now: Date) {
+        s.renewing = true
+        s.renewalStarted = now
         let credential = credential
         let scope = scope
-        return Task {
-            do {
-                let token = try await credential.getToken(scope: scope)
-                state.withLock { s in
-                    s.current = token
-                    s.renewal = nil
-                    s.failedAt = nil
-                }
-                return token
+        Task {
+            let outcome: Result<AccessToken, IdentityError>
+            do throws(IdentityError) {
+                outcome = .success(try await credential.getToken(scope: scope))
             } catch {
-                state.withLock { s in
-                    s.renewal = nil
-                    s.failedAt = Date()
-                }
-                throw error
+                outcome = .failure(error)
             }
+            let waiters = state.withLock { s in
+                s.renewing = false
+                switch outcome {
+                case .success(let token):
+                    s.current = token
+                    s.failedAt = nil
+                case .failure:
+                    s.failedAt = s.renewalStarted
+                }
+                defer { s.waiters.removeAll() }
+                return Array(s.waiters.values)
+            }
+            for waiter in waiters { waiter.resume(with: outcome.map(\.token).mapError { $0 as any Error }) }
         }
     }
 }

@@ -22,7 +22,7 @@ struct ProgressReporter: Service {
             do { try await Task.sleep(for: interval) } catch { return }
             let now = ContinuousClock.now
             let received = stats.received.load(ordering: .relaxed)
-            let seconds = Double((now - last).components.seconds) + Double((now - last).components.attoseconds) / 1e18
+            let seconds = (now - last) / .seconds(1)
             let rate = seconds > 0 ? Double(received - lastReceived) / seconds : 0
             last = now
             lastReceived = received

@@ -71,7 +71,7 @@ public struct KafkaSinkFactory: SinkFactory {
         let timeout = settings.duration("deliveryTimeout") ?? .seconds(30)
         let extra = readLibrdkafka(settings, reserved: Self.reserved)
         guard let brokers, let topic, let extra else { return nil }
-        let timeoutMs = max(1, Int(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
+        let timeoutMs = max(1, Int(timeout / .milliseconds(1)))
         var properties: [(String, String)] = [
             ("bootstrap.servers", brokers), ("enable.idempotence", "true"), ("acks", "all"),
             ("message.timeout.ms", String(timeoutMs)), ("client.id", "wps-bridge"),

@@ -20,9 +20,13 @@ final class EntraVerifier: Sendable {
     /// A token with an unknown key id fetches the keys again, at most this often per issuer.
     let refetchInterval: TimeInterval
 
+    private typealias KeySet = [String: _RSA.Signing.PublicKey]
+
     private struct Keys {
-        var byId: [String: _RSA.Signing.PublicKey] = [:]
+        var byId: KeySet = [:]
         var fetchedAt: Date?
+        /// The fetch in flight: concurrent tokens with an unknown key id wait for this one.
+        var fetching: Task<KeySet, any Error>?
     }
 
     private let keys = Mutex<[String: Keys]>([:])
@@ -85,19 +89,37 @@ final class EntraVerifier: Sendable {
             }
         }
         if let key = lookup() { return key }
-        let fetchedAt = keys.withLock { $0[issuer]?.fetchedAt }
-        if let fetchedAt, now.timeIntervalSince(fetchedAt) < refetchInterval {
-            throw JWTError("no signing key '\(kid ?? "-")' at issuer \(issuer)")
+        // One fetch at a time per issuer, and at most one per refetchInterval: tokens naming
+        // unknown key ids cannot make the hub hammer the issuer.
+        let fetch: Task<KeySet, any Error>? = keys.withLock { all in
+            var entry = all[issuer, default: Keys()]
+            defer { all[issuer] = entry }
+            if let running = entry.fetching { return running }
+            if let at = entry.fetchedAt, now.timeIntervalSince(at) < refetchInterval { return nil }
+            entry.fetchedAt = now
+            let task = Task { [self] in try await fetchKeys(issuer: issuer) }
+            entry.fetching = task
+            return task
         }
-        let fetched: [String: _RSA.Signing.PublicKey]
+        guard let fetch else { throw JWTError("no signing key '\(kid ?? "-")' at issuer \(issuer)") }
         do {
-            fetched = try await fetchKeys(issuer: issuer)
+            let fetched = try await fetch.value
+            keys.withLock { all in
+                if all[issuer]?.fetching == fetch {
+                    all[issuer]?.byId = fetched
+                    all[issuer]?.fetching = nil
+                }
+            }
         } catch {
-            keys.withLock { $0[issuer, default: Keys()].fetchedAt = now }
-            logger.warning("cannot fetch the signing keys of a trusted issuer", metadata: ["wps.issuer": "\(issuer)", "error": "\(error)"])
+            let first = keys.withLock { all in
+                defer { if all[issuer]?.fetching == fetch { all[issuer]?.fetching = nil } }
+                return all[issuer]?.fetching == fetch
+            }
+            if first {
+                logger.warning("cannot fetch the signing keys of a trusted issuer", metadata: ["wps.issuer": "\(issuer)", "error": "\(error)"])
+            }
             throw JWTError("cannot fetch the signing keys of \(issuer): \(error)")
         }
-        keys.withLock { $0[issuer] = Keys(byId: fetched, fetchedAt: now) }
         guard let key = lookup() else { throw JWTError("no signing key '\(kid ?? "-")' at issuer \(issuer)") }
         return key
     }

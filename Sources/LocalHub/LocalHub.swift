@@ -312,8 +312,7 @@ final class RateLimiter: Sendable {
         state.withLock { s in
             let now = ContinuousClock.now
             let elapsed = now - s.last
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            s.tokens = min(Double(perSecond), s.tokens + seconds * Double(perSecond))
+            s.tokens = min(Double(perSecond), s.tokens + elapsed / .seconds(1) * Double(perSecond))
             s.last = now
             guard s.tokens >= 1 else { return .seconds((1 - s.tokens) / Double(perSecond)) }
             s.tokens -= 1

@@ -32,7 +32,7 @@ extension LocalHub {
         }
         if let wait = checkRate() {
             // Retry-After has whole seconds only; retry-after-ms (which the Azure SDKs read first) says when exactly.
-            let ms = max(1, Int((Double(wait.components.seconds) * 1000 + Double(wait.components.attoseconds) / 1e15).rounded(.up)))
+            let ms = max(1, Int((wait / .milliseconds(1)).rounded(.up)))
             return errorResponse(
                 429, "TooManyRequests", "rate limit of \(configuration.rateLimit ?? 0) requests per second exceeded",
                 headers: [.retryAfter: String(max(1, (ms + 999) / 1000)), HTTPField.Name("retry-after-ms")!: String(ms)])

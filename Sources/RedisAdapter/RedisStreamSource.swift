@@ -170,7 +170,7 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
     /// in flight for longer than `minIdle` (a long Web PubSub outage), do not creep towards
     /// `maxDeliveries`; the others are then claimed (a delivery) for their fields.
     private func claimStale(_ connection: RedisBlockingConnection, thread: RedisThread, emit: DeliveryEmitter) async throws {
-        let minIdleMs = String(settings.minIdle.components.seconds * 1000 + settings.minIdle.components.attoseconds / 1_000_000_000_000_000)
+        let minIdleMs = String(Int64(settings.minIdle / .milliseconds(1)))
         for stream in settings.streams {
             var cursor = "0-0"
             repeat {

@@ -412,6 +412,8 @@ public final class WebPubSubServiceClient: Sendable {
         case .entra:
             do {
                 return try await entraTokens!.token()
+            } catch where error.kind == .cancelled {
+                throw WebPubSubError(kind: .cancelled, message: "the request was cancelled", operation: operation)
             } catch {
                 throw WebPubSubError(kind: .authentication, message: "no Entra ID token: \(error.message)", operation: operation)
             }
@@ -484,12 +486,12 @@ public final class WebPubSubServiceClient: Sendable {
     /// `Retry-After` (delta seconds or HTTP date), `retry-after-ms`, `x-ms-retry-after-ms`.
     static func retryAfter(_ headers: HTTPHeaders, now: Date = Date()) -> Duration? {
         for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
-            if let v = headers.first(name: name), let ms = Double(v.trimmingASCIIWhitespace()), ms >= 0 {
-                return .milliseconds(Int64(ms))
+            if let v = headers.first(name: name), let ms = Double(v.trimmingASCIIWhitespace()), ms.isFinite, ms >= 0 {
+                return .milliseconds(Int64(min(ms, 86_400_000)))
             }
         }
         guard let value = headers.first(name: "Retry-After")?.trimmingASCIIWhitespace() else { return nil }
-        if let seconds = Double(value), seconds >= 0 { return .milliseconds(Int64(seconds * 1000)) }
+        if let seconds = Double(value), seconds.isFinite, seconds >= 0 { return .milliseconds(Int64(min(seconds, 86_400) * 1000)) }
         let formatter = DateFormatter()
         formatter.locale = Locale(identifier: "en_US_POSIX")
         formatter.timeZone = TimeZone(identifier: "GMT")
@@ -502,7 +504,7 @@ public final class WebPubSubServiceClient: Sendable {
 }
 
 func timeAmount(_ d: Duration) -> TimeAmount {
-    .milliseconds(d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000)
+    .milliseconds(Int64(d / .milliseconds(1)))
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, as the SDKs encode path

@@ -95,7 +95,7 @@ struct FanOut: AsyncParsableCommand {
                 guard let at = try await subscribers.completion(of: i, timeout: .seconds(30)) else {
                     throw BenchError("send \(i) did not reach all \(clients) clients in 30 s (\(subscribers.snapshot.received.min() ?? 0) at the slowest)")
                 }
-                times.append((at - start).seconds * 1000)
+                times.append((at - start) / .milliseconds(1))
             }
             group.cancelAll()
         }
@@ -145,7 +145,7 @@ struct Ceiling: AsyncParsableCommand {
             }
             try await tasks.waitForAll()
         }
-        let elapsed = (ContinuousClock.now - start).seconds
+        let elapsed = (ContinuousClock.now - start) / .seconds(1)
         try await service.shutdown()
         emit([
             ("messages", .number(String(messages))), ("failed", .number(String(counters.failed.load(ordering: .relaxed)))),
@@ -165,6 +165,4 @@ func benchPayload(_ i: Int, size: Int) -> String {
     return head + String(repeating: "x", count: max(0, size - head.utf8.count - 2)) + #""}"#
 }
 
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}
+

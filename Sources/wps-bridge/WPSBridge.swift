@@ -65,7 +65,8 @@ struct ConnectionOptions: ParsableArguments {
 
     /// The REST client these options describe.
     func makeClient(logger: Logger) throws -> WebPubSubServiceClient {
-        let environment = ProcessInfo.processInfo.environment
+        // An empty variable is an unset one.
+        let environment = ProcessInfo.processInfo.environment.filter { !$0.value.isEmpty }
         if let credential {
             guard connectionString == nil else { throw ValidationError("--credential goes with --endpoint, not --connection-string") }
             guard let endpoint else { throw ValidationError("--credential needs --endpoint") }

@@ -110,6 +110,14 @@ func message(
         #expect(p.delay(attempt: 1, retryAfter: .seconds(3600)) == RetryPolicy.maxRetryAfter)
     }
 
+    /// A 429's retry-after of a millisecond does not make the retry sooner than the backoff.
+    @Test func aThrottledRetryWaitsAtLeastTheBackoff() {
+        let p = RetryPolicy(maxAttempts: 10, initialBackoff: .milliseconds(100), maxBackoff: .seconds(1))
+        #expect(p.delay(attempt: 3, retryAfter: .milliseconds(1), throttled: true) { $0 } == .milliseconds(400))
+        #expect(p.delay(attempt: 3, retryAfter: .seconds(2), throttled: true) { $0 } == .seconds(2))
+        #expect(p.delay(attempt: 3, retryAfter: .milliseconds(1)) { $0 } == .milliseconds(1))
+    }
+
     @Test func durations() {
         #expect(parseDuration("250ms") == .milliseconds(250))
         #expect(parseDuration("1.5s") == .milliseconds(1500))

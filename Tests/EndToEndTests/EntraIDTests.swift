@@ -9,6 +9,17 @@ import WebPubSub
 /// and delivers through a `wps-bridge hub --trust-issuer` that checks them.
 @Suite(.serialized) struct EntraIDTests {
     let clientId = "aaaaaaaa-0000-0000-0000-000000000001"
+
+    /// The identity variables a machine may have set, blanked (the bridge treats empty as unset)
+    /// so that each test sees only its own.
+    static let blank = Dictionary(
+        uniqueKeysWithValues: [
+            "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE",
+            "AZURE_AUTHORITY_HOST", "AZURE_POD_IDENTITY_AUTHORITY_HOST", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT",
+            "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET",
+        ].map { ($0, "") })
+
+    func isolated(_ environment: [String: String]) -> [String: String] { Self.blank.merging(environment) { $1 } }
     let secret = "s3cr3t-value-that-must-not-be-logged"
 
     /// A stdin -> group demo config with this `credential:` block (YAML, indented under webpubsub).
@@ -42,7 +53,7 @@ import WebPubSub
         let input = (1...3).map { #"{"data":{"n":\#($0)}}"# }.joined(separator: "\n") + "\n"
         let result = try await runProcess(
             try TestEnvironment.bridgeBinary(), ["run", "-c", cfg, "--log-level", "debug", "--log-format", "json"], input: input,
-            environment: environment, timeout: 60)
+            environment: isolated(environment), timeout: 60)
         var got: [JSONValue] = []
         while got.count < 3, let m = await subscriber.expect(type: "message", timeout: .seconds(5)) { got.append(m["data"] ?? .null) }
         await subscriber.close()
@@ -137,7 +148,7 @@ import WebPubSub
         let cfg = try config(dir, hub: hub, credential: "  credential: default")
         let result = try await runProcess(
             try TestEnvironment.bridgeBinary(), ["run", "-c", cfg, "--log-format", "json"], input: #"{"data":1}"# + "\n",
-            environment: ["AZURE_POD_IDENTITY_AUTHORITY_HOST": "http://127.0.0.1:\(closed)", "AZURE_TENANT_ID": "t"], timeout: 60)
+            environment: isolated(["AZURE_POD_IDENTITY_AUTHORITY_HOST": "http://127.0.0.1:\(closed)", "AZURE_TENANT_ID": "t"]), timeout: 60)
         await hub.stop()
         // The message could not be sent: it is dead-lettered with the reasons.
         let dead = (try? String(contentsOfFile: dir + "/dead.ndjson", encoding: .utf8)) ?? ""
@@ -146,6 +157,48 @@ import WebPubSub
         #expect(text.contains("workloadIdentity: AZURE_CLIENT_ID, AZURE_FEDERATED_TOKEN_FILE not set"), "\(text.suffix(3000))")
         #expect(text.contains("managedIdentity (IMDS http://127.0.0.1:\(closed))"), "\(text.suffix(3000))")
         #expect(!dead.isEmpty, "\(result.stderr.suffix(3000))")
+    }
+
+    /// A `type: webpubsub` listener of a bridge with an Entra ID credential connects with a
+    /// client token the service issued (`:generateToken`) and mirrors what it hears.
+    @Test func aListenerConnectsWithAServiceIssuedToken() async throws {
+        let idp = try TestIdentityProvider()
+        try await idp.start()
+        idp.register(clientId: clientId, secret: secret)
+        let hub = try await HubProcess(arguments: ["--trust-issuer", idp.issuer])
+        let dir = try TestEnvironment.temporaryDirectory()
+        try secret.write(toFile: dir + "/secret", atomically: true, encoding: .utf8)
+        let bridge = try BridgeProcess(
+            """
+            webpubsub:
+              endpoint: http://127.0.0.1:\(hub.port)
+              hub: chat
+              credential: {type: clientSecret, tenantId: \(idp.tenant), clientId: \(clientId), clientSecretFile: secret, authorityHost: "\(idp.endpoint)"}
+            sources:
+              - {name: room, type: webpubsub, hub: chat, groups: [room]}
+            events:
+              - {hub: chat, events: ["group:room"], to: {type: file, path: \(dir)/mirrored.ndjson}}
+            """, in: dir)
+        #expect(await eventually { bridge.log.contains("listener connected") }, "\(bridge.logTail)")
+        let cs = try ConnectionString(parsing: hub.connectionString)
+        let sender = try await TestWebSocket.connect(
+            try ClientAccess.make(
+                endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "ann", roles: ["webpubsub.sendToGroup.room"], groups: [],
+                expiresIn: .seconds(600)
+            ).url, subprotocol: "json.webpubsub.azure.v1")
+        #expect(await sender.expect(type: "system", event: "connected") != nil)
+        sender.send(json: .object([("type", .string("sendToGroup")), ("group", .string("room")), ("dataType", .string("json")), ("data", .object([("hi", .number("1"))]))]))
+        let mirrored = { (try? String(contentsOfFile: dir + "/mirrored.ndjson", encoding: .utf8)) ?? "" }
+        #expect(await eventually { mirrored().contains(#""hi":1"#) }, "\(bridge.logTail)")
+        #expect(mirrored().contains(#""userid":"ann""#), "\(mirrored())")
+        bridge.terminate()
+        _ = await bridge.exitStatus()
+        await sender.close()
+        await hub.stop()
+        // The listener's client token came from the hub, the bridge's REST call from the identity provider.
+        #expect(idp.served.filter { $0.kind == "clientCredentials" }.map(\.status) == [200])
+        for s in [secret] + idp.issuedTokens { #expect(!bridge.log.contains(s), "a secret or token is in the log") }
+        await idp.stop()
     }
 
     /// `eventHandler` with an Entra ID credential needs the shared secret: the config says so.
@@ -177,7 +230,7 @@ import WebPubSub
         let result = try await runProcess(
             try TestEnvironment.bridgeBinary(),
             ["token", "--hub", "chat", "--user", "ann", "--group", "demo", "--endpoint", "http://127.0.0.1:\(hub.port)", "--credential", "clientSecret"],
-            environment: ["AZURE_TENANT_ID": idp.tenant, "AZURE_CLIENT_ID": clientId, "AZURE_CLIENT_SECRET": secret, "AZURE_AUTHORITY_HOST": idp.endpoint])
+            environment: isolated(["AZURE_TENANT_ID": idp.tenant, "AZURE_CLIENT_ID": clientId, "AZURE_CLIENT_SECRET": secret, "AZURE_AUTHORITY_HOST": idp.endpoint]))
         #expect(result.status == 0, "\(result.stderr)")
         let url = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(url.hasPrefix("ws://127.0.0.1:\(hub.port)/client/hubs/chat?access_token="), "\(url)")

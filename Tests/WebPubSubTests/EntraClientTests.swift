@@ -147,3 +147,18 @@ import WebPubSub
         await idp.stop()
     }
 }
+
+extension EntraClientTests {
+    /// Once the default chain chose the managed identity, its failures are retried like any
+    /// credential's (the one-try probe was only for the choice).
+    @Test func theChosenManagedIdentityIsRetried() async throws {
+        let idp = try TestIdentityProvider()
+        try await idp.start()
+        let chain = ChainedCredential.default(environment: ["AZURE_POD_IDENTITY_AUTHORITY_HOST": idp.endpoint], logger: .init(label: "test"))
+        _ = try await chain.getToken(scope: WebPubSubServiceClient.entraScope)
+        idp.failNext(500)
+        _ = try await chain.getToken(scope: WebPubSubServiceClient.entraScope)
+        #expect(idp.served.filter { $0.kind == "imds" }.map(\.status) == [200, 500, 200])
+        await idp.stop()
+    }
+}

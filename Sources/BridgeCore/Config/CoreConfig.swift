@@ -28,11 +28,16 @@ public struct RetryPolicy: Sendable, Equatable {
 
     /// The delay before retry `attempt`. A `Retry-After` from the service wins (up to
     /// ``maxRetryAfter``): the service knows when it will take more.
-    public func delay(attempt: Int, retryAfter: Duration?, random: (Double) -> Double = { Double.random(in: 0...$0) }) -> Duration {
-        if let retryAfter { return min(retryAfter, Self.maxRetryAfter) }
-        let ceiling = backoffCeiling(attempt: attempt)
-        let ms = Double(ceiling.components.seconds) * 1000 + Double(ceiling.components.attoseconds) / 1e15
-        return .milliseconds(Int64(random(ms)))
+    /// - Parameter throttled: the answer was 429. Its `retry-after-ms` can be a millisecond (a
+    ///   token bucket's next token), which would use up the attempts at once while many sends
+    ///   compete for the tokens: then no sooner than the backoff either.
+    public func delay(
+        attempt: Int, retryAfter: Duration?, throttled: Bool = false, random: (Double) -> Double = { Double.random(in: 0...$0) }
+    ) -> Duration {
+        let backoff = Duration.milliseconds(Int64(random(backoffCeiling(attempt: attempt) / .milliseconds(1))))
+        guard let retryAfter else { return backoff }
+        let asked = min(retryAfter, Self.maxRetryAfter)
+        return throttled ? max(asked, backoff) : asked
     }
 }
 

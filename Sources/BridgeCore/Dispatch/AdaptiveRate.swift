@@ -97,7 +97,7 @@ public final class AdaptiveRate: Sendable {
             roll(&s, now)
             s.acceptedNow += 1
             guard let rate = s.rate else { return }
-            let elapsed = (now - s.lastGrowth).seconds
+            let elapsed = (now - s.lastGrowth) / .seconds(1)
             guard elapsed >= 0.05 else { return }
             s.lastGrowth = now
             if s.bound {
@@ -121,7 +121,7 @@ public final class AdaptiveRate: Sendable {
             guard now - s.lastDecrease >= settings.decreaseInterval else { return nil }
             let started = s.rate == nil
             // What the service took over the last quarter second to second and a half: its limit, or a bit over while its bucket drained.
-            let window = max(0.25, ((now - s.bucketStart) + s.beforeLength).seconds)
+            let window = max(0.25, ((now - s.bucketStart) + s.beforeLength) / .seconds(1))
             let acceptedRate = Double(s.acceptedNow + s.acceptedBefore) / window
             let base: Double
             if let rate = s.rate {
@@ -156,9 +156,4 @@ public final class AdaptiveRate: Sendable {
         s.acceptedNow = 0
         s.bucketStart = now
     }
-}
-
-extension Duration {
-    /// In seconds, as a Double.
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

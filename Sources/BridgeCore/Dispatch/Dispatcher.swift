@@ -459,12 +459,7 @@ public final class Dispatcher: Sendable {
             guard case .retryable(let retryAfter) = failure.kind, attempt < settings.retry.maxAttempts else {
                 return await giveUp(job, failure, attempts: attempt)
             }
-            var delay = settings.retry.delay(attempt: attempt, retryAfter: retryAfter)
-            if failure.status == 429 {
-                // A `retry-after-ms` of a millisecond (a token bucket's next token) would use up the
-                // attempts at once while many sends compete for the tokens: no sooner than the backoff.
-                delay = max(delay, settings.retry.delay(attempt: attempt, retryAfter: nil))
-            }
+            let delay = settings.retry.delay(attempt: attempt, retryAfter: retryAfter, throttled: failure.status == 429)
             stats.retried.add(1, ordering: .relaxed)
             job.metrics.retried.increment()
             logger.debug(
