@@ -8,8 +8,9 @@ Environment:
   BENCH_MESSAGES=N           kafka-drain / stdin / memory messages (200000; quick 20000)
   BENCH_BASELINE_MESSAGES=N  messages for the Python baseline (20000; quick 3000): its rate is
                              measured on fewer messages, since it is far slower
-  BENCH_SCENARIOS=a,b        run only these (kafka-drain unordered baseline ceiling latency fan-out stdin throttled)
-  BENCH_ORDERING=none        routes without per-partition order (default: strict, the bridge's default)
+  BENCH_SCENARIOS=a,b        run only these (kafka-drain keyed unordered baseline ceiling latency latency-stdin fan-out stdin throttled)
+  BENCH_LINGER_MS=N          the latency producer's linger.ms (5: batches of ~5 messages; 0 makes Tansu the bottleneck)
+  BENCH_ORDERING=key|none    the routes' ordering where a scenario does not set one (default: strict, the bridge's default)
   BENCH_LIBRDKAFKA="k: v"    librdkafka properties for the bridge's Kafka source
   BENCH_JSON=FILE            also write the results as JSON
 """
@@ -39,6 +40,8 @@ MESSAGES = int(os.environ.get("BENCH_MESSAGES", "20000" if QUICK else "200000"))
 BASELINE_MESSAGES = int(os.environ.get("BENCH_BASELINE_MESSAGES", "3000" if QUICK else "20000"))
 SIZE = 256
 PARTITIONS = 4
+# Records carry one of KEYS keys (as user or entity ids would); a key always goes to one partition.
+KEYS = 256
 SUBSCRIBERS = 10
 LATENCY_RATE = 1000
 LATENCY_SECONDS = 10 if QUICK else 30
@@ -50,7 +53,7 @@ CONCURRENCY = 64
 KEY = "bench-key-0123456789ABCDEFGHIJKLMNOPQRSTUV"
 HUB = "bench"
 GROUP = "bench"
-ALL = ["kafka-drain", "unordered", "baseline", "ceiling", "latency", "fan-out", "stdin", "throttled"]
+ALL = ["kafka-drain", "keyed", "unordered", "baseline", "ceiling", "latency", "latency-stdin", "fan-out", "stdin", "throttled"]
 SCENARIOS = [s for s in os.environ.get("BENCH_SCENARIOS", ",".join(ALL)).split(",") if s]
 
 work = tempfile.mkdtemp(prefix="wps-bench-")
@@ -101,6 +104,14 @@ def tansu():
     raise SystemExit("bench: no tansu in the virtualenv; run scripts/bootstrap --tests")
 
 
+def record_key(i):
+    return f"k{i % KEYS}".encode()
+
+
+def record_partition(i):
+    return (i % KEYS) % PARTITIONS
+
+
 def payload(i, stamp=None):
     head = '{"i":%d,' % i + ('"t":%d,' % stamp if stamp is not None else "") + '"pad":"'
     return head + "x" * max(0, SIZE - len(head) - 2) + '"}'
@@ -141,7 +152,7 @@ class Env:
         for i in range(count):
             while True:
                 try:
-                    p.produce(topic, payload(i).encode(), partition=i % PARTITIONS)
+                    p.produce(topic, payload(i).encode(), key=record_key(i), partition=record_partition(i))
                     break
                 except BufferError:
                     p.poll(0.1)
@@ -291,6 +302,14 @@ def scenario_kafka_drain(env):
     })
 
 
+def scenario_kafka_drain_keyed(env):
+    r, t0, (samples, _), _ = drain(env, MESSAGES, name="kafka-drain-keyed", ordering="key")
+    row("keyed", {
+        "msg/s": round(MESSAGES / (r["last"] - t0)), "steady msg/s": round(MESSAGES / (r["last"] - r["first"])),
+        "complete": r["complete"], "RSS peak MB": round(max(samples or [0]), 1),
+    }, f"kafka-drain with `ordering: key` ({KEYS} keys)")
+
+
 def scenario_kafka_drain_unordered(env):
     r, t0, (samples, _), _ = drain(env, MESSAGES, name="kafka-drain-unordered", ordering="none")
     row("unordered", {
@@ -331,9 +350,11 @@ def scenario_latency(env):
     subs = Subscribers(env, count + 1, latency=True)
     config, metrics_port = bridge_config(env, kafka_source(env, topic))
     bridge = start([BRIDGE, "run", "--config", config, "--quiet", "--log-format", "json"], "latency")
-    producer = Producer({"bootstrap.servers": env.brokers, "linger.ms": 0})
+    # linger.ms 5 (a common production setting): with 0 every message is a produce request, and
+    # Tansu alone then takes most of a core at 1,000 msg/s on this 2-core machine.
+    producer = Producer({"bootstrap.servers": env.brokers, "linger.ms": int(os.environ.get("BENCH_LINGER_MS", "5"))})
     # A first, unstamped message; timing starts once it went through (the group join is not timed).
-    producer.produce(topic, payload(-1).encode(), partition=0)
+    producer.produce(topic, payload(-1).encode(), key=record_key(0), partition=record_partition(0))
     producer.flush(30)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -348,13 +369,49 @@ def scenario_latency(env):
         delay = start_at + i / LATENCY_RATE - time.time()
         if delay > 0:
             time.sleep(delay)
-        producer.produce(topic, payload(i, time.time_ns()).encode(), partition=i % PARTITIONS)
+        producer.produce(topic, payload(i, time.time_ns()).encode(), key=record_key(i), partition=record_partition(i))
         producer.poll(0)
     producer.flush(30)
     r = subs.result()
     stop(bridge)
     row("latency", {"msg/s": LATENCY_RATE, "seconds": LATENCY_SECONDS, "p50 ms": r["p50ms"], "p99 ms": r["p99ms"],
                     "max ms": r["maxms"], "stamped": r["latencyCount"], "complete": r["complete"]})
+
+
+def wait_delivered(metrics_port, count, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if metric_sum(metrics(metrics_port), "wps_bridge_sends_total", 'outcome="delivered"') >= count:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+
+
+def scenario_latency_stdin(env):
+    """The latency scenario without Kafka: lines written to the bridge's stdin at 1,000 a second,
+    stamped when written; what the bridge, the hub and the WebSocket add."""
+    count = LATENCY_RATE * LATENCY_SECONDS
+    subs = Subscribers(env, count + 1, latency=True)
+    config, metrics_port = bridge_config(env, "  - name: in\n    type: stdin\n    format: json\n")
+    bridge = start([BRIDGE, "run", "--config", config, "--quiet", "--log-format", "json"], "latency-stdin", stdin=subprocess.PIPE)
+    bridge.stdin.write((payload(-1) + "\n").encode())
+    bridge.stdin.flush()
+    wait_delivered(metrics_port, 1)
+    start_at = time.time()
+    for i in range(count):
+        delay = start_at + i / LATENCY_RATE - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        bridge.stdin.write((payload(i, time.time_ns()) + "\n").encode())
+        bridge.stdin.flush()
+    r = subs.result()
+    bridge.stdin.close()
+    bridge.wait(60)
+    row("latency-stdin", {"msg/s": LATENCY_RATE, "seconds": LATENCY_SECONDS, "p50 ms": r["p50ms"], "p99 ms": r["p99ms"],
+                          "max ms": r["maxms"], "stamped": r["latencyCount"], "complete": r["complete"]},
+        "stdin -> bridge -> hub -> WebSocket (no Kafka)")
 
 
 def scenario_fanout(env):
@@ -410,8 +467,8 @@ def main():
     env = Env()
     try:
         for name in SCENARIOS:
-            fn = {"kafka-drain": scenario_kafka_drain, "unordered": scenario_kafka_drain_unordered, "baseline": scenario_baseline, "ceiling": scenario_ceiling,
-                  "latency": scenario_latency, "fan-out": scenario_fanout, "stdin": scenario_stdin,
+            fn = {"kafka-drain": scenario_kafka_drain, "keyed": scenario_kafka_drain_keyed, "unordered": scenario_kafka_drain_unordered, "baseline": scenario_baseline, "ceiling": scenario_ceiling,
+                  "latency": scenario_latency, "latency-stdin": scenario_latency_stdin, "fan-out": scenario_fanout, "stdin": scenario_stdin,
                   "throttled": scenario_throttled}.get(name)
             if fn is None:
                 raise SystemExit(f"bench: unknown scenario {name}; known: {', '.join(ALL)}")
@@ -424,6 +481,11 @@ def main():
         print(f"bridge/baseline: {drain_rate / results['baseline']['msg/s']:.1f}x")
     if drain_rate and "ceiling" in results:
         print(f"bridge/ceiling: {drain_rate / results['ceiling']['msg/s']:.0%}")
+    keyed = results.get("keyed", {}).get("msg/s")
+    if keyed and "baseline" in results:
+        print(f"bridge/baseline with ordering: key: {keyed / results['baseline']['msg/s']:.1f}x")
+    if keyed and "ceiling" in results:
+        print(f"bridge/ceiling with ordering: key: {keyed / results['ceiling']['msg/s']:.0%}")
     if os.environ.get("BENCH_JSON"):
         with open(os.environ["BENCH_JSON"], "w") as f:
             json.dump(results, f, indent=2)

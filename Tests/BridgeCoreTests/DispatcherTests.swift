@@ -124,6 +124,27 @@ let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
         }
     }
 
+    /// One partition, four keys: `strict` sends one at a time; `key` overlaps the keys and
+    /// keeps each key's order; a message without a key stays in the partition's lane.
+    @Test func keyOrderingIsALanePerKey() async throws {
+        let messages = (0..<40).map { i in
+            message("\(i % 4):\(i / 4)", dataType: .text, key: i % 10 == 9 ? nil : "k\(i % 4)", origin: Origin(source: "kafka", topic: "t", partition: 0))
+        }
+        for (ordering, overlaps) in [(Ordering.strict, false), (.key, true)] {
+            let transport = ScriptedTransport { _, _ in try await Task.sleep(for: .milliseconds(Int.random(in: 1...3))) }
+            let d = Dispatcher(
+                routes: [route([groupTarget("g")], ordering: ordering)], transport: transport, deadLetter: nil, settings: settings(), logger: quietLogger)
+            try await d.run(sources: [ListSource(messages)])
+            let sent = transport.sent.withLock { $0 }.map(\.body)
+            #expect(sent.count == 40)
+            #expect((transport.maxRunning > 1) == overlaps, "\(ordering)")
+            for k in 0..<4 {
+                let keyed = messages.filter { $0.key == "k\(k)" }.map { String(buffer: $0.payload) }
+                #expect(sent.filter { keyed.contains($0) } == keyed, "\(ordering) k\(k)")
+            }
+        }
+    }
+
     @Test func retriesRetryableFailures() async throws {
         let transport = ScriptedTransport { _, attempt in
             if attempt < 3 { throw DeliveryFailure(.retryable(retryAfter: nil), status: 503, message: "busy") }

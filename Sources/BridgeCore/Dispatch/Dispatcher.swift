@@ -392,6 +392,7 @@ public final class Dispatcher: Sendable {
                 let lane: String
                 switch route.ordering {
                 case .strict: lane = "\(route.name)/\(targetIndex)/\(message.laneKey)"
+                case .key: lane = "\(route.name)/\(targetIndex)/" + (message.key.map { "k" + $0 } ?? message.laneKey)
                 case .none: lane = "#\(laneCounter.wrappingAdd(1, ordering: .relaxed).newValue)"
                 }
                 sends.append(

@@ -198,6 +198,10 @@ public struct RouteCondition: Sendable {
 public enum Ordering: String, Sendable, CaseIterable {
     /// Messages of one lane reach one target in the order they were read.
     case strict
+    /// Messages with the same key reach one target in the order they were read; different keys
+    /// overlap (Kafka's own guarantee, with a lane per key rather than per partition). Messages
+    /// without a key keep the `strict` lane.
+    case key
     /// Sends overlap freely.
     case none
 }
