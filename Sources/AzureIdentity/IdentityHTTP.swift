@@ -51,7 +51,7 @@ struct IdentityHTTP: Sendable {
             } catch is CancellationError {
                 throw IdentityError(.transport, "\(what): cancelled")
             } catch {
-                outcome = .failure(IdentityError(.transport, "\(what): \(describe(error))"))
+                outcome = .failure(IdentityError(.transport, "\(what): \(describeHTTPFailure(error))"))
             }
             let retry: Bool
             switch outcome {
@@ -97,17 +97,20 @@ func formEncode(_ s: String) -> String {
     return out
 }
 
-func describe(_ error: any Error) -> String {
+/// A failed request in words: `connect timeout`, `connection refused (...)`, ... (shared with
+/// the Web PubSub client).
+public func describeHTTPFailure(_ error: any Error) -> String {
     if let e = error as? HTTPClientError {
         switch e {
         case .connectTimeout: return "connect timeout"
         case .deadlineExceeded: return "request timeout"
-        case .remoteConnectionClosed: return "connection closed by the endpoint"
+        case .readTimeout: return "read timeout"
+        case .remoteConnectionClosed: return "connection closed by the remote end"
         default: return "\(e)"
         }
     }
     let text = "\(error)"
-    if text.contains("connectionRefused") || text.contains("Connection refused") { return "connection refused" }
+    if text.contains("connectionRefused") || text.contains("Connection refused") { return "connection refused (\(text))" }
     return text
 }
 

@@ -53,8 +53,7 @@ public final class RecordingServer: Sendable {
     let responder: (@Sendable (RecordedRequest) -> ScriptedResponse?)?
     private let recorded = Mutex<[RecordedRequest]>([])
     private let script = Mutex<[ScriptedResponse]>([])
-    private let boundPort = Mutex<Int?>(nil)
-    private let task = Mutex<Task<Void, any Error>?>(nil)
+    private let server = LoopbackServer()
 
     public init(
         accessKey: AccessKey = AccessKey("recording-server-key-0123456789ABCDEFGHIJ"), verifyToken: Bool = true,
@@ -65,7 +64,7 @@ public final class RecordingServer: Sendable {
         self.responder = responder
     }
 
-    public var port: Int { boundPort.withLock { $0 ?? 0 } }
+    public var port: Int { server.port }
     public var endpoint: String { "http://127.0.0.1:\(port)" }
     public var connectionString: String { "Endpoint=http://127.0.0.1;Port=\(port);AccessKey=\(accessKey.value);Version=1.0;" }
     public var requests: [RecordedRequest] { recorded.withLock { $0 } }
@@ -77,34 +76,10 @@ public final class RecordingServer: Sendable {
 
     /// Starts listening; returns once the port is known.
     public func start() async throws {
-        let (portStream, portContinuation) = AsyncStream<Int>.makeStream()
-        let responder = CallbackResponder<BasicRequestContext> { [self] request, _ in
-            try await self.handle(request)
-        }
-        var logger = Logger(label: "recording-server")
-        logger.logLevel = .critical
-        let app = Application(
-            responder: responder,
-            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-            onServerRunning: { channel in
-                portContinuation.yield(channel.localAddress?.port ?? 0)
-                portContinuation.finish()
-            },
-            logger: logger)
-        let runTask = Task { try await app.run() }
-        task.withLock { $0 = runTask }
-        for await port in portStream {
-            boundPort.withLock { $0 = port }
-            return
-        }
-        throw RecordingServerError("the server did not start")
+        try await server.start(label: "recording-server") { [self] request in try await self.handle(request) }
     }
 
-    public func stop() async {
-        let t = task.withLock { $0 }
-        t?.cancel()
-        _ = try? await t?.value
-    }
+    public func stop() async { await server.stop() }
 
     private func handle(_ request: Request) async throws -> Response {
         var request = request

@@ -40,14 +40,13 @@ public final class TestIdentityProvider: Sendable {
     }
 
     private let state = Mutex(State())
-    private let boundPort = Mutex<Int?>(nil)
-    private let task = Mutex<Task<Void, any Error>?>(nil)
+    private let server = LoopbackServer()
 
     public init() throws {
         key = try _RSA.Signing.PrivateKey(keySize: .bits2048)
     }
 
-    public var port: Int { boundPort.withLock { $0 ?? 0 } }
+    public var port: Int { server.port }
     public var endpoint: String { "http://127.0.0.1:\(port)" }
     /// The `iss` of every token: what the hub's `--trust-issuer` takes.
     public var issuer: String { "\(endpoint)/\(tenant)/v2.0" }
@@ -85,31 +84,10 @@ public final class TestIdentityProvider: Sendable {
     }
 
     public func start() async throws {
-        let (portStream, portContinuation) = AsyncStream<Int>.makeStream()
-        var logger = Logger(label: "test-identity-provider")
-        logger.logLevel = .critical
-        let app = Application(
-            responder: CallbackResponder<BasicRequestContext> { [self] request, _ in try await self.handle(request) },
-            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-            onServerRunning: { channel in
-                portContinuation.yield(channel.localAddress?.port ?? 0)
-                portContinuation.finish()
-            },
-            logger: logger)
-        let runTask = Task { try await app.run() }
-        task.withLock { $0 = runTask }
-        for await port in portStream {
-            boundPort.withLock { $0 = port }
-            return
-        }
-        throw RecordingServerError("the identity provider did not start")
+        try await server.start(label: "test identity provider") { [self] request in try await self.handle(request) }
     }
 
-    public func stop() async {
-        let t = task.withLock { $0 }
-        t?.cancel()
-        _ = try? await t?.value
-    }
+    public func stop() async { await server.stop() }
 
     private func json(_ status: Int, _ value: JSONValue) -> Response {
         Response(

@@ -113,8 +113,8 @@ final class ClientConnection: Sendable {
         switch proto {
         case .plain:
             switch message.dataType {
-            case .binary: frame = .binary(message.payload)
-            case .json, .text: frame = .text(String(decoding: message.payload, as: UTF8.self))
+            case .binary: frame = .binaryBytes(message.payloadBytes)
+            case .json, .text: frame = .textBytes(message.payloadBytes)
             }
             return state.withLock { s in
                 guard let socket = s.socket else { return .noSocket }
@@ -124,7 +124,7 @@ final class ClientConnection: Sendable {
         case .json:
             return state.withLock { s in
                 guard let socket = s.socket else { return .noSocket }
-                if case .dropped = socket.yield(.text(message.jsonFrame(sequenceId: nil))) { return .slowClient }
+                if case .dropped = socket.yield(.textBytes(message.jsonFrameBytes)) { return .slowClient }
                 return .sent
             }
         case .reliableJSON:

@@ -204,6 +204,8 @@ extension LocalHub {
                 for await frame in stream {
                     switch frame {
                     case .text(let text): try await outbound.write(.text(text))
+                    case .textBytes(let bytes): try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: bytes)))
+                    case .binaryBytes(let bytes): try await outbound.write(.binary(bytes))
                     case .binary(let bytes): try await outbound.write(.binary(ByteBuffer(bytes: bytes)))
                     case .close(let code, let reason):
                         try await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason)

@@ -49,6 +49,10 @@ struct Outgoing: Sendable {
     /// `{"type":"message",...,"data":...` without the closing brace, so that a reliable
     /// connection can append its `sequenceId`.
     let jsonPrefix: String
+    /// The whole frame for `json.webpubsub.azure.v1` connections, rendered once for all of them.
+    let jsonFrameBytes: ByteBuffer
+    /// The payload as one buffer, for plain WebSocket connections.
+    let payloadBytes: ByteBuffer
 
     init(source: Source, dataType: HubDataType, payload: [UInt8]) {
         self.source = source
@@ -69,6 +73,8 @@ struct Outgoing: Sendable {
         case .binary: s += JSONValue.quoted(Data(payload).base64EncodedString())
         }
         jsonPrefix = s
+        jsonFrameBytes = ByteBuffer(string: s + "}")
+        payloadBytes = ByteBuffer(bytes: payload)
     }
 
     func jsonFrame(sequenceId: UInt64?) -> String {
@@ -80,6 +86,9 @@ struct Outgoing: Sendable {
 /// What goes down one socket.
 enum SocketFrame: Sendable {
     case text(String)
+    /// A text frame already in a buffer, shared by every connection it goes to.
+    case textBytes(ByteBuffer)
+    case binaryBytes(ByteBuffer)
     case binary([UInt8])
     /// Close the socket with a code and reason.
     case close(code: UInt16, reason: String)

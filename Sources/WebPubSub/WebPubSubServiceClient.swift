@@ -456,7 +456,7 @@ public final class WebPubSubServiceClient: Sendable {
         } catch let error as HTTPClientError where error == .cancelled {
             throw WebPubSubError(kind: .cancelled, message: "the request was cancelled", operation: operation)
         } catch {
-            throw WebPubSubError(kind: .transport, message: Self.describe(error), operation: operation)
+            throw WebPubSubError(kind: .transport, message: describeHTTPFailure(error), operation: operation)
         }
         let status = Int(response.status.code)
         let body = Array(bytes.readableBytesView)
@@ -466,21 +466,6 @@ public final class WebPubSubServiceClient: Sendable {
                 errorCodeHeader: response.headers.first(name: "x-ms-error-code"), retryAfter: Self.retryAfter(response.headers))
         }
         return Response(status: status, body: body)
-    }
-
-    static func describe(_ error: any Error) -> String {
-        if let e = error as? HTTPClientError {
-            switch e {
-            case .connectTimeout: return "connect timeout"
-            case .deadlineExceeded: return "request timeout"
-            case .readTimeout: return "read timeout"
-            case .remoteConnectionClosed: return "connection closed by the service"
-            default: return "\(e)"
-            }
-        }
-        let text = "\(error)"
-        if text.contains("connectionRefused") || text.contains("Connection refused") { return "connection refused (\(text))" }
-        return text
     }
 
     /// `Retry-After` (delta seconds or HTTP date), `retry-after-ms`, `x-ms-retry-after-ms`.
