@@ -14,8 +14,8 @@ RUN scripts/bootstrap
 # The whole package (SwiftPM checks every target's folder, tests included); .dockerignore
 # keeps build output and virtualenvs out.
 COPY . .
-RUN swift build -c release --product wps-bridge \
-    && cp "$(swift build -c release --show-bin-path)/wps-bridge" /usr/local/bin/wps-bridge
+RUN swift build -c release --static-swift-stdlib --product wps-bridge \
+    && cp "$(swift build -c release --static-swift-stdlib --show-bin-path)/wps-bridge" /usr/local/bin/wps-bridge
 
 FROM swift:${SWIFT_VERSION}-bookworm-slim
 RUN apt-get update \
