@@ -302,7 +302,7 @@ public final class ChainedCredential: TokenCredential {
 }
 
 func encodeQuery(_ pairs: [(String, String)]) -> String {
-    pairs.map { formEncode($0.0) + "=" + formEncode($0.1) }.joined(separator: "&")
+    pairs.map { percentEncodeUnreserved($0.0) + "=" + percentEncodeUnreserved($0.1) }.joined(separator: "&")
 }
 
 extension Dictionary where Key == String, Value == String {

@@ -37,7 +37,7 @@ struct IdentityHTTP: Sendable {
             for (name, value) in headers { request.headers.add(name: name, value: value) }
             if let form {
                 request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
-                let body = form.map { formEncode($0.0) + "=" + formEncode($0.1) }.joined(separator: "&")
+                let body = form.map { percentEncodeUnreserved($0.0) + "=" + percentEncodeUnreserved($0.1) }.joined(separator: "&")
                 request.body = .bytes(ByteBuffer(string: body))
             }
             var outcome: Result<Response, IdentityError>
@@ -82,16 +82,21 @@ func isLoopback(_ url: String) -> Bool {
     return host == "localhost" || host == "::1" || host.hasPrefix("127.")
 }
 
-/// `application/x-www-form-urlencoded` value encoding.
-func formEncode(_ s: String) -> String {
+/// Percent-encodes everything but RFC 3986 unreserved characters: form values here, and the
+/// Web PubSub client's path segments and query values (as the SDKs encode them).
+public func percentEncodeUnreserved(_ s: String) -> String {
     var out = ""
+    out.reserveCapacity(s.utf8.count)
+    let hex = Array("0123456789ABCDEF".utf8)
     for byte in s.utf8 {
         switch byte {
         case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
             UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
             out.unicodeScalars.append(Unicode.Scalar(byte))
         default:
-            out += String(format: "%%%02X", byte)
+            out.unicodeScalars.append("%")
+            out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte >> 4)]))
+            out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte & 0xF)]))
         }
     }
     return out

@@ -494,23 +494,7 @@ func timeAmount(_ d: Duration) -> TimeAmount {
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, as the SDKs encode path
 /// segments and query values.
-public func percentEncode(_ s: String) -> String {
-    var out = ""
-    out.reserveCapacity(s.utf8.count)
-    for byte in s.utf8 {
-        switch byte {
-        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-            UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
-            out.unicodeScalars.append(Unicode.Scalar(byte))
-        default:
-            let hex = Array("0123456789ABCDEF".utf8)
-            out.unicodeScalars.append("%")
-            out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte >> 4)]))
-            out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte & 0xF)]))
-        }
-    }
-    return out
-}
+public func percentEncode(_ s: String) -> String { percentEncodeUnreserved(s) }
 
 /// Decodes `%XX` escapes (and leaves malformed ones as they are).
 public func percentDecode(_ s: some StringProtocol, plusIsSpace: Bool = false) -> String {
