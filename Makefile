@@ -28,7 +28,7 @@ build: bootstrap
 	$(SWIFT) build
 
 # The Swift runtime and Foundation linked in (--static-swift-stdlib): the binary needs only
-# libc, librdkafka and hiredis at run time, and takes about 6 MB less memory (BENCHMARKS.md).
+# libc, libstdc++, librdkafka and hiredis at run time, and takes about 6 MB less memory (BENCHMARKS.md).
 release: bootstrap
 	$(SWIFT) build -c release --static-swift-stdlib --product wps-bridge
 	@echo "built $$($(SWIFT) build -c release --static-swift-stdlib --show-bin-path)/wps-bridge"

@@ -416,7 +416,7 @@ public struct BridgeConfiguration: Sendable {
         lines.append("Routes (\(core.routes.count)):")
         for r in core.routes {
             let condition = r.condition.map { " where \($0.filter.text)" } ?? ""
-            lines.append("  \(r.name): from \(r.source)\(condition)" + (r.ordering == .none ? " (unordered)" : ""))
+            lines.append("  \(r.name): from \(r.source)\(condition)" + (r.ordering == .none ? " (unordered)" : r.ordering == .key ? " (ordered per key)" : ""))
             for t in r.targets { lines.append("    -> \(t.description)") }
             if let d = r.deadLetter { lines.append("    dead letters: \(d.description)") }
         }

@@ -51,7 +51,8 @@ struct Outgoing: Sendable {
     let jsonPrefix: String
     /// The whole frame for `json.webpubsub.azure.v1` connections, rendered once for all of them.
     let jsonFrameBytes: ByteBuffer
-    /// The payload as one buffer, for plain WebSocket connections.
+    /// The payload as one buffer, for plain WebSocket connections: text (and JSON) made valid
+    /// UTF-8 (an upstream reply may declare another charset), binary as it is.
     let payloadBytes: ByteBuffer
 
     init(source: Source, dataType: HubDataType, payload: [UInt8]) {
@@ -74,7 +75,7 @@ struct Outgoing: Sendable {
         }
         jsonPrefix = s
         jsonFrameBytes = ByteBuffer(string: s + "}")
-        payloadBytes = ByteBuffer(bytes: payload)
+        payloadBytes = dataType == .binary ? ByteBuffer(bytes: payload) : ByteBuffer(string: String(decoding: payload, as: UTF8.self))
     }
 
     func jsonFrame(sequenceId: UInt64?) -> String {

@@ -199,8 +199,9 @@ public enum Ordering: String, Sendable, CaseIterable {
     /// Messages of one lane reach one target in the order they were read.
     case strict
     /// Messages with the same key reach one target in the order they were read; different keys
-    /// overlap (Kafka's own guarantee, with a lane per key rather than per partition). Messages
-    /// without a key keep the `strict` lane.
+    /// overlap (a lane per key rather than per partition: Kafka keeps a key in one partition, so
+    /// a key's order is kept, while a partition's order across keys is not). Messages without a
+    /// key keep the `strict` lane.
     case key
     /// Sends overlap freely.
     case none
