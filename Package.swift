@@ -96,6 +96,8 @@ let package = Package(
         ),
         // hiredis from Debian (libhiredis-dev, 0.14 on Debian 12).
         .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
+        // glibc's mallopt, for the executable's malloc arenas.
+        .systemLibrary(name: "CMalloc"),
         // Redis pub/sub and Streams sources, PUBLISH and XADD sinks; blocking calls on threads of their own.
         .target(
             name: "RedisAdapter",
@@ -175,6 +177,7 @@ let package = Package(
         .executableTarget(
             name: "wps-bridge",
             dependencies: [
+                "CMalloc",
                 "BridgeApp", "BridgeCore", "WebPubSub", "AzureIdentity", "LocalHub", "KafkaAdapter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -192,6 +195,9 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -248,6 +254,7 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

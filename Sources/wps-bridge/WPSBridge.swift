@@ -3,6 +3,7 @@ import AzureIdentity
 import BridgeApp
 import LocalHub
 import BridgeCore
+import CMalloc
 import KafkaAdapter
 import Foundation
 import Logging
@@ -22,6 +23,24 @@ struct WPSBridge: AsyncParsableCommand {
         subcommands: [Run.self, Hub.self, Validate.self, Token.self, Send.self],
         defaultSubcommand: Run.self
     )
+}
+
+/// glibc's malloc, set up for a long-running process with many threads. Measured on the
+/// benchmark's Kafka drain (200,000 messages): of 24-30 MB of anonymous memory, 6 MB was in use
+/// and the rest free blocks glibc kept. Now 18.6 MB, at the same throughput:
+/// - two arenas instead of up to eight per core: a thread that finds the arenas locked gets one
+///   of its own, and freed memory stays in the arena it came from (librdkafka's, NIO's and the
+///   concurrency pool's threads made several partly used ones);
+/// - fixed mmap (128 KiB) and trim (512 KiB) thresholds: glibc's dynamic ones rise to the
+///   largest block ever freed (librdkafka's fetch buffers), after which that much free memory
+///   stays in the heap.
+/// The `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` environment
+/// variables still decide where they are set.
+func tuneMalloc() {
+    let environment = ProcessInfo.processInfo.environment
+    if environment["MALLOC_ARENA_MAX"] == nil { _ = wps_malloc_arena_max(2) }
+    if environment["MALLOC_MMAP_THRESHOLD_"] == nil { _ = wps_malloc_mmap_threshold(128 * 1024) }
+    if environment["MALLOC_TRIM_THRESHOLD_"] == nil { _ = wps_malloc_trim_threshold(512 * 1024) }
 }
 
 /// Options that say how to log.
@@ -131,6 +150,7 @@ struct Run: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() async throws {
+        tuneMalloc()
         // A write to a socket the peer (or a cancelled Redis read) closed must fail, not kill us.
         signal(SIGPIPE, SIG_IGN)
         let logger = log.bootstrap()
@@ -270,6 +290,7 @@ struct Hub: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() async throws {
+        tuneMalloc()
         let logger = log.bootstrap()
         var settings = LocalHubConfiguration(accessKeys: [AccessKey(randomAccessKey())])
         if let config {
