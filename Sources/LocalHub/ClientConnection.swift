@@ -26,11 +26,9 @@ final class ClientConnection: Sendable {
     /// The unacknowledged messages kept for a reliable connection, at most.
     static let maxUnackedMessages = 1000
     static let maxUnackedBytes = 16 * 1024 * 1024
-    /// Frames queued for a socket before the client counts as too slow.
-    static let socketBuffer = 4096
 
     private struct State {
-        var socket: AsyncStream<SocketFrame>.Continuation?
+        var socket: ClientSocket?
         var socketGeneration = 0
         var nextSequenceId: UInt64 = 1
         var unacked = CircularBuffer<(id: UInt64, frame: String)>()
@@ -65,28 +63,33 @@ final class ClientConnection: Sendable {
 
     var isEnded: Bool { state.withLock { $0.ended } }
 
-    /// Attaches a new socket; returns its stream and generation. For a reconnect, the messages
-    /// not yet acknowledged are queued first, with their original sequence ids.
-    func attach(greeting: String?) -> (AsyncStream<SocketFrame>, Int) {
-        let (stream, continuation) = AsyncStream<SocketFrame>.makeStream(bufferingPolicy: .bufferingOldest(Self.socketBuffer + Self.maxUnackedMessages))
-        let generation: Int = state.withLock { s in
-            s.socket?.finish()
-            s.socket = continuation
+    /// Attaches a new socket on `channel`; returns it and its generation. For a reconnect, the
+    /// messages not yet acknowledged are queued first, with their original sequence ids. A
+    /// socket attached before is closed after what was queued for it.
+    func attach(channel: any Channel, greeting: String?, onSlow: @escaping @Sendable () -> Void) -> (ClientSocket, Int) {
+        let socket = ClientSocket(channel: channel, onSlow: onSlow)
+        let (previous, generation): (ClientSocket?, Int) = state.withLock { s in
+            let previous = s.socket
+            s.socket = socket
             s.socketGeneration += 1
-            if let greeting { continuation.yield(.text(greeting)) }
-            for entry in s.unacked { continuation.yield(.text(entry.frame)) }
-            return s.socketGeneration
+            if let greeting { _ = socket.enqueue(.text(greeting)) }
+            for entry in s.unacked { _ = socket.enqueue(.text(entry.frame)) }
+            return (previous, s.socketGeneration)
         }
-        return (stream, generation)
+        previous?.finish()
+        socket.drainSoon()
+        return (socket, generation)
     }
 
-    /// Detaches the socket of `generation` (if it is still the current one).
+    /// Detaches the socket of `generation` (if it is still the current one); it closes after
+    /// what was queued for it.
     func detach(generation: Int) {
-        state.withLock { s in
-            guard s.socketGeneration == generation else { return }
-            s.socket?.finish()
-            s.socket = nil
+        let socket: ClientSocket? = state.withLock { s in
+            guard s.socketGeneration == generation else { return nil }
+            defer { s.socket = nil }
+            return s.socket
         }
+        socket?.finish()
     }
 
     var hasSocket: Bool { state.withLock { $0.socket != nil } }
@@ -94,21 +97,25 @@ final class ClientConnection: Sendable {
     /// Counts the sockets attached so far.
     var currentGeneration: Int { state.withLock { $0.socketGeneration } }
 
-    /// Queues a raw frame (acks, system messages).
+    /// Sends a frame of its own (acks, system messages).
     @discardableResult
     func sendRaw(_ frame: SocketFrame) -> Bool {
-        state.withLock { s in
-            guard let socket = s.socket else { return false }
-            if case .dropped = socket.yield(frame) { return false }
-            return true
+        let socket: ClientSocket? = state.withLock { $0.socket }
+        guard let socket else { return false }
+        switch socket.enqueue(frame) {
+        case .drainNeeded: socket.drainSoon()
+        case .queued: break
+        case .refused, .full: return false
         }
+        return true
     }
 
     enum DeliverResult { case sent, noSocket, slowClient, bufferFull }
 
-    /// Sends a data message as this connection's protocol renders it.
+    /// Queues a data message as this connection's protocol renders it; the socket is added to
+    /// `drains` when it needs a drain.
     @discardableResult
-    func deliver(_ message: Outgoing) -> DeliverResult {
+    func deliver(_ message: Outgoing, drains: inout DrainBatch) -> DeliverResult {
         let frame: SocketFrame
         switch proto {
         case .plain:
@@ -116,17 +123,8 @@ final class ClientConnection: Sendable {
             case .binary: frame = .binaryBytes(message.payloadBytes)
             case .json, .text: frame = .textBytes(message.payloadBytes)
             }
-            return state.withLock { s in
-                guard let socket = s.socket else { return .noSocket }
-                if case .dropped = socket.yield(frame) { return .slowClient }
-                return .sent
-            }
         case .json:
-            return state.withLock { s in
-                guard let socket = s.socket else { return .noSocket }
-                if case .dropped = socket.yield(.textBytes(message.jsonFrameBytes)) { return .slowClient }
-                return .sent
-            }
+            frame = .textBytes(message.jsonFrameBytes)
         case .reliableJSON:
             return state.withLock { s in
                 if s.ended { return .noSocket }
@@ -136,10 +134,26 @@ final class ClientConnection: Sendable {
                 s.unacked.append((id, text))
                 s.unackedBytes += text.utf8.count
                 if s.unacked.count > Self.maxUnackedMessages || s.unackedBytes > Self.maxUnackedBytes { return .bufferFull }
-                guard let socket = s.socket else { return .noSocket }  // kept for replay
-                if case .dropped = socket.yield(.text(text)) { return .slowClient }
-                return .sent
+                // Without a socket the message is kept for the replay.
+                guard let socket = s.socket else { return .noSocket }
+                // Queued under the lock, so that the socket gets the sequence ids in order.
+                return Self.queue(.text(text), on: socket, drains: &drains)
             }
+        }
+        return state.withLock { s in
+            guard let socket = s.socket else { return .noSocket }
+            return Self.queue(frame, on: socket, drains: &drains)
+        }
+    }
+
+    private static func queue(_ frame: SocketFrame, on socket: ClientSocket, drains: inout DrainBatch) -> DeliverResult {
+        switch socket.enqueue(frame) {
+        case .drainNeeded:
+            drains.add(socket)
+            return .sent
+        case .queued: return .sent
+        case .refused: return .noSocket
+        case .full: return .slowClient
         }
     }
 
@@ -168,17 +182,22 @@ final class ClientConnection: Sendable {
         }
     }
 
-    /// Marks the connection ended and closes its socket (after `frames`).
+    /// Marks the connection ended and closes its socket (after `frames`, the last of which is
+    /// the close).
     func end(closing frames: [SocketFrame]) {
-        state.withLock { s in
+        let socket: ClientSocket? = state.withLock { s in
             s.ended = true
-            if let socket = s.socket {
-                for f in frames { socket.yield(f) }
-                socket.finish()
-            }
-            s.socket = nil
+            defer { s.socket = nil }
             s.unacked.removeAll()
             s.unackedBytes = 0
+            return s.socket
         }
+        guard let socket else { return }
+        var needsDrain = false
+        for frame in frames {
+            if case .drainNeeded = socket.enqueue(frame) { needsDrain = true }
+        }
+        if needsDrain { socket.drainSoon() }
+        socket.finish()
     }
 }

@@ -56,9 +56,9 @@ extension LocalHub {
                     // Attached only once the socket is open: a client that left during the
                     // handshake does not pin the session.
                     let greeting = SystemFrames.connected(connectionId: c.id, userId: c.userId, reconnectionToken: c.reconnectionToken)
-                    let (stream, generation) = c.attach(greeting: greeting)
+                    let (socket, generation) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))
                     self.logger.debug("connection recovered", metadata: ["wps.connection": "\(c.id)"])
-                    try await self.serve(c, stream: stream, generation: generation, inbound: inbound, outbound: outbound)
+                    try await self.serve(c, socket: socket, generation: generation, inbound: inbound, outbound: outbound)
                 }
             }
             // Unknown or expired session: accept, then close with 1008 so the client starts afresh.
@@ -144,7 +144,7 @@ extension LocalHub {
         return .upgrade(responseHeaders) { inbound, outbound, _ in
             // Registered only once the socket is open, so that a client that left during the
             // handshake leaves nothing behind.
-            let (stream, generation) = c.attach(greeting: greeting)
+            let (socket, generation) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))
             self.registry.add(c, groups: initialGroups)
             self.logger.debug("connection opened", metadata: ["wps.hub": "\(hub)", "wps.connection": "\(c.id)", "wps.protocol": "\(finalProtocol.rawValue)"])
             if let handler = self.handler(for: hub, system: "connected") {
@@ -157,7 +157,14 @@ extension LocalHub {
                     }
                 }
             }
-            try await self.serve(c, stream: stream, generation: generation, inbound: inbound, outbound: outbound)
+            try await self.serve(c, socket: socket, generation: generation, inbound: inbound, outbound: outbound)
+        }
+    }
+
+    /// What a socket does when its client is too slow: the connection ends.
+    func slowClient(_ c: ClientConnection) -> @Sendable () -> Void {
+        { [self] in
+            spawn { await self.terminate(c, reason: "SlowClient: the client does not read its messages fast enough", notify: false) }
         }
     }
 
@@ -194,27 +201,18 @@ extension LocalHub {
         ]).serialized
     }
 
-    /// Runs one socket: writes what is queued for it, reads what the client sends.
+    /// Runs one socket: reads what the client sends; frames for it are written by the socket
+    /// itself (``ClientSocket``), and the close it is asked for is made here.
     func serve(
-        _ c: ClientConnection, stream: AsyncStream<SocketFrame>, generation: Int, inbound: WebSocketInboundStream,
+        _ c: ClientConnection, socket: ClientSocket, generation: Int, inbound: WebSocketInboundStream,
         outbound: WebSocketOutboundWriter
     ) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
-                for await frame in stream {
-                    switch frame {
-                    case .text(let text): try await outbound.write(.text(text))
-                    case .textBytes(let bytes): try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: bytes)))
-                    case .binaryBytes(let bytes): try await outbound.write(.binary(bytes))
-                    case .binary(let bytes): try await outbound.write(.binary(ByteBuffer(bytes: bytes)))
-                    case .close(let code, let reason):
-                        try await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason)
-                        return
-                    }
+                // After every frame queued before it; nil when the socket was closed for a slow client.
+                if let close = await socket.closeRequest() {
+                    try await outbound.close(WebSocketErrorCode(codeNumber: Int(close.code)), reason: close.reason)
                 }
-                // The stream ended without a close frame (the client was too slow for the
-                // frames to be queued, or a newer socket took over): close this socket anyway.
-                try? await outbound.close(.policyViolation, reason: "Connection ended")
             }
             var failure: (any Error)?
             do {
@@ -246,8 +244,10 @@ extension LocalHub {
                     await terminate(c, reason: failure.map { "Connection error: \($0)" } ?? "Normal closure", notify: false)
                 }
             }
-            // The socket's stream was finished (detached or ended), so the writer ends by itself
-            // once it has written what was queued: the close reason reaches the client.
+            // The socket was detached or ended, so its close is queued after what was queued
+            // before it: the close reason reaches the client. (A socket replaced by a newer
+            // one was closed by the attach; this covers any other way out of the loop.)
+            socket.finish()
             if let failure { throw failure }
         }
     }

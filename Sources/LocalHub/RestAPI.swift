@@ -197,16 +197,20 @@ extension LocalHub {
         return Array(slice)
     }
 
-    /// Delivers to each connection; ends those that cannot keep up.
+    /// Delivers to each connection; ends those that cannot keep up. The frames are queued on
+    /// each connection's socket and written by one event-loop task per loop.
     func fanOut(_ message: Outgoing, to connections: [ClientConnection]) {
         var sent = 0
-        defer { if sent > 0 { Counter(label: "wps_hub_messages_sent_total", dimensions: [("hub", connections[0].hub)]).increment(by: sent) } }
+        var drains = DrainBatch()
+        defer {
+            drains.run()
+            if sent > 0 { Counter(label: "wps_hub_messages_sent_total", dimensions: [("hub", connections[0].hub)]).increment(by: sent) }
+        }
         for c in connections {
-            switch c.deliver(message) {
+            switch c.deliver(message, drains: &drains) {
             case .sent: sent += 1
             case .noSocket: break
-            case .slowClient:
-                spawn { await self.terminate(c, reason: "SlowClient: the client does not read its messages fast enough", notify: false) }
+            case .slowClient: slowClient(c)()
             case .bufferFull:
                 spawn { await self.terminate(c, reason: "Too many messages are not acknowledged", notify: true) }
             }
