@@ -19,10 +19,6 @@ final class Subscribers: Sendable {
         var last: Date?
         /// Latency of each message at the first client, in microseconds.
         var latencies: [Int64] = []
-        /// Per sequence number, how many clients have it (fan-out).
-        var perSequence: [Int: Int] = [:]
-        /// When every client had each sequence number (fan-out).
-        var completedAt: [Int: ContinuousClock.Instant] = [:]
         var connected = 0
         var failures: [String] = []
     }
@@ -30,16 +26,14 @@ final class Subscribers: Sendable {
     let clients: Int
     let expect: Int
     let measureLatency: Bool
-    let trackSequences: Bool
     private let tally: Mutex<Tally>
     private let finished: AsyncStream<Void>.Continuation
     let finishedStream: AsyncStream<Void>
 
-    init(clients: Int, expect: Int, measureLatency: Bool, trackSequences: Bool) {
+    init(clients: Int, expect: Int, measureLatency: Bool) {
         self.clients = clients
         self.expect = expect
         self.measureLatency = measureLatency
-        self.trackSequences = trackSequences
         tally = Mutex(Tally(received: Array(repeating: 0, count: clients)))
         (finishedStream, finished) = AsyncStream.makeStream()
     }
@@ -68,16 +62,6 @@ final class Subscribers: Sendable {
             if ContinuousClock.now > deadline { throw BenchError("only \(connected) of \(count) subscribers connected") }
             try await Task.sleep(for: .milliseconds(10))
         }
-    }
-
-    /// When every client had message `sequence`, waiting for it up to `timeout`.
-    func completion(of sequence: Int, timeout: Duration) async throws -> ContinuousClock.Instant? {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if let at = tally.withLock({ $0.completedAt[sequence] }) { return at }
-            try await Task.sleep(for: .microseconds(100))
-        }
-        return nil
     }
 
     /// Waits until every client has `expect` messages, or `timeout`.
@@ -123,7 +107,6 @@ final class Subscribers: Sendable {
             return
         }
         let data = frame["data"]
-        let sequence = data?["i"]?.intValue
         var latency: Int64?
         if measureLatency, index == 0, let stamp = data?["t"]?.int64Value {
             let now = Int64(Date().timeIntervalSince1970 * 1e9)
@@ -135,11 +118,6 @@ final class Subscribers: Sendable {
             if t.first == nil { t.first = now }
             t.last = now
             if let latency { t.latencies.append(latency) }
-            if trackSequences, let sequence {
-                let count = t.perSequence[sequence, default: 0] + 1
-                t.perSequence[sequence] = count
-                if count == clients { t.completedAt[sequence] = .now }
-            }
             guard t.received[index] == expect else { return false }
             t.complete += 1
             return t.complete == clients

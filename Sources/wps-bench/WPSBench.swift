@@ -46,7 +46,7 @@ struct Subscribe: AsyncParsableCommand {
     @Flag(help: "Take each message's latency from its \"t\" field (ns since the epoch).") var latency = false
 
     func run() async throws {
-        let subscribers = Subscribers(clients: clients, expect: expect, measureLatency: latency, trackSequences: false)
+        let subscribers = Subscribers(clients: clients, expect: expect, measureLatency: latency)
         let hubOptions = self.hubOptions
         try await withThrowingTaskGroup(of: Void.self) { group in
             try await subscribers.connect(url: { try hubOptions.clientURL(user: "sub-\($0)") }, group: &group)
@@ -82,23 +82,21 @@ struct FanOut: AsyncParsableCommand {
     @Option(help: "Sends, one after another.") var sends = 100
 
     func run() async throws {
-        let subscribers = Subscribers(clients: clients, expect: sends, measureLatency: false, trackSequences: true)
+        let fanOutClients = FanOutClients(clients: clients)
         let hubOptions = self.hubOptions
         let service = WebPubSubServiceClient(connectionString: try ConnectionString(parsing: hubOptions.connectionString))
         var times: [Double] = []
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            try await subscribers.connect(url: { try hubOptions.clientURL(user: "fan-\($0)") }, group: &group)
-            for i in 0..<sends {
-                let payload = ByteBuffer(string: #"{"i":\#(i),"pad":"\#(String(repeating: "x", count: 200))"}"#)
-                let start = ContinuousClock.now
-                try await service.sendToGroup(hub: hubOptions.hub, group: hubOptions.group, payload: payload, contentType: "application/json")
-                guard let at = try await subscribers.completion(of: i, timeout: .seconds(30)) else {
-                    throw BenchError("send \(i) did not reach all \(clients) clients in 30 s (\(subscribers.snapshot.received.min() ?? 0) at the slowest)")
-                }
-                times.append((at - start) / .milliseconds(1))
+        try await fanOutClients.connect(url: { try hubOptions.clientURL(user: "fan-\($0)") })
+        for i in 0..<sends {
+            let payload = ByteBuffer(string: #"{"i":\#(i),"pad":"\#(String(repeating: "x", count: 200))"}"#)
+            let start = ContinuousClock.now
+            try await service.sendToGroup(hub: hubOptions.hub, group: hubOptions.group, payload: payload, contentType: "application/json")
+            guard let at = try await fanOutClients.completion(of: i, timeout: .seconds(30)) else {
+                throw BenchError("send \(i) did not reach all \(clients) clients in 30 s (\(fanOutClients.count(of: i)) have it)")
             }
-            group.cancelAll()
+            times.append((at - start) / .milliseconds(1))
         }
+        await fanOutClients.close()
         try await service.shutdown()
         let sorted = times.sorted()
         emit([
