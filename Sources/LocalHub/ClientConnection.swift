@@ -68,16 +68,17 @@ final class ClientConnection: Sendable {
     /// socket attached before is closed after what was queued for it.
     func attach(channel: any Channel, greeting: String?, onSlow: @escaping @Sendable () -> Void) -> (ClientSocket, Int) {
         let socket = ClientSocket(channel: channel, onSlow: onSlow)
-        let (previous, generation): (ClientSocket?, Int) = state.withLock { s in
+        let (previous, generation, ended): (ClientSocket?, Int, Bool) = state.withLock { s in
             let previous = s.socket
-            s.socket = socket
             s.socketGeneration += 1
+            if s.ended { return (nil, s.socketGeneration, true) }  // a reconnect that lost the race with the end
+            s.socket = socket
             if let greeting { _ = socket.enqueue(.text(greeting)) }
             for entry in s.unacked { _ = socket.enqueue(.text(entry.frame)) }
-            return (previous, s.socketGeneration)
+            return (previous, s.socketGeneration, false)
         }
         previous?.finish()
-        socket.drainSoon()
+        if ended { socket.finish() } else { socket.drainSoon() }
         return (socket, generation)
     }
 

@@ -161,10 +161,12 @@ extension LocalHub {
         }
     }
 
+    static let slowClientReason = "SlowClient: the client does not read its messages fast enough"
+
     /// What a socket does when its client is too slow: the connection ends.
     func slowClient(_ c: ClientConnection) -> @Sendable () -> Void {
         { [self] in
-            spawn { await self.terminate(c, reason: "SlowClient: the client does not read its messages fast enough", notify: false) }
+            spawn { await self.terminate(c, reason: Self.slowClientReason, notify: false) }
         }
     }
 
@@ -225,7 +227,10 @@ extension LocalHub {
             }
             // A socket that a newer one (a reconnect) replaced has nothing more to decide.
             if !c.isEnded && c.currentGeneration == generation {
-                if c.proto.isReliable {
+                if socket.closedAsSlow {
+                    // The socket's own close ends the connection; the reason is the same whoever comes first.
+                    await terminate(c, reason: Self.slowClientReason, notify: false)
+                } else if c.proto.isReliable {
                     // Dropped without a close from us: keep the session for a reconnect.
                     c.detach(generation: generation)
                     let grace = configuration.reconnectGrace

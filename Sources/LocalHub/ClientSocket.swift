@@ -48,8 +48,16 @@ final class ClientSocket: Sendable {
         self.channel = channel
         self.onSlow = onSlow
         (closeStream, closes) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
-        channel.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: Self.lowWaterMark, high: Self.highWaterMark))
-            .whenFailure { _ in }
+        // Before the first drain (the event loop runs its tasks in order).
+        channel.eventLoop.execute { [channel] in
+            guard channel.isActive else { return }
+            do {
+                try channel.syncOptions?.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: Self.lowWaterMark, high: Self.highWaterMark))
+                try CloseGuard.install(in: channel)
+            } catch {
+                channel.close(promise: nil)
+            }
+        }
     }
 
     enum EnqueueResult {
@@ -94,37 +102,54 @@ final class ClientSocket: Sendable {
         channel.eventLoop.execute { self.drain() }
     }
 
+    /// How long a close handshake may take before the channel is closed anyway (a client that
+    /// neither reads nor answers).
+    static let closeTimeout = TimeAmount.seconds(10)
+
     /// Writes what is queued to the channel. Runs on the channel's event loop.
     func drain() {
         guard channel.eventLoop.inEventLoop else { return drainSoon() }
-        let (items, wasSlow) = state.withLock { s in
+        let (items, wasSlow): ([Item], Bool) = state.withLock { s in
             s.scheduled = false
-            defer { s.outbox.removeAll(keepingCapacity: true) }
-            return (s.outbox, s.slow)
+            var items: [Item] = []
+            swap(&items, &s.outbox)
+            return (items, s.slow)
         }
         if wasSlow { return }
         var wrote = false
         for item in items {
             switch item {
             case .frame(let frame):
-                if !wrote, !channel.isWritable, channel.isActive {
-                    // More than `highWaterMark` bytes wait unsent: the client does not read.
-                    state.withLock { $0.slow = true }
-                    channel.close(promise: nil)
-                    onSlow()
-                    closes.finish()
-                    return
+                if !wrote, isStalled {
+                    return closeSlow()
                 }
                 channel.write(frame, promise: nil)
                 wrote = true
             case .close(let code, let reason):
                 if wrote { channel.flush() }
+                // Hummingbird's close frame would wait for room that a client which does not
+                // read never makes.
+                if isStalled { return closeSlow() }
                 closes.yield((code, reason))
                 closes.finish()
+                channel.eventLoop.scheduleTask(in: Self.closeTimeout) { [channel] in channel.close(promise: nil) }
                 return
             }
         }
         if wrote { channel.flush() }
+    }
+
+    /// More than `highWaterMark` bytes wait unsent: the client does not read.
+    private var isStalled: Bool { !channel.isWritable && channel.isActive }
+
+    /// Whether the socket was closed because its client did not read.
+    var closedAsSlow: Bool { state.withLock { $0.slow } }
+
+    private func closeSlow() {
+        state.withLock { $0.slow = true }
+        channel.close(promise: nil)
+        onSlow()
+        closes.finish()
     }
 
     /// The close asked for, once it is this socket's turn (after every frame queued before it);
@@ -132,6 +157,32 @@ final class ClientSocket: Sendable {
     func closeRequest() async -> (code: UInt16, reason: String)? {
         for await close in closeStream { return close }
         return nil
+    }
+}
+
+/// Drops frames written after a close frame. Hummingbird's handler sends a close of its own (the
+/// client closed, a protocol error, a ping timeout) that the socket's outbox does not know of;
+/// RFC 6455 allows nothing after it. Sits next to the frame encoder, so it sees Hummingbird's
+/// frames and the socket's.
+final class CloseGuard: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private var closed = false
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if closed {
+            promise?.fail(ChannelError.outputClosed)
+            return
+        }
+        if unwrapOutboundIn(data).opcode == .connectionClose { closed = true }
+        context.write(data, promise: promise)
+    }
+
+    static func install(in channel: any Channel) throws {
+        let operations = channel.pipeline.syncOperations
+        let encoder = try operations.handler(type: WebSocketFrameEncoder.self)
+        try operations.addHandler(CloseGuard(), position: .after(encoder))
     }
 }
 
