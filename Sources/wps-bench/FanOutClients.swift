@@ -57,14 +57,7 @@ final class FanOutClients: Sendable {
     func count(of sequence: Int) -> Int { tally.withLock { $0.perSequence[sequence] ?? 0 } }
 
     private func waitConnected(_ count: Int, timeout: Duration) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            let (connected, failures) = tally.withLock { ($0.connected, $0.failures) }
-            if let failure = failures.first { throw BenchError("a client failed: \(failure)") }
-            if connected >= count { return }
-            if ContinuousClock.now > deadline { throw BenchError("only \(connected) of \(count) clients connected") }
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        try await waitUntilConnected(count, of: "client", timeout: timeout) { tally.withLock { ($0.connected, $0.failures) } }
     }
 
     private func open(_ url: URL) async throws -> any Channel {

@@ -54,14 +54,7 @@ final class Subscribers: Sendable {
     }
 
     private func waitConnected(_ count: Int, timeout: Duration) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            let (connected, failures) = tally.withLock { ($0.connected, $0.failures) }
-            if let failure = failures.first { throw BenchError("a subscriber failed: \(failure)") }
-            if connected >= count { return }
-            if ContinuousClock.now > deadline { throw BenchError("only \(connected) of \(count) subscribers connected") }
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        try await waitUntilConnected(count, of: "subscriber", timeout: timeout) { tally.withLock { ($0.connected, $0.failures) } }
     }
 
     /// Waits until every client has `expect` messages, or `timeout`.
@@ -135,6 +128,20 @@ extension JSONValue {
     var int64Value: Int64? {
         if case .number(let text) = self { return Int64(text) }
         return nil
+    }
+}
+
+/// Waits until `state` counts `count` connected clients; throws when one failed, or after `timeout`.
+func waitUntilConnected(
+    _ count: Int, of what: String, timeout: Duration, _ state: () -> (connected: Int, failures: [String])
+) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+        let (connected, failures) = state()
+        if let failure = failures.first { throw BenchError("a \(what) failed: \(failure)") }
+        if connected >= count { return }
+        if ContinuousClock.now > deadline { throw BenchError("only \(connected) of \(count) \(what)s connected") }
+        try await Task.sleep(for: .milliseconds(10))
     }
 }
 
