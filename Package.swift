@@ -16,7 +16,6 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
-        .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams.git", "5.0.0"..<"7.0.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.30.0"),
@@ -58,12 +57,15 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // libcrypto from the system's OpenSSL 3 (libssl-dev; librdkafka loads the same library).
+        .systemLibrary(name: "CLibCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        // HMAC-SHA256, constant-time comparison and RS256 on CLibCrypto: all the cryptography we need.
+        .target(name: "BridgeCrypto", dependencies: ["CLibCrypto"], swiftSettings: swiftSettings),
         .target(
             name: "WebPubSub",
             dependencies: [
-                "BridgeJSON", "AzureIdentity",
+                "BridgeJSON", "AzureIdentity", "BridgeCrypto",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -114,7 +116,7 @@ let package = Package(
         .target(
             name: "LocalHub",
             dependencies: [
-                "BridgeCore", "BridgeJSON", "WebPubSub", "ODataFilter",
+                "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub", "ODataFilter",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -124,7 +126,6 @@ let package = Package(
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
-                .product(name: "CryptoExtras", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
@@ -134,7 +135,7 @@ let package = Package(
         .target(
             name: "BridgeServer",
             dependencies: [
-                "BridgeCore", "BridgeJSON", "WebPubSub",
+                "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -178,7 +179,7 @@ let package = Package(
             name: "wps-bridge",
             dependencies: [
                 "CMalloc",
-                "BridgeApp", "BridgeCore", "WebPubSub", "AzureIdentity", "LocalHub", "KafkaAdapter",
+                "BridgeApp", "BridgeCore", "BridgeCrypto", "WebPubSub", "AzureIdentity", "LocalHub", "KafkaAdapter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -201,11 +202,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // `swift package validate-config [FILE]`.
+        // `swift package validate-config [FILE]`. It asks SwiftPM to build the wps-bridge product
+        // when it runs: a plugin that depended on the executable target would make every
+        // `swift build` compile a second, host-tool copy of the whole graph.
         .plugin(
             name: "ValidateBridgeConfig",
-            capability: .command(intent: .custom(verb: "validate-config", description: "Check a wps-bridge config file")),
-            dependencies: ["wps-bridge"]
+            capability: .command(intent: .custom(verb: "validate-config", description: "Check a wps-bridge config file"))
         ),
         // Test helpers: a recording HTTP server, free ports, child processes. Used by tests only.
         .target(
@@ -220,8 +222,7 @@ let package = Package(
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "CryptoExtras", package: "swift-crypto"),
-                "BridgeJSON",
+                "BridgeCrypto", "BridgeJSON",
             ],
             swiftSettings: swiftSettings
         ),
@@ -243,7 +244,6 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -259,6 +259,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "AzureIdentityTests", dependencies: ["AzureIdentity"], swiftSettings: swiftSettings),
+        .testTarget(name: "BridgeCryptoTests", dependencies: ["BridgeCrypto", "BridgeTestSupport", "BridgeJSON", "WebPubSub"], swiftSettings: swiftSettings),
         .testTarget(name: "BridgeJSONTests", dependencies: ["BridgeJSON"], swiftSettings: swiftSettings),
         .testTarget(
             name: "BridgeAppTests",

@@ -1,4 +1,5 @@
 import BridgeCore
+import BridgeCrypto
 import BridgeJSON
 import CoreMetrics
 import Foundation

@@ -1,5 +1,5 @@
+import BridgeCrypto
 import BridgeJSON
-import CryptoExtras
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -17,7 +17,7 @@ public import WebPubSub
 public final class TestIdentityProvider: Sendable {
     public let tenant = "11111111-2222-3333-4444-555555555555"
     public let keyId = "test-key-1"
-    let key: _RSA.Signing.PrivateKey
+    let key: RSAPrivateKey
 
     /// What a request was and what it got.
     public struct Served: Sendable {
@@ -43,7 +43,7 @@ public final class TestIdentityProvider: Sendable {
     private let server = LoopbackServer()
 
     public init() throws {
-        key = try _RSA.Signing.PrivateKey(keySize: .bits2048)
+        key = try RSAPrivateKey(bits: 2048)
     }
 
     public var port: Int { server.port }
@@ -79,8 +79,8 @@ public final class TestIdentityProvider: Sendable {
     func sign(_ claims: [(String, JSONValue)]) -> String {
         let header = JSONValue.object([("alg", .string("RS256")), ("typ", .string("JWT")), ("kid", .string(keyId))]).serialized
         let input = AccessKeyJWT.base64URL(Array(header.utf8)) + "." + AccessKeyJWT.base64URL(Array(JSONValue.object(claims).serialized.utf8))
-        let signature = try! key.signature(for: Array(input.utf8), padding: .insecurePKCS1v1_5)
-        return input + "." + AccessKeyJWT.base64URL(Array(signature.rawRepresentation))
+        let signature = try! key.rs256Signature(for: Array(input.utf8))
+        return input + "." + AccessKeyJWT.base64URL(signature)
     }
 
     public func start() async throws {
@@ -138,10 +138,9 @@ public final class TestIdentityProvider: Sendable {
                 ]))
         case (.get, "/\(tenant)/discovery/v2.0/keys"):
             record("jwks", 200, nil)
-            let primitives = try key.publicKey.getKeyPrimitives()
             let jwk = JSONValue.object([
                 ("kty", .string("RSA")), ("use", .string("sig")), ("kid", .string(keyId)), ("alg", .string("RS256")),
-                ("n", .string(AccessKeyJWT.base64URL(Array(primitives.modulus)))), ("e", .string(AccessKeyJWT.base64URL(Array(primitives.publicExponent)))),
+                ("n", .string(AccessKeyJWT.base64URL(key.modulus))), ("e", .string(AccessKeyJWT.base64URL(key.exponent))),
             ])
             return json(200, .object([("keys", .array([jwk]))]))
         case (.post, "/\(tenant)/oauth2/v2.0/token"):

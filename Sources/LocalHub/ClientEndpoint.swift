@@ -1,5 +1,6 @@
 import CoreMetrics
 import BridgeCore
+import BridgeCrypto
 import BridgeJSON
 import Foundation
 import HTTPTypes

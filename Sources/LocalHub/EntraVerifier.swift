@@ -1,6 +1,6 @@
 import AsyncHTTPClient
+import BridgeCrypto
 import BridgeJSON
-import CryptoExtras
 import Foundation
 import Logging
 import NIOCore
@@ -20,7 +20,7 @@ final class EntraVerifier: Sendable {
     /// A token with an unknown key id fetches the keys again, at most this often per issuer.
     let refetchInterval: TimeInterval
 
-    private typealias KeySet = [String: _RSA.Signing.PublicKey]
+    private typealias KeySet = [String: RSAPublicKey]
 
     private struct Keys {
         var byId: KeySet = [:]
@@ -67,7 +67,7 @@ final class EntraVerifier: Sendable {
         let kid = header["kid"]?.stringValue
         let key = try await key(issuer: issuer, kid: kid, now: now)
         let signingInput = Array(token.utf8.prefix(parts[0].utf8.count + 1 + parts[1].utf8.count))
-        guard key.isValidSignature(_RSA.Signing.RSASignature(rawRepresentation: signature), for: signingInput, padding: .insecurePKCS1v1_5) else {
+        guard key.isValidRS256Signature(signature, for: signingInput) else {
             throw JWTError("invalid signature")
         }
         guard let exp = claims.expiry else { throw JWTError("token has no 'exp' claim") }
@@ -80,8 +80,8 @@ final class EntraVerifier: Sendable {
         return claims
     }
 
-    private func key(issuer: String, kid: String?, now: Date) async throws(JWTError) -> _RSA.Signing.PublicKey {
-        func lookup() -> _RSA.Signing.PublicKey? {
+    private func key(issuer: String, kid: String?, now: Date) async throws(JWTError) -> RSAPublicKey {
+        func lookup() -> RSAPublicKey? {
             keys.withLock { all in
                 guard let known = all[issuer] else { return nil }
                 if let kid { return known.byId[kid] }
@@ -136,18 +136,18 @@ final class EntraVerifier: Sendable {
         return json
     }
 
-    private func fetchKeys(issuer: String) async throws -> [String: _RSA.Signing.PublicKey] {
+    private func fetchKeys(issuer: String) async throws -> [String: RSAPublicKey] {
         let discovery = try await getJSON(issuer + "/.well-known/openid-configuration")
         guard let jwksURI = discovery["jwks_uri"]?.stringValue else { throw FetchError(description: "the OpenID configuration has no jwks_uri") }
         guard case .array(let items) = try await getJSON(jwksURI)["keys"] ?? .null else { throw FetchError(description: "\(jwksURI) has no keys") }
-        var result: [String: _RSA.Signing.PublicKey] = [:]
+        var result: [String: RSAPublicKey] = [:]
         for (index, item) in items.enumerated() {
             guard item["kty"]?.stringValue == "RSA", let n = item["n"]?.stringValue.flatMap(AccessKeyJWT.base64URLDecode),
                 let e = item["e"]?.stringValue.flatMap(AccessKeyJWT.base64URLDecode)
             else { continue }
             if let use = item["use"]?.stringValue, use != "sig" { continue }
             do {
-                result[item["kid"]?.stringValue ?? "#\(index)"] = try _RSA.Signing.PublicKey(n: n, e: e)
+                result[item["kid"]?.stringValue ?? "#\(index)"] = try RSAPublicKey(modulus: n, exponent: e)
             } catch {
                 logger.warning("skipping an RSA key the issuer publishes", metadata: ["wps.issuer": "\(issuer)", "error": "\(error)"])
             }

@@ -1,4 +1,5 @@
 import BridgeJSON
+import BridgeCrypto
 import Foundation
 
 /// What a browser needs to connect: `wss://host/client/hubs/{hub}?access_token=...`.
@@ -72,21 +73,8 @@ public enum EventSignature {
     }
 
     static func mac(_ connectionId: String, _ key: AccessKey) -> [UInt8] {
-        HMACSHA256.mac(Array(connectionId.utf8), key: Array(key.value.utf8))
+        HMACSHA256.authenticationCode(for: Array(connectionId.utf8), key: Array(key.value.utf8))
     }
-}
-
-/// Compares without an early exit, so that timing does not tell how much matched.
-public func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-    guard a.count == b.count else { return false }
-    var diff: UInt8 = 0
-    for i in 0..<a.count { diff |= a[i] ^ b[i] }
-    return diff == 0
-}
-
-/// Compares two secrets in constant time (for the same length).
-public func constantTimeEquals(_ a: String, _ b: String) -> Bool {
-    constantTimeEquals(Array(a.utf8), Array(b.utf8))
 }
 
 func hex(_ bytes: [UInt8]) -> String {

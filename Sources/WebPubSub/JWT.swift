@@ -1,5 +1,5 @@
 public import BridgeJSON
-import Crypto
+import BridgeCrypto
 import Foundation
 
 /// HS256 JSON Web Tokens signed with a Web PubSub access key (its UTF-8 bytes, not base64-decoded),
@@ -10,8 +10,8 @@ public enum AccessKeyJWT {
         let header = #"{"alg":"HS256","typ":"JWT"}"#
         let payload = JSONValue.object(claims).serialized
         let signingInput = base64URL(Array(header.utf8)) + "." + base64URL(Array(payload.utf8))
-        let mac = HMAC<SHA256>.authenticationCode(for: Array(signingInput.utf8), using: SymmetricKey(data: Array(key.value.utf8)))
-        return signingInput + "." + base64URL(Array(mac))
+        let mac = HMACSHA256.authenticationCode(for: Array(signingInput.utf8), key: Array(key.value.utf8))
+        return signingInput + "." + base64URL(mac)
     }
 
     /// The claims of a token for a REST request to `url` (the full URL, query included, as the
@@ -40,10 +40,7 @@ public enum AccessKeyJWT {
         }
         guard let signature = base64URLDecode(parts[2]) else { throw JWTError("malformed token signature") }
         let signingInput = Array(token.utf8.prefix(parts[0].utf8.count + 1 + parts[1].utf8.count))
-        let valid = keys.contains { key in
-            HMAC<SHA256>.isValidAuthenticationCode(
-                signature, authenticating: signingInput, using: SymmetricKey(data: Array(key.value.utf8)))
-        }
+        let valid = keys.contains { key in HMACSHA256.isValid(signature, for: signingInput, key: Array(key.value.utf8)) }
         guard valid else { throw JWTError("invalid signature") }
         guard let payloadBytes = base64URLDecode(parts[1]), let payload = try? JSONValue.parse(payloadBytes),
             case .object = payload
@@ -114,10 +111,4 @@ public struct JWTError: Error, Sendable, CustomStringConvertible {
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
-}
-
-enum HMACSHA256 {
-    static func mac(_ data: [UInt8], key: [UInt8]) -> [UInt8] {
-        Array(HMAC<SHA256>.authenticationCode(for: data, using: SymmetricKey(data: key)))
-    }
 }

@@ -3,6 +3,7 @@ import AzureIdentity
 import BridgeApp
 import LocalHub
 import BridgeCore
+import BridgeCrypto
 import CMalloc
 import KafkaAdapter
 import Foundation
@@ -19,7 +20,7 @@ struct WPSBridge: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wps-bridge",
         abstract: "Bridges Kafka, Redis and stdin to Azure Web PubSub, and client events back.",
-        version: "\(version) (librdkafka \(librdkafkaVersion))",
+        version: "\(version) (librdkafka \(librdkafkaVersion), \(openSSLVersion))",
         subcommands: [Run.self, Hub.self, Validate.self, Token.self, Send.self],
         defaultSubcommand: Run.self
     )
@@ -41,6 +42,16 @@ func tuneMalloc() {
     if environment["MALLOC_ARENA_MAX"] == nil { _ = wps_malloc_arena_max(2) }
     if environment["MALLOC_MMAP_THRESHOLD_"] == nil { _ = wps_malloc_mmap_threshold(128 * 1024) }
     if environment["MALLOC_TRIM_THRESHOLD_"] == nil { _ = wps_malloc_trim_threshold(512 * 1024) }
+}
+
+/// Fails with OpenSSL's own reason when the system's libcrypto cannot compute HMAC-SHA256 (a
+/// broken install, or a provider configuration without SHA-256): at start, not at the first send.
+func checkLibcrypto() throws {
+    do {
+        try HMACSHA256.selfTest()
+    } catch {
+        throw ValidationError("the system's libcrypto (\(openSSLVersion)) cannot be used: \(error)")
+    }
 }
 
 /// Options that say how to log.
@@ -151,6 +162,7 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         tuneMalloc()
+        try checkLibcrypto()
         // A write to a socket the peer (or a cancelled Redis read) closed must fail, not kill us.
         signal(SIGPIPE, SIG_IGN)
         let logger = log.bootstrap()
@@ -291,6 +303,7 @@ struct Hub: AsyncParsableCommand {
 
     func run() async throws {
         tuneMalloc()
+        try checkLibcrypto()
         let logger = log.bootstrap()
         var settings = LocalHubConfiguration(accessKeys: [AccessKey(randomAccessKey())])
         if let config {
