@@ -17,7 +17,7 @@ run: bootstrap
 
 hub: bootstrap
 	$(SWIFT) build --product wps-bridge
-	$(BIN) hub --port $${WPS_HUB_PORT:-8080}
+	$(BIN) hub --negotiate --port $${WPS_HUB_PORT:-8080}
 
 test:
 	scripts/bootstrap --tests

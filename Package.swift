@@ -64,7 +64,7 @@ let package = Package(
         .target(
             name: "WebPubSub",
             dependencies: [
-                "BridgeJSON", "AzureIdentity", "BridgeCrypto",
+                "BridgeCore", "BridgeJSON", "AzureIdentity", "BridgeCrypto",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -269,7 +269,7 @@ let package = Package(
         .testTarget(
             name: "StdioAdapterTests",
             dependencies: [
-                "StdioAdapter", "BridgeCore", .product(name: "NIOCore", package: "swift-nio"),
+                "StdioAdapter", "BridgeCore", "BridgeJSON", .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings

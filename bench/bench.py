@@ -231,6 +231,7 @@ routes:
     to:
       - {{group: {GROUP}}}
     ordering: {ordering}
+deadLetter: {{type: file, path: {os.path.join(work, "dead-letters.ndjson")}}}
 delivery:
   concurrency: {CONCURRENCY}
 server:

@@ -70,6 +70,7 @@ public struct BridgeConfiguration: Sendable {
         registry.register(source: StdinSourceFactory())
         registry.register(sink: StdoutSinkFactory())
         registry.register(sink: FileSinkFactory())
+        registry.register(sink: DropSinkFactory())
         registry.register(source: KafkaSourceFactory())
         registry.register(sink: KafkaSinkFactory())
         registry.register(source: RedisPubSubSourceFactory())
@@ -328,7 +329,7 @@ public struct BridgeConfiguration: Sendable {
     public static func readEmbeddedHub(_ m: ConfigMapping) -> LocalHubConfiguration? {
         m.checkKeys(
             [
-                "host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "reconnectGrace", "upstreamRetries",
+                "host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "negotiate", "reconnectGrace", "upstreamRetries",
                 "trustedIssuers", "hubs",
             ],
             what: "webpubsub.embedded")
@@ -338,6 +339,7 @@ public struct BridgeConfiguration: Sendable {
         config.port = m.int("port", range: 0...65535) ?? config.port
         config.rateLimit = m.int("rateLimit", range: 1...1_000_000)
         config.allowAnonymous = m.bool("allowAnonymous") ?? false
+        config.negotiate = m.bool("negotiate") ?? false
         config.reconnectGrace = m.duration("reconnectGrace") ?? config.reconnectGrace
         config.upstreamRetries = m.int("upstreamRetries", range: 0...100) ?? config.upstreamRetries
         config.trustedIssuers = m.stringList("trustedIssuers") ?? []

@@ -47,8 +47,9 @@ public struct BridgeLogHandler: LogHandler {
             }
             line = JSONValue.object(members).serialized
         case .text:
-            let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\(Redaction.redact($0.value.description))" }.joined(separator: " ")
-            line = "\(time) \(event.level) \(label):\(fields.isEmpty ? "" : " " + fields) [\(event.source)] \(message)"
+            let fields = merged.sorted { $0.key < $1.key }.map { "\(Self.escaped($0.key))=\(Self.textValue(Redaction.redact($0.value.description)))" }
+                .joined(separator: " ")
+            line = "\(time) \(event.level) \(label):\(fields.isEmpty ? "" : " " + fields) [\(event.source)] \(Self.escaped(message))"
         }
         Self.output.withLock { _ in writeToStandardError(line + "\n") }
     }
@@ -60,6 +61,36 @@ public struct BridgeLogHandler: LogHandler {
         case .array(let items): .array(items.map(json))
         case .dictionary(let d): .object(d.sorted { $0.key < $1.key }.map { ($0.key, json($0.value)) })
         }
+    }
+
+    /// `text` with control characters written as escapes (`\n`, `\r`, `\t`, `\u{1B}`): a name
+    /// taken from a request (`%0A` in a hub name) cannot start a forged log line.
+    static func escaped(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: isControl) else { return text }
+        var out = String.UnicodeScalarView()
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": out.append(contentsOf: #"\n"#.unicodeScalars)
+            case "\r": out.append(contentsOf: #"\r"#.unicodeScalars)
+            case "\t": out.append(contentsOf: #"\t"#.unicodeScalars)
+            case _ where isControl(scalar): out.append(contentsOf: "\\u{\(String(scalar.value, radix: 16, uppercase: true))}".unicodeScalars)
+            default: out.append(scalar)
+            }
+        }
+        return String(out)
+    }
+
+    /// C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+    static func isControl(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
+    }
+
+    /// A metadata value in the text format: escaped, and quoted when it holds a space, `=` or `"`
+    /// (so that it cannot pose as another field).
+    static func textValue(_ value: String) -> String {
+        let text = escaped(value)
+        guard text.contains(where: { $0 == " " || $0 == "=" || $0 == "\"" }) else { return text }
+        return "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
     }
 
     /// One line at a time, whole.

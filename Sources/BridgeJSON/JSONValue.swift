@@ -139,6 +139,39 @@ public enum JSONValue: Sendable, Hashable {
     }
 
     /// Parses one JSON document from UTF-8 bytes.
+    /// `json` (valid JSON text) without the white space between its tokens: the same bytes
+    /// otherwise, numbers and string escapes as written. The result holds no line break (JSON
+    /// strings cannot), so it fits on one NDJSON line.
+    public static func removingWhitespace(_ json: some Collection<UInt8>) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(json.count)
+        var inString = false
+        var escaped = false
+        for byte in json {
+            if inString {
+                if escaped {
+                    escaped = false
+                } else if byte == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if byte == UInt8(ascii: "\"") {
+                    inString = false
+                }
+                out.append(byte)
+                continue
+            }
+            switch byte {
+            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n"), UInt8(ascii: "\r"):
+                continue
+            case UInt8(ascii: "\""):
+                inString = true
+            default:
+                break
+            }
+            out.append(byte)
+        }
+        return out
+    }
+
     public static func parse(_ bytes: some Collection<UInt8>) throws(JSONParseError) -> JSONValue {
         let array = Array(bytes)
         var parser = JSONParser(bytes: array)

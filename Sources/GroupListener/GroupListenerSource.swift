@@ -476,6 +476,7 @@ struct ListenerError: Error, CustomStringConvertible {
 /// `type: webpubsub` sources.
 public struct GroupListenerSourceFactory: SourceFactory {
     public init() {}
+    public var isAtLeastOnce: Bool { true }
     public var typeName: String { "webpubsub" }
     public var summary: String { "messages clients send to groups of a hub, as a listening client (hub, groups, userId)" }
     public var originFields: Set<String> { [] }

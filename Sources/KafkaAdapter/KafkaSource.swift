@@ -77,6 +77,7 @@ public final class KafkaSource: SourceAdapter, HealthReporting {
 /// `type: kafka` sources.
 public struct KafkaSourceFactory: SourceFactory {
     public init() {}
+    public var isAtLeastOnce: Bool { true }
     public var typeName: String { "kafka" }
     public var summary: String { "Kafka topics in a consumer group, at least once (brokers, topics, group)" }
     public var originFields: Set<String> { ["topic", "partition"] }

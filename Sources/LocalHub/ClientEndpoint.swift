@@ -312,7 +312,7 @@ extension LocalHub {
             let noEcho = json["noEcho"] == .bool(true)
             let out = Outgoing(source: .group(group, fromUserId: c.userId), dataType: dataType, payload: payload)
             let excluded: Set<String> = noEcho ? [c.id] : []
-            Counter(label: "wps_hub_messages_received_total", dimensions: [("hub", c.hub), ("from", "client")]).increment()
+            Counter(label: "wps_hub_messages_received_total", dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()
             fanOut(out, to: registry.targets(hub: c.hub, scope: .group(group), excluded: excluded, filter: nil))
             ack()
         case "event":
@@ -324,7 +324,7 @@ extension LocalHub {
                 ack(("InvalidRequest", "\"data\" does not match \"dataType\""))
                 return true
             }
-            Counter(label: "wps_hub_messages_received_total", dimensions: [("hub", c.hub), ("from", "client")]).increment()
+            Counter(label: "wps_hub_messages_received_total", dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()
             return await userEvent(name, dataType: dataType, payload: payload, from: c, ack: ack)
         case "sequenceAck":
             if c.proto.isReliable, case .number(let n) = json["sequenceId"] ?? .null, let id = UInt64(n) { c.acknowledge(upTo: id) }

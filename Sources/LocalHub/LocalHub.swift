@@ -27,6 +27,9 @@ public struct LocalHubConfiguration: Sendable {
     public var rateLimit: Int?
     /// Accept client connections without an access token.
     public var allowAnonymous = false
+    /// Serve `GET /negotiate` (a client URL with a token for anyone who asks, for one hub and
+    /// at most one group) and the demo page. Off by default: for loopback development only.
+    public var negotiate = false
     /// How long a reliable session waits for its client to reconnect.
     public var reconnectGrace: Duration = .seconds(30)
     /// The largest client message.
@@ -56,7 +59,8 @@ public final class LocalHub: Service, Sendable {
     let registry = HubRegistry()
     let listening = ListeningPort("the embedded hub")
     /// Hubs that had connections, for their gauges.
-    private let metricHubs = Mutex<Set<String>>([])
+    /// The `hub` label of the hub's metrics.
+    let hubLabels = HubMetricLabels()
     let rejectionStore = RejectionStore()
     private let background: (stream: AsyncStream<@Sendable () async -> Void>, continuation: AsyncStream<@Sendable () async -> Void>.Continuation)
     private let limiter: RateLimiter?
@@ -142,16 +146,16 @@ public final class LocalHub: Service, Sendable {
 
     /// Sets the gauges read at scrape time: connections and non-empty groups per hub.
     public func recordMetrics() {
-        let sizes = registry.sizes()
-        // A hub whose last client left reads 0, not its last value.
-        let hubs = metricHubs.withLock { seen in
-            seen.formUnion(sizes.keys)
-            return seen
+        // A hub whose last client left reads 0, not its last value; hubs past the label limit add up under one label.
+        var totals: [String: (connections: Int, groups: Int)] = [:]
+        for (hub, size) in registry.sizes() {
+            let label = hubLabels.label(hub)
+            totals[label] = ((totals[label]?.connections ?? 0) + size.connections, (totals[label]?.groups ?? 0) + size.groups)
         }
-        for hub in hubs {
-            let size = sizes[hub] ?? (0, 0)
-            Gauge(label: "wps_hub_connections", dimensions: [("hub", hub)]).record(size.connections)
-            Gauge(label: "wps_hub_groups", dimensions: [("hub", hub)]).record(size.groups)
+        for label in hubLabels.labels {
+            let size = totals[label] ?? (0, 0)
+            Gauge(label: "wps_hub_connections", dimensions: [("hub", label)]).record(size.connections)
+            Gauge(label: "wps_hub_groups", dimensions: [("hub", label)]).record(size.groups)
         }
     }
 
@@ -185,11 +189,14 @@ public final class LocalHub: Service, Sendable {
             return await handleREST(request, rawPath: rawPath, segments: Array(segments.dropFirst()), query: query, body: body)
         }
         switch (request.method, segments.first) {
-        case (.get, nil), (.get, "index.html"):
+        case (.get, nil) where configuration.negotiate, (.get, "index.html") where configuration.negotiate:
             return Response(
                 status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: DemoPage.html)))
-        case (.get, "negotiate"):
+        case (.get, "negotiate") where configuration.negotiate:
             return negotiate(query)
+        case (.get, nil), (.get, "index.html"), (.get, "negotiate"):
+            return errorResponse(
+                404, "NotFound", "the demo page and /negotiate are off: start the hub with --negotiate (or embedded.negotiate: true), for loopback development only")
         case (.get, "client"):
             // A WebSocket upgrade that was refused lands here: answer with the reason.
             if let rejection = rejectionStore.take(ObjectIdentifier(context.channel)) {
@@ -215,6 +222,8 @@ public final class LocalHub: Service, Sendable {
         }
         // Development only: a token that may join and send to one group, nothing wider.
         let group = query.first("group")
+        if let group, let problem = WebPubSubNames.groupProblem(group) { return errorResponse(400, "InvalidRequest", problem) }
+        if let user = query.first("userId"), let problem = WebPubSubNames.userProblem(user) { return errorResponse(400, "InvalidRequest", problem) }
         let roles = group.map { ["webpubsub.joinLeaveGroup.\($0)", "webpubsub.sendToGroup.\($0)"] } ?? []
         let port = listening.current ?? configuration.port
         do {
@@ -235,7 +244,7 @@ public final class LocalHub: Service, Sendable {
     func terminate(_ c: ClientConnection, reason: String, notify: Bool) async {
         var frames: [SocketFrame] = []
         if notify, c.proto.isJSON { frames.append(.text(SystemFrames.disconnected(reason))) }
-        frames.append(.close(code: c.proto.isReliable ? 1008 : 1000, reason: String(reason.prefix(120))))
+        frames.append(.close(code: c.proto.isReliable ? 1008 : 1000, reason: closeReason(reason)))
         c.end(closing: frames)
         guard registry.remove(c.id) else { return }
         logger.debug("connection closed", metadata: ["wps.hub": "\(c.hub)", "wps.connection": "\(c.id)", "reason": "\(reason)"])
@@ -321,3 +330,43 @@ final class RateLimiter: Sendable {
     }
 }
 
+
+/// A close frame's reason: at most 123 bytes of UTF-8 (a control frame carries 125, two of them
+/// the code), cut between characters.
+func closeReason(_ reason: String) -> String {
+    var out = String.UnicodeScalarView()
+    var bytes = 0
+    for scalar in reason.unicodeScalars {
+        let size = UTF8.width(scalar)
+        if bytes + size > 123 { break }
+        bytes += size
+        out.append(scalar)
+    }
+    return String(out)
+}
+
+/// The `hub` label of the hub's metrics: the first 100 hubs seen get a series each, later ones
+/// share `_other`, so that hub names strangers invent (anonymous clients, `/negotiate`) cannot
+/// grow the metrics without bound.
+final class HubMetricLabels: Sendable {
+    static let other = "_other"
+    let limit: Int
+    private let seen = Mutex<Set<String>>([])
+
+    init(limit: Int = 100) { self.limit = limit }
+
+    func label(_ hub: String) -> String {
+        seen.withLock { seen in
+            if seen.contains(hub) { return hub }
+            if seen.count < limit {
+                seen.insert(hub)
+                return hub
+            }
+            seen.insert(Self.other)
+            return Self.other
+        }
+    }
+
+    /// Every label handed out so far.
+    var labels: Set<String> { seen.withLock { $0 } }
+}

@@ -184,7 +184,7 @@ extension LocalHub {
         let source: Outgoing.Source
         if case .group(let group) = scope { source = .group(group, fromUserId: nil) } else { source = .server }
         let message = Outgoing(source: source, dataType: dataType, payload: dataType == .json ? compactJSON(body) : body)
-        Counter(label: "wps_hub_messages_received_total", dimensions: [("hub", hub), ("from", "rest")]).increment()
+        Counter(label: "wps_hub_messages_received_total", dimensions: [("hub", hubLabels.label(hub)), ("from", "rest")]).increment()
         fanOut(message, to: registry.targets(hub: hub, scope: scope, excluded: excluded, filter: filter))
         return Response(status: .accepted)
     }
@@ -204,7 +204,7 @@ extension LocalHub {
         var drains = DrainBatch()
         defer {
             drains.run()
-            if sent > 0 { Counter(label: "wps_hub_messages_sent_total", dimensions: [("hub", connections[0].hub)]).increment(by: sent) }
+            if sent > 0 { Counter(label: "wps_hub_messages_sent_total", dimensions: [("hub", hubLabels.label(connections[0].hub))]).increment(by: sent) }
         }
         for c in connections {
             switch c.deliver(message, drains: &drains) {

@@ -376,6 +376,7 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
 /// `type: redis-stream` sources.
 public struct RedisStreamSourceFactory: SourceFactory {
     public init() {}
+    public var isAtLeastOnce: Bool { true }
     public var typeName: String { "redis-stream" }
     public var summary: String { "Redis Streams in a consumer group, at least once (url, streams, group)" }
     public var originFields: Set<String> { ["stream"] }

@@ -185,15 +185,18 @@ public struct NDJSONEnvelope: Sendable {
         }
     }
 
-    /// One line (with its `\n`) for `record`. A `json` payload that is not valid JSON is written
-    /// as binary, so that nothing is lost.
+    /// One line (with its `\n`) for `record`. A `json` payload is written without the white
+    /// space between its tokens; one that is not valid JSON is written as binary, so that nothing
+    /// is lost.
     public static func encode(_ record: SinkRecord) -> String {
         var out = "{\"data\":"
         let bytes = Array(record.payload.readableBytesView)
         var dataType = record.dataType
         switch record.dataType {
         case .json where (try? JSONValue.parse(bytes)) != nil:
-            out += String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            // A pretty-printed payload (from Kafka or Redis) must stay on one line, or stdin
+            // could not read the dead letter back.
+            out += String(decoding: JSONValue.removingWhitespace(bytes), as: UTF8.self)
         case .text where String(validating: bytes, as: UTF8.self) != nil:
             JSONValue.writeString(String(decoding: bytes, as: UTF8.self), to: &out)
         default:

@@ -1,5 +1,6 @@
-import BridgeJSON
+import BridgeCore
 import BridgeCrypto
+import BridgeJSON
 import Foundation
 
 /// What a browser needs to connect: `wss://host/client/hubs/{hub}?access_token=...`.
@@ -17,7 +18,7 @@ public struct ClientAccess: Sendable, Equatable {
         endpoint: String, hub: String, key: AccessKey, userId: String?, roles: [String], groups: [String], expiresIn: Duration,
         now: Date = Date()
     ) throws(WebPubSubError) -> ClientAccess {
-        guard !hub.isEmpty else { throw .invalidArgument("hub must not be empty") }
+        if let problem = WebPubSubNames.hubProblem(hub) { throw .invalidArgument(problem) }
         guard expiresIn > .zero, expiresIn <= .seconds(10 * 365 * 24 * 3600) else {
             throw .invalidArgument("token lifetime must be positive and at most 10 years")
         }
@@ -37,7 +38,7 @@ public struct ClientAccess: Sendable, Equatable {
 
     /// The URL for a token obtained elsewhere (the service's `:generateToken`).
     public init(endpoint: String, hub: String, token: String) throws(WebPubSubError) {
-        guard !hub.isEmpty else { throw .invalidArgument("hub must not be empty") }
+        if let problem = WebPubSubNames.hubProblem(hub) { throw .invalidArgument(problem) }
         let lower = endpoint.lowercased()
         let wsEndpoint = (lower.hasPrefix("https://") ? "wss://" + lower.dropFirst(8) : "ws://" + lower.dropFirst(7))
         let base = wsEndpoint + "/client/hubs/" + percentEncode(hub)

@@ -17,11 +17,14 @@ public struct ConnectionString: Sendable, Equatable, CustomStringConvertible {
 
     public init(parsing text: String) throws(WebPubSubError) {
         var fields: [String: String] = [:]
-        for segment in text.split(separator: ";", omittingEmptySubsequences: true) {
+        // Errors name the part by its position or its key, never with the text: a malformed
+        // connection string may hold the access key anywhere, and errors are logged.
+        for (index, segment) in text.split(separator: ";", omittingEmptySubsequences: true).enumerated() {
             let trimmed = segment.trimmingASCIIWhitespace()
             if trimmed.isEmpty { continue }
             guard let eq = trimmed.firstIndex(of: "=") else {
-                throw WebPubSubError.invalidConnectionString("segment '\(trimmed.prefix(20))' has no '='")
+                throw WebPubSubError.invalidConnectionString(
+                    "part \(index + 1) has no '=' (expected Name=Value pairs separated by ';': Endpoint=https://...;AccessKey=...;Version=1.0;)")
             }
             let key = trimmed[..<eq].trimmingASCIIWhitespace().lowercased()
             let value = trimmed[trimmed.index(after: eq)...].trimmingASCIIWhitespace()
@@ -39,7 +42,7 @@ public struct ConnectionString: Sendable, Equatable, CustomStringConvertible {
         var full = try Self.normalizeEndpoint(endpoint)
         if let port = fields["port"] {
             guard let n = Int(port), (1...65535).contains(n) else {
-                throw WebPubSubError.invalidConnectionString("'Port' must be a number from 1 to 65535, got '\(port)'")
+                throw WebPubSubError.invalidConnectionString("'Port' must be a number from 1 to 65535")
             }
             guard let authority = full.split(separator: "://", maxSplits: 1).last, !authority.contains(":") else {
                 throw WebPubSubError.invalidConnectionString("'Port' is given, but 'Endpoint' already has a port")
@@ -56,11 +59,11 @@ public struct ConnectionString: Sendable, Equatable, CustomStringConvertible {
         while endpoint.hasSuffix("/") { endpoint.removeLast() }
         let lower = endpoint.lowercased()
         guard lower.hasPrefix("http://") || lower.hasPrefix("https://") else {
-            throw WebPubSubError.invalidConnectionString("'Endpoint' must start with http:// or https://, got '\(raw)'")
+            throw WebPubSubError.invalidConnectionString("'Endpoint' must start with http:// or https://")
         }
         let authority = endpoint.split(separator: "://", maxSplits: 1).last ?? ""
         guard !authority.isEmpty, !authority.contains("/"), !authority.contains("?") else {
-            throw WebPubSubError.invalidConnectionString("'Endpoint' must be scheme and host only (no path), got '\(raw)'")
+            throw WebPubSubError.invalidConnectionString("'Endpoint' must be scheme and host only (no path, no query)")
         }
         return endpoint
     }

@@ -1,5 +1,6 @@
 public import AsyncHTTPClient
 public import AzureIdentity
+import BridgeCore
 import BridgeJSON
 import Foundation
 public import Logging
@@ -119,7 +120,7 @@ public final class WebPubSubServiceClient: Sendable {
         if let filter { query.append(("filter", filter)) }
         if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
         try await call(
-            "sendToGroup", .POST, try hubPath(hub, ["groups", try nonEmpty(group, "group"), ":send"]), query: query, body: payload,
+            "sendToGroup", .POST, try hubPath(hub, ["groups", .group(group), ":send"]), query: query, body: payload,
             contentType: contentType, expect: [202])
     }
 
@@ -131,7 +132,7 @@ public final class WebPubSubServiceClient: Sendable {
         if let filter { query.append(("filter", filter)) }
         if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
         try await call(
-            "sendToUser", .POST, try hubPath(hub, ["users", try nonEmpty(userId, "userId"), ":send"]), query: query, body: payload,
+            "sendToUser", .POST, try hubPath(hub, ["users", .user(userId), ":send"]), query: query, body: payload,
             contentType: contentType, expect: [202])
     }
 
@@ -142,7 +143,7 @@ public final class WebPubSubServiceClient: Sendable {
         var query: [(String, String)] = []
         if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
         try await call(
-            "sendToConnection", .POST, try hubPath(hub, ["connections", try nonEmpty(connectionId, "connectionId"), ":send"]),
+            "sendToConnection", .POST, try hubPath(hub, ["connections", .connection(connectionId), ":send"]),
             query: query, body: payload, contentType: contentType, expect: [202])
     }
 
@@ -152,7 +153,7 @@ public final class WebPubSubServiceClient: Sendable {
     public func addConnectionToGroup(hub: String, group: String, connectionId: String) async throws(WebPubSubError) {
         try await call(
             "addConnectionToGroup", .PUT,
-            try hubPath(hub, ["groups", try nonEmpty(group, "group"), "connections", try nonEmpty(connectionId, "connectionId")]),
+            try hubPath(hub, ["groups", .group(group), "connections", .connection(connectionId)]),
             expect: [200])
     }
 
@@ -160,7 +161,7 @@ public final class WebPubSubServiceClient: Sendable {
     public func removeConnectionFromGroup(hub: String, group: String, connectionId: String) async throws(WebPubSubError) {
         try await call(
             "removeConnectionFromGroup", .DELETE,
-            try hubPath(hub, ["groups", try nonEmpty(group, "group"), "connections", try nonEmpty(connectionId, "connectionId")]),
+            try hubPath(hub, ["groups", .group(group), "connections", .connection(connectionId)]),
             expect: [204])
     }
 
@@ -168,31 +169,32 @@ public final class WebPubSubServiceClient: Sendable {
     public func removeConnectionFromAllGroups(hub: String, connectionId: String) async throws(WebPubSubError) {
         try await call(
             "removeConnectionFromAllGroups", .DELETE,
-            try hubPath(hub, ["connections", try nonEmpty(connectionId, "connectionId"), "groups"]), expect: [204])
+            try hubPath(hub, ["connections", .connection(connectionId), "groups"]), expect: [204])
     }
 
     /// `PUT /api/hubs/{hub}/users/{userId}/groups/{group}`.
     public func addUserToGroup(hub: String, group: String, userId: String) async throws(WebPubSubError) {
         try await call(
             "addUserToGroup", .PUT,
-            try hubPath(hub, ["users", try nonEmpty(userId, "userId"), "groups", try nonEmpty(group, "group")]), expect: [200])
+            try hubPath(hub, ["users", .user(userId), "groups", .group(group)]), expect: [200])
     }
 
     /// `DELETE /api/hubs/{hub}/users/{userId}/groups/{group}`.
     public func removeUserFromGroup(hub: String, group: String, userId: String) async throws(WebPubSubError) {
         try await call(
             "removeUserFromGroup", .DELETE,
-            try hubPath(hub, ["users", try nonEmpty(userId, "userId"), "groups", try nonEmpty(group, "group")]), expect: [204])
+            try hubPath(hub, ["users", .user(userId), "groups", .group(group)]), expect: [204])
     }
 
     /// `DELETE /api/hubs/{hub}/users/{userId}/groups`.
     public func removeUserFromAllGroups(hub: String, userId: String) async throws(WebPubSubError) {
         try await call(
-            "removeUserFromAllGroups", .DELETE, try hubPath(hub, ["users", try nonEmpty(userId, "userId"), "groups"]), expect: [204])
+            "removeUserFromAllGroups", .DELETE, try hubPath(hub, ["users", .user(userId), "groups"]), expect: [204])
     }
 
     /// `POST /api/hubs/{hub}/:addToGroups`: adds the connections matching `filter` to `groups`.
     public func addConnectionsToGroups(hub: String, groups: [String], filter: String) async throws(WebPubSubError) {
+        try checkGroups(groups)
         let body = JSONValue.object([("groups", .array(groups.map { .string($0) })), ("filter", .string(filter))]).serialized
         try await call(
             "addConnectionsToGroups", .POST, try hubPath(hub, [":addToGroups"]), body: ByteBuffer(string: body),
@@ -201,10 +203,17 @@ public final class WebPubSubServiceClient: Sendable {
 
     /// `POST /api/hubs/{hub}/:removeFromGroups`: removes the connections matching `filter` from `groups`.
     public func removeConnectionsFromGroups(hub: String, groups: [String], filter: String) async throws(WebPubSubError) {
+        try checkGroups(groups)
         let body = JSONValue.object([("groups", .array(groups.map { .string($0) })), ("filter", .string(filter))]).serialized
         try await call(
             "removeConnectionsFromGroups", .POST, try hubPath(hub, [":removeFromGroups"]), body: ByteBuffer(string: body),
             contentType: "application/json", expect: [200])
+    }
+
+    private func checkGroups(_ groups: [String]) throws(WebPubSubError) {
+        for group in groups {
+            if let problem = WebPubSubNames.groupProblem(group) { throw .invalidArgument(problem) }
+        }
     }
 
     /// A member of a group.
@@ -218,7 +227,7 @@ public final class WebPubSubServiceClient: Sendable {
         var members: [GroupMember] = []
         var query: [(String, String)] = []
         if let top { query.append(("top", String(top))) }
-        var url = try makeURL(try hubPath(hub, ["groups", try nonEmpty(group, "group"), "connections"]), query: query)
+        var url = try makeURL(try hubPath(hub, ["groups", .group(group), "connections"]), query: query)
         while true {
             let response = try await perform("listConnections", .GET, url: url, body: nil, contentType: nil, expect: [200])
             guard let json = try? JSONValue.parse(response.body), case .array(let items) = json["value"] ?? .null else {
@@ -248,7 +257,7 @@ public final class WebPubSubServiceClient: Sendable {
         var query = excluded.map { ("excluded", $0) }
         if let reason { query.append(("reason", reason)) }
         try await call(
-            "closeGroupConnections", .POST, try hubPath(hub, ["groups", try nonEmpty(group, "group"), ":closeConnections"]), query: query,
+            "closeGroupConnections", .POST, try hubPath(hub, ["groups", .group(group), ":closeConnections"]), query: query,
             expect: [204])
     }
 
@@ -257,7 +266,7 @@ public final class WebPubSubServiceClient: Sendable {
         var query = excluded.map { ("excluded", $0) }
         if let reason { query.append(("reason", reason)) }
         try await call(
-            "closeUserConnections", .POST, try hubPath(hub, ["users", try nonEmpty(userId, "userId"), ":closeConnections"]), query: query,
+            "closeUserConnections", .POST, try hubPath(hub, ["users", .user(userId), ":closeConnections"]), query: query,
             expect: [204])
     }
 
@@ -266,23 +275,23 @@ public final class WebPubSubServiceClient: Sendable {
         var query: [(String, String)] = []
         if let reason { query.append(("reason", reason)) }
         try await call(
-            "closeConnection", .DELETE, try hubPath(hub, ["connections", try nonEmpty(connectionId, "connectionId")]), query: query,
+            "closeConnection", .DELETE, try hubPath(hub, ["connections", .connection(connectionId)]), query: query,
             expect: [204])
     }
 
     /// `HEAD /api/hubs/{hub}/connections/{connectionId}`.
     public func connectionExists(hub: String, connectionId: String) async throws(WebPubSubError) -> Bool {
-        try await exists("connectionExists", try hubPath(hub, ["connections", try nonEmpty(connectionId, "connectionId")]))
+        try await exists("connectionExists", try hubPath(hub, ["connections", .connection(connectionId)]))
     }
 
     /// `HEAD /api/hubs/{hub}/groups/{group}`: whether any connection is in the group.
     public func groupExists(hub: String, group: String) async throws(WebPubSubError) -> Bool {
-        try await exists("groupExists", try hubPath(hub, ["groups", try nonEmpty(group, "group")]))
+        try await exists("groupExists", try hubPath(hub, ["groups", .group(group)]))
     }
 
     /// `HEAD /api/hubs/{hub}/users/{userId}`: whether the user has a connection.
     public func userExists(hub: String, userId: String) async throws(WebPubSubError) -> Bool {
-        try await exists("userExists", try hubPath(hub, ["users", try nonEmpty(userId, "userId")]))
+        try await exists("userExists", try hubPath(hub, ["users", .user(userId)]))
     }
 
     /// `HEAD /api/health`.
@@ -360,18 +369,40 @@ public final class WebPubSubServiceClient: Sendable {
         var body: [UInt8]
     }
 
-    private func nonEmpty(_ value: String, _ name: String) throws(WebPubSubError) -> String {
-        guard !value.isEmpty else { throw .invalidArgument("\(name) must not be empty") }
-        return value
+    /// One segment of a data-plane path: a fixed part of the API (`groups`, `:send`), written as
+    /// it is, or a name, which is checked against the service's rules and percent-encoded.
+    enum PathSegment: ExpressibleByStringLiteral {
+        case fixed(String)
+        case group(String)
+        case user(String)
+        case connection(String)
+
+        init(stringLiteral value: String) { self = .fixed(value) }
     }
 
-    private func hubPath(_ hub: String, _ segments: [String]) throws(WebPubSubError) -> String {
-        guard !hub.isEmpty else { throw .invalidArgument("hub must not be empty") }
-        return "/api/hubs/" + ([hub] + segments).map { $0.hasPrefix(":") ? $0 : percentEncode($0) }.joined(separator: "/")
+    /// `/api/hubs/{hub}/...`. Every name is percent-encoded (`:` `/` `?` `#` `%` included), so a
+    /// name taken from a message can never become another path or a query; a name the service
+    /// cannot have (`..`, empty, too long) is refused before any request.
+    func hubPath(_ hub: String, _ segments: [PathSegment]) throws(WebPubSubError) -> String {
+        if let problem = WebPubSubNames.hubProblem(hub) { throw .invalidArgument(problem) }
+        var path = "/api/hubs/" + percentEncode(hub)
+        for segment in segments {
+            let problem: String?
+            let text: String
+            switch segment {
+            case .fixed(let value): (problem, text) = (nil, value)
+            case .group(let name): (problem, text) = (WebPubSubNames.groupProblem(name), percentEncode(name))
+            case .user(let name): (problem, text) = (WebPubSubNames.userProblem(name), percentEncode(name))
+            case .connection(let name): (problem, text) = (WebPubSubNames.connectionProblem(name), percentEncode(name))
+            }
+            if let problem { throw .invalidArgument(problem) }
+            path += "/" + text
+        }
+        return path
     }
 
     private func permissionPath(_ hub: String, _ permission: Permission, _ connectionId: String) throws(WebPubSubError) -> String {
-        try hubPath(hub, ["permissions", permission.rawValue, "connections", try nonEmpty(connectionId, "connectionId")])
+        try hubPath(hub, ["permissions", .fixed(permission.rawValue), "connections", .connection(connectionId)])
     }
 
     func makeURL(_ path: String, query: [(String, String)]) throws(WebPubSubError) -> String {

@@ -294,6 +294,7 @@ struct Hub: AsyncParsableCommand {
     var eventHandlers: [String] = []
     @Option(help: "Accept at most N REST requests per second; answer the rest with 429 and Retry-After.") var rateLimit: Int?
     @Flag(help: "Accept client connections without an access token.") var allowAnonymous = false
+    @Flag(help: "Serve GET /negotiate and the demo page: a client token for anyone who asks (loopback development only).") var negotiate = false
     @Option(
         name: .customLong("trust-issuer"),
         help: "Accept Entra ID tokens (RS256, audience https://webpubsub.azure.com) from this issuer; keys from its OpenID configuration (repeatable).")
@@ -327,6 +328,7 @@ struct Hub: AsyncParsableCommand {
             settings.rateLimit = rateLimit
         }
         if allowAnonymous { settings.allowAnonymous = true }
+        if negotiate { settings.negotiate = true }
         for issuer in trustIssuers {
             guard issuer.hasPrefix("http://") || issuer.hasPrefix("https://") else { throw ValidationError("--trust-issuer takes the issuer's URL") }
             settings.trustedIssuers.append(issuer)

@@ -199,6 +199,27 @@ let valid = """
         let c = try load("webpubsub: {connectionString: \"Endpoint=http://h;AccessKey=k\", hub: c}\nsources: [{name: in, type: stdin}]\nroutes: [{from: in, to: [{all: true}]}]")
         #expect(c.warnings.contains { $0.message.contains("no deadLetter sink") })
     }
+
+    /// An at-least-once source commits what it gave up on: without a dead-letter sink that is a
+    /// silent loss, so it takes `deadLetter: {type: drop}` to say so.
+    @Test(arguments: [
+        "{name: k, type: kafka, brokers: \"127.0.0.1:9092\", topics: [t], group: g}",
+        "{name: k, type: redis-stream, url: \"redis://127.0.0.1:6379\", streams: [s], group: g}",
+        "{name: k, type: webpubsub, hub: chat, groups: [room]}",
+    ])
+    func anAtLeastOnceSourceNeedsADeadLetterSink(source: String) throws {
+        let head = "webpubsub: {connectionString: \"Endpoint=http://h;AccessKey=k\", hub: c}\nsources: [\(source)]\n"
+        let refused = issues(head + "routes: [{name: r, from: k, to: [{all: true}]}]")
+        #expect(refused.contains { $0.message.contains("route 'r' reads 'k'") && $0.message.contains("deadLetter: {type: drop}") && $0.line == 3 }, "\(refused)")
+        // Dropping on purpose, a route's own sink, or a top-level one: accepted.
+        for tail in [
+            "routes: [{name: r, from: k, to: [{all: true}], deadLetter: {type: drop}}]",
+            "routes: [{name: r, from: k, to: [{all: true}], deadLetter: {type: file, path: /tmp/d.ndjson}}]",
+            "deadLetter: {type: drop}\nroutes: [{name: r, from: k, to: [{all: true}]}]",
+        ] {
+            #expect(issues(head + tail).isEmpty, "\(tail): \(issues(head + tail))")
+        }
+    }
 }
 
 @Suite struct GroupListenerConfigurationTests {

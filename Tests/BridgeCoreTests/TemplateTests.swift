@@ -58,6 +58,20 @@ func message(
         let emptyGroup = TargetSpec(hub: Template(literal: "h"), recipient: .group(try Template("{json.g}")))
         #expect(throws: TargetResolutionError.self) { try emptyGroup.resolve(MessageContext(message(#"{"g":"  "}"#))) }
     }
+
+    /// `{json.userId}` of `..` would make `users/../:send` a send to the whole hub once a server
+    /// normalises the path: such names fail the message (dead letter), with the reason.
+    @Test(arguments: [("..", #"{"n":".."}"#), (".", #"{"n":"."}"#), ("", #"{"n":""}"#), (" \t", #"{"n":" \t"}"#)])
+    func dotAndEmptyNamesFailTheMessage(name: String, body: String) throws {
+        for recipient: TargetSpec.RecipientSpec in [.user(try Template("{json.n}")), .group(try Template("{json.n}")), .connection(try Template("{json.n}"))] {
+            let target = TargetSpec(hub: Template(literal: "h"), recipient: recipient)
+            let error = #expect(throws: TargetResolutionError.self) { try target.resolve(MessageContext(message(body))) }
+            #expect(error?.message.contains(name.isEmpty ? "is empty" : name == "." || name == ".." ? "is not allowed" : "white space") == true, "\(String(describing: error))")
+        }
+        // A name that only looks like one is fine: the REST client encodes it.
+        let fine = TargetSpec(hub: Template(literal: "h"), recipient: .user(try Template("{json.n}")))
+        #expect(try fine.resolve(MessageContext(message(#"{"n":"...:send/x?y"}"#))).recipient == .user("...:send/x?y"))
+    }
 }
 
 @Suite struct RouteConditionTests {

@@ -26,6 +26,7 @@ import WebPubSub
                 hub: chat
                 groups: [room]
                 connectionString: "Endpoint=http://127.0.0.1;Port=\(proxy.port);AccessKey=\(key);Version=1.0;"
+            deadLetter: {type: file, path: dead.ndjson}
             routes:
               - from: room-listener
                 to:

@@ -60,6 +60,7 @@ import Testing
               connectionString: "\(hub.connectionString)"
             sources:
             \(kafkaSource(broker, topic: topic, group: "g-order"))
+            deadLetter: {type: file, path: dead.ndjson}
             routes:
               - from: events
                 to:
@@ -93,6 +94,7 @@ import Testing
               connectionString: "\(hub.connectionString)"
             sources:
             \(kafkaSource(broker, topic: topic, group: group))
+            deadLetter: {type: file, path: dead.ndjson}
             routes:
               - from: events
                 to:
@@ -281,6 +283,7 @@ import Testing
                 startFrom: earliest
                 librdkafka:
             \(Self.fastGroup)
+            deadLetter: {type: file, path: dead.ndjson}
             routes:
               - from: events
                 to:

@@ -9,7 +9,7 @@ import WebPubSub
 /// API sends, as a person sees it; and what the person types reaches the group.
 @Suite(.serialized) struct DemoPageTests {
     @Test func aRESTSendAppearsOnThePage() async throws {
-        try await withHub { _, cs in
+        try await withHub({ $0.negotiate = true }) { _, cs in
             let browser = try await Browser.start()
             do {
                 try await browser.navigate(cs.endpoint + "/?hub=chat&group=demo")

@@ -32,6 +32,7 @@ import Testing
                 url: \(redis.url)
                 channels: [news]
                 patterns: ["alerts.*"]
+            deadLetter: {type: file, path: dead.ndjson}
             routes:
               - from: live
                 to:
@@ -77,6 +78,7 @@ import Testing
                 group: bridge
                 consumer: c1
                 startFrom: earliest
+            deadLetter: {type: file, path: dead.ndjson}
             routes:
               - from: events
                 to:

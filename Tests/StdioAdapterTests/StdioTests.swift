@@ -1,4 +1,5 @@
 import BridgeCore
+import BridgeJSON
 import Foundation
 import Logging
 import NIOCore
@@ -107,20 +108,32 @@ func emitted(_ input: String, format: StdinFormat = .ndjson, dataType: DataType 
 
 @Suite struct EnvelopeAndSinkTests {
     @Test func encodeThenDecodeGivesTheRecordBack() throws {
+        let pretty = "{\n  \"a\": [1, 2.0],\r\n\t\"s\": \"two  spaces, a \\\" quote\\n and \\\\\"\n}\n"
         let records = [
             SinkRecord(payload: ByteBuffer(string: #"{"a": [1, 2.0]}"#), dataType: .json, key: "k", headers: ["x": "y\"z"]),
+            // Pretty-printed, as Kafka and Redis payloads often are: still one line.
+            SinkRecord(payload: ByteBuffer(string: pretty), dataType: .json),
             SinkRecord(payload: ByteBuffer(string: "line\nbreak é"), dataType: .text),
             SinkRecord(payload: ByteBuffer(bytes: [0, 255, 10]), dataType: .binary),
         ]
         for record in records {
             let line = NDJSONEnvelope.encode(record)
-            #expect(line.hasSuffix("\n") && line.dropLast().firstIndex(of: "\n") == nil)
+            #expect(line.hasSuffix("\n") && line.dropLast().firstIndex(of: "\n") == nil, "\(line)")
             let back = try NDJSONEnvelope.decode(Array(line.dropLast().utf8)).get()
-            #expect(back.payload == record.payload || record.dataType == .json)
+            if record.dataType == .json {
+                // The same JSON, numbers and escapes as written; only the white space between tokens went.
+                let original = Array(record.payload.readableBytesView)
+                #expect(try JSONValue.parse(back.payload.readableBytesView) == JSONValue.parse(original))
+                #expect(Array(back.payload.readableBytesView) == JSONValue.removingWhitespace(original))
+            } else {
+                #expect(back.payload == record.payload)
+            }
             #expect(back.dataType == record.dataType)
             #expect(back.key == record.key)
             #expect(back.headers == record.headers)
         }
+        let prettyBack = try NDJSONEnvelope.decode(Array(NDJSONEnvelope.encode(records[1]).dropLast().utf8)).get()
+        #expect(String(buffer: prettyBack.payload) == #"{"a":[1,2.0],"s":"two  spaces, a \" quote\n and \\"}"#)
     }
 
     @Test func invalidJSONPayloadIsKeptAsBinary() throws {

@@ -40,6 +40,20 @@ import Testing
         }
     }
 
+    /// A malformed string may hold the key anywhere (pasted alone, or with a ';' in it): the
+    /// error names the part, never its text.
+    @Test(arguments: [
+        "s3cr3tKeyMaterial",
+        "Endpoint=http://a;AccessKey=abc;s3cr3tKeyMaterial",
+        "Endpoint=s3cr3tKeyMaterial;AccessKey=K",
+        "Endpoint=http://s3cr3tKeyMaterial/x;AccessKey=K",
+        "Endpoint=http://a;AccessKey=K;Port=s3cr3tKeyMaterial",
+    ])
+    func errorsNeverEchoTheText(text: String) {
+        let error = #expect(throws: WebPubSubError.self) { try ConnectionString(parsing: text) }
+        #expect(error.map { !"\($0)".contains("s3cr3t") } == true, "\(String(describing: error))")
+    }
+
     @Test func neverPrintsTheKey() throws {
         let cs = try ConnectionString(parsing: "Endpoint=http://a;AccessKey=supersecret")
         #expect(!"\(cs)".contains("supersecret"))

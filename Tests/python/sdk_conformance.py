@@ -3,6 +3,8 @@
   sdk_conformance.py token CONNECTION_STRING HUB   -> prints get_client_access_token(...) as JSON
   sdk_conformance.py operations CONNECTION_STRING HUB -> calls every data-plane operation once, in a
                                                         fixed order (the Swift test makes the same calls)
+  sdk_conformance.py names CONNECTION_STRING HUB NAMES_JSON -> for each name, the operations that put a
+                                                        group, user or connection name in the path
 """
 import io
 import json
@@ -19,6 +21,18 @@ def main():
             user_id="user 1", roles=["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup.chat"],
             groups=["chat", "news"], minutes_to_expire=90)
         print(json.dumps(token))
+        return
+    if mode == "names":
+        ops = []
+        for name in json.loads(sys.argv[4]):
+            ops += [
+                lambda n=name: client.send_to_group(n, "x", content_type="text/plain"),
+                lambda n=name: client.send_to_user(n, "x", content_type="text/plain"),
+                lambda n=name: client.send_to_connection(n, "x", content_type="text/plain"),
+                lambda n=name: client.add_user_to_group(n, n),
+                lambda n=name: client.remove_connection_from_group(n, n),
+            ]
+        run(ops)
         return
     ops = [
         lambda: client.send_to_all({"a": 1, "b": [True, None]}, excluded=["c1", "c2"], filter="userId ne 'bot'"),
@@ -46,6 +60,10 @@ def main():
         lambda: client.has_permission("sendToGroup", "conn-1", target_name="g1"),
         lambda: list(client.list_connections(group="g1", top=5)),
     ]
+    run(ops)
+
+
+def run(ops):
     failures = 0
     for i, op in enumerate(ops):
         try:

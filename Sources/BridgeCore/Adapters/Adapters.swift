@@ -65,6 +65,25 @@ extension SinkAdapter {
     public func close() async throws {}
 }
 
+/// `deadLetter: {type: drop}`: a message that cannot be delivered is dropped on purpose (logged
+/// and counted as dropped). The only way to route an at-least-once source without a dead-letter
+/// sink.
+public struct DropSink: SinkAdapter {
+    public init() {}
+    public var description: String { "drop" }
+    public func write(_ record: SinkRecord) async throws {}
+}
+
+public struct DropSinkFactory: SinkFactory {
+    public init() {}
+    public var typeName: String { "drop" }
+    public var summary: String { "drops what it is given, on purpose (deadLetter: {type: drop})" }
+    public func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
+        settings.checkKeys([], what: "a drop sink")
+        return DropSink()
+    }
+}
+
 /// What factories get besides their settings.
 public struct AdapterContext: Sendable {
     public var logger: Logger
@@ -88,6 +107,14 @@ public protocol SourceFactory: Sendable {
     var originFields: Set<String> { get }
     /// Reads type-specific settings (every key except `name` and `type`).
     func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)?
+    /// At least once: a message is acknowledged (committed, XACKed) only once it was delivered or
+    /// dead-lettered, and read again otherwise (Kafka, Redis Streams, the group listener). A
+    /// route from such a source needs a dead-letter sink, or `deadLetter: {type: drop}`.
+    var isAtLeastOnce: Bool { get }
+}
+
+extension SourceFactory {
+    public var isAtLeastOnce: Bool { false }
 }
 
 /// Builds sinks of one `type` (dead letters; mirrored events).

@@ -139,6 +139,12 @@ public struct CoreConfig: Sendable {
                     defaultHub: defaultHub)
                 {
                     if !names.insert(route.name).inserted { m.value("name")?.report("duplicate route name '\(route.name)'") }
+                    if route.deadLetter == nil, config.deadLetter == nil, let factory = sourceTypes[route.source], factory.isAtLeastOnce {
+                        m.report(
+                            "route '\(route.name)' reads '\(route.source)' (\(factory.typeName), at least once) but has no deadLetter sink: "
+                                + "a message that cannot be delivered would be dropped and acknowledged. Add deadLetter: {type: file, path: ...} "
+                                + "(here or at the top level), or deadLetter: {type: drop} to drop such messages on purpose")
+                    }
                     config.routes.append(route)
                 }
             }

@@ -492,10 +492,13 @@ public final class Dispatcher: Sendable {
             "wps.attempts": "\(attempts)", "error": "\(failure.message)",
         ]
         if let status = failure.status { metadata["wps.status"] = "\(status)" }
-        guard let sink = route.deadLetter ?? job.fallbackDeadLetter else {
+        guard let sink = route.deadLetter ?? job.fallbackDeadLetter, !(sink is DropSink) else {
             stats.dropped.add(1, ordering: .relaxed)
             job.metrics.dropped.increment()
-            logger.error("delivery failed; no deadLetter sink is configured, message dropped", metadata: metadata)
+            logger.error(
+                (route.deadLetter ?? job.fallbackDeadLetter) is DropSink
+                    ? "delivery failed; message dropped (deadLetter: {type: drop})" : "delivery failed; no deadLetter sink is configured, message dropped",
+                metadata: metadata)
             return .done
         }
         metadata["wps.dead_letter"] = "\(sink.description)"

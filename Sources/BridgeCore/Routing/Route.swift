@@ -58,10 +58,23 @@ public enum WebPubSubNames {
         return nil
     }
 
+    /// Not empty, not only white space, not `.` or `..` (a path would lose its segment), at most
+    /// 1,024 characters.
     public static func groupProblem(_ group: String) -> String? {
-        if group.isEmpty { return "group name is empty" }
         if group.count > 1024 { return "group name is longer than 1024 characters" }
-        if group.allSatisfy(\.isWhitespace) { return "group name is only white space" }
+        return nameProblem(group, kind: "group name")
+    }
+
+    /// Not empty, not only white space, not `.` or `..`.
+    public static func userProblem(_ user: String) -> String? { nameProblem(user, kind: "user id") }
+
+    /// Not empty, not only white space, not `.` or `..`.
+    public static func connectionProblem(_ connection: String) -> String? { nameProblem(connection, kind: "connection id") }
+
+    static func nameProblem(_ name: String, kind: String) -> String? {
+        if name.isEmpty { return "\(kind) is empty" }
+        if name.allSatisfy(\.isWhitespace) { return "\(kind) is only white space" }
+        if name == "." || name == ".." { return "\(kind) '\(name)' is not allowed (a URL path would drop it)" }
         return nil
     }
 }
@@ -120,11 +133,11 @@ public struct TargetSpec: Sendable {
                 recipient = .group(group)
             case .user(let t):
                 let user = try t.render(context)
-                if user.isEmpty { throw TargetResolutionError(message: "user id is empty") }
+                if let problem = WebPubSubNames.userProblem(user) { throw TargetResolutionError(message: problem) }
                 recipient = .user(user)
             case .connection(let t):
                 let connection = try t.render(context)
-                if connection.isEmpty { throw TargetResolutionError(message: "connection id is empty") }
+                if let problem = WebPubSubNames.connectionProblem(connection) { throw TargetResolutionError(message: problem) }
                 recipient = .connection(connection)
             }
             // Values substituted into a filter are string-literal content: double the quotes.
