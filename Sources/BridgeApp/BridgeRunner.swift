@@ -86,8 +86,9 @@ public enum BridgeRunner {
             }
             if let probe { services.append(.init(service: probe, successTerminationBehavior: .ignore, serviceName: "probe")) }
             // What is watched follows reloads (sources come and go).
+            let conditions = bridge.dispatcher.conditions
             let watched: @Sendable () -> [(String, any HealthReporting)] = { [probe] in
-                (probe.map { [("webpubsub", $0)] } ?? []) + (reloader?.current ?? configuration).healthReporters
+                (probe.map { [("webpubsub", $0)] } ?? []) + [("routes", conditions)] + (reloader?.current ?? configuration).healthReporters
             }
             let hub = embeddedHub
             let reported = Mutex<Set<String>>([])

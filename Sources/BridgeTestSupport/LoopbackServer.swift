@@ -10,14 +10,14 @@ final class LoopbackServer: Sendable {
 
     var port: Int { boundPort.withLock { $0 ?? 0 } }
 
-    /// Starts answering with `respond`; returns once the port is known.
-    func start(label: String, respond: @escaping @Sendable (Request) async throws -> Response) async throws {
+    /// Starts answering with `respond` on `port` (0: a free one); returns once the port is known.
+    func start(label: String, port: Int = 0, respond: @escaping @Sendable (Request) async throws -> Response) async throws {
         let (portStream, portContinuation) = AsyncStream<Int>.makeStream()
         var logger = Logger(label: label)
         logger.logLevel = .critical
         let app = Application(
             responder: CallbackResponder<BasicRequestContext> { request, _ in try await respond(request) },
-            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            configuration: .init(address: .hostname("127.0.0.1", port: port)),
             onServerRunning: { channel in
                 portContinuation.yield(channel.localAddress?.port ?? 0)
                 portContinuation.finish()

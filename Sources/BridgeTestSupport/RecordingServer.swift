@@ -74,9 +74,10 @@ public final class RecordingServer: Sendable {
         script.withLock { $0.append(contentsOf: responses) }
     }
 
-    /// Starts listening; returns once the port is known.
-    public func start() async throws {
-        try await server.start(label: "recording-server") { [self] request in try await self.handle(request) }
+    /// Starts listening on `port` (0: a free one; a stopped server can start again on its old
+    /// port, as a service back from an outage); returns once the port is known.
+    public func start(port: Int = 0) async throws {
+        try await server.start(label: "recording-server", port: port) { [self] request in try await self.handle(request) }
     }
 
     public func stop() async { await server.stop() }

@@ -16,8 +16,10 @@ public import WebPubSub
 /// the requested resource.
 public final class TestIdentityProvider: Sendable {
     public let tenant = "11111111-2222-3333-4444-555555555555"
-    public let keyId = "test-key-1"
-    let key: RSAPrivateKey
+    /// The signing keys the JWKS publishes, by key id; tokens are signed with the last.
+    private let signingKeys: Mutex<[(id: String, key: RSAPrivateKey)]>
+    /// The key id new tokens carry.
+    public var keyId: String { signingKeys.withLock { $0.last!.id } }
 
     /// What a request was and what it got.
     public struct Served: Sendable {
@@ -43,7 +45,7 @@ public final class TestIdentityProvider: Sendable {
     private let server = LoopbackServer()
 
     public init() throws {
-        key = try RSAPrivateKey(bits: 2048)
+        signingKeys = Mutex([(id: "test-key-1", key: try RSAPrivateKey(bits: 2048))])
     }
 
     public var port: Int { server.port }
@@ -66,17 +68,33 @@ public final class TestIdentityProvider: Sendable {
     /// The next token requests (of any kind) are answered with these statuses, in order.
     public func failNext(_ statuses: Int...) { state.withLock { $0.failures += statuses } }
 
-    /// A token signed with the provider's key, with any claims (for tokens a hub must refuse).
-    public func mint(audience: String = "https://webpubsub.azure.com", subject: String = "test", expiresIn: Duration, issuer: String? = nil) -> String {
+    /// A token signed with the provider's key, with any claims (for tokens a hub must refuse);
+    /// `keyId` overrides the `kid` the header names.
+    public func mint(
+        audience: String = "https://webpubsub.azure.com", subject: String = "test", expiresIn: Duration, issuer: String? = nil,
+        keyId: String? = nil
+    ) -> String {
         let now = Int(Date().timeIntervalSince1970)
         let claims: [(String, JSONValue)] = [
             ("aud", .string(audience)), ("iss", .string(issuer ?? self.issuer)), ("iat", .number(String(now))), ("nbf", .number(String(now - 60))),
             ("exp", .number(String(now + Int(expiresIn.components.seconds)))), ("sub", .string(subject)), ("tid", .string(tenant)),
         ]
-        return sign(claims)
+        return sign(claims, keyId: keyId)
     }
 
-    func sign(_ claims: [(String, JSONValue)]) -> String {
+    /// Rotates the signing key: a new key (and key id) signs from now on; the old one is
+    /// unpublished at once, or kept in the JWKS too when `keepOld`.
+    public func rotateKeys(keepOld: Bool = false) throws {
+        let key = try RSAPrivateKey(bits: 2048)
+        signingKeys.withLock { keys in
+            let id = "test-key-\(Int(keys.last!.id.split(separator: "-").last!)! + 1)"
+            keys = (keepOld ? keys : []) + [(id: id, key: key)]
+        }
+    }
+
+    func sign(_ claims: [(String, JSONValue)], keyId named: String? = nil) -> String {
+        let (current, key) = signingKeys.withLock { ($0.last!.id, $0.last!.key) }
+        let keyId = named ?? current
         let header = JSONValue.object([("alg", .string("RS256")), ("typ", .string("JWT")), ("kid", .string(keyId))]).serialized
         let input = AccessKeyJWT.base64URL(Array(header.utf8)) + "." + AccessKeyJWT.base64URL(Array(JSONValue.object(claims).serialized.utf8))
         let signature = try! key.rs256Signature(for: Array(input.utf8))
@@ -138,11 +156,15 @@ public final class TestIdentityProvider: Sendable {
                 ]))
         case (.get, "/\(tenant)/discovery/v2.0/keys"):
             record("jwks", 200, nil)
-            let jwk = JSONValue.object([
-                ("kty", .string("RSA")), ("use", .string("sig")), ("kid", .string(keyId)), ("alg", .string("RS256")),
-                ("n", .string(AccessKeyJWT.base64URL(key.modulus))), ("e", .string(AccessKeyJWT.base64URL(key.exponent))),
-            ])
-            return json(200, .object([("keys", .array([jwk]))]))
+            let jwks = signingKeys.withLock { keys in
+                keys.map { id, key in
+                    JSONValue.object([
+                        ("kty", .string("RSA")), ("use", .string("sig")), ("kid", .string(id)), ("alg", .string("RS256")),
+                        ("n", .string(AccessKeyJWT.base64URL(key.modulus))), ("e", .string(AccessKeyJWT.base64URL(key.exponent))),
+                    ])
+                }
+            }
+            return json(200, .object([("keys", .array(jwks))]))
         case (.post, "/\(tenant)/oauth2/v2.0/token"):
             let form = Query(String(decoding: body.readableBytesView, as: UTF8.self))
             let clientId = form.first("client_id")

@@ -19,6 +19,9 @@ final class EntraVerifier: Sendable {
     let logger: Logger
     /// A token with an unknown key id fetches the keys again, at most this often per issuer.
     let refetchInterval: TimeInterval
+    /// Keys older than this are fetched again before the next token is checked: a key the
+    /// issuer removed (rotated out) stops being trusted within this time.
+    let refreshInterval: TimeInterval
 
     private typealias KeySet = [String: RSAPublicKey]
 
@@ -31,11 +34,12 @@ final class EntraVerifier: Sendable {
 
     private let keys = Mutex<[String: Keys]>([:])
 
-    init(issuers: [String], httpClient: HTTPClient, logger: Logger, refetchInterval: TimeInterval = 5) {
+    init(issuers: [String], httpClient: HTTPClient, logger: Logger, refetchInterval: TimeInterval = 5, refreshInterval: TimeInterval = 3600) {
         self.issuers = issuers.map(Self.normalize)
         self.httpClient = httpClient
         self.logger = logger
         self.refetchInterval = refetchInterval
+        self.refreshInterval = max(refreshInterval, refetchInterval)
     }
 
     static func normalize(_ issuer: String) -> String {
@@ -88,9 +92,13 @@ final class EntraVerifier: Sendable {
                 return known.byId.count == 1 ? known.byId.values.first : nil
             }
         }
-        if let key = lookup() { return key }
+        let stale = keys.withLock { all in all[issuer]?.fetchedAt.map { now.timeIntervalSince($0) >= refreshInterval } ?? true }
+        let cached = lookup()
+        if let cached, !stale { return cached }
         // One fetch at a time per issuer, and at most one per refetchInterval: tokens naming
-        // unknown key ids cannot make the hub hammer the issuer.
+        // unknown key ids cannot make the hub hammer the issuer. A stale set is fetched again
+        // (the new set replaces it: removed keys are gone); while the issuer cannot be reached
+        // the keys it last published stay in use.
         let fetch: Task<KeySet, any Error>? = keys.withLock { all in
             var entry = all[issuer, default: Keys()]
             defer { all[issuer] = entry }
@@ -101,7 +109,10 @@ final class EntraVerifier: Sendable {
             entry.fetching = task
             return task
         }
-        guard let fetch else { throw JWTError("no signing key '\(kid ?? "-")' at issuer \(issuer)") }
+        guard let fetch else {
+            if let cached { return cached }
+            throw JWTError("no signing key '\(kid ?? "-")' at issuer \(issuer)")
+        }
         do {
             let fetched = try await fetch.value
             keys.withLock { all in
@@ -118,6 +129,7 @@ final class EntraVerifier: Sendable {
             if first {
                 logger.warning("cannot fetch the signing keys of a trusted issuer", metadata: ["wps.issuer": "\(issuer)", "error": "\(error)"])
             }
+            if let cached { return cached }
             throw JWTError("cannot fetch the signing keys of \(issuer): \(error)")
         }
         guard let key = lookup() else { throw JWTError("no signing key '\(kid ?? "-")' at issuer \(issuer)") }

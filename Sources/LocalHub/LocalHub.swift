@@ -44,6 +44,9 @@ public struct LocalHubConfiguration: Sendable {
     /// Entra ID token issuers whose RS256 tokens (audience `https://webpubsub.azure.com`) the
     /// REST API accepts besides access-key tokens; their keys come from OpenID discovery.
     public var trustedIssuers: [String] = []
+    /// How long the signing keys of a trusted issuer are used before they are fetched again
+    /// (a token naming an unknown key id fetches them sooner, at most every 5 s).
+    public var signingKeyRefresh: Duration = .seconds(3600)
 
     public init(accessKeys: [AccessKey]) {
         self.accessKeys = accessKeys
@@ -79,7 +82,9 @@ public final class LocalHub: Service, Sendable {
         upstream = UpstreamCaller(
             httpClient: upstreamClient, keys: configuration.accessKeys, origin: configuration.host, retries: configuration.upstreamRetries,
             retryBackoff: configuration.upstreamRetryBackoff, logger: logger)
-        entra = configuration.trustedIssuers.isEmpty ? nil : EntraVerifier(issuers: configuration.trustedIssuers, httpClient: upstreamClient, logger: logger)
+        entra = configuration.trustedIssuers.isEmpty ? nil : EntraVerifier(
+                issuers: configuration.trustedIssuers, httpClient: upstreamClient, logger: logger,
+                refreshInterval: Double(configuration.signingKeyRefresh.components.seconds))
     }
 
     /// The port, once the hub listens.

@@ -275,19 +275,27 @@ let valid = """
         try await withRecordingServer { server in
             server.enqueue(
                 .init(status: 429, headers: ["Retry-After": "1"]), .init(status: 503), .init(status: 408), .init(status: 400), .init(status: 404),
-                .init(status: 413))
+                .init(status: 413), .init(status: 401), .init(status: 403))
             let client = WebPubSubServiceClient(connectionString: try ConnectionString(parsing: server.connectionString))
             let transport = WebPubSubTransport(client: client)
-            var kinds: [DeliveryFailure.Kind] = []
-            for _ in 0..<6 {
+            var failures: [DeliveryFailure] = []
+            for _ in 0..<8 {
                 do {
                     try await transport.send(.init(string: "x"), dataType: .text, to: ResolvedTarget(hub: "h", recipient: .all))
                 } catch let f as DeliveryFailure {
-                    kinds.append(f.kind)
+                    failures.append(f)
                 }
             }
             try await client.shutdown()
-            #expect(kinds == [.retryable(retryAfter: .seconds(1)), .retryable(retryAfter: nil), .retryable(retryAfter: nil), .permanent, .permanent, .permanent])
+            #expect(failures.map(\.kind) == [
+                .retryable(retryAfter: .seconds(1)), .retryable(retryAfter: nil), .retryable(retryAfter: nil), .permanent, .permanent, .permanent,
+                .permanent, .permanent,
+            ])
+            #expect(failures.map(\.status) == [429, 503, 408, 400, 404, 413, 401, 403])
+            // 401 and 403 are not the message's: they pause the route instead of dead-lettering it.
+            let conditions = RouteConditions()
+            let paused = failures.map { conditions.failed(route: "r", $0) != nil }
+            #expect(paused == [false, false, false, false, false, false, true, true])
         }
     }
 }

@@ -1,6 +1,7 @@
 import BridgeJSON
 import BridgeTestSupport
 import Foundation
+import Synchronization
 import Testing
 import WebPubSub
 
@@ -147,19 +148,59 @@ import WebPubSub
         }
     }
 
-    @Test func connectionRefusedIsRetriedThenDeadLettered() async throws {
+    /// Web PubSub down for 20 s (connections refused), then back: an outage is the route's
+    /// condition, not the messages' failure. Every message arrives once, none is dead-lettered,
+    /// and the bridge says what it waits for.
+    @Test func anOutageIsWaitedOutAndLosesNothing() async throws {
         let server = RecordingServer()
         try await server.start()
-        let cs = server.connectionString
+        let port = server.port
         await server.stop()
         let dir = try TestEnvironment.temporaryDirectory()
-        let cfg = try config(dir, connectionString: cs)
-        let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg], input: "{\"data\":\"x\",\"dataType\":\"text\"}\n")
-        #expect(result.status == 0, "\(result.stderr)")
-        let dead = try deadLetters(dir)
-        #expect(dead.count == 1)
-        #expect(dead.first?["headers"]?["wps-attempts"] == .string("3"))
-        #expect(dead.first?["headers"]?["wps-status"] == nil)
+        let cfg = try config(dir, connectionString: server.connectionString)
+        let input = (0..<20).map { #"{"data":"m\#($0)","dataType":"text"}"# }.joined(separator: "\n") + "\n"
+        let started = ContinuousClock.now
+        let restart = Task {
+            try await Task.sleep(for: .seconds(20))
+            try await server.start(port: port)
+        }
+        let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg, "--log-format", "text"], input: input, timeout: 90)
+        try await restart.value
+        await server.stop()
+        #expect(result.status == 0, "\(result.stderr.suffix(3000))")
+        #expect(ContinuousClock.now - started >= .seconds(20))
+        let delivered = server.requests.filter { $0.authError == nil }.map(\.bodyText)
+        #expect(delivered.sorted() == (0..<20).map { "m\($0)" }.sorted(), "each message once: \(delivered)")
+        #expect(try deadLetters(dir).isEmpty)
+        #expect(result.stderr.contains("route in->demo waits") || result.stderr.contains("waits"), "\(result.stderr.suffix(3000))")
+        #expect(result.stderr.contains("unreachable or failing"), "\(result.stderr.suffix(3000))")
+        #expect(result.stderr.contains("accepts sends again"), "\(result.stderr.suffix(3000))")
+    }
+
+    /// Web PubSub refusing the bridge's key for 10 s (a rotated key), then taking it: the route
+    /// waits instead of dead-lettering the stream, and goes on by itself.
+    @Test func aRefusedKeyPausesTheRouteUntilItIsAccepted() async throws {
+        let fixedAt = Date().addingTimeInterval(10)
+        let accepted = Lines()
+        let server = RecordingServer(responder: { request in
+            if Date() < fixedAt { return .init(status: 401, body: #"{"code":"Unauthorized","message":"invalid token"}"#) }
+            accepted.append(request.bodyText)
+            return nil
+        })
+        try await server.start()
+        let dir = try TestEnvironment.temporaryDirectory()
+        let cfg = try config(dir, connectionString: server.connectionString)
+        let input = (0..<20).map { #"{"data":"m\#($0)","dataType":"text"}"# }.joined(separator: "\n") + "\n"
+        let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg, "--log-format", "text"], input: input, timeout: 60)
+        await server.stop()
+        #expect(result.status == 0, "\(result.stderr.suffix(3000))")
+        #expect(accepted.all.sorted() == (0..<20).map { "m\($0)" }.sorted(), "each message accepted once: \(accepted.all)")
+        #expect(server.requests.count > 20, "the bridge tried while refused")
+        #expect(try deadLetters(dir).isEmpty)
+        #expect(result.stderr.contains("refuses the bridge (401"), "\(result.stderr.suffix(3000))")
+        #expect(result.stderr.contains("access key"), "the log line names the likely fix")
+        // Once every 30 s, not once per send.
+        #expect(result.stderr.components(separatedBy: "refuses the bridge (401").count - 1 <= 2, "\(result.stderr.suffix(3000))")
     }
 
     @Test func sigtermStopsAWaitingBridgeCleanly() async throws {
@@ -261,4 +302,11 @@ extension RunCommandTests {
             #expect(bad.status != 0)
         }
     }
+}
+
+/// Lines collected from a server's handler.
+final class Lines: Sendable {
+    private let lines = Mutex<[String]>([])
+    func append(_ line: String) { lines.withLock { $0.append(line) } }
+    var all: [String] { lines.withLock { $0 } }
 }

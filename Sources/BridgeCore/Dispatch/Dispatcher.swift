@@ -112,6 +112,8 @@ public final class Dispatcher: Sendable {
     private let sourceMetrics = Mutex<[String: SourceMetrics]>([:])
     /// Paces sends once the service throttles (429).
     public let pacer = AdaptiveRate()
+    /// Routes that wait for Web PubSub to take the bridge's credentials or to come back.
+    public let conditions = RouteConditions()
 
     public init(
         routes: [Route], transport: any DeliveryTransport, deadLetter: (any SinkAdapter)?, settings: DeliverySettings,
@@ -254,6 +256,7 @@ public final class Dispatcher: Sendable {
             return t
         }
         retired.withLock { $0.append(old) }
+        conditions.retain(routes: Set(routes.map(\.name)))
         // Its dead-letter sinks (a file, a producer) are closed once the jobs planned with it are settled.
         Task { [logger] in
             // A moment first: a message planned just before the swap may not be counted yet.
@@ -440,6 +443,11 @@ public final class Dispatcher: Sendable {
             do {
                 try await transport.send(job.payload, dataType: job.dataType, to: target)
                 pacer.accepted()
+                if let (condition, waited) = conditions.accepted(route: job.route.name) {
+                    logger.notice(
+                        "route \(job.route.name): Web PubSub accepts sends again",
+                        metadata: ["wps.route": "\(job.route.name)", "wps.waited": "\(waited)", "wps.condition": "\(RouteConditions.summary(condition))"])
+                }
                 stats.delivered.add(1, ordering: .relaxed)
                 job.metrics.delivered.increment()
                 job.metrics.recordLatency(since: job.tracker.delivery.message.timestamp)
@@ -457,6 +465,23 @@ public final class Dispatcher: Sendable {
                     metadata: ["wps.rate": "\(Int(rate))/s"])
             }
             if Task.isCancelled { return .failed("shutdown while it was being sent") }
+            if let pause = conditions.failed(route: job.route.name, failure) {
+                // The route's condition, not this message's failure: wait, try again, and do not
+                // count the attempt. Nothing is dead-lettered or acknowledged meanwhile.
+                if let line = pause.log {
+                    logger.error("\(line)", metadata: ["wps.route": "\(job.route.name)", "wps.target": "\(target)", "error": "\(failure)"])
+                }
+                stats.retried.add(1, ordering: .relaxed)
+                job.metrics.retried.increment()
+                var retryAfter: Duration?
+                if case .retryable(let after) = failure.kind { retryAfter = after }
+                do {
+                    try await Task.sleep(for: settings.retry.delay(attempt: pause.probe, retryAfter: retryAfter))
+                } catch {
+                    return .failed("shutdown while waiting for Web PubSub")
+                }
+                continue
+            }
             guard case .retryable(let retryAfter) = failure.kind, attempt < settings.retry.maxAttempts else {
                 return await giveUp(job, failure, attempts: attempt)
             }
