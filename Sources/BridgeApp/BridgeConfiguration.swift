@@ -330,7 +330,7 @@ public struct BridgeConfiguration: Sendable {
         m.checkKeys(
             [
                 "host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "negotiate", "reconnectGrace", "upstreamRetries",
-                "trustedIssuers", "hubs",
+                "trustedIssuers", "signingKeyRefresh", "hubs",
             ],
             what: "webpubsub.embedded")
         var config = LocalHubConfiguration(accessKeys: [AccessKey(m.secret("accessKey") ?? randomAccessKey())])
@@ -343,6 +343,7 @@ public struct BridgeConfiguration: Sendable {
         config.reconnectGrace = m.duration("reconnectGrace") ?? config.reconnectGrace
         config.upstreamRetries = m.int("upstreamRetries", range: 0...100) ?? config.upstreamRetries
         config.trustedIssuers = m.stringList("trustedIssuers") ?? []
+        config.signingKeyRefresh = m.duration("signingKeyRefresh") ?? config.signingKeyRefresh
         for issuer in config.trustedIssuers where !(issuer.hasPrefix("http://") || issuer.hasPrefix("https://")) {
             m.value("trustedIssuers")?.report("'\(issuer)' is not an issuer URL (http:// or https://)")
         }

@@ -111,7 +111,8 @@ public final class LocalHub: Service, Sendable {
             server: .http1WebSocketUpgrade(
                 configuration: .init(
                     http1: .init(additionalChannelHandlers: [RejectionWriter { [rejections = self.rejectionStore] id in rejections.take(id) }]),
-                    ws: .init(maxFrameSize: configuration.maxMessageBytes + 1024, autoPing: .enabled(timePeriod: .seconds(30)))),
+                    // Text frames must be UTF-8: others close the connection with 1007.
+                    ws: .init(maxFrameSize: configuration.maxMessageBytes + 1024, autoPing: .enabled(timePeriod: .seconds(30)), validateUTF8: true)),
                 shouldUpgrade: { [self] request, channel, _ in
                     await self.shouldUpgrade(request, channel: channel)
                 }),

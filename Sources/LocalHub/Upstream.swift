@@ -105,6 +105,8 @@ final class UpstreamCaller: Sendable {
 
     struct Failure: Error, CustomStringConvertible {
         let description: String
+        /// Whether trying again could help (see ``mayPass(_:)``).
+        var mayPass = true
     }
 
     /// Sends `event`; throws when the handler cannot be reached or refused the handshake. A
@@ -125,7 +127,9 @@ final class UpstreamCaller: Sendable {
                     "event handler answered \(response.status); trying again",
                     metadata: ["wps.hub": "\(event.hub)", "wps.event": "\(event.kind.eventName)", "wps.attempt": "\(attempt)", "wps.retry_in": "\(backoff)"])
             } catch {
-                if last { throw error }
+                // A request the HTTP client refuses (a header it will not send) or a reply over
+                // the limit fails the same way every time: no resend of the event.
+                if last || (error as? Failure)?.mayPass == false { throw error }
                 logger.warning(
                     "event handler failed; trying again",
                     metadata: ["wps.hub": "\(event.hub)", "wps.event": "\(event.kind.eventName)", "wps.attempt": "\(attempt)", "error": "\(error)"])
@@ -159,8 +163,23 @@ final class UpstreamCaller: Sendable {
                 status: Int(response.status.code), body: Array(body.readableBytesView), contentType: response.headers.first(name: "Content-Type"),
                 connectionState: response.headers.first(name: "ce-connectionState"))
         } catch {
-            throw Failure(description: "event handler \(EventHandlerSettings.redacted(url)) could not be reached: \(error)")
+            throw Failure(description: "event handler \(EventHandlerSettings.redacted(url)) could not be reached: \(error)", mayPass: Self.mayPass(error))
         }
+    }
+
+    /// Whether another try could go through: connection failures, resets and timeouts may; a
+    /// request the client refuses to send (an invalid header value) or a reply body over the
+    /// limit will not.
+    static func mayPass(_ error: any Error) -> Bool {
+        if error is NIOTooManyBytesError { return false }
+        if let error = error as? HTTPClientError {
+            let transient: [HTTPClientError] = [
+                .connectTimeout, .readTimeout, .writeTimeout, .deadlineExceeded, .remoteConnectionClosed, .getConnectionFromPoolTimeout,
+                .tlsHandshakeTimeout, .uncleanShutdown,
+            ]
+            return transient.contains(error)
+        }
+        return true
     }
 
     /// The abuse-protection handshake: `OPTIONS` with `WebHook-Request-Origin`; the handler must

@@ -54,6 +54,23 @@ func checkLibcrypto() throws {
     }
 }
 
+/// A secret given on the command line is visible to every user of the machine (`ps`, /proc) and
+/// stays in shell history: it still works, with a warning.
+func warnSecretOnCommandLine(_ option: String, instead: String, logger: Logger) {
+    logger.warning("\(option) puts a secret on the command line, where ps and shell history show it; use \(instead)")
+}
+
+/// The first line of a secret file, without surrounding white space.
+func readSecretFile(_ path: String, option: String) throws -> String {
+    let text: String
+    do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+        throw ValidationError("\(option): cannot read \(path): \(error.localizedDescription)")
+    }
+    let secret = text.trimmingCharacters(in: .whitespacesAndNewlines)
+    guard !secret.isEmpty else { throw ValidationError("\(option): \(path) is empty") }
+    return secret
+}
+
 /// Options that say how to log.
 struct LogOptions: ParsableArguments {
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
@@ -75,8 +92,11 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 /// `--connection-string` or `WEBPUBSUB_CONNECTION_STRING`; or `--endpoint` with an Entra ID `--credential`.
 struct ConnectionOptions: ParsableArguments {
-    @Option(name: .long, help: "Web PubSub connection string (default: $WEBPUBSUB_CONNECTION_STRING).")
+    @Option(name: .long, help: "Web PubSub connection string (default: $WEBPUBSUB_CONNECTION_STRING). Visible in ps: prefer --connection-string-file.")
     var connectionString: String?
+
+    @Option(name: .long, help: "A file holding the Web PubSub connection string.")
+    var connectionStringFile: String?
 
     @Option(help: "The service endpoint, with --credential (e.g. https://x.webpubsub.azure.com).")
     var endpoint: String?
@@ -134,9 +154,16 @@ struct ConnectionOptions: ParsableArguments {
                 throw ValidationError("\(error)")
             }
         }
-        guard endpoint == nil else { throw ValidationError("--endpoint needs --credential (or give --connection-string)") }
-        guard let text = connectionString ?? environment["WEBPUBSUB_CONNECTION_STRING"], !text.isEmpty else {
-            throw ValidationError("no connection: pass --connection-string (or set WEBPUBSUB_CONNECTION_STRING), or --endpoint with --credential")
+        guard endpoint == nil else { throw ValidationError("--endpoint needs --credential (or give --connection-string-file)") }
+        guard connectionString == nil || connectionStringFile == nil else {
+            throw ValidationError("give --connection-string-file or --connection-string, not both")
+        }
+        var given = connectionString
+        if given != nil { warnSecretOnCommandLine("--connection-string", instead: "--connection-string-file or WEBPUBSUB_CONNECTION_STRING", logger: logger) }
+        if let connectionStringFile { given = try readSecretFile(connectionStringFile, option: "--connection-string-file") }
+        guard let text = given ?? environment["WEBPUBSUB_CONNECTION_STRING"], !text.isEmpty else {
+            throw ValidationError(
+                "no connection: pass --connection-string-file (or set WEBPUBSUB_CONNECTION_STRING), or --endpoint with --credential")
         }
         do {
             return WebPubSubServiceClient(connectionString: try ConnectionString(parsing: text), logger: logger)
@@ -289,7 +316,9 @@ struct Hub: AsyncParsableCommand {
 
     @Option(help: "The address to listen on.") var host: String?
     @Option(help: "The port (0 picks a free one).") var port: Int?
-    @Option(help: "The access key (default: a random one, or webpubsub.embedded.accessKey of --config).") var accessKey: String?
+    @Option(help: "The access key (default: $WPS_HUB_KEY, a random one, or webpubsub.embedded.accessKey of --config). Visible in ps: prefer --access-key-file.")
+    var accessKey: String?
+    @Option(help: "A file holding the access key.") var accessKeyFile: String?
     @Option(name: .customLong("event-handler"), help: "HUB=URL_TEMPLATE: send this hub's events to an upstream (repeatable).")
     var eventHandlers: [String] = []
     @Option(help: "Accept at most N REST requests per second; answer the rest with 429 and Retry-After.") var rateLimit: Int?
@@ -322,7 +351,13 @@ struct Hub: AsyncParsableCommand {
         }
         if let host { settings.host = host }
         if let port { settings.port = port }
-        if let accessKey { settings.accessKeys = [AccessKey(accessKey)] }
+        guard accessKey == nil || accessKeyFile == nil else { throw ValidationError("give --access-key-file or --access-key, not both") }
+        if let key = ProcessInfo.processInfo.environment["WPS_HUB_KEY"], !key.isEmpty, config == nil { settings.accessKeys = [AccessKey(key)] }
+        if let accessKey {
+            warnSecretOnCommandLine("--access-key", instead: "--access-key-file or WPS_HUB_KEY", logger: logger)
+            settings.accessKeys = [AccessKey(accessKey)]
+        }
+        if let accessKeyFile { settings.accessKeys = [AccessKey(try readSecretFile(accessKeyFile, option: "--access-key-file"))] }
         if let rateLimit {
             guard rateLimit > 0 else { throw ValidationError("--rate-limit must be at least 1") }
             settings.rateLimit = rateLimit

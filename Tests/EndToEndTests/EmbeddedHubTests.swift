@@ -38,9 +38,22 @@ import WebPubSub
         #expect(await bridge.exitStatus() == 0)
     }
 
-    @Test func hubCommandPrintsItsConnectionStringFirst() async throws {
-        let stdout = Pipe()
-        let hub = try ChildProcess(try TestEnvironment.bridgeBinary(), ["hub", "--port", "0", "--access-key", "cli-key-0123456789"], stdout: stdout)
+    /// The key from a file (`--access-key-file`), from `WPS_HUB_KEY`, or on the command line
+    /// (which still works, with a warning that ps shows it).
+    @Test(arguments: ["file", "environment", "argument"])
+    func hubCommandPrintsItsConnectionStringFirst(keyFrom: String) async throws {
+        let stdout = Pipe(), stderr = Pipe()
+        let dir = try TestEnvironment.temporaryDirectory()
+        try "cli-key-0123456789\n".write(toFile: dir + "/key", atomically: true, encoding: .utf8)
+        let arguments: [String] =
+            switch keyFrom {
+            case "file": ["--access-key-file", dir + "/key"]
+            case "argument": ["--access-key", "cli-key-0123456789"]
+            default: []
+            }
+        let hub = try ChildProcess(
+            try TestEnvironment.bridgeBinary(), ["hub", "--port", "0", "--log-format", "text"] + arguments,
+            environment: keyFrom == "environment" ? ["WPS_HUB_KEY": "cli-key-0123456789"] : ["WPS_HUB_KEY": ""], stdout: stdout, stderr: stderr)
         // Read the first line.
         var line = Data()
         while !line.contains(0x0A) {
@@ -58,5 +71,8 @@ import WebPubSub
         try await client.shutdown()
         hub.terminate()
         #expect(await hub.exitStatus() == 0)
+        let log = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(log.contains("puts a secret on the command line") == (keyFrom == "argument"), "\(log)")
+        #expect(!log.contains("cli-key-0123456789"), "the key is never logged")
     }
 }

@@ -300,6 +300,24 @@ extension RunCommandTests {
             #expect(r.bodyText == #"{"hello":true}"#)
             let bad = try await runProcess(try TestEnvironment.bridgeBinary(), ["send", "--hub", "chat", "--all", "--group", "g", "x"])
             #expect(bad.status != 0)
+            #expect(result.stderr.contains("puts a secret on the command line"), "\(result.stderr)")
+        }
+    }
+
+    /// The connection string from a file: nothing secret on the command line, no warning.
+    @Test func sendReadsTheConnectionStringFromAFile() async throws {
+        try await withRecordingServer { server in
+            let dir = try TestEnvironment.temporaryDirectory()
+            try (server.connectionString + "\n").write(toFile: dir + "/cs", atomically: true, encoding: .utf8)
+            let result = try await runProcess(
+                try TestEnvironment.bridgeBinary(), ["send", "--hub", "chat", "--all", "hi", "--connection-string-file", dir + "/cs"],
+                environment: ["WEBPUBSUB_CONNECTION_STRING": ""])
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(server.requests.count == 1 && server.requests.first?.authError == nil)
+            #expect(!result.stderr.contains("puts a secret"), "\(result.stderr)")
+            let missing = try await runProcess(
+                try TestEnvironment.bridgeBinary(), ["send", "--hub", "chat", "--all", "hi", "--connection-string-file", dir + "/nope"])
+            #expect(missing.status != 0 && missing.stderr.contains("--connection-string-file: cannot read"), "\(missing.stderr)")
         }
     }
 }

@@ -302,8 +302,44 @@ import WebPubSub
         defer { Task { await handler.stop() } }
         try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: "http://127.0.0.1:\(handler.port)/{event}")] }) { _, cs in
             let access = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
-            await #expect(throws: (any Error).self) { _ = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1") }
-            #expect(handler.requests.allSatisfy { $0.method == "OPTIONS" })
+            let error = await #expect(throws: (any Error).self) { _ = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1") }
+            // Refused at the upgrade after the handshake failed, not a connection refused.
+            #expect(error.map { "\($0)".contains("upgrade failed") } == true, "\(String(describing: error))")
+            #expect(!handler.requests.isEmpty && handler.requests.allSatisfy { $0.method == "OPTIONS" }, "\(handler.requests)")
+        }
+    }
+
+    /// A reply over the size limit fails the same way every time: the event is not sent again
+    /// (a 5xx is, `upstreamRetries` times).
+    @Test func onlyFailuresThatMayPassAreRetried() async throws {
+        let big = String(repeating: "x", count: 5 * 1024 * 1024)
+        let handler = RecordingServer(verifyToken: false) { request in
+            if request.method == "OPTIONS" {
+                return .init(status: 200, headers: ["WebHook-Allowed-Origin": request.headers["webhook-request-origin"] ?? ""])
+            }
+            switch request.headers["ce-eventname"] {
+            case "big": return .init(status: 200, headers: ["Content-Type": "text/plain"], body: big)
+            case "flaky": return .init(status: 503)
+            default: return .init(status: 204)
+            }
+        }
+        try await handler.start()
+        defer { Task { await handler.stop() } }
+        try await withHub({
+            $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: "http://127.0.0.1:\(handler.port)/eventhandler/{event}")]
+            $0.upstreamRetries = 3
+            $0.upstreamRetryBackoff = .milliseconds(10)
+        }) { _, cs in
+            let (socket, _) = try await connectClient(cs, user: "u")
+            _ = await socket.drain()
+            socket.send(#"{"type":"event","event":"big","dataType":"text","data":"x","ackId":1}"#)
+            let bigAck = await socket.expect(type: "ack")
+            #expect(bigAck?["success"] == .bool(false), "\(String(describing: bigAck))")
+            socket.send(#"{"type":"event","event":"flaky","dataType":"text","data":"x","ackId":2}"#)
+            _ = await socket.expect(type: "ack")
+            let posts = handler.requests.filter { $0.method == "POST" }
+            #expect(posts.filter { $0.headers["ce-eventname"] == "big" }.count == 1, "no resend after an oversized reply")
+            #expect(posts.filter { $0.headers["ce-eventname"] == "flaky" }.count == 4, "a 5xx is tried 1 + 3 times")
         }
     }
 }
