@@ -112,11 +112,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Header deadline, idle timeout and connection cap for the HTTP servers strangers reach.
+        .target(
+            name: "HTTPGuards",
+            dependencies: [
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The embedded Web PubSub-compatible hub.
         .target(
             name: "LocalHub",
             dependencies: [
-                "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub", "ODataFilter",
+                "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub", "ODataFilter", "HTTPGuards",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -135,7 +145,7 @@ let package = Package(
         .target(
             name: "BridgeServer",
             dependencies: [
-                "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub",
+                "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub", "HTTPGuards",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -165,7 +175,7 @@ let package = Package(
             name: "BridgeApp",
             dependencies: [
                 "BridgeCore", "BridgeJSON", "WebPubSub", "AzureIdentity", "StdioAdapter", "KafkaAdapter", "RedisAdapter", "LocalHub", "BridgeServer",
-                "GroupListener",
+                "GroupListener", "HTTPGuards",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
@@ -263,7 +273,7 @@ let package = Package(
         .testTarget(name: "BridgeJSONTests", dependencies: ["BridgeJSON"], swiftSettings: swiftSettings),
         .testTarget(
             name: "BridgeAppTests",
-            dependencies: ["BridgeApp", "BridgeCore", "WebPubSub", "BridgeTestSupport", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["BridgeApp", "BridgeCore", "WebPubSub", "BridgeTestSupport", "HTTPGuards", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -295,7 +305,7 @@ let package = Package(
         .testTarget(
             name: "BridgeServerTests",
             dependencies: [
-                "BridgeServer", "BridgeCore", "BridgeJSON", "WebPubSub", "BridgeTestSupport",
+                "BridgeServer", "BridgeCore", "BridgeJSON", "WebPubSub", "BridgeTestSupport", "HTTPGuards",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

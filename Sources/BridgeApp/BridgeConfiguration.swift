@@ -3,6 +3,7 @@ public import BridgeCore
 public import BridgeServer
 import Foundation
 import GroupListener
+import HTTPGuards
 public import Logging
 public import LocalHub
 import KafkaAdapter
@@ -331,7 +332,7 @@ public struct BridgeConfiguration: Sendable {
             [
                 "host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "negotiate", "reconnectGrace", "upstreamRetries",
                 "trustedIssuers", "signingKeyRefresh", "hubs",
-            ],
+            ] + ConnectionLimits.keys,
             what: "webpubsub.embedded")
         var config = LocalHubConfiguration(accessKeys: [AccessKey(m.secret("accessKey") ?? randomAccessKey())])
         if let secondary = m.nonEmptyString("secondaryAccessKey") { config.accessKeys.append(AccessKey(secondary)) }
@@ -344,6 +345,7 @@ public struct BridgeConfiguration: Sendable {
         config.upstreamRetries = m.int("upstreamRetries", range: 0...100) ?? config.upstreamRetries
         config.trustedIssuers = m.stringList("trustedIssuers") ?? []
         config.signingKeyRefresh = m.duration("signingKeyRefresh") ?? config.signingKeyRefresh
+        config.limits = ConnectionLimits.read(m)
         for issuer in config.trustedIssuers where !(issuer.hasPrefix("http://") || issuer.hasPrefix("https://")) {
             m.value("trustedIssuers")?.report("'\(issuer)' is not an issuer URL (http:// or https://)")
         }

@@ -118,7 +118,7 @@ public enum BridgeRunner {
                     hub?.recordMetrics()
                     return BridgeMetrics.registry.emitToBuffer()
                 },
-                reload: reloadEndpoint, logger: logger)
+                reload: reloadEndpoint, limits: server.limits, logger: logger)
             services.append(.init(service: bridgeServer, serviceName: "server"))
         }
         if progress {

@@ -2,8 +2,10 @@ import BridgeCore
 import BridgeCrypto
 import BridgeJSON
 import Foundation
+public import HTTPGuards
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 public import Logging
 import NIOCore
 public import ServiceLifecycle
@@ -33,14 +35,18 @@ public final class BridgeServer: Service, Sendable {
     }
 
     let reload: ReloadEndpoint?
+    let limits: ConnectionLimits
     let logger: Logger
     private let listening = ListeningPort("the bridge server")
+    /// The largest event body taken.
+    static let maxBody = 1024 * 1024
 
     public init(
         host: String, port: Int, handler: EventHandler?, readiness: @escaping @Sendable () -> [String],
-        metrics: (@Sendable () -> [UInt8])? = nil, reload: ReloadEndpoint? = nil, logger: Logger
+        metrics: (@Sendable () -> [UInt8])? = nil, reload: ReloadEndpoint? = nil, limits: ConnectionLimits = .init(), logger: Logger
     ) {
         self.reload = reload
+        self.limits = limits
         self.host = host
         self.port = port
         self.handler = handler
@@ -61,7 +67,12 @@ public final class BridgeServer: Service, Sendable {
             responder: CallbackResponder<BasicRequestContext> { [self] request, _ in
                 await self.respond(request)
             },
-            configuration: .init(address: .hostname(host, port: port), serverName: "wps-bridge"),
+            server: HTTPServerBuilder { [limits] responder in
+                HeadDeadlineChildChannel(
+                    HTTP1Channel(responder: responder, configuration: .init(idleTimeout: limits.idleTimeAmount)), headerTimeout: limits.headerTimeout)
+            },
+            configuration: .init(
+                address: .hostname(host, port: port), serverName: "wps-bridge", availableConnectionsDelegate: limits.availableConnections),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? 0
                 listening.set(port)
@@ -99,22 +110,30 @@ public final class BridgeServer: Service, Sendable {
             if path.hasPrefix(prefix + "/") {
                 let rest = path.dropFirst(prefix.count + 1)
                 guard !rest.isEmpty, !rest.contains("/") else { return plain(.notFound, "no such resource\n") }
-                let body: [UInt8]
+                var headers: [String: String] = [:]
+                for field in request.headers where headers[field.name.canonicalName] == nil { headers[field.name.canonicalName] = field.value }
+                var event = HandlerRequest(method: request.method.rawValue, hub: percentDecode(rest), headers: headers, query: Query(request.uri.query), body: [])
+                // Authentication and the CloudEvents headers first: a stranger's body is never read.
+                if let refused = handler.refusal(event) { return Self.response(refused) }
+                if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.maxBody {
+                    return plain(.contentTooLarge, "the body is larger than 1 MiB\n")
+                }
                 do {
-                    body = Array(try await request.collectBody(upTo: 1024 * 1024 + 1024).readableBytesView)
+                    event.body = Array(try await request.collectBody(upTo: Self.maxBody).readableBytesView)
                 } catch {
                     return plain(.contentTooLarge, "the body is larger than 1 MiB\n")
                 }
-                var headers: [String: String] = [:]
-                for field in request.headers where headers[field.name.canonicalName] == nil { headers[field.name.canonicalName] = field.value }
-                let answer = await handler.handle(
-                    HandlerRequest(method: request.method.rawValue, hub: percentDecode(rest), headers: headers, query: Query(request.uri.query), body: body))
-                var fields = HTTPFields()
-                for (name, value) in answer.headers { if let n = HTTPField.Name(name) { fields.append(HTTPField(name: n, value: value)) } }
-                return Response(status: .init(code: answer.status), headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: answer.body)))
+                let answer = await handler.handle(event)
+                return Self.response(answer)
             }
         }
         return plain(.notFound, "no such resource\n")
+    }
+
+    static func response(_ answer: HandlerResponse) -> Response {
+        var fields = HTTPFields()
+        for (name, value) in answer.headers { if let n = HTTPField.Name(name) { fields.append(HTTPField(name: n, value: value)) } }
+        return Response(status: .init(code: answer.status), headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: answer.body)))
     }
 
     func plain(_ status: HTTPResponse.Status, _ text: String) -> Response {

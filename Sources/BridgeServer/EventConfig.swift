@@ -1,5 +1,6 @@
 public import BridgeCore
 import Foundation
+public import HTTPGuards
 public import WebPubSub
 
 /// `server:`: where the bridge's HTTP listener is.
@@ -9,6 +10,8 @@ public struct ServerSettings: Sendable, Equatable {
     /// `reload: true` with `reloadToken`: `POST /-/reload` re-reads the config (as SIGHUP does)
     /// for requests that carry the token.
     public var reloadToken: String?
+    /// Header deadline, idle timeout and connection cap (`headerTimeout`, `idleTimeout`, `maxConnections`).
+    public var limits = ConnectionLimits()
 
     public init(host: String = "127.0.0.1", port: Int = 8081) {
         self.host = host
@@ -17,7 +20,7 @@ public struct ServerSettings: Sendable, Equatable {
 
     /// `server: {listen: HOST:PORT}`.
     public static func read(_ m: ConfigMapping) -> ServerSettings? {
-        m.checkKeys(["listen", "reload", "reloadToken", "reloadTokenFile"], what: "server")
+        m.checkKeys(["listen", "reload", "reloadToken", "reloadTokenFile"] + ConnectionLimits.keys, what: "server")
         guard let v = m.requireKey("listen", "HOST:PORT, e.g. 127.0.0.1:8081 or 0.0.0.0:8081"), let text = v.string() else { return nil }
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
             v.report("'\(text)' is not HOST:PORT")
@@ -25,6 +28,7 @@ public struct ServerSettings: Sendable, Equatable {
         }
         let host = String(text[..<colon])
         var settings = ServerSettings(host: host.isEmpty ? "0.0.0.0" : host, port: port)
+        settings.limits = ConnectionLimits.read(m)
         let token = m.secret("reloadToken")
         if m.bool("reload") == true {
             if let token {
@@ -34,6 +38,25 @@ public struct ServerSettings: Sendable, Equatable {
             }
         }
         return settings
+    }
+}
+
+extension ConnectionLimits {
+    /// The keys ``read(_:)`` takes.
+    public static let keys = ["headerTimeout", "idleTimeout", "maxConnections"]
+
+    /// `headerTimeout`, `idleTimeout` and `maxConnections` of a server's mapping (`server:`,
+    /// `webpubsub.embedded:`), each with its default when absent.
+    public static func read(_ m: ConfigMapping) -> ConnectionLimits {
+        var limits = ConnectionLimits()
+        if let d = m.duration("headerTimeout") {
+            if d > .zero { limits.headerTimeout = d } else { m.value("headerTimeout")?.report("headerTimeout must be more than 0") }
+        }
+        if let d = m.duration("idleTimeout") {
+            if d > .zero { limits.idleTimeout = d } else { m.value("idleTimeout")?.report("idleTimeout must be more than 0") }
+        }
+        limits.maxConnections = m.int("maxConnections", range: 1...1_000_000) ?? limits.maxConnections
+        return limits
     }
 }
 

@@ -71,7 +71,21 @@ public final class EventHandler: Sendable {
     }
 
     public func handle(_ request: HandlerRequest) async -> HandlerResponse {
-        let response = await answer(request)
+        count(request, await answer(request))
+    }
+
+    /// The checks that need no body: the auth token, the hub, and for an event its CloudEvents
+    /// headers and `ce-signature`. The HTTP server runs them before it reads a body, so that a
+    /// stranger cannot make it read one. nil when the request may go on.
+    public func refusal(_ request: HandlerRequest) -> HandlerResponse? {
+        switch preflight(request) {
+        case .success: nil
+        case .failure(let refused): count(request, refused.response)
+        }
+    }
+
+    /// Counts a POST's outcome in `wps_bridge_events_total`; returns `response`.
+    private func count(_ request: HandlerRequest, _ response: HandlerResponse) -> HandlerResponse {
         if request.method == "POST" {
             let outcome =
                 switch response.status {
@@ -90,23 +104,34 @@ public final class EventHandler: Sendable {
         return response
     }
 
-    private func answer(_ request: HandlerRequest) async -> HandlerResponse {
+    struct Refused: Error {
+        let response: HandlerResponse
+    }
+
+    /// Everything decided from the method, the path and the headers; the event's attributes
+    /// for a POST.
+    private func preflight(_ request: HandlerRequest) -> Result<Attributes?, Refused> {
         if let token = configuration.authToken {
             let given = request.query.first("code") ?? request.headers["x-wps-auth-token"] ?? ""
             guard constantTimeEquals(Array(given.utf8), Array(token.utf8)) else {
-                return reject(401, "missing or wrong auth token", request)
+                return .failure(Refused(response: reject(401, "missing or wrong auth token", request)))
             }
         }
         guard configuration.knows(hub: request.hub) else {
-            return reject(404, "no events are configured for hub '\(request.hub)'", request)
+            return .failure(Refused(response: reject(404, "no events are configured for hub '\(request.hub)'", request)))
         }
         switch request.method {
-        case "OPTIONS":
-            return handshake(request)
-        case "POST":
-            return await event(request)
-        default:
-            return HandlerResponse(405, headers: [("Allow", "OPTIONS, POST")])
+        case "OPTIONS": return .success(nil)
+        case "POST": return attributes(request).map { Optional($0) }
+        default: return .failure(Refused(response: HandlerResponse(405, headers: [("Allow", "OPTIONS, POST")])))
+        }
+    }
+
+    private func answer(_ request: HandlerRequest) async -> HandlerResponse {
+        switch preflight(request) {
+        case .failure(let refused): return refused.response
+        case .success(nil): return handshake(request)
+        case .success(let attributes?): return await event(request, attributes)
         }
     }
 
@@ -143,9 +168,12 @@ public final class EventHandler: Sendable {
         let subprotocol: String?
     }
 
-    private func event(_ request: HandlerRequest) async -> HandlerResponse {
+    /// The CloudEvents attributes of an event, checked: all there, the hub the path's, and
+    /// `ce-signature` (or the auth token) authenticating the service.
+    private func attributes(_ request: HandlerRequest) -> Result<Attributes, Refused> {
+        func refuse(_ status: Int, _ reason: String) -> Result<Attributes, Refused> { .failure(Refused(response: reject(status, reason, request))) }
         let h = request.headers
-        guard h["ce-specversion"] == "1.0" else { return reject(400, "not a CloudEvents 1.0 request (ce-specversion)", request) }
+        guard h["ce-specversion"] == "1.0" else { return refuse(400, "not a CloudEvents 1.0 request (ce-specversion)") }
         var missing: [String] = []
         func required(_ name: String) -> String {
             guard let v = h[name], !v.isEmpty else {
@@ -158,17 +186,21 @@ public final class EventHandler: Sendable {
             id: required("ce-id"), type: required("ce-type"), source: required("ce-source"), time: h["ce-time"], hub: required("ce-hub"),
             connectionId: required("ce-connectionid"), eventName: required("ce-eventname"), userId: h["ce-userid"].flatMap { $0.isEmpty ? nil : $0 },
             subprotocol: h["ce-subprotocol"])
-        guard missing.isEmpty else { return reject(400, "missing CloudEvents headers: \(missing.joined(separator: ", "))", request) }
+        guard missing.isEmpty else { return refuse(400, "missing CloudEvents headers: \(missing.joined(separator: ", "))") }
         guard attributes.hub.caseInsensitiveCompare(request.hub) == .orderedSame else {
-            return reject(400, "ce-hub '\(attributes.hub)' does not match the path's hub '\(request.hub)'", request)
+            return refuse(400, "ce-hub '\(attributes.hub)' does not match the path's hub '\(request.hub)'")
         }
         // Without access keys (Entra ID) the auth token, checked above, is what authenticates the hub.
         if !configuration.accessKeys.isEmpty || configuration.authToken == nil {
             guard let signature = h["ce-signature"], EventSignature.isValid(signature, connectionId: attributes.connectionId, keys: configuration.accessKeys)
             else {
-                return reject(401, "ce-signature does not match an access key", request)
+                return refuse(401, "ce-signature does not match an access key")
             }
         }
+        return .success(attributes)
+    }
+
+    private func event(_ request: HandlerRequest, _ attributes: Attributes) async -> HandlerResponse {
         switch attributes.type {
         case "azure.webpubsub.sys.connect":
             return connect(request, attributes)

@@ -5,6 +5,7 @@ import BridgeJSON
 import Foundation
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import HummingbirdWebSocket
 public import Logging
 import NIOCore
@@ -13,6 +14,7 @@ import ODataFilter
 public import ServiceLifecycle
 import Synchronization
 public import WebPubSub
+public import HTTPGuards
 
 /// Settings of the embedded hub.
 public struct LocalHubConfiguration: Sendable {
@@ -41,6 +43,8 @@ public struct LocalHubConfiguration: Sendable {
     /// messages wait behind it, which keeps their order).
     public var upstreamRetries = 3
     public var upstreamRetryBackoff: Duration = .milliseconds(500)
+    /// Header read deadline, idle timeout and connection cap of the hub's port.
+    public var limits = ConnectionLimits()
     /// Entra ID token issuers whose RS256 tokens (audience `https://webpubsub.azure.com`) the
     /// REST API accepts besides access-key tokens; their keys come from OpenID discovery.
     public var trustedIssuers: [String] = []
@@ -108,15 +112,24 @@ public final class LocalHub: Service, Sendable {
             responder: CallbackResponder<HubRequestContext> { [self] request, context in
                 await self.respond(request, context: context)
             },
-            server: .http1WebSocketUpgrade(
-                configuration: .init(
-                    http1: .init(additionalChannelHandlers: [RejectionWriter { [rejections = self.rejectionStore] id in rejections.take(id) }]),
-                    // Text frames must be UTF-8: others close the connection with 1007.
-                    ws: .init(maxFrameSize: configuration.maxMessageBytes + 1024, autoPing: .enabled(timePeriod: .seconds(30)), validateUTF8: true)),
-                shouldUpgrade: { [self] request, channel, _ in
-                    await self.shouldUpgrade(request, channel: channel)
-                }),
-            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "wps-bridge-hub"),
+            server: HTTPServerBuilder { [self] responder in
+                HeadDeadlineChildChannel(
+                    HTTP1WebSocketUpgradeChannel(
+                        responder: responder,
+                        configuration: .init(
+                            http1: .init(
+                                additionalChannelHandlers: [RejectionWriter { [rejections = self.rejectionStore] id in rejections.take(id) }],
+                                idleTimeout: configuration.limits.idleTimeAmount),
+                            // Text frames must be UTF-8: others close the connection.
+                            ws: .init(maxFrameSize: configuration.maxMessageBytes + 1024, autoPing: .enabled(timePeriod: .seconds(30)), validateUTF8: true)),
+                        shouldUpgrade: { [self] request, channel, _ in
+                            await self.shouldUpgrade(request, channel: channel)
+                        }),
+                    headerTimeout: configuration.limits.headerTimeout)
+            },
+            configuration: .init(
+                address: .hostname(configuration.host, port: configuration.port), serverName: "wps-bridge-hub",
+                availableConnectionsDelegate: configuration.limits.availableConnections),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? 0
                 listening.set(port)
@@ -183,6 +196,11 @@ public final class LocalHub: Service, Sendable {
         let segments = rawPath.split(separator: "/", omittingEmptySubsequences: true).map { percentDecode($0) }
         let query = Query(request.uri.query)
         if segments.first == "api" {
+            // The token first, from the headers: a stranger's body is never read.
+            if let refused = await authenticateREST(request, rawPath: rawPath) { return refused }
+            if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > configuration.maxMessageBytes {
+                return errorResponse(413, "RequestEntityTooLarge", "the body is larger than \(configuration.maxMessageBytes) bytes")
+            }
             let body: [UInt8]
             do {
                 body = Array(try await request.collectBody(upTo: configuration.maxMessageBytes + 1).readableBytesView)

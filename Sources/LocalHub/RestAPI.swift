@@ -10,8 +10,10 @@ import WebPubSub
 
 /// The data-plane REST API, at the service's paths, with its status codes.
 extension LocalHub {
-    func handleREST(_ request: Request, rawPath: String, segments: [String], query: Query, body: [UInt8]) async -> Response {
-        // Authentication: an HS256 JWT signed with an access key, `aud` naming this path.
+    /// Authentication, from the headers alone (the body is read only after it): an HS256 JWT
+    /// signed with an access key, `aud` naming this path; or an RS256 token of a trusted issuer.
+    /// nil when the request may go on.
+    func authenticateREST(_ request: Request, rawPath: String) async -> Response? {
         guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer ") else {
             return errorResponse(401, "Unauthorized", "missing bearer token")
         }
@@ -30,6 +32,11 @@ extension LocalHub {
         } catch {
             return errorResponse(401, "Unauthorized", "invalid token: \(error.message)")
         }
+        return nil
+    }
+
+    /// An authenticated request (``authenticateREST(_:rawPath:)`` passed).
+    func handleREST(_ request: Request, rawPath: String, segments: [String], query: Query, body: [UInt8]) async -> Response {
         if let wait = checkRate() {
             // Retry-After has whole seconds only; retry-after-ms (which the Azure SDKs read first) says when exactly.
             let ms = max(1, Int((wait / .milliseconds(1)).rounded(.up)))

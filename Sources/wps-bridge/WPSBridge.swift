@@ -44,6 +44,15 @@ func tuneMalloc() {
     if environment["MALLOC_TRIM_THRESHOLD_"] == nil { _ = wps_malloc_trim_threshold(512 * 1024) }
 }
 
+/// A server holds a file descriptor per connection: the soft limit (1,024 in a new Debian shell)
+/// is raised to the hard one, as most servers do; `maxConnections` is the cap that matters.
+func raiseOpenFileLimit() {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+    limit.rlim_cur = limit.rlim_max
+    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+}
+
 /// Fails with OpenSSL's own reason when the system's libcrypto cannot compute HMAC-SHA256 (a
 /// broken install, or a provider configuration without SHA-256): at start, not at the first send.
 func checkLibcrypto() throws {
@@ -189,6 +198,7 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         tuneMalloc()
+        raiseOpenFileLimit()
         try checkLibcrypto()
         // A write to a socket the peer (or a cancelled Redis read) closed must fail, not kill us.
         signal(SIGPIPE, SIG_IGN)
@@ -333,6 +343,7 @@ struct Hub: AsyncParsableCommand {
 
     func run() async throws {
         tuneMalloc()
+        raiseOpenFileLimit()
         try checkLibcrypto()
         let logger = log.bootstrap()
         var settings = LocalHubConfiguration(accessKeys: [AccessKey(randomAccessKey())])

@@ -2,6 +2,7 @@
 import BridgeCore
 import BridgeTestSupport
 import Foundation
+import HTTPGuards
 import Logging
 import Testing
 import WebPubSub
@@ -219,6 +220,25 @@ let valid = """
         ] {
             #expect(issues(head + tail).isEmpty, "\(tail): \(issues(head + tail))")
         }
+    }
+}
+
+@Suite struct ConnectionLimitConfigurationTests {
+    let head = "webpubsub: {connectionString: \"Endpoint=http://h;AccessKey=k\", hub: c}\nsources: [{name: in, type: stdin}]\nroutes: [{from: in, to: [{all: true}]}]\n"
+
+    @Test func serverAndHubLimitsAreRead() throws {
+        let c = try load(head + "server: {listen: \"127.0.0.1:0\", headerTimeout: 2s, idleTimeout: 5s, maxConnections: 50}")
+        #expect(c.server?.limits == ConnectionLimits(headerTimeout: .seconds(2), idleTimeout: .seconds(5), maxConnections: 50))
+        let hub = try load("webpubsub: {embedded: {port: 0, headerTimeout: 3s, maxConnections: 7}, hub: c}\nsources: [{name: in, type: stdin}]\nroutes: [{from: in, to: [{all: true}]}]\n")
+        #expect(hub.webpubsub.embedded?.limits.headerTimeout == .seconds(3))
+        #expect(hub.webpubsub.embedded?.limits.maxConnections == 7)
+        #expect(hub.webpubsub.embedded?.limits.idleTimeout == .seconds(60))
+    }
+
+    @Test func badLimitsAreReportedWithTheirLine() {
+        let found = issues(head + "server:\n  listen: \"127.0.0.1:0\"\n  headerTimeout: 0s\n  maxConnections: 0\n")
+        #expect(found.contains { $0.message.contains("headerTimeout must be more than 0") && $0.line == 6 }, "\(found)")
+        #expect(found.contains { $0.message.contains("out of range 1...1000000") && $0.line == 7 }, "\(found)")
     }
 }
 
