@@ -57,6 +57,8 @@ public final class EventHandler: Sendable {
     /// Groups the connect policy gave each connection, for the envelopes of its later events.
     private let groupsByConnection = Mutex<[String: [String]]>([:])
     public let stats = Stats()
+    /// Refused requests are logged at most 10 times a minute (`wps.not_logged` counts the rest).
+    let refusalLog = LogThrottle()
 
     public final class Stats: Sendable {
         public let events = Atomic<Int>(0)
@@ -137,9 +139,12 @@ public final class EventHandler: Sendable {
 
     private func reject(_ status: Int, _ reason: String, _ request: HandlerRequest) -> HandlerResponse {
         stats.rejected.add(1, ordering: .relaxed)
-        logger.warning(
-            "event handler refused a request",
-            metadata: ["wps.hub": "\(request.hub)", "wps.status": "\(status)", "reason": "\(reason)", "wps.method": "\(request.method)"])
+        // Strangers choose how often this happens: 10 lines a minute, then a count.
+        if let leftOut = refusalLog.admit() {
+            var metadata: Logger.Metadata = ["wps.hub": "\(request.hub)", "wps.status": "\(status)", "reason": "\(reason)", "wps.method": "\(request.method)"]
+            if leftOut > 0 { metadata["wps.not_logged"] = "\(leftOut)" }
+            logger.warning("event handler refused a request", metadata: metadata)
+        }
         return .text(status, reason)
     }
 

@@ -146,9 +146,14 @@ struct Parser {
 
     mutating func parseNot() throws(FilterSyntaxError) -> FilterExpression {
         if isKeyword("not") {
+            let start = position
+            depth += 1
+            defer { depth -= 1 }
+            guard depth <= Self.maxDepth else { throw FilterSyntaxError(position: start, message: "the filter is nested too deeply") }
             try advance()
-            // `not` binds tighter than comparisons: `not length(x) gt 5` applies `not` to `length(x)`.
-            let operand = try parsePrimary()
+            // `not` binds tighter than comparisons: `not length(x) gt 5` applies `not` to
+            // `length(x)`. `not not x` is OData too (notExpr takes a boolCommonExpr).
+            let operand = isKeyword("not") ? try parseNot() : try parsePrimary()
             return try parseComparisonTail(.not(operand))
         }
         return try parseComparison()

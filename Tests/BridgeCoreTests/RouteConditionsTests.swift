@@ -104,3 +104,16 @@ import Testing
         return false
     }
 }
+
+/// Log lines a stranger can cause are bounded, and what is left out is counted.
+@Suite struct LogThrottleTests {
+    @Test func tenAMinuteThenACount() {
+        let throttle = LogThrottle(limit: 10, interval: .seconds(60))
+        let t0 = ContinuousClock.now
+        for i in 0..<10 { #expect(throttle.admit(now: t0 + .milliseconds(i)) == 0) }
+        for i in 0..<990 { #expect(throttle.admit(now: t0 + .milliseconds(10 + i)) == nil) }
+        // The next window's first line says how many were not logged.
+        #expect(throttle.admit(now: t0 + .seconds(61)) == 990)
+        #expect(throttle.admit(now: t0 + .seconds(62)) == 0)
+    }
+}

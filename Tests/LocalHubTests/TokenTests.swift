@@ -20,14 +20,7 @@ import WebPubSub
     }
 
     static func post(_ endpoint: String, path: String = "/api/hubs/chat/:send", token: String) async throws -> (Int, String) {
-        var request = HTTPClientRequest(url: endpoint + path + "?api-version=2024-12-01")
-        request.method = .POST
-        request.headers.add(name: "Authorization", value: "Bearer " + token)
-        request.headers.add(name: "Content-Type", value: "text/plain")
-        request.body = .bytes(ByteBuffer(string: "hi"))
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
-        let body = try await response.body.collect(upTo: 65536)
-        return (Int(response.status.code), String(buffer: body))
+        try await postToHub(endpoint, path: path, token: token)
     }
 
     /// Each bad token next to the good one it was made from: the only difference is what is tested.

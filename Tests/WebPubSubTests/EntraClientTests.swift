@@ -18,14 +18,7 @@ import WebPubSub
 
     /// Posts to the hub's send endpoint with this bearer token; returns the status.
     func post(_ hub: HubProcess, token: String) async throws -> (Int, String) {
-        var request = HTTPClientRequest(url: "http://127.0.0.1:\(hub.port)/api/hubs/chat/:send?api-version=2024-12-01")
-        request.method = .POST
-        request.headers.add(name: "Authorization", value: "Bearer " + token)
-        request.headers.add(name: "Content-Type", value: "text/plain")
-        request.body = .bytes(ByteBuffer(string: "hi"))
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
-        let body = try await response.body.collect(upTo: 65536)
-        return (Int(response.status.code), String(buffer: body))
+        try await postToHub("http://127.0.0.1:\(hub.port)", token: token)
     }
 
     @Test func theHubChecksIssuerAudienceExpiryAndSignature() async throws {
