@@ -331,7 +331,7 @@ public struct BridgeConfiguration: Sendable {
         m.checkKeys(
             [
                 "host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "negotiate", "reconnectGrace", "upstreamRetries",
-                "trustedIssuers", "signingKeyRefresh", "hubs",
+                "trustedIssuers", "signingKeyRefresh", "maxGroupsPerConnection", "hubs",
             ] + ConnectionLimits.keys,
             what: "webpubsub.embedded")
         var config = LocalHubConfiguration(accessKeys: [AccessKey(m.secret("accessKey") ?? randomAccessKey())])
@@ -346,6 +346,7 @@ public struct BridgeConfiguration: Sendable {
         config.trustedIssuers = m.stringList("trustedIssuers") ?? []
         config.signingKeyRefresh = m.duration("signingKeyRefresh") ?? config.signingKeyRefresh
         config.limits = ConnectionLimits.read(m)
+        config.maxGroupsPerConnection = m.int("maxGroupsPerConnection", range: 1...100_000) ?? config.maxGroupsPerConnection
         for issuer in config.trustedIssuers where !(issuer.hasPrefix("http://") || issuer.hasPrefix("https://")) {
             m.value("trustedIssuers")?.report("'\(issuer)' is not an issuer URL (http:// or https://)")
         }

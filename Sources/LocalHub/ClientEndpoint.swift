@@ -287,18 +287,25 @@ extension LocalHub {
         switch type {
         case "joinGroup", "leaveGroup":
             guard let group = json["group"]?.stringValue, WebPubSubNames.groupProblem(group) == nil else {
-                ack(("InvalidRequest", "\"group\" must be a non-empty group name"))
+                ack(("Forbidden", "\"group\" must be a non-empty group name"))
                 return true
             }
             guard registry.isAllowed(c, "joinLeaveGroup", group: group) else {
                 ack(("Forbidden", "The connection has no permission to \(type == "joinGroup" ? "join" : "leave") group \(group)"))
                 return true
             }
-            _ = type == "joinGroup" ? registry.join(c.id, group: group) : registry.leave(c.id, group: group)
+            if type == "joinGroup" {
+                guard registry.join(c.id, group: group) != .tooManyGroups else {
+                    ack(("Forbidden", "The connection is in \(registry.maxGroupsPerConnection) groups already, the most it may join"))
+                    return true
+                }
+            } else {
+                _ = registry.leave(c.id, group: group)
+            }
             ack()
         case "sendToGroup":
             guard let group = json["group"]?.stringValue, WebPubSubNames.groupProblem(group) == nil else {
-                ack(("InvalidRequest", "\"group\" must be a non-empty group name"))
+                ack(("Forbidden", "\"group\" must be a non-empty group name"))
                 return true
             }
             guard registry.isAllowed(c, "sendToGroup", group: group) else {
@@ -306,7 +313,7 @@ extension LocalHub {
                 return true
             }
             guard let (dataType, payload) = decodeData(json) else {
-                ack(("InvalidRequest", "\"data\" does not match \"dataType\""))
+                ack(("Forbidden", "\"data\" does not match \"dataType\""))
                 return true
             }
             let noEcho = json["noEcho"] == .bool(true)
@@ -316,12 +323,17 @@ extension LocalHub {
             fanOut(out, to: registry.targets(hub: c.hub, scope: .group(group), excluded: excluded, filter: nil))
             ack()
         case "event":
-            guard let name = json["event"]?.stringValue, !name.isEmpty else {
-                ack(("InvalidRequest", "\"event\" is required"))
+            guard let name = json["event"]?.stringValue else {
+                ack(("Forbidden", "\"event\" is required"))
+                return true
+            }
+            // The name becomes a header and a URL segment upstream: the service's rule, or no event.
+            if let problem = WebPubSubNames.eventProblem(name) {
+                ack(("Forbidden", problem))
                 return true
             }
             guard let (dataType, payload) = decodeData(json) else {
-                ack(("InvalidRequest", "\"data\" does not match \"dataType\""))
+                ack(("Forbidden", "\"data\" does not match \"dataType\""))
                 return true
             }
             Counter(label: "wps_hub_messages_received_total", dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()

@@ -34,6 +34,17 @@ final class HubRegistry: Sendable {
     }
 
     private let state = Mutex(State())
+    /// The most groups a client may join itself (`joinGroup`, REST add-to-group); groups from
+    /// the token, the user's groups and filters are the server's own and are not counted against it.
+    let maxGroupsPerConnection: Int
+
+    init(maxGroupsPerConnection: Int = 1000) {
+        self.maxGroupsPerConnection = maxGroupsPerConnection
+    }
+
+    enum JoinResult: Equatable {
+        case joined, noSuchConnection, tooManyGroups
+    }
 
     var connectionCount: Int { state.withLock { $0.connections.count } }
 
@@ -92,11 +103,13 @@ final class HubRegistry: Sendable {
         if s.groups[hub]?[group]?.isEmpty == true { s.groups[hub]?[group] = nil }
     }
 
-    func join(_ id: String, group: String) -> Bool {
+    func join(_ id: String, group: String) -> JoinResult {
         state.withLock { s in
-            guard let c = s.connections[id] else { return false }
+            guard let c = s.connections[id] else { return .noSuchConnection }
+            let current = s.memberships[id] ?? []
+            guard current.contains(group) || current.count < maxGroupsPerConnection else { return .tooManyGroups }
             Self.join(&s, c, group)
-            return true
+            return .joined
         }
     }
 

@@ -34,6 +34,8 @@ public struct LocalHubConfiguration: Sendable {
     public var negotiate = false
     /// How long a reliable session waits for its client to reconnect.
     public var reconnectGrace: Duration = .seconds(30)
+    /// The most groups one connection may join itself (`joinGroup`, REST add-to-group).
+    public var maxGroupsPerConnection = 1000
     /// The largest client message.
     public var maxMessageBytes = 1024 * 1024
     /// How often an event other than `connect` (`connected`, `disconnected`, user events) is
@@ -63,7 +65,7 @@ public struct LocalHubConfiguration: Sendable {
 public final class LocalHub: Service, Sendable {
     public let configuration: LocalHubConfiguration
     let logger: Logger
-    let registry = HubRegistry()
+    let registry: HubRegistry
     let listening = ListeningPort("the embedded hub")
     /// Hubs that had connections, for their gauges.
     /// The `hub` label of the hub's metrics.
@@ -82,6 +84,7 @@ public final class LocalHub: Service, Sendable {
         self.logger = logger
         background = AsyncStream.makeStream()
         limiter = configuration.rateLimit.map { RateLimiter(perSecond: $0) }
+        registry = HubRegistry(maxGroupsPerConnection: configuration.maxGroupsPerConnection)
         upstreamClient = HTTPClient(eventLoopGroupProvider: .singleton)
         upstream = UpstreamCaller(
             httpClient: upstreamClient, keys: configuration.accessKeys, origin: configuration.host, retries: configuration.upstreamRetries,

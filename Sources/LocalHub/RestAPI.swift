@@ -97,8 +97,14 @@ extension LocalHub {
         // Group membership
         case (.put, 4, "groups", _) where rest[2] == "connections":
             if let bad = validGroup(rest[1]) { return bad }
-            guard connection(rest[3], in: hub) != nil, registry.join(rest[3], group: rest[1]) else { return connectionNotFound(rest[3]) }
-            return Response(status: .ok)
+            guard connection(rest[3], in: hub) != nil else { return connectionNotFound(rest[3]) }
+            switch registry.join(rest[3], group: rest[1]) {
+            case .joined: return Response(status: .ok)
+            case .noSuchConnection: return connectionNotFound(rest[3])
+            case .tooManyGroups:
+                return errorResponse(
+                    400, "InvalidRequest", "connection \(rest[3]) is in \(registry.maxGroupsPerConnection) groups already, the most one may join")
+            }
         case (.delete, 4, "groups", _) where rest[2] == "connections":
             if connection(rest[3], in: hub) != nil { _ = registry.leave(rest[3], group: rest[1]) }
             return Response(status: .noContent)

@@ -71,6 +71,20 @@ public enum WebPubSubNames {
     /// Not empty, not only white space, not `.` or `..`.
     public static func connectionProblem(_ connection: String) -> String? { nameProblem(connection, kind: "connection id") }
 
+    /// A client event's name: `^[a-z][a-z0-9_.-]{0,127}$`, case-insensitive (it becomes the
+    /// `ce-eventName` header and a URL segment upstream).
+    public static func eventProblem(_ name: String) -> String? {
+        let scalars = Array(name.unicodeScalars)
+        guard let first = scalars.first else { return "event name is empty" }
+        guard scalars.count <= 128 else { return "event name is longer than 128 characters" }
+        func isLetter(_ c: Unicode.Scalar) -> Bool { ("a"..."z").contains(c) || ("A"..."Z").contains(c) }
+        guard isLetter(first) else { return "event name must start with a letter" }
+        for c in scalars where !(isLetter(c) || ("0"..."9").contains(c) || "_.-".unicodeScalars.contains(c)) {
+            return "event name may only contain letters, digits and _ . -"
+        }
+        return nil
+    }
+
     static func nameProblem(_ name: String, kind: String) -> String? {
         if name.isEmpty { return "\(kind) is empty" }
         if name.allSatisfy(\.isWhitespace) { return "\(kind) is only white space" }
