@@ -99,10 +99,8 @@ public enum BridgeRunner {
                     return (outcome.status, outcome.report)
                 }
             }
-            let bridgeServer = BridgeServer(
-                host: server.host, port: server.port, handler: handler,
-                readiness: { watched().compactMap { name, adapter in adapter.healthProblem.map { "\(name): \($0)" } } },
-                metrics: {
+            let readiness: @Sendable () -> [String] = { watched().compactMap { name, adapter in adapter.healthProblem.map { "\(name): \($0)" } } }
+            let metrics: @Sendable () -> [UInt8] = {
                     // Gauges read at scrape time; the counters are kept up as things happen.
                     let components = watched()
                     for (name, adapter) in components {
@@ -117,9 +115,18 @@ public enum BridgeRunner {
                     for name in gone { Gauge(label: "wps_bridge_component_ready", dimensions: [("component", name)]).destroy() }
                     hub?.recordMetrics()
                     return BridgeMetrics.registry.emitToBuffer()
-                },
-                reload: reloadEndpoint, limits: server.limits, logger: logger)
+                }
+            // With adminListen the port the service reaches serves the event handler alone.
+            let bridgeServer = BridgeServer(
+                host: server.host, port: server.port, handler: handler, readiness: readiness, metrics: metrics, reload: reloadEndpoint,
+                limits: server.limits, endpoints: server.admin == nil ? .all : .events, logger: logger)
             services.append(.init(service: bridgeServer, serviceName: "server"))
+            if let admin = server.admin {
+                let adminServer = BridgeServer(
+                    host: admin.host, port: admin.port, handler: nil, readiness: readiness, metrics: metrics, reload: reloadEndpoint,
+                    limits: server.limits, endpoints: .operations, logger: logger)
+                services.append(.init(service: adminServer, serviceName: "admin"))
+            }
         }
         if progress {
             let dispatcher = bridge.dispatcher

@@ -36,6 +36,17 @@ public final class BridgeServer: Service, Sendable {
 
     let reload: ReloadEndpoint?
     let limits: ConnectionLimits
+    /// What this listener serves besides `/healthz`: the event handler, the operator's
+    /// endpoints (`/readyz`, `/metrics`, `/-/reload`), or both (`server.adminListen` splits them).
+    public struct Endpoints: OptionSet, Sendable {
+        public let rawValue: Int
+        public init(rawValue: Int) { self.rawValue = rawValue }
+        public static let events = Endpoints(rawValue: 1)
+        public static let operations = Endpoints(rawValue: 2)
+        public static let all: Endpoints = [.events, .operations]
+    }
+
+    let endpoints: Endpoints
     let logger: Logger
     private let listening = ListeningPort("the bridge server")
     /// The largest event body taken.
@@ -43,10 +54,12 @@ public final class BridgeServer: Service, Sendable {
 
     public init(
         host: String, port: Int, handler: EventHandler?, readiness: @escaping @Sendable () -> [String],
-        metrics: (@Sendable () -> [UInt8])? = nil, reload: ReloadEndpoint? = nil, limits: ConnectionLimits = .init(), logger: Logger
+        metrics: (@Sendable () -> [UInt8])? = nil, reload: ReloadEndpoint? = nil, limits: ConnectionLimits = .init(),
+        endpoints: Endpoints = .all, logger: Logger
     ) {
         self.reload = reload
         self.limits = limits
+        self.endpoints = endpoints
         self.host = host
         self.port = port
         self.handler = handler
@@ -86,14 +99,14 @@ public final class BridgeServer: Service, Sendable {
         var request = request
         let path = request.uri.path
         if path == "/healthz" { return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "ok\n"))) }
-        if path == "/readyz" {
+        if path == "/readyz", endpoints.contains(.operations) {
             let problems = readiness()
             let body = JSONValue.object([("ready", .bool(problems.isEmpty)), ("problems", .array(problems.map { .string($0) }))]).serialized + "\n"
             return Response(
                 status: problems.isEmpty ? .ok : .serviceUnavailable, headers: [.contentType: "application/json"],
                 body: .init(byteBuffer: ByteBuffer(string: body)))
         }
-        if path == "/-/reload", let reload {
+        if path == "/-/reload", endpoints.contains(.operations), let reload {
             guard request.method == .post else { return plain(.methodNotAllowed, "POST to reload\n") }
             let bearer = request.headers[.authorization].flatMap { $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : nil }
             let given = bearer ?? request.headers[HTTPField.Name("X-WPS-Reload-Token")!] ?? ""
@@ -101,11 +114,11 @@ public final class BridgeServer: Service, Sendable {
             let (status, report) = await reload.reload()
             return plain(.init(code: status), report + "\n")
         }
-        if path == "/metrics", let metrics {
+        if path == "/metrics", endpoints.contains(.operations), let metrics {
             return Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(bytes: metrics())))
         }
-        if let handler {
+        if let handler, endpoints.contains(.events) {
             let prefix = handler.configuration.path
             if path.hasPrefix(prefix + "/") {
                 let rest = path.dropFirst(prefix.count + 1)

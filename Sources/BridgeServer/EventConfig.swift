@@ -12,6 +12,14 @@ public struct ServerSettings: Sendable, Equatable {
     public var reloadToken: String?
     /// Header deadline, idle timeout and connection cap (`headerTimeout`, `idleTimeout`, `maxConnections`).
     public var limits = ConnectionLimits()
+    /// `adminListen: HOST:PORT`: `/readyz`, `/metrics` and `/-/reload` there instead of on
+    /// `listen`, which then serves the event handler (and `/healthz`) alone.
+    public var admin: (host: String, port: Int)?
+
+    public static func == (a: ServerSettings, b: ServerSettings) -> Bool {
+        a.host == b.host && a.port == b.port && a.reloadToken == b.reloadToken && a.limits == b.limits
+            && a.admin?.host == b.admin?.host && a.admin?.port == b.admin?.port
+    }
 
     public init(host: String = "127.0.0.1", port: Int = 8081) {
         self.host = host
@@ -20,14 +28,24 @@ public struct ServerSettings: Sendable, Equatable {
 
     /// `server: {listen: HOST:PORT}`.
     public static func read(_ m: ConfigMapping) -> ServerSettings? {
-        m.checkKeys(["listen", "reload", "reloadToken", "reloadTokenFile"] + ConnectionLimits.keys, what: "server")
+        m.checkKeys(["listen", "adminListen", "reload", "reloadToken", "reloadTokenFile"] + ConnectionLimits.keys, what: "server")
         guard let v = m.requireKey("listen", "HOST:PORT, e.g. 127.0.0.1:8081 or 0.0.0.0:8081"), let text = v.string() else { return nil }
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+        guard let (host, port) = hostPort(text) else {
             v.report("'\(text)' is not HOST:PORT")
             return nil
         }
-        let host = String(text[..<colon])
-        var settings = ServerSettings(host: host.isEmpty ? "0.0.0.0" : host, port: port)
+        var settings = ServerSettings(host: host, port: port)
+        if let a = m.value("adminListen"), let adminText = a.string() {
+            if let admin = hostPort(adminText) {
+                if admin.port == port, admin.port != 0 {
+                    a.report("adminListen must be another port than listen (\(port))")
+                } else {
+                    settings.admin = admin
+                }
+            } else {
+                a.report("'\(adminText)' is not HOST:PORT, e.g. 127.0.0.1:9090")
+            }
+        }
         settings.limits = ConnectionLimits.read(m)
         let token = m.secret("reloadToken")
         if m.bool("reload") == true {
@@ -39,6 +57,13 @@ public struct ServerSettings: Sendable, Equatable {
         }
         return settings
     }
+}
+
+/// `HOST:PORT` (an empty host is every address).
+func hostPort(_ text: String) -> (host: String, port: Int)? {
+    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+    let host = String(text[..<colon])
+    return (host.isEmpty ? "0.0.0.0" : host, port)
 }
 
 extension ConnectionLimits {

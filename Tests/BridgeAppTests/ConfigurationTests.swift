@@ -235,6 +235,13 @@ let valid = """
         #expect(hub.webpubsub.embedded?.limits.idleTimeout == .seconds(60))
     }
 
+    @Test func adminListenIsReadAndMustBeAnotherPort() throws {
+        let c = try load(head + "server: {listen: \"127.0.0.1:8081\", adminListen: \"127.0.0.1:9090\"}")
+        #expect(c.server?.admin?.host == "127.0.0.1" && c.server?.admin?.port == 9090)
+        #expect(issues(head + "server: {listen: \"0.0.0.0:8081\", adminListen: \":8081\"}").contains { $0.message.contains("another port") })
+        #expect(issues(head + "server: {listen: \"0.0.0.0:8081\", adminListen: nine}").contains { $0.message.contains("is not HOST:PORT") })
+    }
+
     @Test func badLimitsAreReportedWithTheirLine() {
         let found = issues(head + "server:\n  listen: \"127.0.0.1:0\"\n  headerTimeout: 0s\n  maxConnections: 0\n")
         #expect(found.contains { $0.message.contains("headerTimeout must be more than 0") && $0.line == 6 }, "\(found)")

@@ -24,6 +24,40 @@ import WebPubSub
         return result
     }
 
+    /// `server.adminListen`: the operator's endpoints on their own port; the port the service
+    /// reaches serves the event handler (and `/healthz`) alone.
+    @Test func adminEndpointsMoveToTheirOwnListener() async throws {
+        let hubPort = try TestEnvironment.freePort()
+        let serverPort = try TestEnvironment.freePort()
+        let adminPort = try TestEnvironment.freePort()
+        let dir = try TestEnvironment.temporaryDirectory()
+        try """
+            webpubsub: {embedded: {port: \(hubPort), accessKey: admin-test-key-0123456789ABCDEFGHIJ}, hub: chat}
+            server: {listen: "127.0.0.1:\(serverPort)", adminListen: "127.0.0.1:\(adminPort)", reload: true, reloadToken: secret-token}
+            events: [{hub: chat, events: [message], to: {type: stdout}}]
+            """.write(toFile: dir + "/bridge.yaml", atomically: true, encoding: .utf8)
+        let bridge = try ChildProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", dir + "/bridge.yaml"], currentDirectory: dir)
+        #expect(await eventually { TestEnvironment.isListening(serverPort) && TestEnvironment.isListening(adminPort) })
+        for path in ["/metrics", "/readyz", "/-/reload"] {
+            #expect(try await get("http://127.0.0.1:\(serverPort)\(path)").status == 404, "\(path) on the public port")
+        }
+        #expect(try await get("http://127.0.0.1:\(serverPort)/healthz").status == 200)
+        #expect(try await get("http://127.0.0.1:\(adminPort)/metrics").status == 200)
+        #expect(try await get("http://127.0.0.1:\(adminPort)/readyz").body.contains("ready"))
+        #expect(try await get("http://127.0.0.1:\(adminPort)/-/reload").status == 405, "POST only, but there")
+        // The event handler is on the public port only.
+        var options = URLRequest(url: URL(string: "http://127.0.0.1:\(serverPort)/eventhandler/chat")!)
+        options.httpMethod = "OPTIONS"
+        options.setValue("127.0.0.1", forHTTPHeaderField: "WebHook-Request-Origin")
+        let (_, handshake) = try await URLSession.shared.data(for: options)
+        #expect((handshake as? HTTPURLResponse)?.statusCode == 200)
+        options.url = URL(string: "http://127.0.0.1:\(adminPort)/eventhandler/chat")!
+        let (_, onAdmin) = try await URLSession.shared.data(for: options)
+        #expect((onAdmin as? HTTPURLResponse)?.statusCode == 404)
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+    }
+
     @Test func metricsCountWhatWasSentAndReceived() async throws {
         let hubPort = try TestEnvironment.freePort()
         let serverPort = try TestEnvironment.freePort()
