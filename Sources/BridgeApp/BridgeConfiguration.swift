@@ -331,7 +331,7 @@ public struct BridgeConfiguration: Sendable {
         m.checkKeys(
             [
                 "host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "negotiate", "reconnectGrace", "upstreamRetries",
-                "trustedIssuers", "signingKeyRefresh", "maxGroupsPerConnection", "hubs",
+                "trustedIssuers", "signingKeyRefresh", "maxGroupsPerConnection", "maxReplayBytes", "hubs",
             ] + ConnectionLimits.keys,
             what: "webpubsub.embedded")
         var config = LocalHubConfiguration(accessKeys: [AccessKey(m.secret("accessKey") ?? randomAccessKey())])
@@ -347,6 +347,7 @@ public struct BridgeConfiguration: Sendable {
         config.signingKeyRefresh = m.duration("signingKeyRefresh") ?? config.signingKeyRefresh
         config.limits = ConnectionLimits.read(m)
         config.maxGroupsPerConnection = m.int("maxGroupsPerConnection", range: 1...100_000) ?? config.maxGroupsPerConnection
+        config.maxReplayBytes = m.int("maxReplayBytes", range: 1024...(64 * 1024 * 1024 * 1024)) ?? config.maxReplayBytes
         for issuer in config.trustedIssuers where !(issuer.hasPrefix("http://") || issuer.hasPrefix("https://")) {
             m.value("trustedIssuers")?.report("'\(issuer)' is not an issuer URL (http:// or https://)")
         }

@@ -40,11 +40,14 @@ final class ClientConnection: Sendable {
     }
 
     private let state = Mutex(State())
+    /// The hub's memory for replays, shared by every reliable connection.
+    let replayBudget: ReplayBudget
 
     init(
         id: String, hub: String, userId: String?, proto: ClientProtocol, plainMode: PlainMode, roles: Set<String>,
-        subprotocolHeader: String?, connectionState: String?
+        subprotocolHeader: String?, connectionState: String?, replayBudget: ReplayBudget = ReplayBudget()
     ) {
+        self.replayBudget = replayBudget
         self.id = id
         self.hub = hub
         self.userId = userId
@@ -134,6 +137,7 @@ final class ClientConnection: Sendable {
                 let text = message.jsonFrame(sequenceId: id)
                 s.unacked.append((id, text))
                 s.unackedBytes += text.utf8.count
+                replayBudget.add(text.utf8.count)
                 if s.unacked.count > Self.maxUnackedMessages || s.unackedBytes > Self.maxUnackedBytes { return .bufferFull }
                 // Without a socket the message is kept for the replay.
                 guard let socket = s.socket else { return .noSocket }
@@ -158,11 +162,15 @@ final class ClientConnection: Sendable {
         }
     }
 
+    /// Bytes kept for this connection's replay.
+    var replayBytes: Int { state.withLock { $0.unackedBytes } }
+
     /// `sequenceAck`: drops what the client confirmed (every id up to `sequenceId`).
     func acknowledge(upTo sequenceId: UInt64) {
         state.withLock { s in
             while let first = s.unacked.first, first.id <= sequenceId {
                 s.unackedBytes -= first.frame.utf8.count
+                replayBudget.add(-first.frame.utf8.count)
                 s.unacked.removeFirst()
             }
         }
@@ -189,6 +197,7 @@ final class ClientConnection: Sendable {
         let socket: ClientSocket? = state.withLock { s in
             s.ended = true
             defer { s.socket = nil }
+            replayBudget.add(-s.unackedBytes)
             s.unacked.removeAll()
             s.unackedBytes = 0
             return s.socket
@@ -201,4 +210,17 @@ final class ClientConnection: Sendable {
         if needsDrain { socket.drainSoon() }
         socket.finish()
     }
+}
+
+/// The memory the hub keeps for reliable replays, across every session: when it is over its
+/// limit, the sessions holding the most are ended first (see `LocalHub.fanOut`).
+final class ReplayBudget: Sendable {
+    let limit: Int
+    private let used = Atomic<Int>(0)
+
+    init(limit: Int = 256 * 1024 * 1024) { self.limit = limit }
+
+    func add(_ bytes: Int) { used.add(bytes, ordering: .relaxed) }
+    var bytes: Int { used.load(ordering: .relaxed) }
+    var isOver: Bool { bytes > limit }
 }

@@ -136,7 +136,7 @@ extension LocalHub {
         let c = ClientConnection(
             id: connectionId, hub: hub, userId: userId, proto: chosenProtocol, plainMode: mode, roles: roles,
             subprotocolHeader: chosenProtocol.isJSON ? chosenProtocol.rawValue : responseHeaders[.secWebSocketProtocol],
-            connectionState: connectionState)
+            connectionState: connectionState, replayBudget: replayBudget)
         let greeting = chosenProtocol.isJSON ? SystemFrames.connected(connectionId: c.id, userId: userId, reconnectionToken: c.reconnectionToken) : nil
         let initialGroups = groups
         let finalProtocol = chosenProtocol

@@ -34,6 +34,9 @@ public struct LocalHubConfiguration: Sendable {
     public var negotiate = false
     /// How long a reliable session waits for its client to reconnect.
     public var reconnectGrace: Duration = .seconds(30)
+    /// The memory kept for reliable replays across all sessions; past it, the sessions holding
+    /// the most are ended first.
+    public var maxReplayBytes = 256 * 1024 * 1024
     /// The most groups one connection may join itself (`joinGroup`, REST add-to-group).
     public var maxGroupsPerConnection = 1000
     /// The largest client message.
@@ -66,6 +69,7 @@ public final class LocalHub: Service, Sendable {
     public let configuration: LocalHubConfiguration
     let logger: Logger
     let registry: HubRegistry
+    let replayBudget: ReplayBudget
     let listening = ListeningPort("the embedded hub")
     /// Hubs that had connections, for their gauges.
     /// The `hub` label of the hub's metrics.
@@ -85,6 +89,7 @@ public final class LocalHub: Service, Sendable {
         background = AsyncStream.makeStream()
         limiter = configuration.rateLimit.map { RateLimiter(perSecond: $0) }
         registry = HubRegistry(maxGroupsPerConnection: configuration.maxGroupsPerConnection)
+        replayBudget = ReplayBudget(limit: configuration.maxReplayBytes)
         upstreamClient = HTTPClient(eventLoopGroupProvider: .singleton)
         upstream = UpstreamCaller(
             httpClient: upstreamClient, keys: configuration.accessKeys, origin: configuration.host, retries: configuration.upstreamRetries,

@@ -228,6 +228,24 @@ extension LocalHub {
                 spawn { await self.terminate(c, reason: "Too many messages are not acknowledged", notify: true) }
             }
         }
+        if replayBudget.isOver { trimReplays() }
+    }
+
+    /// The replay memory of all reliable sessions is over its limit: ends the sessions that
+    /// hold the most until it is not.
+    func trimReplays() {
+        var excess = replayBudget.bytes - replayBudget.limit
+        guard excess > 0 else { return }
+        let holders = registry.all(hub: nil).filter { $0.proto.isReliable }.map { ($0, $0.replayBytes) }.sorted { $0.1 > $1.1 }
+        for (c, bytes) in holders where excess > 0 && bytes > 0 {
+            excess -= bytes
+            logger.notice(
+                "ending the reliable session that holds the most unacknowledged messages: the hub's replay memory is full",
+                metadata: ["wps.hub": "\(c.hub)", "wps.connection": "\(c.id)", "wps.bytes": "\(bytes)", "wps.limit": "\(replayBudget.limit)"])
+            // Ended at once, so that the next fan-out does not pick it again.
+            c.end(closing: [.text(SystemFrames.disconnected("Too many messages are not acknowledged: the hub's replay memory is full")), .close(code: 1008, reason: "Too many messages are not acknowledged")])
+            spawn { await self.terminate(c, reason: "Too many messages are not acknowledged (replay memory)", notify: false) }
+        }
     }
 
     func close(_ connections: [ClientConnection], _ query: Query) async {

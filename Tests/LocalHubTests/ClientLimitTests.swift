@@ -65,3 +65,32 @@ import WebPubSub
         }
     }
 }
+
+/// The memory kept for reliable replays is bounded across all sessions.
+@Suite struct ReplayMemoryTests {
+    /// Two reliable clients that never acknowledge: once what they hold passes the hub's limit,
+    /// the one holding the most is ended; the other goes on.
+    @Test func theSessionHoldingTheMostIsEndedFirst() async throws {
+        try await withHub({ $0.maxReplayBytes = 200 * 1024 }) { hub, cs in
+            let (big, _) = try await connectClient(cs, user: "big", subprotocol: "json.reliable.webpubsub.azure.v1")
+            let (small, _) = try await connectClient(cs, user: "small", subprotocol: "json.reliable.webpubsub.azure.v1")
+            _ = await big.drain()
+            _ = await small.drain()
+            let client = WebPubSubServiceClient(connectionString: cs)
+            let chunk = String(repeating: "x", count: 10 * 1024)
+            for _ in 0..<5 { try await client.sendToUser(hub: "chat", userId: "small", payload: .init(string: chunk), contentType: "text/plain") }
+            for _ in 0..<12 { try await client.sendToUser(hub: "chat", userId: "big", payload: .init(string: chunk), contentType: "text/plain") }
+            // 170 KB held: under the limit, both are there.
+            #expect(try await client.userExists(hub: "chat", userId: "big"))
+            for _ in 0..<6 { try await client.sendToUser(hub: "chat", userId: "big", payload: .init(string: chunk), contentType: "text/plain") }
+            // Over 200 KB: "big" (180 KB) goes, "small" (50 KB) stays.
+            #expect(await eventually { (try? await client.userExists(hub: "chat", userId: "big")) == false })
+            #expect(try await client.userExists(hub: "chat", userId: "small"))
+            try await client.sendToUser(hub: "chat", userId: "small", payload: .init(string: "still here"), contentType: "text/plain")
+            let frames = await small.messages(6)
+            #expect(frames.last?["data"] == .string("still here"), "\(frames.count) frames")
+            try await client.shutdown()
+            _ = hub
+        }
+    }
+}

@@ -18,6 +18,49 @@ import Testing
         }
     }
 
+    /// A pretty-printed JSON payload that cannot be delivered goes to the dead-letter file as
+    /// one line; fed back through stdin (routed where it can go) it is delivered as it was.
+    @Test func aDeadLetterFileReplaysThroughStdin() async throws {
+        let redis = try await RedisServer()
+        let hub = try await HubProcess()
+        let subscriber = try await hub.subscriber(hub: "chat", group: "replayed")
+        let dir = try TestEnvironment.temporaryDirectory()
+        let bridge = try BridgeProcess(
+            """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+            sources:
+              - {name: live, type: redis, url: "\(redis.url)", channels: [orders]}
+            deadLetter: {type: file, path: \(dir)/dead.ndjson}
+            routes:
+              - {from: live, to: [{hub: chat, group: "{json.missing}"}]}
+            """, in: dir)
+        #expect(try await eventually { try await subscribers(redis, channel: "orders") == 1 }, "\(bridge.logTail)")
+        let pretty = "{\n  \"order\": 42,\n  \"note\": \"two  spaces\\nand a line\"\n}\n"
+        _ = try await redis.cli("PUBLISH", "orders", pretty)
+        #expect(await eventually { ((try? String(contentsOfFile: dir + "/dead.ndjson", encoding: .utf8)) ?? "").hasSuffix("\n") }, "\(bridge.logTail)")
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+        let dead = try String(contentsOfFile: dir + "/dead.ndjson", encoding: .utf8)
+        #expect(dead.split(separator: "\n").count == 1, "one line: \(dead)")
+
+        let replayDir = try TestEnvironment.temporaryDirectory()
+        try """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+            sources: [{name: replay, type: stdin}]
+            deadLetter: {type: file, path: \(replayDir)/dead.ndjson}
+            routes: [{from: replay, to: [{hub: chat, group: replayed}]}]
+            """.write(toFile: replayDir + "/bridge.yaml", atomically: true, encoding: .utf8)
+        let replay = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", replayDir + "/bridge.yaml"], input: dead)
+        #expect(replay.status == 0, "\(replay.stderr.suffix(2000))")
+        let got = await subscriber.messages(1)
+        #expect(got.first?["data"] == (try JSONValue(parsing: pretty)), "\(got)")
+        #expect(!FileManager.default.fileExists(atPath: replayDir + "/dead.ndjson"))
+        await redis.stop()
+        await hub.stop()
+    }
+
     @Test func channelAndPatternMessagesArriveAndASubscriptionSurvivesARestart() async throws {
         let redis = try await RedisServer()
         let hub = try await HubProcess()
