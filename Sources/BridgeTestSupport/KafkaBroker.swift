@@ -62,6 +62,14 @@ public enum KafkaTool {
         guard result.status == 0 else { throw TestEnvironmentError("kafka_tool create failed: \(result.stderr)") }
     }
 
+    /// The committed offsets of `group` on `topic`, by partition (-1: none).
+    public static func committed(_ brokers: String, group: String, topic: String, partitions: Int) async throws -> [Int: Int] {
+        let result = try await runProcess(try TestEnvironment.python(), [script, "committed", brokers, group, topic, String(partitions)])
+        guard result.status == 0 else { throw TestEnvironmentError("kafka_tool committed failed: \(result.stderr)") }
+        let o = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as! [String: Int]
+        return Dictionary(uniqueKeysWithValues: o.map { (Int($0.key)!, $0.value) })
+    }
+
     /// A record as read back.
     public struct Record: Sendable {
         public let topic: String

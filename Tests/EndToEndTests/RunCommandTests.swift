@@ -321,10 +321,3 @@ extension RunCommandTests {
         }
     }
 }
-
-/// Lines collected from a server's handler.
-final class Lines: Sendable {
-    private let lines = Mutex<[String]>([])
-    func append(_ line: String) { lines.withLock { $0.append(line) } }
-    var all: [String] { lines.withLock { $0 } }
-}

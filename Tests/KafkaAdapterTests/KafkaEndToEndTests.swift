@@ -1,6 +1,7 @@
 import BridgeJSON
 import BridgeTestSupport
 import Foundation
+import Synchronization
 import Testing
 
 /// `wps-bridge run` with Kafka sources and dead letters, against a real Kafka-protocol broker
@@ -42,6 +43,55 @@ import Testing
         \(extra)    librdkafka:
         \(Self.fastGroup)
         """
+    }
+
+    /// Web PubSub refusing the bridge's key (401) is the route's condition: while it lasts
+    /// nothing is committed, nothing dead-lettered; once the key is taken every message is
+    /// delivered once and the offsets are committed after delivery.
+    @Test func aRefusedKeyCommitsNothingUntilMessagesAreDelivered() async throws {
+        let broker = try await KafkaBroker()
+        let dir = try TestEnvironment.temporaryDirectory()
+        let topic = "refused"
+        try await KafkaTool.create(broker.brokers, topic: topic, partitions: 2)
+        let count = 40
+        try await KafkaTool.produce(broker.brokers, topic: topic, (0..<count).map { i in ["value": #"{"p":\#(i % 2),"n":\#(i)}"#, "partition": i % 2] })
+        let refusing = Atomic<Bool>(true)
+        let accepted = Lines()
+        let server = RecordingServer(responder: { request in
+            if refusing.load(ordering: .relaxed) { return .init(status: 401, body: #"{"code":"Unauthorized","message":"invalid token"}"#) }
+            accepted.append(request.bodyText)
+            return nil
+        })
+        try await server.start()
+        let bridge = try startBridge(
+            """
+            webpubsub:
+              connectionString: "\(server.connectionString)"
+            sources:
+            \(kafkaSource(broker, topic: topic, group: "g-refused"))
+            deadLetter: {type: file, path: dead.ndjson}
+            delivery:
+              retry: {maxAttempts: 3, initialBackoff: 20ms, maxBackoff: 200ms}
+            routes:
+              - from: events
+                to:
+                  - {hub: chat, group: orders}
+            """, in: dir)
+        #expect(await eventually(timeout: .seconds(60)) { bridge.log.contains("refuses the bridge (401") }, "\(bridge.logTail)")
+        try await Task.sleep(for: .seconds(3))
+        let during = try await KafkaTool.committed(broker.brokers, group: "g-refused", topic: topic, partitions: 2)
+        #expect(during.values.allSatisfy { $0 <= 0 }, "committed while refused: \(during)")
+        refusing.store(false, ordering: .relaxed)
+        #expect(await eventually(timeout: .seconds(60)) { accepted.all.count >= count }, "\(bridge.logTail)")
+        #expect(await eventually(timeout: .seconds(30)) {
+            (try? await KafkaTool.committed(broker.brokers, group: "g-refused", topic: topic, partitions: 2)).map { $0.values.reduce(0, +) } == count
+        }, "offsets after delivery")
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+        #expect(accepted.all.count == count, "each message accepted once")
+        #expect(Set(accepted.all).count == count)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/dead.ndjson"), "nothing dead-lettered")
+        await server.stop()
     }
 
     @Test func messagesOfSeveralPartitionsArriveInOrderPerPartition() async throws {

@@ -8,6 +8,8 @@ reads and reads back what the bridge wrote.
       exits 1 if fewer than COUNT records arrived in time. With LINGER_S, goes on reading that
       long after COUNT and prints what else arrives (to see records that should not be there).
   kafka_tool.py create BROKERS TOPIC PARTITIONS
+  kafka_tool.py committed BROKERS GROUP TOPIC PARTITIONS
+      prints {"PARTITION": OFFSET, ...}: the group's committed offsets (-1 where none)
 """
 import json
 import sys
@@ -102,6 +104,15 @@ def create(brokers, topic, partitions):
                 raise
 
 
+def committed(brokers, group, topic, partitions):
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
+    try:
+        offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
+        print(json.dumps({str(tp.partition): tp.offset if tp.offset >= 0 else -1 for tp in offsets}))
+    finally:
+        consumer.close()
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "produce":
@@ -111,5 +122,7 @@ if __name__ == "__main__":
                 float(sys.argv[6]) if len(sys.argv) > 6 else 0.0)
     elif cmd == "create":
         create(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif cmd == "committed":
+        committed(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     else:
         sys.exit(f"unknown command {cmd}")
