@@ -67,7 +67,7 @@ extension LocalHub {
                 // A close frame in the same packet as the 101 can be lost by clients that switch
                 // their pipeline only after reading the response (seen with swift-websocket's
                 // client under load): give the handshake a moment first.
-                try? await Task.sleep(for: .milliseconds(50))
+                try? await Task.sleep(for: .milliseconds(200))
                 try await outbound.close(.policyViolation, reason: "The connection cannot be recovered")
             }
         }

@@ -32,8 +32,17 @@ import WebPubSub
         RawSocket.raiseFileLimit()
         try await withHub({ $0.limits.headerTimeout = .seconds(3) }) { _, cs in
             let port = try #require(URL(string: cs.endpoint)?.port)
-            var idle: [RawSocket] = []
-            for _ in 0..<2000 { idle.append(try RawSocket(port: port)) }
+            // Connected on a thread of their own: 2,000 blocking connects must not hold one of
+            // the few threads of the concurrency pool, which other tests' hubs run on.
+            let idle: [RawSocket] = try await withCheckedThrowingContinuation { continuation in
+                Thread {
+                    do {
+                        continuation.resume(returning: try (0..<2000).map { _ in try RawSocket(port: port) })
+                    } catch {
+                        continuation.resume(throwing: error)
+                    }
+                }.start()
+            }
             let client = WebPubSubServiceClient(connectionString: cs)
             let started = ContinuousClock.now
             #expect(try await client.serviceIsHealthy())
