@@ -14,11 +14,12 @@ public struct ServerSettings: Sendable, Equatable {
     public var limits = ConnectionLimits()
     /// `adminListen: HOST:PORT`: `/readyz`, `/metrics` and `/-/reload` there instead of on
     /// `listen`, which then serves the event handler (and `/healthz`) alone.
-    public var admin: (host: String, port: Int)?
+    public var admin: Address?
 
-    public static func == (a: ServerSettings, b: ServerSettings) -> Bool {
-        a.host == b.host && a.port == b.port && a.reloadToken == b.reloadToken && a.limits == b.limits
-            && a.admin?.host == b.admin?.host && a.admin?.port == b.admin?.port
+    /// A listen address.
+    public struct Address: Sendable, Equatable {
+        public var host: String
+        public var port: Int
     }
 
     public init(host: String = "127.0.0.1", port: Int = 8081) {
@@ -40,7 +41,7 @@ public struct ServerSettings: Sendable, Equatable {
                 if admin.port == port, admin.port != 0 {
                     a.report("adminListen must be another port than listen (\(port))")
                 } else {
-                    settings.admin = admin
+                    settings.admin = Address(host: admin.host, port: admin.port)
                 }
             } else {
                 a.report("'\(adminText)' is not HOST:PORT, e.g. 127.0.0.1:9090")
