@@ -231,6 +231,11 @@ extension LocalHub {
                 if socket.closedAsSlow {
                     // The socket's own close ends the connection; the reason is the same whoever comes first.
                     await terminate(c, reason: Self.slowClientReason, notify: false)
+                } else if let failure, let refusal = FrameRefusal(failure) {
+                    // A frame RFC 6455 forbids (text that is not UTF-8, a stray continuation, a
+                    // message over the limit): the connection ends with the RFC's code, reliable
+                    // or not, as a session that sends such frames cannot be trusted to resume.
+                    await terminate(c, reason: refusal.reason, notify: false, code: refusal.code)
                 } else if c.proto.isReliable {
                     // Dropped without a close from us: keep the session for a reconnect.
                     c.detach(generation: generation)
@@ -254,6 +259,10 @@ extension LocalHub {
             // before it: the close reason reaches the client. (A socket replaced by a newer
             // one was closed by the attach; this covers any other way out of the loop.)
             socket.finish()
+            // The close must be written before the failure leaves the group: leaving cancels
+            // the close task, which could then stop between the handshake's state change and
+            // the frame, so that no close frame is ever sent.
+            try await group.waitForAll()
             if let failure { throw failure }
         }
     }
@@ -421,3 +430,29 @@ extension LocalHub {
     }
 }
 
+
+/// A frame the WebSocket library refused while reading (it throws its internal
+/// `close(WebSocketErrorCode)` error for those), with the close code RFC 6455 gives for it.
+struct FrameRefusal {
+    let code: UInt16
+    let reason: String
+
+    init?(_ error: any Error) {
+        // The library's error type is `package`, so it is recognised by its shape: an enum case
+        // `close` carrying the close code.
+        let mirror = Mirror(reflecting: error)
+        guard mirror.displayStyle == .enum, let child = mirror.children.first, child.label == "close",
+            let code = child.value as? WebSocketErrorCode
+        else { return nil }
+        switch code {
+        case .dataInconsistentWithMessage:
+            (self.code, reason) = (1007, "Invalid message: a text frame that is not UTF-8")
+        case .messageTooLarge:
+            (self.code, reason) = (1009, "Invalid message: larger than the hub's limit")
+        case .protocolError:
+            (self.code, reason) = (1002, "Invalid frame: not allowed by RFC 6455 here")
+        default:
+            return nil
+        }
+    }
+}

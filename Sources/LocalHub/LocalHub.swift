@@ -273,10 +273,13 @@ public final class LocalHub: Service, Sendable {
 
     /// Ends a connection: tells the client why (JSON protocols), closes the socket (1008, so a
     /// reliable client does not try to recover), forgets it, and sends `disconnected` upstream.
-    func terminate(_ c: ClientConnection, reason: String, notify: Bool) async {
+    /// Ends a connection: a `disconnected` frame when `notify` (JSON protocols), then a close
+    /// with `code`, by default 1008 for reliable protocols (the session cannot be recovered) and
+    /// 1000 for the others, as the service does.
+    func terminate(_ c: ClientConnection, reason: String, notify: Bool, code: UInt16? = nil) async {
         var frames: [SocketFrame] = []
         if notify, c.proto.isJSON { frames.append(.text(SystemFrames.disconnected(reason))) }
-        frames.append(.close(code: c.proto.isReliable ? 1008 : 1000, reason: closeReason(reason)))
+        frames.append(.close(code: code ?? (c.proto.isReliable ? 1008 : 1000), reason: closeReason(reason)))
         c.end(closing: frames)
         guard registry.remove(c.id) else { return }
         logger.debug("connection closed", metadata: ["wps.hub": "\(c.hub)", "wps.connection": "\(c.id)", "reason": "\(reason)"])

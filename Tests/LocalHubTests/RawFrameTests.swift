@@ -9,14 +9,14 @@ import Glibc
 
 /// Frames no WebSocket library would send, written byte by byte on a plain socket.
 @Suite struct RawFrameTests {
-    func upgrade(_ cs: ConnectionString) async throws -> RawSocket {
+    func upgrade(_ cs: ConnectionString, subprotocol: String = "json.webpubsub.azure.v1") async throws -> RawSocket {
         let access = try ClientAccess.make(
             endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "raw", roles: [], groups: [], expiresIn: .seconds(600))
         let url = try #require(URL(string: access.url))
         let socket = try RawSocket(port: try #require(url.port))
         socket.write(Array((
             "GET \(url.path)?\(try #require(url.query)) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: json.webpubsub.azure.v1\r\n\r\n").utf8))
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: \(subprotocol)\r\n\r\n").utf8))
         let head = try #require(await socket.readHead())
         try #require(head.hasPrefix("HTTP/1.1 101"), "\(head)")
         return socket
@@ -30,11 +30,10 @@ import Glibc
         return nil
     }
 
-    /// A text frame that is not UTF-8 ends the connection: it is not repaired into U+FFFD and
-    /// taken (the frame here is valid JSON around the bad bytes, so a repairing hub would send
-    /// it on). RFC 6455 asks for close code 1007; the hub closes with 1000 so far (the close
-    /// goes through the hub's own terminate path; see the issue note).
-    @Test func anInvalidUTF8TextFrameEndsTheConnection() async throws {
+    /// A text frame that is not UTF-8 ends the connection with 1007 (RFC 6455 7.4.1): it is not
+    /// repaired into U+FFFD and taken (the frame here is valid JSON around the bad bytes, so a
+    /// repairing hub would answer it).
+    @Test func anInvalidUTF8TextFrameEndsTheConnectionWith1007() async throws {
         try await withHub { _, cs in
             let socket = try await upgrade(cs)
             // A valid frame first: the connection works.
@@ -47,12 +46,31 @@ import Glibc
             // 0xC3 0x28: a two-byte sequence whose second byte is not a continuation byte,
             // inside a JSON string.
             socket.sendFrame(opcode: 0x1, Array(#"{"type":"ping","x":""#.utf8) + [0xC3, 0x28] + Array(#""}"#.utf8))
-            var closed = false, ponged = false
+            var code: Int?, ponged = false
             while let frame = await socket.readFrame() {
-                if frame.opcode == 0x8 { closed = true; break }
+                if frame.opcode == 0x8 { code = frame.payload.count >= 2 ? Int(frame.payload[0]) << 8 | Int(frame.payload[1]) : 0; break }
                 if String(decoding: frame.payload, as: UTF8.self).contains("pong") { ponged = true }
             }
-            #expect(closed && !ponged, "closed: \(closed), answered: \(ponged)")
+            #expect(code == 1007 && !ponged, "close code: \(String(describing: code)), answered: \(ponged)")
+        }
+    }
+
+    /// A continuation frame with no message to continue is a protocol error: close 1002.
+    @Test func aStrayContinuationFrameEndsTheConnectionWith1002() async throws {
+        try await withHub { _, cs in
+            let socket = try await upgrade(cs)
+            socket.sendFrame(opcode: 0x0, Array(#"{"type":"ping"}"#.utf8))
+            #expect(await closeCode(socket) == 1002)
+        }
+    }
+
+    /// A reliable session does not survive a bad frame either: it is closed with the RFC's code,
+    /// not kept for a reconnect.
+    @Test func aReliableSessionEndsOnAnInvalidFrame() async throws {
+        try await withHub { _, cs in
+            let socket = try await upgrade(cs, subprotocol: "json.reliable.webpubsub.azure.v1")
+            socket.sendFrame(opcode: 0x1, [0x22, 0xFF, 0x22])
+            #expect(await closeCode(socket) == 1007)
         }
     }
 }
