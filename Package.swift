@@ -33,10 +33,16 @@ let package = Package(
         .target(name: "ODataFilter", swiftSettings: swiftSettings),
         // A JSON value type that keeps numbers as written, with a fast parser: payloads are forwarded byte for byte.
         .target(name: "BridgeJSON", swiftSettings: swiftSettings),
+        // Log keys, metric names and log throttling: what every module logs and counts with.
+        .target(
+            name: "BridgeObservability",
+            dependencies: [.product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "BridgeCore",
             dependencies: [
-                "ODataFilter", "BridgeJSON",
+                "BridgeObservability", "ODataFilter", "BridgeJSON",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -49,7 +55,7 @@ let package = Package(
         .target(
             name: "AzureIdentity",
             dependencies: [
-                "BridgeJSON",
+                "BridgeObservability", "BridgeJSON",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -64,7 +70,7 @@ let package = Package(
         .target(
             name: "WebPubSub",
             dependencies: [
-                "BridgeCore", "BridgeJSON", "AzureIdentity", "BridgeCrypto",
+                "BridgeObservability", "BridgeCore", "BridgeJSON", "AzureIdentity", "BridgeCrypto",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -75,7 +81,7 @@ let package = Package(
         .target(
             name: "StdioAdapter",
             dependencies: [
-                "BridgeCore",
+                "BridgeObservability", "BridgeCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -88,7 +94,7 @@ let package = Package(
         .target(
             name: "KafkaAdapter",
             dependencies: [
-                "CRdKafka", "BridgeCore", "BridgeJSON",
+                "BridgeObservability", "CRdKafka", "BridgeCore", "BridgeJSON",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -104,7 +110,7 @@ let package = Package(
         .target(
             name: "RedisAdapter",
             dependencies: [
-                "CHiredis", "BridgeCore", "BridgeJSON",
+                "BridgeObservability", "CHiredis", "BridgeCore", "BridgeJSON",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -116,7 +122,7 @@ let package = Package(
         .target(
             name: "HTTPGuards",
             dependencies: [
-                .product(name: "HummingbirdCore", package: "hummingbird"),
+                "BridgeObservability", .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
@@ -126,7 +132,7 @@ let package = Package(
         .target(
             name: "LocalHub",
             dependencies: [
-                "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub", "ODataFilter", "HTTPGuards",
+                "BridgeObservability", "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub", "ODataFilter", "HTTPGuards",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -145,7 +151,7 @@ let package = Package(
         .target(
             name: "BridgeServer",
             dependencies: [
-                "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub", "HTTPGuards",
+                "BridgeObservability", "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub", "HTTPGuards",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -159,7 +165,7 @@ let package = Package(
         .target(
             name: "GroupListener",
             dependencies: [
-                "BridgeCore", "BridgeJSON", "WebPubSub",
+                "BridgeObservability", "BridgeCore", "BridgeJSON", "WebPubSub",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -174,7 +180,7 @@ let package = Package(
         .target(
             name: "BridgeApp",
             dependencies: [
-                "BridgeCore", "BridgeJSON", "WebPubSub", "AzureIdentity", "StdioAdapter", "KafkaAdapter", "RedisAdapter", "LocalHub", "BridgeServer",
+                "BridgeObservability", "BridgeCore", "BridgeJSON", "WebPubSub", "AzureIdentity", "StdioAdapter", "KafkaAdapter", "RedisAdapter", "LocalHub", "BridgeServer",
                 "GroupListener", "HTTPGuards",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -188,7 +194,7 @@ let package = Package(
         .executableTarget(
             name: "wps-bridge",
             dependencies: [
-                "CMalloc",
+                "BridgeObservability", "CMalloc",
                 "BridgeApp", "BridgeCore", "BridgeCrypto", "WebPubSub", "AzureIdentity", "LocalHub", "KafkaAdapter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -240,7 +246,7 @@ let package = Package(
         .testTarget(
             name: "BridgeCoreTests",
             dependencies: [
-                "BridgeCore",
+                "BridgeObservability", "BridgeCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),

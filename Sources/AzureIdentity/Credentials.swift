@@ -1,4 +1,5 @@
 import BridgeJSON
+import BridgeObservability
 import Foundation
 public import Logging
 import NIOHTTP1
@@ -288,7 +289,7 @@ public final class ChainedCredential: TokenCredential {
                 // Probing was for the choice: from now on, full timeouts and retries.
                 let kept = (credential as? ManagedIdentityCredential)?.withoutProbing() ?? credential
                 chosen.withLock { $0 = kept }
-                logger.notice("Entra ID credential: \(credential.name)", metadata: ["wps.credential": "\(name)"])
+                logger.notice("Entra ID credential: \(credential.name)", metadata: [LogKey.credential: "\(name)"])
                 return token
             } catch where error.kind == .unavailable {
                 reasons.append(error.message)

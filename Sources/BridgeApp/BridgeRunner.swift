@@ -1,4 +1,5 @@
 import BridgeCore
+import BridgeObservability
 import BridgeServer
 import CoreMetrics
 import Foundation
@@ -55,8 +56,8 @@ public enum BridgeRunner {
             client = c
             transport = WebPubSubTransport(client: c)
             listenerConnection = .service(c)
-            var metadata: Logger.Metadata = ["wps.endpoint": "\(c.endpoint)"]
-            if let entra = configuration.webpubsub.entra { metadata["wps.credential"] = "\(entra.credential)" }
+            var metadata: Logger.Metadata = [LogKey.endpoint: "\(c.endpoint)"]
+            if let entra = configuration.webpubsub.entra { metadata[LogKey.credential] = "\(entra.credential)" }
             logger.info("sending to Web PubSub", metadata: metadata)
         }
         if let handler = configuration.eventHandler, configuration.server != nil, handler.accessKeys.isEmpty, handler.authToken != nil {
@@ -104,7 +105,7 @@ public enum BridgeRunner {
                     // Gauges read at scrape time; the counters are kept up as things happen.
                     let components = watched()
                     for (name, adapter) in components {
-                        Gauge(label: "wps_bridge_component_ready", dimensions: [("component", name)]).record(adapter.healthProblem == nil ? 1 : 0)
+                        Gauge(label: MetricName.componentReady, dimensions: [("component", name)]).record(adapter.healthProblem == nil ? 1 : 0)
                     }
                     // Components a reload removed go away rather than keep their last value.
                     let gone = reported.withLock { names in
@@ -112,7 +113,7 @@ public enum BridgeRunner {
                         defer { names = now }
                         return names.subtracting(now)
                     }
-                    for name in gone { Gauge(label: "wps_bridge_component_ready", dimensions: [("component", name)]).destroy() }
+                    for name in gone { Gauge(label: MetricName.componentReady, dimensions: [("component", name)]).destroy() }
                     hub?.recordMetrics()
                     return BridgeMetrics.registry.emitToBuffer()
                 }

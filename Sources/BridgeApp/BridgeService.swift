@@ -1,4 +1,5 @@
 public import BridgeCore
+import BridgeObservability
 public import Logging
 public import ServiceLifecycle
 
@@ -23,10 +24,10 @@ public struct BridgeService: Service {
         logger.info(
             "bridge started",
             metadata: [
-                "wps.sources": "\(sources.map { "\($0.name) (\($0.type))" }.joined(separator: ", "))",
-                "wps.routes": "\(configuration.core.routes.count)",
+                LogKey.sources: "\(sources.map { "\($0.name) (\($0.type))" }.joined(separator: ", "))",
+                LogKey.routes: "\(configuration.core.routes.count)",
             ])
-        defer { logger.info("bridge stopped", metadata: ["wps.stats": "\(dispatcher.stats.summary)"]) }
+        defer { logger.info("bridge stopped", metadata: [LogKey.stats: "\(dispatcher.stats.summary)"]) }
         try await dispatcher.run(sources: configuration.runnableSources(logger: logger))
     }
 }

@@ -1,4 +1,5 @@
 import BridgeCore
+import BridgeObservability
 import Foundation
 public import Logging
 import ServiceLifecycle
@@ -122,7 +123,7 @@ public final class Reloader: Sendable {
         if !removed.isEmpty { summary += "; stopped \(removed.sorted().joined(separator: ", "))" }
         if !added.isEmpty { summary += "; started \(added.map(\.name).sorted().joined(separator: ", "))" }
         for warning in new.warnings { notes.append("warning: \(warning)") }
-        logger.notice("\(summary)", metadata: notes.isEmpty ? [:] : ["wps.notes": "\(notes.joined(separator: "; "))"])
+        logger.notice("\(summary)", metadata: notes.isEmpty ? [:] : [LogKey.notes: "\(notes.joined(separator: "; "))"])
         return Outcome(kind: .applied, report: ([summary] + notes).joined(separator: "\n"))
     }
 }

@@ -1,6 +1,7 @@
 import BridgeCore
 import BridgeCrypto
 import BridgeJSON
+import BridgeObservability
 import Foundation
 public import HTTPGuards
 import HTTPTypes
@@ -89,7 +90,7 @@ public final class BridgeServer: Service, Sendable {
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? 0
                 listening.set(port)
-                logger.info("bridge server listening", metadata: ["wps.server": "http://\(host):\(port)"])
+                logger.info("bridge server listening", metadata: [LogKey.server: "http://\(host):\(port)"])
             },
             logger: logger)
         try await app.run()

@@ -1,6 +1,7 @@
 import BridgeCore
 import BridgeCrypto
 import BridgeJSON
+import BridgeObservability
 import CoreMetrics
 import Foundation
 public import Logging
@@ -101,7 +102,7 @@ public final class EventHandler: Sendable {
                 ceType.hasPrefix("azure.webpubsub.user.")
                 ? "user" : ["connect", "connected", "disconnected"].first { ceType == "azure.webpubsub.sys.\($0)" } ?? "other"
             let hub = outcome != "refused" && configuration.knows(hub: request.hub) ? request.hub.lowercased() : "-"
-            Counter(label: "wps_bridge_events_total", dimensions: [("hub", hub), ("type", type), ("outcome", outcome)]).increment()
+            Counter(label: MetricName.events, dimensions: [("hub", hub), ("type", type), ("outcome", outcome)]).increment()
         }
         return response
     }
@@ -141,8 +142,8 @@ public final class EventHandler: Sendable {
         stats.rejected.add(1, ordering: .relaxed)
         // Strangers choose how often this happens: 10 lines a minute, then a count.
         if let leftOut = refusalLog.admit() {
-            var metadata: Logger.Metadata = ["wps.hub": "\(request.hub)", "wps.status": "\(status)", "reason": "\(reason)", "wps.method": "\(request.method)"]
-            if leftOut > 0 { metadata["wps.not_logged"] = "\(leftOut)" }
+            var metadata: Logger.Metadata = [LogKey.hub: "\(request.hub)", LogKey.status: "\(status)", LogKey.reason: "\(reason)", LogKey.method: "\(request.method)"]
+            if leftOut > 0 { metadata[LogKey.notLogged] = "\(leftOut)" }
             logger.warning("event handler refused a request", metadata: metadata)
         }
         return .text(status, reason)
@@ -228,7 +229,7 @@ public final class EventHandler: Sendable {
     private func connect(_ request: HandlerRequest, _ attributes: Attributes) -> HandlerResponse {
         let policy = configuration.connect ?? ConnectPolicy()
         guard policy.allow else {
-            logger.info("connection refused by the connect policy", metadata: ["wps.hub": "\(attributes.hub)", "wps.connection": "\(attributes.connectionId)"])
+            logger.info("connection refused by the connect policy", metadata: [LogKey.hub: "\(attributes.hub)", LogKey.connection: "\(attributes.connectionId)"])
             return .text(policy.rejectStatus, policy.rejectReason)
         }
         guard let body = try? JSONValue.parse(request.body) else { return reject(400, "the connect event's body is not JSON", request) }
@@ -286,7 +287,7 @@ public final class EventHandler: Sendable {
             stats.failed.add(1, ordering: .relaxed)
             logger.error(
                 "mirrored event not written; answering 500 so that the service retries",
-                metadata: ["wps.hub": "\(attributes.hub)", "wps.event": "\(attributes.eventName)", "wps.connection": "\(attributes.connectionId)", "error": "\(failures.joined(separator: "; "))"])
+                metadata: [LogKey.hub: "\(attributes.hub)", LogKey.event: "\(attributes.eventName)", LogKey.connection: "\(attributes.connectionId)", LogKey.error: "\(failures.joined(separator: "; "))"])
             return .text(500, "the event could not be written: \(failures.joined(separator: "; "))")
         }
         stats.written.add(1, ordering: .relaxed)

@@ -1,5 +1,6 @@
 public import BridgeCore
 import BridgeJSON
+import BridgeObservability
 import Foundation
 public import Logging
 import NIOCore
@@ -32,22 +33,19 @@ public struct GroupMessageMirror: Sendable {
         var pending = rules(for: message)
         guard !pending.isEmpty else { return }
         let record = Self.record(message)
-        var backoff = Duration.milliseconds(100)
-        var lastLogged: ContinuousClock.Instant?
+        var backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5))
+        // One line per 30 s while a sink stays down, not one per retry.
+        let health = ConnectionHealth(logger: logger)
         while true {
             try Task.checkCancellation()
             let failures = await EventHandler.write(record, to: pending)
             if failures.isEmpty { return }
             pending = failures.map(\.rule)
-            let reasons = failures.map(\.reason)
-            if lastLogged.map({ ContinuousClock.now - $0 >= .seconds(30) }) ?? true {
-                lastLogged = .now
-                logger.error(
-                    "group message not written; retrying (the listener waits)",
-                    metadata: ["wps.origin": "\(message.origin.description)", "wps.retry_in": "\(backoff)", "error": "\(reasons.joined(separator: "; "))"])
-            }
-            try await Task.sleep(for: backoff)
-            backoff = min(backoff * 2, .seconds(5))
+            let wait = backoff.next()
+            health.failed(
+                failures.map(\.reason).joined(separator: "; "), "group message not written; retrying (the listener waits)",
+                metadata: [LogKey.origin: "\(message.origin.description)", LogKey.retryIn: "\(wait)"])
+            try await Task.sleep(for: wait)
         }
     }
 

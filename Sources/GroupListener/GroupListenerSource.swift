@@ -1,5 +1,6 @@
 public import BridgeCore
 import BridgeJSON
+import BridgeObservability
 import CoreMetrics
 import Foundation
 import HTTPTypes
@@ -64,8 +65,8 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
         let gapsMetric: CoreMetrics.Counter
 
         init(source: String) {
-            reconnectsMetric = CoreMetrics.Counter(label: "wps_bridge_source_reconnects_total", dimensions: [("source", source)])
-            gapsMetric = CoreMetrics.Counter(label: "wps_bridge_source_gaps_total", dimensions: [("source", source)])
+            reconnectsMetric = CoreMetrics.Counter(label: MetricName.sourceReconnects, dimensions: [("source", source)])
+            gapsMetric = CoreMetrics.Counter(label: MetricName.sourceGaps, dimensions: [("source", source)])
         }
     }
 
@@ -74,7 +75,7 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
     public let counters: Counters
     let logger: Logger
     private let provider = Mutex<ClientAccessIssuer?>(nil)
-    private let problem = Mutex<String?>("not connected yet")
+    private let health: ConnectionHealth
     private let bufferFullLogged = Mutex<ContinuousClock.Instant?>(nil)
 
     public init(name: String, settings: Settings, logger: Logger) {
@@ -82,6 +83,7 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
         self.settings = settings
         self.logger = logger
         self.counters = Counters(source: name)
+        health = ConnectionHealth(logger: logger, initialProblem: "not connected yet")
     }
 
     public static let subprotocol = "json.reliable.webpubsub.azure.v1"
@@ -96,9 +98,9 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
         provider.withLock { $0 = connection }
     }
 
-    public var healthProblem: String? { problem.withLock { $0 } }
+    public var healthProblem: String? { health.problem }
 
-    private var metadata: Logger.Metadata { ["wps.source": "\(name)", "wps.hub": "\(settings.hub)"] }
+    private var metadata: Logger.Metadata { [LogKey.source: "\(name)", LogKey.hub: "\(settings.hub)"] }
 
     /// Listens until cancelled. The sockets put what they receive into a bounded inbox and go
     /// on reading (answering pings) while one task hands the messages on, at the pace the
@@ -128,8 +130,7 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
     private func listen(into inbox: Inbox) async throws {
         var session: ReliableSession?
         var droppedAt: ContinuousClock.Instant?
-        var backoff = Duration.seconds(1)
-        var lastLogged: ContinuousClock.Instant?
+        var backoff = Backoff(initial: .seconds(1), maximum: .seconds(10))
         while !Task.isCancelled {
             let current: ReliableSession
             let url: String
@@ -159,28 +160,28 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
             case .sessionEnded(let reason):
                 session = nil
                 droppedAt = nil
-                problem.withLock { $0 = "reconnecting: \(reason)" }
+                health.note("reconnecting: \(reason)")
                 if current.isEstablished {
                     gap(reason)
                     // A session that ends as soon as it began (closed again and again) backs off.
-                    if ContinuousClock.now - started >= .seconds(5) { backoff = .seconds(1) }
-                    if !(await pause(ContinuousClock.now - started >= .seconds(5) ? .milliseconds(100) : backoff)) { return }
+                    let lasted = ContinuousClock.now - started >= .seconds(5)
+                    if lasted { backoff.reset() }
+                    let wait = backoff.next()
+                    if !(await pause(lasted ? .milliseconds(100) : wait)) { return }
                 } else {
-                    note(problem: "the hub ended the connection: \(reason)", lastLogged: &lastLogged)
-                    if !(await pause(backoff)) { return }
+                    note(problem: "the hub ended the connection: \(reason)")
+                    if !(await pause(backoff.next())) { return }
                 }
-                backoff = min(backoff * 2, .seconds(10))
             case .dropped(let reason):
-                problem.withLock { $0 = "disconnected: \(reason)" }
+                health.note("disconnected: \(reason)")
                 guard current.isEstablished else {
-                    note(problem: "cannot connect: \(reason)", lastLogged: &lastLogged)
-                    if !(await pause(backoff)) { return }
-                    backoff = min(backoff * 2, .seconds(10))
+                    note(problem: "cannot connect: \(reason)")
+                    if !(await pause(backoff.next())) { return }
                     continue
                 }
                 // The recovery window starts when a working socket drops, not at each failed attempt.
                 if confirmed || droppedAt == nil { droppedAt = .now }
-                if confirmed { backoff = .seconds(1) }
+                if confirmed { backoff.reset() }
                 if let since = droppedAt, ContinuousClock.now - since >= settings.recoveryTimeout {
                     gap("no recovery within \(settings.recoveryTimeout): \(reason)")
                     session = nil
@@ -201,15 +202,12 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
         counters.gapsMetric.increment()
         logger.warning(
             "listener's session ended (\(reason)); starting a new connection: group messages sent until it is up are lost",
-            metadata: metadata.merging(["wps.gaps": "\(counters.gaps.load(ordering: .relaxed))"]) { $1 })
+            metadata: metadata.merging([LogKey.gaps: "\(counters.gaps.load(ordering: .relaxed))"]) { $1 })
     }
 
-    private func note(problem text: String, lastLogged: inout ContinuousClock.Instant?) {
-        problem.withLock { $0 = text }
-        if lastLogged.map({ ContinuousClock.now - $0 >= .seconds(30) }) ?? true {
-            lastLogged = .now
-            logger.error("listener \(text); retrying", metadata: metadata)
-        }
+    /// A connection attempt failed: for `/readyz`, and a log line at most every 30 s.
+    private func note(problem text: String) {
+        health.failed(text, "listener cannot connect; retrying", metadata: metadata)
     }
 
     /// Sleeps; false when cancelled.
@@ -289,7 +287,7 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
         let socket = SocketState()
         let race = Race()
         var socketLogger = logger
-        socketLogger[metadataKey: "wps.source"] = "\(name)"
+        socketLogger[metadataKey: LogKey.source] = "\(name)"
         let connect = Task { [socketLogger] in
             do {
                 let close = try await WebSocketClient.connect(url: url, configuration: configuration, logger: socketLogger) { inbound, outbound, _ in
@@ -376,11 +374,11 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
     /// The first sign that a recovered socket works (its `connected` frame, or data).
     private func confirm(_ socket: SocketState, recovering: Bool, connectionId: String?) {
         guard socket.confirmed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
-        problem.withLock { $0 = nil }
+        health.recovered("listener connected", metadata: metadata)
         if recovering {
             counters.recoveries.add(1, ordering: .relaxed)
             counters.reconnectsMetric.increment()
-            logger.info("listener's session recovered", metadata: metadata.merging(["wps.connection": "\(connectionId ?? "-")"]) { $1 })
+            logger.info("listener's session recovered", metadata: metadata.merging([LogKey.connection: "\(connectionId ?? "-")"]) { $1 })
         }
     }
 
@@ -391,7 +389,7 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
             case .started:
                 logger.info(
                     "listener connected",
-                    metadata: metadata.merging(["wps.connection": "\(connectionId)", "wps.user": "\(userId ?? "-")", "wps.groups": "\(settings.groups)"]) { $1 })
+                    metadata: metadata.merging([LogKey.connection: "\(connectionId)", LogKey.user: "\(userId ?? "-")", LogKey.groups: "\(settings.groups)"]) { $1 })
                 if counters.gaps.load(ordering: .relaxed) > 0 { counters.reconnectsMetric.increment() }
             case .same:
                 break

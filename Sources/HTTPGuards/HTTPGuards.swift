@@ -1,3 +1,4 @@
+import BridgeObservability
 public import HummingbirdCore
 public import Logging
 public import NIOCore
@@ -78,7 +79,7 @@ final class HeadDeadlineHandler: ChannelInboundHandler, RemovableChannelHandler 
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
         let (logger, timeout) = (logger, timeout)
         deadline = context.eventLoop.scheduleTask(in: amount) {
-            logger.debug("closing a connection that sent no complete request head in time", metadata: ["wps.timeout": "\(timeout)"])
+            logger.debug("closing a connection that sent no complete request head in time", metadata: [LogKey.timeout: "\(timeout)"])
             loopBound.value.close(promise: nil)
         }
     }

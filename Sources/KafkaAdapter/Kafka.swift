@@ -1,3 +1,5 @@
+import BridgeCore
+import BridgeObservability
 import CRdKafka
 import Foundation
 import Logging
@@ -77,58 +79,46 @@ struct KafkaConfiguration: Sendable {
 class KafkaClientContext: @unchecked Sendable {
     let logger: Logger
     let role: String
-    /// Set from librdkafka's threads: the last error that made the client unhealthy, or nil.
-    let problem = Mutex<(reason: String, code: Int32, since: ContinuousClock.Instant, logged: ContinuousClock.Instant)?>(nil)
+    /// Set from librdkafka's threads: the last error that made the client unhealthy, logged once
+    /// per reason and per 30 s (a broker that stays down gives one line every 30 s rather than
+    /// one per retry), and its code (0 while healthy).
+    let health: ConnectionHealth
+    private let problemCode = Atomic<Int32>(0)
     let fatal = Mutex<String?>(nil)
 
     init(logger: Logger, role: String) {
         self.logger = logger
         self.role = role
+        health = ConnectionHealth(logger: logger)
     }
 
     /// The current problem, e.g. "all brokers are down", for readiness.
-    var currentProblem: String? { fatal.withLock { $0 } ?? problem.withLock { $0?.reason } }
+    var currentProblem: String? { fatal.withLock { $0 } ?? health.problem }
 
     /// Whether the current problem is about reaching the brokers (down, unresolvable, timing
     /// out), which a broker's answer shows to be over.
     var problemIsConnectivity: Bool {
-        problem.withLock { p in
-            guard let code = p?.code else { return false }
-            let err = rd_kafka_resp_err_t(rawValue: code)
-            return [RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN, RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR__RESOLVE, RD_KAFKA_RESP_ERR__TIMED_OUT]
-                .contains(err)
-        }
+        let err = rd_kafka_resp_err_t(rawValue: problemCode.load(ordering: .relaxed))
+        return [RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN, RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR__RESOLVE, RD_KAFKA_RESP_ERR__TIMED_OUT].contains(err)
     }
 
     /// Called when the client made progress (a message, an assignment, a delivery report).
     func healthy() {
-        let recovered = problem.withLock { p -> String? in
-            defer { p = nil }
-            return p?.reason
-        }
-        if let recovered {
-            logger.notice("kafka \(role) recovered", metadata: ["wps.previous_problem": "\(recovered)"])
-        }
+        guard problemCode.exchange(0, ordering: .relaxed) != 0 else { return }
+        health.recovered("kafka client recovered", metadata: [LogKey.kafkaRole: "\(role)"])
     }
 
-    /// Logs a client-level error once per reason and per 30 s, so that a broker that stays down
-    /// gives one line every 30 s rather than one per retry.
+    /// A client-level error from librdkafka.
     func error(code: Int32, reason: String) {
         let err = rd_kafka_resp_err_t(rawValue: code)
-        let now = ContinuousClock.now
-        let shouldLog = problem.withLock { p -> Bool in
-            if let current = p, current.reason == reason, now - current.logged < .seconds(30) { return false }
-            p = (reason, code, p?.since ?? now, now)
-            return true
-        }
-        guard shouldLog else { return }
-        var metadata: Logger.Metadata = ["wps.kafka_error": "\(String(cString: rd_kafka_err2name(err)))"]
+        problemCode.store(code == 0 ? -1 : code, ordering: .relaxed)
+        var metadata: Logger.Metadata = [LogKey.kafkaRole: "\(role)", LogKey.kafkaError: "\(String(cString: rd_kafka_err2name(err)))"]
         if err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN {
-            metadata["wps.hint"] = "librdkafka keeps reconnecting; check `brokers` and that the broker is up"
+            metadata[LogKey.hint] = "librdkafka keeps reconnecting; check `brokers` and that the broker is up"
         } else if err == RD_KAFKA_RESP_ERR__AUTHENTICATION || err == RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED {
-            metadata["wps.hint"] = "check the sasl.* / ssl.* settings under `librdkafka:`"
+            metadata[LogKey.hint] = "check the sasl.* / ssl.* settings under `librdkafka:`"
         }
-        logger.error("kafka \(role): \(reason)", metadata: metadata)
+        health.failed(reason, "kafka client error", metadata: metadata)
     }
 
     /// librdkafka's own log lines: warnings and errors as such, the rest at debug.
@@ -140,7 +130,7 @@ class KafkaClientContext: @unchecked Sendable {
             case 5, 6: .debug
             default: .trace
             }
-        logger.log(level: swiftLevel, "librdkafka \(facility): \(message)", metadata: ["wps.kafka_role": "\(role)"])
+        logger.log(level: swiftLevel, "librdkafka \(facility): \(message)", metadata: [LogKey.kafkaRole: "\(role)"])
     }
 
     /// Installs the error and log callbacks and this context as the opaque pointer.

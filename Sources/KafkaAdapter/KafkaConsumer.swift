@@ -1,4 +1,5 @@
 import BridgeCore
+import BridgeObservability
 import CRdKafka
 import CoreMetrics
 import DequeModule
@@ -337,7 +338,7 @@ final class KafkaConsumer: @unchecked Sendable {
                 let text = m.payload.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: m.len), as: UTF8.self) } ?? ""
                 logger.error(
                     "kafka topic '\(name)' cannot be consumed: \(String(cString: rd_kafka_err2str(err)))",
-                    metadata: ["wps.detail": "\(text)", "wps.hint": "create the topic or fix `topics`; the consumer picks it up once it exists"])
+                    metadata: [LogKey.detail: "\(text)", LogKey.hint: "create the topic or fix `topics`; the consumer picks it up once it exists"])
                 context.error(code: err.rawValue, reason: "topic '\(name)': \(String(cString: rd_kafka_err2str(err)))")
             }
             return
@@ -394,7 +395,7 @@ final class KafkaConsumer: @unchecked Sendable {
             } else {
                 logger.warning(
                     "kafka offset commit failed; the messages after the last committed offset will be read again",
-                    metadata: ["wps.kafka_error": "\(String(cString: rd_kafka_err2str(err)))", "wps.partitions": "\(entries.map { "\($0.0)@\($0.1!)" })"])
+                    metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(err)))", LogKey.partitions: "\(entries.map { "\($0.0)@\($0.1!)" })"])
             }
         } else if err != RD_KAFKA_RESP_ERR_NO_ERROR {
             state.withLock { $0.commitInFlight = false }
@@ -424,7 +425,7 @@ final class KafkaConsumer: @unchecked Sendable {
                 done.append((tp, e.offset))
             } else {
                 let code = e.err != RD_KAFKA_RESP_ERR_NO_ERROR ? e.err : err
-                logger.warning("kafka offset commit failed for \(tp); retried at the next commit", metadata: ["wps.kafka_error": "\(String(cString: rd_kafka_err2str(code)))"])
+                logger.warning("kafka offset commit failed for \(tp); retried at the next commit", metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(code)))"])
             }
         }
         markCommitted(done)
@@ -465,7 +466,7 @@ final class KafkaConsumer: @unchecked Sendable {
                 rd_kafka_resume_partitions(rk, partitions)
             }
             context.healthy()
-            logger.info("kafka partitions assigned", metadata: ["wps.partitions": "\(tps.map(\.description).sorted())"])
+            logger.info("kafka partitions assigned", metadata: [LogKey.partitions: "\(tps.map(\.description).sorted())"])
         case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
             revoke(Set(tps))
             if cooperative {
@@ -476,7 +477,7 @@ final class KafkaConsumer: @unchecked Sendable {
             } else {
                 rd_kafka_assign(rk, nil)
             }
-            logger.info("kafka partitions revoked", metadata: ["wps.partitions": "\(tps.map(\.description).sorted())"])
+            logger.info("kafka partitions revoked", metadata: [LogKey.partitions: "\(tps.map(\.description).sorted())"])
         default:
             logger.error("kafka rebalance error: \(String(cString: rd_kafka_err2str(err)))")
             let dropped = state.withLock { s in
@@ -548,7 +549,7 @@ final class KafkaConsumer: @unchecked Sendable {
         guard !rewound.isEmpty else { return }
         logger.warning(
             "kafka partition read again from a message that could not be settled (its dead letter was not written)",
-            metadata: ["wps.partitions": "\(rewound.map { "\($0.0)@\($0.1!)" })"])
+            metadata: [LogKey.partitions: "\(rewound.map { "\($0.0)@\($0.1!)" })"])
     }
 
     /// `wps_bridge_kafka_consumer_lag`: per assigned partition, the high watermark (as last
@@ -571,7 +572,7 @@ final class KafkaConsumer: @unchecked Sendable {
     }
 
     private func lagGauge(_ tp: TopicPartition) -> Gauge {
-        Gauge(label: "wps_bridge_kafka_consumer_lag", dimensions: [("source", settings.source), ("topic", tp.topic), ("partition", String(tp.partition))])
+        Gauge(label: MetricName.kafkaConsumerLag, dimensions: [("source", settings.source), ("topic", tp.topic), ("partition", String(tp.partition))])
     }
 
     /// Lets partitions go: records of them not yet handed out are dropped (their next owner

@@ -1,4 +1,5 @@
 public import BridgeCore
+import BridgeObservability
 import Foundation
 import Logging
 import NIOCore
@@ -39,7 +40,7 @@ public final class KafkaSource: SourceAdapter, HealthReporting {
         self.consumer.withLock { $0 = consumer }
         logger.info(
             "kafka source started",
-            metadata: ["wps.source": "\(name)", "wps.topics": "\(settings.topics)", "wps.librdkafka": "\(librdkafkaVersion)"])
+            metadata: [LogKey.source: "\(name)", LogKey.topics: "\(settings.topics)", LogKey.librdkafka: "\(librdkafkaVersion)"])
         while let record = await consumer.next() {
             let (message, rejection) = makeMessage(record)
             let delivery = Delivery(message: message, rejection: rejection) { outcome in consumer.settle(record, outcome) }
@@ -57,7 +58,7 @@ public final class KafkaSource: SourceAdapter, HealthReporting {
     public func finish() async throws {
         guard let consumer = consumer.withLock({ $0 }) else { return }
         await consumer.close()
-        logger.debug("kafka source closed", metadata: ["wps.source": "\(name)"])
+        logger.debug("kafka source closed", metadata: [LogKey.source: "\(name)"])
     }
 
     func makeMessage(_ record: KafkaRecord) -> (Message, String?) {

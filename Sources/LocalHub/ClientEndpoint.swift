@@ -1,3 +1,4 @@
+import BridgeObservability
 import CoreMetrics
 import BridgeCore
 import BridgeCrypto
@@ -58,7 +59,7 @@ extension LocalHub {
                     // handshake does not pin the session.
                     let greeting = SystemFrames.connected(connectionId: c.id, userId: c.userId, reconnectionToken: c.reconnectionToken)
                     let (socket, generation) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))
-                    self.logger.debug("connection recovered", metadata: ["wps.connection": "\(c.id)"])
+                    self.logger.debug("connection recovered", metadata: [LogKey.connection: "\(c.id)"])
                     try await self.serve(c, socket: socket, generation: generation, inbound: inbound, outbound: outbound)
                 }
             }
@@ -125,7 +126,7 @@ extension LocalHub {
                     return .dontUpgrade
                 }
             } catch {
-                logger.warning("connect event failed", metadata: ["wps.hub": "\(hub)", "error": "\(error)"])
+                logger.warning("connect event failed", metadata: [LogKey.hub: "\(hub)", LogKey.error: "\(error)"])
                 rememberRejection(channel, status: 500, message: "the event handler could not be reached")
                 return .dontUpgrade
             }
@@ -147,14 +148,14 @@ extension LocalHub {
             // handshake leaves nothing behind.
             let (socket, generation) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))
             self.registry.add(c, groups: initialGroups)
-            self.logger.debug("connection opened", metadata: ["wps.hub": "\(hub)", "wps.connection": "\(c.id)", "wps.protocol": "\(finalProtocol.rawValue)"])
+            self.logger.debug("connection opened", metadata: [LogKey.hub: "\(hub)", LogKey.connection: "\(c.id)", LogKey.`protocol`: "\(finalProtocol.rawValue)"])
             if let handler = self.handler(for: hub, system: "connected") {
                 let event = UpstreamEvent(
                     kind: .connected, hub: hub, connectionId: c.id, userId: finalUserId, subprotocol: c.subprotocolHeader,
                     connectionState: finalState, body: Array("{}".utf8), contentType: "application/json; charset=utf-8")
                 self.spawn { [upstream = self.upstream, logger = self.logger] in
                     do { _ = try await upstream.call(handler, event) } catch {
-                        logger.warning("connected event failed", metadata: ["error": "\(error)"])
+                        logger.warning("connected event failed", metadata: [LogKey.error: "\(error)"])
                     }
                 }
             }
@@ -328,7 +329,7 @@ extension LocalHub {
             let noEcho = json["noEcho"] == .bool(true)
             let out = Outgoing(source: .group(group, fromUserId: c.userId), dataType: dataType, payload: payload)
             let excluded: Set<String> = noEcho ? [c.id] : []
-            Counter(label: "wps_hub_messages_received_total", dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()
+            Counter(label: MetricName.hubMessagesReceived, dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()
             fanOut(out, to: registry.targets(hub: c.hub, scope: .group(group), excluded: excluded, filter: nil))
             ack()
         case "event":
@@ -345,7 +346,7 @@ extension LocalHub {
                 ack(("Forbidden", "\"data\" does not match \"dataType\""))
                 return true
             }
-            Counter(label: "wps_hub_messages_received_total", dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()
+            Counter(label: MetricName.hubMessagesReceived, dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()
             return await userEvent(name, dataType: dataType, payload: payload, from: c, ack: ack)
         case "sequenceAck":
             if c.proto.isReliable, case .number(let n) = json["sequenceId"] ?? .null, let id = UInt64(n) { c.acknowledge(upTo: id) }
@@ -403,7 +404,7 @@ extension LocalHub {
             return true
         } catch {
             ack(("InternalServerError", "the event handler could not be reached"))
-            logger.warning("user event failed", metadata: ["wps.hub": "\(c.hub)", "error": "\(error)"])
+            logger.warning("user event failed", metadata: [LogKey.hub: "\(c.hub)", LogKey.error: "\(error)"])
             return true
         }
     }

@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import BridgeCrypto
 import BridgeJSON
+import BridgeObservability
 import Foundation
 import Logging
 import NIOCore
@@ -127,7 +128,7 @@ final class EntraVerifier: Sendable {
                 return all[issuer]?.fetching == fetch
             }
             if first {
-                logger.warning("cannot fetch the signing keys of a trusted issuer", metadata: ["wps.issuer": "\(issuer)", "error": "\(error)"])
+                logger.warning("cannot fetch the signing keys of a trusted issuer", metadata: [LogKey.issuer: "\(issuer)", LogKey.error: "\(error)"])
             }
             if let cached { return cached }
             throw JWTError("cannot fetch the signing keys of \(issuer): \(error)")
@@ -161,7 +162,7 @@ final class EntraVerifier: Sendable {
             do {
                 result[item["kid"]?.stringValue ?? "#\(index)"] = try RSAPublicKey(modulus: n, exponent: e)
             } catch {
-                logger.warning("skipping an RSA key the issuer publishes", metadata: ["wps.issuer": "\(issuer)", "error": "\(error)"])
+                logger.warning("skipping an RSA key the issuer publishes", metadata: [LogKey.issuer: "\(issuer)", LogKey.error: "\(error)"])
             }
         }
         return result

@@ -1,3 +1,4 @@
+import BridgeObservability
 import CoreMetrics
 import AsyncHTTPClient
 import BridgeCore
@@ -141,7 +142,7 @@ public final class LocalHub: Service, Sendable {
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? 0
                 listening.set(port)
-                logger.info("hub listening", metadata: ["wps.hub.endpoint": "http://\(configuration.host):\(port)"])
+                logger.info("hub listening", metadata: [LogKey.hubEndpoint: "http://\(configuration.host):\(port)"])
             },
             logger: logger)
         await withDiscardingTaskGroup { group in
@@ -160,7 +161,7 @@ public final class LocalHub: Service, Sendable {
                     }
                 }
             } catch {
-                logger.error("hub stopped", metadata: ["error": "\(error)"])
+                logger.error("hub stopped", metadata: [LogKey.error: "\(error)"])
             }
             // Close what is still connected, then stop background work.
             for c in registry.all(hub: nil) {
@@ -181,8 +182,8 @@ public final class LocalHub: Service, Sendable {
         }
         for label in hubLabels.labels {
             let size = totals[label] ?? (0, 0)
-            Gauge(label: "wps_hub_connections", dimensions: [("hub", label)]).record(size.connections)
-            Gauge(label: "wps_hub_groups", dimensions: [("hub", label)]).record(size.groups)
+            Gauge(label: MetricName.hubConnections, dimensions: [("hub", label)]).record(size.connections)
+            Gauge(label: MetricName.hubGroups, dimensions: [("hub", label)]).record(size.groups)
         }
     }
 
@@ -282,7 +283,7 @@ public final class LocalHub: Service, Sendable {
         frames.append(.close(code: code ?? (c.proto.isReliable ? 1008 : 1000), reason: closeReason(reason)))
         c.end(closing: frames)
         guard registry.remove(c.id) else { return }
-        logger.debug("connection closed", metadata: ["wps.hub": "\(c.hub)", "wps.connection": "\(c.id)", "reason": "\(reason)"])
+        logger.debug("connection closed", metadata: [LogKey.hub: "\(c.hub)", LogKey.connection: "\(c.id)", LogKey.reason: "\(reason)"])
         if let handler = handler(for: c.hub, system: "disconnected") {
             let event = UpstreamEvent(
                 kind: .disconnected, hub: c.hub, connectionId: c.id, userId: c.userId, subprotocol: c.subprotocolHeader,
@@ -292,7 +293,7 @@ public final class LocalHub: Service, Sendable {
                 do {
                     _ = try await upstream.call(handler, event)
                 } catch {
-                    logger.warning("disconnected event failed", metadata: ["error": "\(error)"])
+                    logger.warning("disconnected event failed", metadata: [LogKey.error: "\(error)"])
                 }
             }
         }

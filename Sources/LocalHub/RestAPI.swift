@@ -1,3 +1,4 @@
+import BridgeObservability
 import CoreMetrics
 import BridgeCore
 import BridgeJSON
@@ -197,7 +198,7 @@ extension LocalHub {
         let source: Outgoing.Source
         if case .group(let group) = scope { source = .group(group, fromUserId: nil) } else { source = .server }
         let message = Outgoing(source: source, dataType: dataType, payload: dataType == .json ? compactJSON(body) : body)
-        Counter(label: "wps_hub_messages_received_total", dimensions: [("hub", hubLabels.label(hub)), ("from", "rest")]).increment()
+        Counter(label: MetricName.hubMessagesReceived, dimensions: [("hub", hubLabels.label(hub)), ("from", "rest")]).increment()
         fanOut(message, to: registry.targets(hub: hub, scope: scope, excluded: excluded, filter: filter))
         return Response(status: .accepted)
     }
@@ -217,7 +218,7 @@ extension LocalHub {
         var drains = DrainBatch()
         defer {
             drains.run()
-            if sent > 0 { Counter(label: "wps_hub_messages_sent_total", dimensions: [("hub", hubLabels.label(connections[0].hub))]).increment(by: sent) }
+            if sent > 0 { Counter(label: MetricName.hubMessagesSent, dimensions: [("hub", hubLabels.label(connections[0].hub))]).increment(by: sent) }
         }
         for c in connections {
             switch c.deliver(message, drains: &drains) {
@@ -241,7 +242,7 @@ extension LocalHub {
             excess -= bytes
             logger.notice(
                 "ending the reliable session that holds the most unacknowledged messages: the hub's replay memory is full",
-                metadata: ["wps.hub": "\(c.hub)", "wps.connection": "\(c.id)", "wps.bytes": "\(bytes)", "wps.limit": "\(replayBudget.limit)"])
+                metadata: [LogKey.hub: "\(c.hub)", LogKey.connection: "\(c.id)", LogKey.bytes: "\(bytes)", LogKey.limit: "\(replayBudget.limit)"])
             // Ended at once, so that the next fan-out does not pick it again.
             c.end(closing: [.text(SystemFrames.disconnected("Too many messages are not acknowledged: the hub's replay memory is full")), .close(code: 1008, reason: "Too many messages are not acknowledged")])
             spawn { await self.terminate(c, reason: "Too many messages are not acknowledged (replay memory)", notify: false) }

@@ -1,4 +1,5 @@
 public import AsyncHTTPClient
+import BridgeObservability
 import Foundation
 import Logging
 import NIOCore
@@ -125,14 +126,14 @@ final class UpstreamCaller: Sendable {
                 if response.status < 500 || last { return response }
                 logger.warning(
                     "event handler answered \(response.status); trying again",
-                    metadata: ["wps.hub": "\(event.hub)", "wps.event": "\(event.kind.eventName)", "wps.attempt": "\(attempt)", "wps.retry_in": "\(backoff)"])
+                    metadata: [LogKey.hub: "\(event.hub)", LogKey.event: "\(event.kind.eventName)", LogKey.attempt: "\(attempt)", LogKey.retryIn: "\(backoff)"])
             } catch {
                 // A request the HTTP client refuses (a header it will not send) or a reply over
                 // the limit fails the same way every time: no resend of the event.
                 if last || (error as? Failure)?.mayPass == false { throw error }
                 logger.warning(
                     "event handler failed; trying again",
-                    metadata: ["wps.hub": "\(event.hub)", "wps.event": "\(event.kind.eventName)", "wps.attempt": "\(attempt)", "error": "\(error)"])
+                    metadata: [LogKey.hub: "\(event.hub)", LogKey.event: "\(event.kind.eventName)", LogKey.attempt: "\(attempt)", LogKey.error: "\(error)"])
             }
             try await Task.sleep(for: backoff)
             backoff = min(backoff * 2, .seconds(5))

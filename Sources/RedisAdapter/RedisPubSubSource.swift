@@ -1,4 +1,5 @@
 public import BridgeCore
+import BridgeObservability
 import CoreMetrics
 import Foundation
 import Logging
@@ -33,61 +34,48 @@ public final class RedisPubSubSource: SourceAdapter, HealthReporting {
         self.patterns = patterns
         self.dataType = dataType
         self.logger = logger
+        health = ConnectionHealth(logger: logger)
     }
 
     public var gaps: Int { counters.gaps.load(ordering: .relaxed) }
 
-    private let problem = Mutex<String?>(nil)
-    public var healthProblem: String? { problem.withLock { $0 } }
+    private let health: ConnectionHealth
+    public var healthProblem: String? { health.problem }
 
     public func run(emit: DeliveryEmitter) async throws {
         let thread = RedisThread()
         defer { thread.shutdown() }
-        var backoff = Duration.milliseconds(100)
-        var disconnectedAt: ContinuousClock.Instant?
-        var everSubscribed = false
-        var lastLogged: ContinuousClock.Instant?
-        while !Task.isCancelled {
-            do {
-                let (url, channels, patterns) = (url, channels, patterns)
-                let connection = try await thread.run {
-                    let c = try RedisBlockingConnection(url)
-                    if !channels.isEmpty { try c.append([Array("SUBSCRIBE".utf8)] + channels.map { Array($0.utf8) }) }
-                    if !patterns.isEmpty { try c.append([Array("PSUBSCRIBE".utf8)] + patterns.map { Array($0.utf8) }) }
-                    return c
-                }
-                if everSubscribed, let since = disconnectedAt {
-                    counters.gaps.add(1, ordering: .relaxed)
-                    Counter(label: "wps_bridge_source_reconnects_total", dimensions: [("source", name)]).increment()
-                    Counter(label: "wps_bridge_source_gaps_total", dimensions: [("source", name)]).increment()
-                    logger.warning(
-                        "redis pub/sub resubscribed; messages published while disconnected are lost (pub/sub is at-most-once)",
-                        metadata: ["wps.source": "\(name)", "wps.disconnected_for": "\(ContinuousClock.now - since)", "wps.gaps": "\(gaps)"])
-                } else {
-                    logger.info("redis pub/sub subscribed", metadata: ["wps.source": "\(name)", "wps.url": "\(url)", "wps.channels": "\(channels)", "wps.patterns": "\(patterns)"])
-                }
-                disconnectedAt = nil
-                problem.withLock { $0 = nil }
-                everSubscribed = true
-                lastLogged = nil
-                backoff = .milliseconds(100)
-                try await receive(connection, thread: thread, emit: emit)
-            } catch is CancellationError {
-                break
-            } catch let error as RedisError {
-                if Task.isCancelled { break }
-                if disconnectedAt == nil { disconnectedAt = .now }
-                problem.withLock { $0 = error.message }
-                if lastLogged.map({ ContinuousClock.now - $0 >= .seconds(30) }) ?? true {
-                    lastLogged = .now
-                    logger.error("redis pub/sub: \(error.message); reconnecting", metadata: ["wps.source": "\(name)", "wps.retry_in": "\(backoff)"])
-                }
-                if error.kind == .authentication || error.kind == .config { backoff = .seconds(5) }
-                do { try await Task.sleep(for: backoff) } catch { break }
-                backoff = min(backoff * 2, .seconds(5))
+        let loop = ReconnectLoop(
+            source: name, health: health, backoff: Backoff(initial: .milliseconds(100), maximum: .seconds(5)),
+            message: "redis pub/sub connection failed; reconnecting")
+        try await loop.run { attempt in
+            let (url, channels, patterns) = (url, channels, patterns)
+            let connection = try await thread.run {
+                let c = try RedisBlockingConnection(url)
+                if !channels.isEmpty { try c.append([Array("SUBSCRIBE".utf8)] + channels.map { Array($0.utf8) }) }
+                if !patterns.isEmpty { try c.append([Array("PSUBSCRIBE".utf8)] + patterns.map { Array($0.utf8) }) }
+                return c
             }
+            attempt.connected()
+            if attempt.isReconnect, let since = attempt.disconnectedAt {
+                counters.gaps.add(1, ordering: .relaxed)
+                Counter(label: MetricName.sourceGaps, dimensions: [("source", name)]).increment()
+                logger.warning(
+                    "redis pub/sub resubscribed; messages published while disconnected are lost (pub/sub is at-most-once)",
+                    metadata: [LogKey.source: "\(name)", LogKey.disconnectedFor: "\(ContinuousClock.now - since)", LogKey.gaps: "\(gaps)"])
+            } else {
+                logger.info(
+                    "redis pub/sub subscribed",
+                    metadata: [LogKey.source: "\(name)", LogKey.url: "\(url)", LogKey.channels: "\(channels)", LogKey.patterns: "\(patterns)"])
+            }
+            try await receive(connection, thread: thread, emit: emit)
+        } classify: { error in
+            guard let error = error as? RedisError else { return nil }
+            // Wrong credentials or settings are not cured by retrying at once.
+            let slow = error.kind == .authentication || error.kind == .config
+            return .init(problem: error.message, waitAtLeast: slow ? .seconds(5) : nil)
         }
-        logger.debug("redis pub/sub finished", metadata: ["wps.source": "\(name)", "wps.received": "\(counters.received.load(ordering: .relaxed))"])
+        logger.debug("redis pub/sub finished", metadata: [LogKey.source: "\(name)", LogKey.received: "\(counters.received.load(ordering: .relaxed))"])
     }
 
     /// Reads subscription replies and messages until the connection breaks or the task is cancelled.
@@ -121,7 +109,7 @@ public final class RedisPubSubSource: SourceAdapter, HealthReporting {
             let delivery = Delivery(message: message, rejection: rejection) { [logger, counters, name] outcome in
                 if case .failed(let reason) = outcome {
                     counters.lost.add(1, ordering: .relaxed)
-                    logger.warning("redis pub/sub message not delivered", metadata: ["wps.source": "\(name)", "wps.channel": "\(channel)", "reason": "\(reason)"])
+                    logger.warning("redis pub/sub message not delivered", metadata: [LogKey.source: "\(name)", LogKey.channel: "\(channel)", LogKey.reason: "\(reason)"])
                 }
             }
             try await emit.emit(delivery)

@@ -1,5 +1,6 @@
 public import BridgeCore
 import BridgeJSON
+import BridgeObservability
 import CoreMetrics
 import Foundation
 import Logging
@@ -47,8 +48,8 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
     /// read again after a reconnect is not sent twice at once.
     private let inFlight = Mutex<Set<String>>([])
     let counters = Counters()
-    private let problem = Mutex<String?>(nil)
-    public var healthProblem: String? { problem.withLock { $0 } }
+    private let health: ConnectionHealth
+    public var healthProblem: String? { health.problem }
 
     final class Counters: Sendable {
         let read = Atomic<Int>(0)
@@ -61,6 +62,7 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
         self.name = name
         self.settings = settings
         self.logger = logger
+        health = ConnectionHealth(logger: logger)
         ackSignal = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -69,47 +71,36 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
         ackTask.withLock { $0 = Task { await self.acknowledge(ackClient) } }
         let thread = RedisThread()
         defer { thread.shutdown() }
-        var backoff = Duration.milliseconds(100)
-        var lastLogged: ContinuousClock.Instant?
-        var connectedBefore = false
-        while !Task.isCancelled {
-            do {
-                let url = settings.url
-                let connection = try await thread.run { try RedisBlockingConnection(url) }
-                if connectedBefore { Counter(label: "wps_bridge_source_reconnects_total", dimensions: [("source", name)]).increment() }
-                connectedBefore = true
-                try await createGroups(connection, thread: thread)
-                logger.info(
-                    "redis stream source started",
-                    metadata: ["wps.source": "\(name)", "wps.url": "\(url)", "wps.streams": "\(settings.streams)", "wps.group": "\(settings.group)", "wps.consumer": "\(settings.consumer)"])
-                backoff = .milliseconds(100)
-                lastLogged = nil
-                problem.withLock { $0 = nil }
-                try await readOwnPending(connection, thread: thread, emit: emit)
-                try await claimStale(connection, thread: thread, emit: emit)
-                var lastClaim = ContinuousClock.now
-                while true {
-                    try await readNew(connection, thread: thread, emit: emit)
-                    if ContinuousClock.now - lastClaim >= max(settings.minIdle, .seconds(1)) {
-                        try await claimStale(connection, thread: thread, emit: emit)
-                        lastClaim = .now
-                    }
+        let loop = ReconnectLoop(
+            source: name, health: health, backoff: Backoff(initial: .milliseconds(100), maximum: .seconds(5)),
+            message: "redis stream source failed; retrying")
+        try await loop.run { attempt in
+            let url = settings.url
+            let connection = try await thread.run { try RedisBlockingConnection(url) }
+            try await createGroups(connection, thread: thread)
+            attempt.connected()
+            logger.info(
+                "redis stream source started",
+                metadata: [
+                    LogKey.source: "\(name)", LogKey.url: "\(url)", LogKey.streams: "\(settings.streams)", LogKey.group: "\(settings.group)",
+                    LogKey.consumer: "\(settings.consumer)",
+                ])
+            try await readOwnPending(connection, thread: thread, emit: emit)
+            try await claimStale(connection, thread: thread, emit: emit)
+            var lastClaim = ContinuousClock.now
+            while true {
+                try await readNew(connection, thread: thread, emit: emit)
+                if ContinuousClock.now - lastClaim >= max(settings.minIdle, .seconds(1)) {
+                    try await claimStale(connection, thread: thread, emit: emit)
+                    lastClaim = .now
                 }
-            } catch is CancellationError {
-                break
-            } catch let error as RedisError {
-                if Task.isCancelled { break }
-                problem.withLock { $0 = error.message }
-                if lastLogged.map({ ContinuousClock.now - $0 >= .seconds(30) }) ?? true {
-                    lastLogged = .now
-                    var metadata: Logger.Metadata = ["wps.source": "\(name)", "wps.retry_in": "\(backoff)"]
-                    if error.message.hasPrefix("WRONGTYPE") { metadata["wps.hint"] = "one of \(settings.streams) exists and is not a stream" }
-                    logger.error("redis stream source: \(error.message); retrying", metadata: metadata)
-                }
-                if error.kind != .connection { backoff = .seconds(5) }
-                do { try await Task.sleep(for: backoff) } catch { break }
-                backoff = min(backoff * 2, .seconds(5))
             }
+        } classify: { [settings] error in
+            guard let error = error as? RedisError else { return nil }
+            var metadata: Logger.Metadata = [:]
+            if error.message.hasPrefix("WRONGTYPE") { metadata[LogKey.hint] = "one of \(settings.streams) exists and is not a stream" }
+            // Only a lost connection is worth retrying at once.
+            return .init(problem: error.message, metadata: metadata, waitAtLeast: error.kind == .connection ? nil : .seconds(5))
         }
     }
 
@@ -119,8 +110,8 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
         logger.debug(
             "redis stream source finished",
             metadata: [
-                "wps.source": "\(name)", "wps.read": "\(counters.read.load(ordering: .relaxed))",
-                "wps.reclaimed": "\(counters.reclaimed.load(ordering: .relaxed))", "wps.acked": "\(counters.acked.load(ordering: .relaxed))",
+                LogKey.source: "\(name)", LogKey.read: "\(counters.read.load(ordering: .relaxed))",
+                LogKey.reclaimed: "\(counters.reclaimed.load(ordering: .relaxed))", LogKey.acked: "\(counters.acked.load(ordering: .relaxed))",
             ])
     }
 
@@ -140,7 +131,7 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
         for stream in settings.streams {
             do {
                 _ = try await call(connection, thread: thread, ["XGROUP", "CREATE", stream, settings.group, settings.startFromEarliest ? "0" : "$", "MKSTREAM"])
-                logger.info("redis consumer group created", metadata: ["wps.stream": "\(stream)", "wps.group": "\(settings.group)"])
+                logger.info("redis consumer group created", metadata: [LogKey.stream: "\(stream)", LogKey.group: "\(settings.group)"])
             } catch let error as RedisError where error.kind == .reply && error.message.hasPrefix("BUSYGROUP") {
                 // It exists.
             }
@@ -186,7 +177,7 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
                 }
                 let claimed = try await claim(ids, stream: stream, connection: connection, thread: thread, emit: emit)
                 if claimed > 0 {
-                    logger.info("redis stream entries reclaimed", metadata: ["wps.stream": "\(stream)", "wps.count": "\(claimed)"])
+                    logger.info("redis stream entries reclaimed", metadata: [LogKey.stream: "\(stream)", LogKey.count: "\(claimed)"])
                 }
             } while cursor != "0-0"
         }
@@ -283,7 +274,7 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
                     inFlight.withLock { _ = $0.remove(token) }
                     logger.warning(
                         "redis stream entry not delivered; it stays pending and is read again",
-                        metadata: ["wps.source": "\(name)", "wps.stream": "\(stream)", "wps.id": "\(entry.id)", "reason": "\(reason)"])
+                        metadata: [LogKey.source: "\(name)", LogKey.stream: "\(stream)", LogKey.id: "\(entry.id)", LogKey.reason: "\(reason)"])
                 }
             }
             do {
@@ -361,7 +352,7 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
             } catch {
                 logger.error(
                     "redis XACK failed; trying again (entries not acknowledged when the bridge stops are delivered again)",
-                    metadata: ["wps.source": "\(name)", "wps.stream": "\(stream)", "wps.count": "\(ids.count)", "error": "\(error)"])
+                    metadata: [LogKey.source: "\(name)", LogKey.stream: "\(stream)", LogKey.count: "\(ids.count)", LogKey.error: "\(error)"])
                 failed += ids
             }
         }

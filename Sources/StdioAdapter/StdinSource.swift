@@ -1,5 +1,6 @@
 public import BridgeCore
 import BridgeJSON
+import BridgeObservability
 import Foundation
 public import Logging
 import NIOCore
@@ -63,7 +64,7 @@ public struct StdinSource: SourceAdapter {
                 let settle: @Sendable (DeliveryOutcome) -> Void = { [logger, counters] outcome in
                     if case .failed(let reason) = outcome {
                         counters.lost.add(1, ordering: .relaxed)
-                        logger.warning("stdin line not delivered", metadata: ["wps.source": "\(origin.source)", "wps.line": "\(lineNumber)", "reason": "\(reason)"])
+                        logger.warning("stdin line not delivered", metadata: [LogKey.source: "\(origin.source)", LogKey.line: "\(lineNumber)", LogKey.reason: "\(reason)"])
                     }
                 }
                 let delivery: Delivery
@@ -82,7 +83,7 @@ public struct StdinSource: SourceAdapter {
         }
         logger.debug(
             "stdin finished",
-            metadata: ["wps.source": "\(name)", "wps.lines": "\(counters.read.load(ordering: .relaxed))", "wps.invalid": "\(counters.invalid.load(ordering: .relaxed))"])
+            metadata: [LogKey.source: "\(name)", LogKey.lines: "\(counters.read.load(ordering: .relaxed))", LogKey.invalid: "\(counters.invalid.load(ordering: .relaxed))"])
     }
 
     struct LineProblem: Error {

@@ -2,6 +2,7 @@ public import AsyncHTTPClient
 public import AzureIdentity
 import BridgeCore
 import BridgeJSON
+import BridgeObservability
 import Foundation
 public import Logging
 public import NIOCore
@@ -50,7 +51,7 @@ public final class WebPubSubServiceClient: Sendable {
 
     public convenience init(
         connectionString: ConnectionString, configuration: Configuration = Configuration(), httpClient: HTTPClient? = nil,
-        logger: Logger = Logger(label: "wps.webpubsub")
+        logger: Logger = Logger(label: LogKey.webpubsub)
     ) {
         self.init(
             validEndpoint: connectionString.endpoint, authentication: .accessKey(connectionString.accessKey), configuration: configuration,
@@ -60,7 +61,7 @@ public final class WebPubSubServiceClient: Sendable {
     /// - Parameter endpoint: `http(s)://host[:port]`.
     public convenience init(
         endpoint: String, authentication: Authentication, configuration: Configuration = Configuration(), httpClient: HTTPClient? = nil,
-        logger: Logger = Logger(label: "wps.webpubsub")
+        logger: Logger = Logger(label: LogKey.webpubsub)
     ) throws(WebPubSubError) {
         self.init(
             validEndpoint: try ConnectionString.normalizeEndpoint(endpoint), authentication: authentication, configuration: configuration,

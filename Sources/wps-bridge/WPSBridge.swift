@@ -1,6 +1,7 @@
 import ArgumentParser
 import AzureIdentity
 import BridgeApp
+import BridgeObservability
 import LocalHub
 import BridgeCore
 import BridgeCrypto
@@ -218,7 +219,7 @@ struct Run: AsyncParsableCommand {
             try await BridgeRunner.run(
                 configuration: configuration, configPath: config, dryRun: dryRun, progress: !quiet && isatty(STDERR_FILENO) == 1, logger: logger)
         } catch {
-            logger.error("bridge failed", metadata: ["error": "\(error)"])
+            logger.error("bridge failed", metadata: [LogKey.error: "\(error)"])
             throw ExitCode(1)
         }
     }

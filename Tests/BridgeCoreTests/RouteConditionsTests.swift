@@ -1,4 +1,5 @@
 @testable import BridgeCore
+import BridgeObservability
 import Synchronization
 import Testing
 

@@ -1,3 +1,4 @@
+import BridgeObservability
 import CoreMetrics
 import Synchronization
 
@@ -50,8 +51,8 @@ public final class AdaptiveRate: Sendable {
 
     private let state: Mutex<State>
     let settings: Settings
-    private let gauge = Gauge(label: "wps_bridge_send_rate_limit")
-    private let throttledCounter = Counter(label: "wps_bridge_sends_throttled_total")
+    private let gauge = Gauge(label: MetricName.sendRateLimit)
+    private let throttledCounter = Counter(label: MetricName.sendsThrottled)
     /// 429 answers seen.
     public let throttled = Atomic<Int>(0)
 

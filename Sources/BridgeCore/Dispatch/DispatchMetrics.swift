@@ -1,3 +1,4 @@
+import BridgeObservability
 import CoreMetrics
 import Foundation
 
@@ -15,14 +16,14 @@ struct TargetMetrics: Sendable {
 
     init(route: String, target: String) {
         let labels = [("route", route), ("target", target)]
-        func sends(_ outcome: String) -> Counter { Counter(label: "wps_bridge_sends_total", dimensions: labels + [("outcome", outcome)]) }
+        func sends(_ outcome: String) -> Counter { Counter(label: MetricName.sends, dimensions: labels + [("outcome", outcome)]) }
         delivered = sends("delivered")
         deadLettered = sends("dead_lettered")
         dropped = sends("dropped")
         unsettled = sends("unsettled")
-        retried = Counter(label: "wps_bridge_send_retries_total", dimensions: labels)
-        inFlight = Meter(label: "wps_bridge_sends_in_flight", dimensions: labels)
-        latency = CoreMetrics.Timer(label: "wps_bridge_delivery_latency_seconds", dimensions: labels)
+        retried = Counter(label: MetricName.sendRetries, dimensions: labels)
+        inFlight = Meter(label: MetricName.sendsInFlight, dimensions: labels)
+        latency = CoreMetrics.Timer(label: MetricName.deliveryLatency, dimensions: labels)
     }
 
     func recordLatency(since timestamp: Date) {
@@ -37,8 +38,8 @@ struct SourceMetrics: Sendable {
     let loopsPrevented: Counter
 
     init(source: String) {
-        received = Counter(label: "wps_bridge_messages_received_total", dimensions: [("source", source)])
-        unrouted = Counter(label: "wps_bridge_messages_unrouted_total", dimensions: [("source", source)])
-        loopsPrevented = Counter(label: "wps_bridge_loops_prevented_total", dimensions: [("source", source)])
+        received = Counter(label: MetricName.messagesReceived, dimensions: [("source", source)])
+        unrouted = Counter(label: MetricName.messagesUnrouted, dimensions: [("source", source)])
+        loopsPrevented = Counter(label: MetricName.loopsPrevented, dimensions: [("source", source)])
     }
 }

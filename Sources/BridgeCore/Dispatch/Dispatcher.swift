@@ -1,3 +1,4 @@
+import BridgeObservability
 import Foundation
 public import Logging
 import NIOCore
@@ -165,7 +166,7 @@ public final class Dispatcher: Sendable {
             if !drained {
                 logger.warning(
                     "shutdown timeout: giving up in-flight sends",
-                    metadata: ["wps.in_flight": "\(scheduler.inFlight)", "wps.timeout": "\(settings.shutdownTimeout)"])
+                    metadata: [LogKey.inFlight: "\(scheduler.inFlight)", LogKey.timeout: "\(settings.shutdownTimeout)"])
             }
             // Close first, so that no worker takes another job, then stop the sends under way.
             for job in scheduler.close() {
@@ -178,7 +179,7 @@ public final class Dispatcher: Sendable {
             do {
                 try await entry.source.finish()
             } catch {
-                logger.error("source could not finish cleanly", metadata: ["wps.source": "\(entry.source.name)", "error": "\(error)"])
+                logger.error("source could not finish cleanly", metadata: [LogKey.source: "\(entry.source.name)", LogKey.error: "\(error)"])
                 if intakeError == nil { intakeError = error }
             }
         }
@@ -186,7 +187,7 @@ public final class Dispatcher: Sendable {
         let sinks = tables.filter { $0.closed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged }.flatMap(\.sinks)
         for sink in sinks {
             do { try await sink.close() } catch {
-                logger.error("dead-letter sink could not be closed", metadata: ["wps.sink": "\(sink.description)", "error": "\(error)"])
+                logger.error("dead-letter sink could not be closed", metadata: [LogKey.sink: "\(sink.description)", LogKey.error: "\(error)"])
             }
         }
         if let intakeError { throw intakeError }
@@ -245,9 +246,9 @@ public final class Dispatcher: Sendable {
                     do {
                         try await entry.source.finish()
                     } catch {
-                        self.logger.error("removed source could not finish cleanly", metadata: ["wps.source": "\(name)", "error": "\(error)"])
+                        self.logger.error("removed source could not finish cleanly", metadata: [LogKey.source: "\(name)", LogKey.error: "\(error)"])
                     }
-                    self.logger.info("source stopped by a reload", metadata: ["wps.source": "\(name)"])
+                    self.logger.info("source stopped by a reload", metadata: [LogKey.source: "\(name)"])
                 }
             }
         }
@@ -265,15 +266,15 @@ public final class Dispatcher: Sendable {
             guard old.closed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
             for sink in old.sinks {
                 do { try await sink.close() } catch {
-                    logger.error("replaced dead-letter sink could not be closed", metadata: ["wps.sink": "\(sink.description)", "error": "\(error)"])
+                    logger.error("replaced dead-letter sink could not be closed", metadata: [LogKey.sink: "\(sink.description)", LogKey.error: "\(error)"])
                 }
             }
         }
         for source in adding {
             if start(source) {
-                logger.info("source started by a reload", metadata: ["wps.source": "\(source.name)"])
+                logger.info("source started by a reload", metadata: [LogKey.source: "\(source.name)"])
             } else {
-                logger.error("source not started by the reload: one of that name still runs, or the bridge is stopping", metadata: ["wps.source": "\(source.name)"])
+                logger.error("source not started by the reload: one of that name still runs, or the bridge is stopping", metadata: [LogKey.source: "\(source.name)"])
             }
         }
         return sources.isStopping ? .interrupted : .applied
@@ -320,11 +321,11 @@ public final class Dispatcher: Sendable {
         }
         guard !sends.isEmpty else {
             if let rejection = delivery.rejection {
-                logger.error("invalid input dropped", metadata: ["wps.origin": "\(message.origin.description)", "error": "\(rejection)"])
+                logger.error("invalid input dropped", metadata: [LogKey.origin: "\(message.origin.description)", LogKey.error: "\(rejection)"])
             } else {
                 stats.unrouted.add(1, ordering: .relaxed)
                 sourceMetrics.unrouted.increment()
-                logger.debug("message matched no route", metadata: ["wps.origin": "\(message.origin.description)"])
+                logger.debug("message matched no route", metadata: [LogKey.origin: "\(message.origin.description)"])
             }
             delivery.ack()
             return
@@ -446,7 +447,7 @@ public final class Dispatcher: Sendable {
                 if let (condition, waited) = conditions.accepted(route: job.route.name) {
                     logger.notice(
                         "route \(job.route.name): Web PubSub accepts sends again",
-                        metadata: ["wps.route": "\(job.route.name)", "wps.waited": "\(waited)", "wps.condition": "\(RouteConditions.summary(condition))"])
+                        metadata: [LogKey.route: "\(job.route.name)", LogKey.waited: "\(waited)", LogKey.condition: "\(RouteConditions.summary(condition))"])
                 }
                 stats.delivered.add(1, ordering: .relaxed)
                 job.metrics.delivered.increment()
@@ -462,14 +463,14 @@ public final class Dispatcher: Sendable {
             if failure.status == 429, let rate = pacer.throttledResponse() {
                 logger.notice(
                     "Web PubSub answers 429 (too many requests): sends are paced from now on, adapting to what it accepts",
-                    metadata: ["wps.rate": "\(Int(rate))/s"])
+                    metadata: [LogKey.rate: "\(Int(rate))/s"])
             }
             if Task.isCancelled { return .failed("shutdown while it was being sent") }
             if let pause = conditions.failed(route: job.route.name, failure) {
                 // The route's condition, not this message's failure: wait, try again, and do not
                 // count the attempt. Nothing is dead-lettered or acknowledged meanwhile.
                 if let line = pause.log {
-                    logger.error("\(line)", metadata: ["wps.route": "\(job.route.name)", "wps.target": "\(target)", "error": "\(failure)"])
+                    logger.error("\(line)", metadata: [LogKey.route: "\(job.route.name)", LogKey.target: "\(target)", LogKey.error: "\(failure)"])
                 }
                 stats.retried.add(1, ordering: .relaxed)
                 job.metrics.retried.increment()
@@ -491,8 +492,8 @@ public final class Dispatcher: Sendable {
             logger.debug(
                 "send failed, retrying",
                 metadata: [
-                    "wps.route": "\(job.route.name)", "wps.target": "\(target)", "wps.attempt": "\(attempt)",
-                    "wps.delay": "\(delay)", "error": "\(failure)",
+                    LogKey.route: "\(job.route.name)", LogKey.target: "\(target)", LogKey.attempt: "\(attempt)",
+                    LogKey.delay: "\(delay)", LogKey.error: "\(failure)",
                 ])
             do {
                 try await Task.sleep(for: delay)
@@ -513,10 +514,10 @@ public final class Dispatcher: Sendable {
         case .failure: target = job.targetLabel
         }
         var metadata: Logger.Metadata = [
-            "wps.route": "\(route.name)", "wps.target": "\(target)", "wps.origin": "\(message.origin.description)",
-            "wps.attempts": "\(attempts)", "error": "\(failure.message)",
+            LogKey.route: "\(route.name)", LogKey.target: "\(target)", LogKey.origin: "\(message.origin.description)",
+            LogKey.attempts: "\(attempts)", LogKey.error: "\(failure.message)",
         ]
-        if let status = failure.status { metadata["wps.status"] = "\(status)" }
+        if let status = failure.status { metadata[LogKey.status] = "\(status)" }
         guard let sink = route.deadLetter ?? job.fallbackDeadLetter, !(sink is DropSink) else {
             stats.dropped.add(1, ordering: .relaxed)
             job.metrics.dropped.increment()
@@ -526,7 +527,7 @@ public final class Dispatcher: Sendable {
                 metadata: metadata)
             return .done
         }
-        metadata["wps.dead_letter"] = "\(sink.description)"
+        metadata[LogKey.deadLetter] = "\(sink.description)"
         if job.tracker.delivery.rejection != nil {
             logger.error("invalid input; dead-lettered", metadata: metadata)
         } else {
@@ -549,7 +550,7 @@ public final class Dispatcher: Sendable {
         } catch {
             logger.error(
                 "dead-letter write failed; the message stays unacknowledged",
-                metadata: metadata.merging(["wps.sink_error": "\(error)"]) { $1 })
+                metadata: metadata.merging([LogKey.sinkError: "\(error)"]) { $1 })
             return .failed("dead-letter write failed: \(error)")
         }
     }
