@@ -279,7 +279,10 @@ let package = Package(
         .testTarget(name: "BridgeJSONTests", dependencies: ["BridgeJSON"], swiftSettings: swiftSettings),
         .testTarget(
             name: "BridgeAppTests",
-            dependencies: ["BridgeApp", "BridgeCore", "WebPubSub", "BridgeTestSupport", "HTTPGuards", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "BridgeApp", "BridgeCore", "WebPubSub", "BridgeTestSupport", "HTTPGuards", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

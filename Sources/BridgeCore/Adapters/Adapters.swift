@@ -100,7 +100,7 @@ public struct AdapterContext: Sendable {
 public protocol SourceFactory: Sendable {
     /// The `type` in `bridge.yaml`.
     var typeName: String { get }
-    /// One line for `validate`'s summary and the README.
+    /// One line for `validate`'s summary and the docs.
     var summary: String { get }
     /// Origin fields its messages carry (`topic`, `partition`, `channel`, `stream`, `pattern`),
     /// so that a template reading another one is a config error.
