@@ -5,7 +5,7 @@ SWIFT ?= swift
 BIN := .build/debug/wps-bridge
 CONFIG ?= bridge.yaml.example
 
-.PHONY: run hub test build release bench bench-quick bench-build bootstrap validate clean
+.PHONY: run hub test lint format build release bench bench-quick bench-build bootstrap validate clean
 
 run: bootstrap
 	$(SWIFT) build --product wps-bridge
@@ -19,10 +19,20 @@ hub: bootstrap
 	$(SWIFT) build --product wps-bridge
 	$(BIN) hub --negotiate --port $${WPS_HUB_PORT:-8080}
 
-test:
+test: lint
 	scripts/bootstrap --tests
 	$(SWIFT) build --build-tests
 	WPS_TEST_PYTHON=$(CURDIR)/.venv/bin/python WPS_BRIDGE_BIN=$(BIN) $(SWIFT) test --skip-build
+
+# swift-format ships with the toolchain; .swift-format is the configuration. `make format` fixes
+# what `make lint` finds.
+FORMAT_PATHS := Sources Tests Plugins Package.swift
+
+lint:
+	$(SWIFT) format lint --strict --recursive --parallel $(FORMAT_PATHS)
+
+format:
+	$(SWIFT) format format --in-place --recursive --parallel $(FORMAT_PATHS)
 
 build: bootstrap
 	$(SWIFT) build

@@ -1,8 +1,13 @@
-// swift-tools-version:6.1
+// swift-tools-version:6.2
 import PackageDescription
 
+// Our own targets: a warning fails the build, imports are internal unless marked `public
+// import`, and a member is visible only where its module is imported.
 let swiftSettings: [SwiftSetting] = [
-    .enableUpcomingFeature("ExistentialAny")
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+    .treatAllWarnings(as: .error),
 ]
 
 let package = Package(
@@ -180,7 +185,8 @@ let package = Package(
         .target(
             name: "BridgeApp",
             dependencies: [
-                "BridgeObservability", "BridgeCore", "BridgeJSON", "WebPubSub", "AzureIdentity", "StdioAdapter", "KafkaAdapter", "RedisAdapter", "LocalHub", "BridgeServer",
+                "BridgeObservability", "BridgeCore", "BridgeJSON", "WebPubSub", "AzureIdentity", "StdioAdapter", "KafkaAdapter", "RedisAdapter",
+                "LocalHub", "BridgeServer",
                 "GroupListener", "HTTPGuards",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -275,7 +281,8 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "AzureIdentityTests", dependencies: ["AzureIdentity"], swiftSettings: swiftSettings),
-        .testTarget(name: "BridgeCryptoTests", dependencies: ["BridgeCrypto", "BridgeTestSupport", "BridgeJSON", "WebPubSub"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "BridgeCryptoTests", dependencies: ["BridgeCrypto", "BridgeTestSupport", "BridgeJSON", "WebPubSub"], swiftSettings: swiftSettings),
         .testTarget(name: "BridgeJSONTests", dependencies: ["BridgeJSON"], swiftSettings: swiftSettings),
         .testTarget(
             name: "BridgeAppTests",

@@ -37,7 +37,8 @@ public struct ClientCredentialsFlow: Sendable {
 
     func getToken(scope: String, what: String) async throws(IdentityError) -> AccessToken {
         guard authorityHost.lowercased().hasPrefix("https://") || isLoopback(authorityHost) else {
-            throw IdentityError(.refused, "\(what): the authority host \(authorityHost) is not https: a secret goes over https only (or to a loopback address)")
+            throw IdentityError(
+                .refused, "\(what): the authority host \(authorityHost) is not https: a secret goes over https only (or to a loopback address)")
         }
         var form = [("grant_type", "client_credentials"), ("client_id", clientId), ("scope", scope)]
         switch proof {
@@ -291,7 +292,7 @@ public final class ChainedCredential: TokenCredential {
                 chosen.withLock { $0 = kept }
                 logger.notice("Entra ID credential: \(credential.name)", metadata: [LogKey.credential: "\(name)"])
                 return token
-            } catch where error.kind == .unavailable {
+            } catch  where error.kind == .unavailable {
                 reasons.append(error.message)
             } catch {
                 reasons.append(error.message)

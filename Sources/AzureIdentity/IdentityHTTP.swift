@@ -78,7 +78,11 @@ func retryAfterDuration(_ seconds: Double) -> Duration? {
 func isLoopback(_ url: String) -> Bool {
     guard let authority = url.split(separator: "://", maxSplits: 1).last?.split(separator: "/", maxSplits: 1).first else { return false }
     var host = String(authority)
-    if host.hasPrefix("[") { host = String(host.dropFirst().prefix { $0 != "]" }) } else if let colon = host.lastIndex(of: ":") { host = String(host[..<colon]) }
+    if host.hasPrefix("[") {
+        host = String(host.dropFirst().prefix { $0 != "]" })
+    } else if let colon = host.lastIndex(of: ":") {
+        host = String(host[..<colon])
+    }
     return host == "localhost" || host == "::1" || host.hasPrefix("127.")
 }
 

@@ -1,12 +1,13 @@
 public import AzureIdentity
 public import BridgeCore
 public import BridgeServer
-import Foundation
+public import Foundation
 import GroupListener
 import HTTPGuards
-public import Logging
-public import LocalHub
 import KafkaAdapter
+public import LocalHub
+public import Logging
+import ODataFilter
 import RedisAdapter
 import StdioAdapter
 public import WebPubSub
@@ -93,7 +94,8 @@ public struct BridgeConfiguration: Sendable {
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw ConfigError(file: path, issues: [ConfigIssue(path: "", line: nil, column: nil, message: "cannot read the file: \(error.localizedDescription)")])
+            throw ConfigError(
+                file: path, issues: [ConfigIssue(path: "", line: nil, column: nil, message: "cannot read the file: \(error.localizedDescription)")])
         }
         let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
         return try parse(
@@ -137,7 +139,9 @@ public struct BridgeConfiguration: Sendable {
                 // The embedded hub sends to this bridge; its own origin is allowed.
                 if !h.allowedOrigins.contains("*") { h.allowedOrigins.append(e.host) }
                 eventHandler = h
-                if server?.port == 0 { root.value("server")?.report("with the embedded hub, server.listen needs a fixed port (the hub is told where to send)") }
+                if server?.port == 0 {
+                    root.value("server")?.report("with the embedded hub, server.listen needs a fixed port (the hub is told where to send)")
+                }
             }
         }
         core.warnUnreadSources(root, readElsewhere: readByEvents)
@@ -172,11 +176,13 @@ public struct BridgeConfiguration: Sendable {
         var read: Set<String> = []
         for rule in handler.rules {
             let hubListeners = listeners.filter { rule.hub == "*" || rule.hub.caseInsensitiveCompare($0.settings.hub) == .orderedSame }
-            for listener in hubListeners where listener.settings.groups.contains(where: { rule.matches(hub: listener.settings.hub, event: "group:\($0)") }) {
+            for listener in hubListeners
+            where listener.settings.groups.contains(where: { rule.matches(hub: listener.settings.hub, event: "group:\($0)") }) {
                 read.insert(listener.name)
             }
             for group in rule.groups where group != "*" && !hubListeners.contains(where: { $0.settings.groups.contains(group) }) {
-                events?.report("no webpubsub source listens to group '\(group)' of hub '\(rule.hub)' (add one: {type: webpubsub, hub: ..., groups: [\(group)]})")
+                events?.report(
+                    "no webpubsub source listens to group '\(group)' of hub '\(rule.hub)' (add one: {type: webpubsub, hub: ..., groups: [\(group)]})")
             }
             if rule.groups.contains("*"), !rule.events.contains("*"), hubListeners.isEmpty {
                 events?.report("group:* needs a webpubsub source listening to hub '\(rule.hub)'")
@@ -224,7 +230,8 @@ public struct BridgeConfiguration: Sendable {
             }
             guard let endpoint = m.nonEmptyString("endpoint", required: !m.has("connectionString")) else { return settings }
             do {
-                settings.entra = EntraConnection(endpoint: try ConnectionString(endpoint: endpoint, accessKey: AccessKey("")).endpoint, credential: entra)
+                settings.entra = EntraConnection(
+                    endpoint: try ConnectionString(endpoint: endpoint, accessKey: AccessKey("")).endpoint, credential: entra)
             } catch {
                 m.value("endpoint")?.report(error.message)
             }
@@ -309,7 +316,9 @@ public struct BridgeConfiguration: Sendable {
         case "workloadIdentity":
             let file = m?.nonEmptyString("tokenFile").map { m!.reader.absolutePath($0) }
             return .entra(
-                .workloadIdentity(tenantId: m?.nonEmptyString("tenantId"), clientId: m?.nonEmptyString("clientId"), tokenFile: file, authorityHost: url("authorityHost")))
+                .workloadIdentity(
+                    tenantId: m?.nonEmptyString("tenantId"), clientId: m?.nonEmptyString("clientId"), tokenFile: file,
+                    authorityHost: url("authorityHost")))
         case "clientSecret":
             guard let m else {
                 v.report("a clientSecret credential needs tenantId, clientId and clientSecret (or clientSecretFile): {type: clientSecret, ...}")
@@ -330,7 +339,8 @@ public struct BridgeConfiguration: Sendable {
     public static func readEmbeddedHub(_ m: ConfigMapping) -> LocalHubConfiguration? {
         m.checkKeys(
             [
-                "host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "negotiate", "reconnectGrace", "upstreamRetries",
+                "host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "negotiate", "reconnectGrace",
+                "upstreamRetries",
                 "trustedIssuers", "signingKeyRefresh", "maxGroupsPerConnection", "maxReplayBytes", "hubs",
             ] + ConnectionLimits.keys,
             what: "webpubsub.embedded")
@@ -361,12 +371,15 @@ public struct BridgeConfiguration: Sendable {
                     guard let h = item.mapping() else { continue }
                     h.checkKeys(["url", "userEvents", "systemEvents"], what: "an event handler")
                     guard let url = h.nonEmptyString("url", required: true) else { continue }
-                    if !(url.hasPrefix("http://") || url.hasPrefix("https://")) { h.value("url")?.report("the URL must start with http:// or https://") }
+                    if !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
+                        h.value("url")?.report("the URL must start with http:// or https://")
+                    }
                     let system = h.stringList("systemEvents") ?? ["connect", "connected", "disconnected"]
                     for event in system where !["connect", "connected", "disconnected"].contains(event) {
                         h.value("systemEvents")?.report("unknown system event '\(event)'; known: connect, connected, disconnected")
                     }
-                    handlers.append(EventHandlerSettings(urlTemplate: url, userEventPattern: h.string("userEvents") ?? "*", systemEvents: Set(system)))
+                    handlers.append(
+                        EventHandlerSettings(urlTemplate: url, userEventPattern: h.string("userEvents") ?? "*", systemEvents: Set(system)))
                 }
                 config.eventHandlers[name.lowercased()] = handlers
             }
@@ -402,7 +415,9 @@ public struct BridgeConfiguration: Sendable {
         for s in core.sources { if let h = s.adapter as? any HealthReporting { result.append(("source \(s.name)", h)) } }
         if let h = core.deadLetter as? any HealthReporting { result.append(("deadLetter", h)) }
         for r in core.routes { if let h = r.deadLetter as? any HealthReporting { result.append(("route \(r.name) deadLetter", h)) } }
-        for rule in eventHandler?.rules ?? [] { if let h = rule.sink as? any HealthReporting { result.append(("events \(rule.sink.description)", h)) } }
+        for rule in eventHandler?.rules ?? [] {
+            if let h = rule.sink as? any HealthReporting { result.append(("events \(rule.sink.description)", h)) }
+        }
         return result
     }
 
@@ -413,7 +428,8 @@ public struct BridgeConfiguration: Sendable {
             lines.append("Web PubSub: \(cs.endpoint)" + (webpubsub.defaultHub.map { " (default hub \($0))" } ?? ""))
         }
         if let entra = webpubsub.entra {
-            lines.append("Web PubSub: \(entra.endpoint) with Entra ID (\(entra.credential))" + (webpubsub.defaultHub.map { " (default hub \($0))" } ?? ""))
+            lines.append(
+                "Web PubSub: \(entra.endpoint) with Entra ID (\(entra.credential))" + (webpubsub.defaultHub.map { " (default hub \($0))" } ?? ""))
         }
         if let e = webpubsub.embedded {
             lines.append("Web PubSub: embedded hub on http://\(e.host):\(e.port)" + (webpubsub.defaultHub.map { " (default hub \($0))" } ?? ""))
@@ -423,7 +439,8 @@ public struct BridgeConfiguration: Sendable {
         lines.append("Routes (\(core.routes.count)):")
         for r in core.routes {
             let condition = r.condition.map { " where \($0.filter.text)" } ?? ""
-            lines.append("  \(r.name): from \(r.source)\(condition)" + (r.ordering == .none ? " (unordered)" : r.ordering == .key ? " (ordered per key)" : ""))
+            lines.append(
+                "  \(r.name): from \(r.source)\(condition)" + (r.ordering == .none ? " (unordered)" : r.ordering == .key ? " (ordered per key)" : ""))
             for t in r.targets { lines.append("    -> \(t.description)") }
             if let d = r.deadLetter { lines.append("    dead letters: \(d.description)") }
         }
@@ -437,7 +454,8 @@ public struct BridgeConfiguration: Sendable {
         }
         let d = core.delivery
         lines.append(
-            "Delivery: \(d.concurrency) concurrent sends, \(d.maxInFlight) in flight, \(d.retry.maxAttempts) attempts, shutdown timeout \(d.shutdownTimeout)")
+            "Delivery: \(d.concurrency) concurrent sends, \(d.maxInFlight) in flight, \(d.retry.maxAttempts) attempts, shutdown timeout \(d.shutdownTimeout)"
+        )
         return lines.joined(separator: "\n")
     }
 }

@@ -3,11 +3,13 @@ import BridgeObservability
 import BridgeServer
 import CoreMetrics
 import Foundation
-public import Logging
 public import LocalHub
+public import Logging
 import NIOCore
+import Prometheus
 public import ServiceLifecycle
 import Synchronization
+import UnixSignals
 import WebPubSub
 
 /// Runs a configured bridge: with the embedded hub when the config asks for one, against
@@ -62,7 +64,8 @@ public enum BridgeRunner {
         }
         if let handler = configuration.eventHandler, configuration.server != nil, handler.accessKeys.isEmpty, handler.authToken != nil {
             logger.notice(
-                "the event handler cannot check ce-signature without an access key (webpubsub uses Entra ID): requests are authenticated by eventHandler.authToken alone")
+                "the event handler cannot check ce-signature without an access key (webpubsub uses Entra ID): requests are authenticated by eventHandler.authToken alone"
+            )
         }
         let prepare: @Sendable (BridgeConfiguration) -> Void = { [listenerConnection] config in
             if let listenerConnection { config.connectListeners(listenerConnection) }
@@ -74,7 +77,9 @@ public enum BridgeRunner {
             Reloader(
                 path: $0, requireWebPubSub: !dryRun, configuration: configuration, dispatcher: bridge.dispatcher, logger: logger, prepare: prepare)
         }
-        if let reloader { services.append(.init(service: ReloadOnSignal(reloader: reloader), successTerminationBehavior: .ignore, serviceName: "reload")) }
+        if let reloader {
+            services.append(.init(service: ReloadOnSignal(reloader: reloader), successTerminationBehavior: .ignore, serviceName: "reload"))
+        }
         let handler = configuration.server == nil ? nil : configuration.eventHandler.map { EventHandler(configuration: $0, logger: logger) }
         if let server = configuration.server {
             // Readiness includes Web PubSub itself: reachable, and accepting the key.
@@ -102,21 +107,21 @@ public enum BridgeRunner {
             }
             let readiness: @Sendable () -> [String] = { watched().compactMap { name, adapter in adapter.healthProblem.map { "\(name): \($0)" } } }
             let metrics: @Sendable () -> [UInt8] = {
-                    // Gauges read at scrape time; the counters are kept up as things happen.
-                    let components = watched()
-                    for (name, adapter) in components {
-                        Gauge(label: MetricName.componentReady, dimensions: [("component", name)]).record(adapter.healthProblem == nil ? 1 : 0)
-                    }
-                    // Components a reload removed go away rather than keep their last value.
-                    let gone = reported.withLock { names in
-                        let now = Set(components.map(\.0))
-                        defer { names = now }
-                        return names.subtracting(now)
-                    }
-                    for name in gone { Gauge(label: MetricName.componentReady, dimensions: [("component", name)]).destroy() }
-                    hub?.recordMetrics()
-                    return BridgeMetrics.registry.emitToBuffer()
+                // Gauges read at scrape time; the counters are kept up as things happen.
+                let components = watched()
+                for (name, adapter) in components {
+                    Gauge(label: MetricName.componentReady, dimensions: [("component", name)]).record(adapter.healthProblem == nil ? 1 : 0)
                 }
+                // Components a reload removed go away rather than keep their last value.
+                let gone = reported.withLock { names in
+                    let now = Set(components.map(\.0))
+                    defer { names = now }
+                    return names.subtracting(now)
+                }
+                for name in gone { Gauge(label: MetricName.componentReady, dimensions: [("component", name)]).destroy() }
+                hub?.recordMetrics()
+                return BridgeMetrics.registry.emitToBuffer()
+            }
             // With adminListen the port the service reaches serves the event handler alone.
             let bridgeServer = BridgeServer(
                 host: server.host, port: server.port, handler: handler, readiness: readiness, metrics: metrics, reload: reloadEndpoint,

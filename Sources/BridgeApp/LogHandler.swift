@@ -128,14 +128,15 @@ public enum Redaction {
         var minimumLength = 1
     }
 
-    static let rules: [Rule] = [
-        "access_token=", "awps_reconnection_token=", "refresh_token=", "id_token=", "token=", "client_secret=", "password=", "secret=",
-        "signature=",
-    ].map { Rule(key: $0) } + [
-        Rule(key: "code=", after: "?&"), Rule(key: "sig=", after: "?&"),
-        Rule(key: "AccessKey=", ending: ";\" \n"), Rule(key: "SharedAccessKey=", ending: ";\" \n"), Rule(key: "AccountKey=", ending: ";\" \n"),
-        Rule(key: "Bearer ", caseInsensitive: false, ending: "\" ,;\n", minimumLength: 16),
-    ]
+    static let rules: [Rule] =
+        [
+            "access_token=", "awps_reconnection_token=", "refresh_token=", "id_token=", "token=", "client_secret=", "password=", "secret=",
+            "signature=",
+        ].map { Rule(key: $0) } + [
+            Rule(key: "code=", after: "?&"), Rule(key: "sig=", after: "?&"),
+            Rule(key: "AccessKey=", ending: ";\" \n"), Rule(key: "SharedAccessKey=", ending: ";\" \n"), Rule(key: "AccountKey=", ending: ";\" \n"),
+            Rule(key: "Bearer ", caseInsensitive: false, ending: "\" ,;\n", minimumLength: 16),
+        ]
 
     public static func redact(_ text: String) -> String {
         guard text.contains("=") || text.contains("Bearer ") || text.contains("://") else { return text }

@@ -1,6 +1,7 @@
 import BridgeCore
 import Foundation
 import ServiceLifecycle
+import Synchronization
 
 /// The one-line summary `run` prints on a terminal every few seconds while messages move:
 /// messages in (and the rate), delivered, retried, dead-lettered, in flight.
@@ -11,7 +12,7 @@ struct ProgressReporter: Service {
 
     func run() async throws {
         // Ends with the group's graceful shutdown, like everything else.
-        try? await cancelWhenGracefulShutdown { await report() }
+        await cancelWhenGracefulShutdown { await report() }
     }
 
     private func report() async {

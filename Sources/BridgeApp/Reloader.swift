@@ -1,7 +1,8 @@
 import BridgeCore
 import BridgeObservability
+import BridgeServer
 import Foundation
-public import Logging
+import Logging
 import ServiceLifecycle
 import Synchronization
 import UnixSignals
@@ -134,7 +135,7 @@ struct ReloadOnSignal: Service {
 
     func run() async throws {
         let signals = await UnixSignalsSequence(trapping: .sighup)
-        try? await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             for await _ in signals { _ = await reloader.reload() }
         }
     }

@@ -1,6 +1,6 @@
 import BridgeCore
-public import Logging
-public import ServiceLifecycle
+import Logging
+import ServiceLifecycle
 import Synchronization
 import WebPubSub
 

@@ -77,8 +77,9 @@ public enum HMACSHA256 {
         let result = keyBytes.withUnsafeBytes { k in
             message.withUnsafeBytes { m in
                 code.withUnsafeMutableBytes { out in
-                    HMAC(EVP_sha256(), k.baseAddress, Int32(key.count), m.baseAddress?.assumingMemoryBound(to: UInt8.self), m.count,
-                         out.baseAddress?.assumingMemoryBound(to: UInt8.self), &length)
+                    HMAC(
+                        EVP_sha256(), k.baseAddress, Int32(key.count), m.baseAddress?.assumingMemoryBound(to: UInt8.self), m.count,
+                        out.baseAddress?.assumingMemoryBound(to: UInt8.self), &length)
                 }
             }
         }
@@ -183,7 +184,9 @@ public final class RSAPrivateKey: @unchecked Sendable {
 
     /// A new random key of `bits` bits (at least ``RSAPublicKey/minimumBits``), exponent 65537.
     public init(bits: Int = 2048) throws(CryptoError) {
-        guard bits >= RSAPublicKey.minimumBits else { throw CryptoError("RSA key generation", reasons: ["at least \(RSAPublicKey.minimumBits) bits are required"]) }
+        guard bits >= RSAPublicKey.minimumBits else {
+            throw CryptoError("RSA key generation", reasons: ["at least \(RSAPublicKey.minimumBits) bits are required"])
+        }
         ERR_clear_error()
         guard let context = EVP_PKEY_CTX_new_from_name(nil, "RSA", nil) else { throw .openSSL("RSA key context") }
         defer { EVP_PKEY_CTX_free(context) }

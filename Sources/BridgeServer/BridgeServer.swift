@@ -99,7 +99,9 @@ public final class BridgeServer: Service, Sendable {
     func respond(_ request: Request) async -> Response {
         var request = request
         let path = request.uri.path
-        if path == "/healthz" { return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "ok\n"))) }
+        if path == "/healthz" {
+            return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "ok\n")))
+        }
         if path == "/readyz", endpoints.contains(.operations) {
             let problems = readiness()
             let body = JSONValue.object([("ready", .bool(problems.isEmpty)), ("problems", .array(problems.map { .string($0) }))]).serialized + "\n"
@@ -117,7 +119,8 @@ public final class BridgeServer: Service, Sendable {
         }
         if path == "/metrics", endpoints.contains(.operations), let metrics {
             return Response(
-                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(bytes: metrics())))
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(bytes: metrics())))
         }
         if let handler, endpoints.contains(.events) {
             let prefix = handler.configuration.path
@@ -126,7 +129,8 @@ public final class BridgeServer: Service, Sendable {
                 guard !rest.isEmpty, !rest.contains("/") else { return plain(.notFound, "no such resource\n") }
                 var headers: [String: String] = [:]
                 for field in request.headers where headers[field.name.canonicalName] == nil { headers[field.name.canonicalName] = field.value }
-                var event = HandlerRequest(method: request.method.rawValue, hub: percentDecode(rest), headers: headers, query: Query(request.uri.query), body: [])
+                var event = HandlerRequest(
+                    method: request.method.rawValue, hub: percentDecode(rest), headers: headers, query: Query(request.uri.query), body: [])
                 // Authentication and the CloudEvents headers first: a stranger's body is never read.
                 if let refused = handler.refusal(event) { return Self.response(refused) }
                 if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.maxBody {

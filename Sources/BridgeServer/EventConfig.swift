@@ -95,7 +95,9 @@ extension EventHandlerConfiguration {
         var config = EventHandlerConfiguration()
         config.accessKeys = keys
         if let m = eventHandler {
-            m.checkKeys(["path", "allowedOrigins", "authToken", "authTokenFile", "secondaryAccessKey", "secondaryAccessKeyFile", "connect"], what: "eventHandler")
+            m.checkKeys(
+                ["path", "allowedOrigins", "authToken", "authTokenFile", "secondaryAccessKey", "secondaryAccessKeyFile", "connect"],
+                what: "eventHandler")
             if let path = m.nonEmptyString("path") {
                 if !path.hasPrefix("/") || path.hasSuffix("/") || path == "/healthz" || path == "/readyz" {
                     m.value("path")?.report("'\(path)' must start with / and not end with one (e.g. /eventhandler)")
@@ -113,9 +115,13 @@ extension EventHandlerConfiguration {
             rule.checkKeys(["hub", "events", "to", "reply"], what: "an events rule")
             let hub = rule.nonEmptyString("hub", required: true)
             if let hub, hub != "*", let problem = WebPubSubNames.hubProblem(hub) { rule.value("hub")?.report(problem) }
-            if rule.value("events") == nil { rule.report("missing required key 'events': user event names, connected, disconnected, group:NAME, or *") }
+            if rule.value("events") == nil {
+                rule.report("missing required key 'events': user event names, connected, disconnected, group:NAME, or *")
+            }
             let names = rule.stringList("events") ?? []
-            if names.contains(where: \.isEmpty) || (rule.has("events") && names.isEmpty) { rule.value("events")?.report("event names must not be empty") }
+            if names.contains(where: \.isEmpty) || (rule.has("events") && names.isEmpty) {
+                rule.value("events")?.report("event names must not be empty")
+            }
             for name in names where name.hasPrefix("group:") {
                 let group = name.dropFirst(6)
                 if group.isEmpty {
@@ -145,11 +151,16 @@ extension EventHandlerConfiguration {
     }
 
     static func readConnect(_ m: ConfigMapping) -> ConnectPolicy {
-        m.checkKeys(["allow", "rejectStatus", "rejectReason", "requireUser", "userId", "groups", "roles", "subprotocol"], what: "eventHandler.connect")
+        m.checkKeys(
+            ["allow", "rejectStatus", "rejectReason", "requireUser", "userId", "groups", "roles", "subprotocol"], what: "eventHandler.connect")
         var policy = ConnectPolicy()
         policy.allow = m.bool("allow") ?? true
         if let status = m.int("rejectStatus") {
-            if [400, 401, 403].contains(status) { policy.rejectStatus = status } else { m.value("rejectStatus")?.report("rejectStatus must be 400, 401 or 403") }
+            if [400, 401, 403].contains(status) {
+                policy.rejectStatus = status
+            } else {
+                m.value("rejectStatus")?.report("rejectStatus must be 400, 401 or 403")
+            }
         }
         policy.rejectReason = m.string("rejectReason") ?? policy.rejectReason
         policy.requireUser = m.bool("requireUser") ?? false

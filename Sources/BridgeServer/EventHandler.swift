@@ -6,7 +6,7 @@ import CoreMetrics
 import Foundation
 public import Logging
 import NIOCore
-import Synchronization
+public import Synchronization
 public import WebPubSub
 
 /// A request to the event handler, independent of the HTTP server.
@@ -142,7 +142,9 @@ public final class EventHandler: Sendable {
         stats.rejected.add(1, ordering: .relaxed)
         // Strangers choose how often this happens: 10 lines a minute, then a count.
         if let leftOut = refusalLog.admit() {
-            var metadata: Logger.Metadata = [LogKey.hub: "\(request.hub)", LogKey.status: "\(status)", LogKey.reason: "\(reason)", LogKey.method: "\(request.method)"]
+            var metadata: Logger.Metadata = [
+                LogKey.hub: "\(request.hub)", LogKey.status: "\(status)", LogKey.reason: "\(reason)", LogKey.method: "\(request.method)",
+            ]
             if leftOut > 0 { metadata[LogKey.notLogged] = "\(leftOut)" }
             logger.warning("event handler refused a request", metadata: metadata)
         }
@@ -155,7 +157,8 @@ public final class EventHandler: Sendable {
         guard let origin = request.headers["webhook-request-origin"], !origin.isEmpty else {
             return reject(400, "the abuse-protection request has no WebHook-Request-Origin header", request)
         }
-        let allowed = configuration.allowedOrigins.contains("*")
+        let allowed =
+            configuration.allowedOrigins.contains("*")
             || configuration.allowedOrigins.contains { $0.caseInsensitiveCompare(origin) == .orderedSame }
         guard allowed else { return reject(403, "origin '\(origin)' is not in eventHandler.allowedOrigins", request) }
         return HandlerResponse(200, headers: [("WebHook-Allowed-Origin", origin)])
@@ -198,7 +201,8 @@ public final class EventHandler: Sendable {
         }
         // Without access keys (Entra ID) the auth token, checked above, is what authenticates the hub.
         if !configuration.accessKeys.isEmpty || configuration.authToken == nil {
-            guard let signature = h["ce-signature"], EventSignature.isValid(signature, connectionId: attributes.connectionId, keys: configuration.accessKeys)
+            guard let signature = h["ce-signature"],
+                EventSignature.isValid(signature, connectionId: attributes.connectionId, keys: configuration.accessKeys)
             else {
                 return refuse(401, "ce-signature does not match an access key")
             }
@@ -229,7 +233,9 @@ public final class EventHandler: Sendable {
     private func connect(_ request: HandlerRequest, _ attributes: Attributes) -> HandlerResponse {
         let policy = configuration.connect ?? ConnectPolicy()
         guard policy.allow else {
-            logger.info("connection refused by the connect policy", metadata: [LogKey.hub: "\(attributes.hub)", LogKey.connection: "\(attributes.connectionId)"])
+            logger.info(
+                "connection refused by the connect policy",
+                metadata: [LogKey.hub: "\(attributes.hub)", LogKey.connection: "\(attributes.connectionId)"])
             return .text(policy.rejectStatus, policy.rejectReason)
         }
         guard let body = try? JSONValue.parse(request.body) else { return reject(400, "the connect event's body is not JSON", request) }
@@ -271,7 +277,9 @@ public final class EventHandler: Sendable {
         guard !rules.isEmpty else { return HandlerResponse(204) }
         let contentType = request.headers["content-type"] ?? "application/octet-stream"
         let envelope: JSONValue
-        switch Self.envelope(attributes, contentType: contentType, body: request.body, groups: groupsByConnection.withLock { $0[attributes.connectionId] }) {
+        switch Self.envelope(
+            attributes, contentType: contentType, body: request.body, groups: groupsByConnection.withLock { $0[attributes.connectionId] })
+        {
         case .success(let e): envelope = e
         case .failure(let problem): return reject(400, problem.message, request)
         }
@@ -287,7 +295,10 @@ public final class EventHandler: Sendable {
             stats.failed.add(1, ordering: .relaxed)
             logger.error(
                 "mirrored event not written; answering 500 so that the service retries",
-                metadata: [LogKey.hub: "\(attributes.hub)", LogKey.event: "\(attributes.eventName)", LogKey.connection: "\(attributes.connectionId)", LogKey.error: "\(failures.joined(separator: "; "))"])
+                metadata: [
+                    LogKey.hub: "\(attributes.hub)", LogKey.event: "\(attributes.eventName)", LogKey.connection: "\(attributes.connectionId)",
+                    LogKey.error: "\(failures.joined(separator: "; "))",
+                ])
             return .text(500, "the event could not be written: \(failures.joined(separator: "; "))")
         }
         stats.written.add(1, ordering: .relaxed)
@@ -324,7 +335,9 @@ public final class EventHandler: Sendable {
     /// The CloudEvents JSON envelope of an event: the standard attributes, the Web PubSub
     /// extensions in lower case, and `data` (JSON or text) or `data_base64`.
     static func envelope(_ a: Attributes, contentType: String, body: [UInt8], groups: [String]?) -> Result<JSONValue, EnvelopeProblem> {
-        var members: [(String, JSONValue)] = [("specversion", .string("1.0")), ("id", .string(a.id)), ("type", .string(a.type)), ("source", .string(a.source))]
+        var members: [(String, JSONValue)] = [
+            ("specversion", .string("1.0")), ("id", .string(a.id)), ("type", .string(a.type)), ("source", .string(a.source)),
+        ]
         if let time = a.time { members.append(("time", .string(time))) }
         let mediaType = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
         members.append(("datacontenttype", .string(mediaType.isEmpty ? "application/octet-stream" : mediaType)))
@@ -333,7 +346,9 @@ public final class EventHandler: Sendable {
             guard let json = try? JSONValue.parse(body) else { return .failure(EnvelopeProblem(message: "the body is not valid JSON")) }
             members.append(("data", json))
         case "text/plain":
-            guard let text = String(validating: body, as: UTF8.self) else { return .failure(EnvelopeProblem(message: "the body is not valid UTF-8 text")) }
+            guard let text = String(validating: body, as: UTF8.self) else {
+                return .failure(EnvelopeProblem(message: "the body is not valid UTF-8 text"))
+            }
             members.append(("data", .string(text)))
         default:
             members.append(("data_base64", .string(Data(body).base64EncodedString())))
@@ -398,7 +413,9 @@ struct ConnectContext {
         while let open = rest.firstIndex(of: "{") {
             guard let close = rest[open...].firstIndex(of: "}") else { return "'\(template)' has an unclosed {" }
             let field = rest[rest.index(after: open)..<close]
-            let known = field == "userId" || field == "connectionId" || ["claim.", "query.", "header."].contains { field.hasPrefix($0) && field.count > $0.count }
+            let known =
+                field == "userId" || field == "connectionId"
+                || ["claim.", "query.", "header."].contains { field.hasPrefix($0) && field.count > $0.count }
             if !known { return "{\(field)} is not known here; use {claim.NAME}, {query.NAME}, {header.NAME}, {userId} or {connectionId}" }
             rest = rest[rest.index(after: close)...]
         }

@@ -1,4 +1,4 @@
-import BridgeJSON
+public import BridgeJSON
 import Foundation
 
 /// `wps-bridge run` on a config written to a fresh folder, its debug log kept in that folder.

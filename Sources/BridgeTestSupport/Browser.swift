@@ -1,6 +1,7 @@
 import AsyncHTTPClient
-import BridgeJSON
+public import BridgeJSON
 import Foundation
+import NIOCore
 import Synchronization
 
 /// Headless Chromium (Debian's `chromium`) driven over the DevTools protocol: navigate, then
@@ -13,7 +14,8 @@ public final class Browser: Sendable {
 
     /// Starts Chromium with an empty page.
     public static func start() async throws -> Browser {
-        guard let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+        guard let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first(where: { FileManager.default.isExecutableFile(atPath: $0) })
+        else {
             throw TestEnvironmentError("chromium is not installed; `make test` installs it (scripts/bootstrap --tests)")
         }
         let port = try TestEnvironment.freePort()
@@ -30,7 +32,8 @@ public final class Browser: Sendable {
         // Find the page's debugger WebSocket.
         var debuggerURL: String?
         for _ in 0..<200 where debuggerURL == nil {
-            if let data = try? await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)/json"), timeout: .seconds(2)).body.collect(upTo: 1 << 20),
+            if let data = try? await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)/json"), timeout: .seconds(2)).body
+                .collect(upTo: 1 << 20),
                 case .array(let targets) = (try? JSONValue.parse(data.readableBytesView)) ?? .null
             {
                 debuggerURL = targets.first { $0["type"] == .string("page") }?["webSocketDebuggerUrl"]?.stringValue

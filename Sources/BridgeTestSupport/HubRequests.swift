@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import NIOCore
+import NIOHTTP1
 
 /// `POST {endpoint}{path}?api-version=2024-12-01` with this bearer token and a small text body:
 /// the hub's answer (status and body), for tests of the REST API's authentication.

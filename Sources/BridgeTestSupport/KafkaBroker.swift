@@ -1,5 +1,6 @@
 import Foundation
 import WebPubSub
+
 #if canImport(Glibc)
 import Glibc
 #endif

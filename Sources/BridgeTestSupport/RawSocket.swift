@@ -1,4 +1,5 @@
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -96,7 +97,10 @@ public final class RawSocket: @unchecked Sendable {
         while ContinuousClock.now < deadline {
             let n = recv(fd, &chunk, chunk.count, Int32(MSG_DONTWAIT))
             if n == 0 { return true }
-            if n > 0 { buffer += chunk[0..<n]; continue }
+            if n > 0 {
+                buffer += chunk[0..<n]
+                continue
+            }
             if errno != EAGAIN && errno != EWOULDBLOCK { return true }
             try? await Task.sleep(for: .milliseconds(10))
         }

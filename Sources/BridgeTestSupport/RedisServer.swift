@@ -30,7 +30,12 @@ public final class RedisServer: Sendable {
     }
 
     public func stop() async {
-        guard let child = process.withLock({ p in defer { p = nil }; return p }) else { return }
+        guard
+            let child = process.withLock({ p in
+                defer { p = nil }
+                return p
+            })
+        else { return }
         child.kill()
         _ = await child.exitStatus()
     }

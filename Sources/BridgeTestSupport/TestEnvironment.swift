@@ -1,4 +1,5 @@
-import Foundation
+public import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,7 +34,8 @@ public enum TestEnvironment {
     public static func python() throws -> String {
         let candidates = [ProcessInfo.processInfo.environment["WPS_TEST_PYTHON"], packageRoot + "/.venv/bin/python"].compactMap { $0 }
         for path in candidates where FileManager.default.isExecutableFile(atPath: path) { return path }
-        throw TestEnvironmentError("no Python with the Azure SDKs (looked at \(candidates.joined(separator: ", "))); run `make test`, which creates .venv")
+        throw TestEnvironmentError(
+            "no Python with the Azure SDKs (looked at \(candidates.joined(separator: ", "))); run `make test`, which creates .venv")
     }
 
     /// A loopback port that was free a moment ago (bound to port 0, then closed).
@@ -92,7 +94,8 @@ public func runProcess(
     _ executable: String, _ arguments: [String], input: String = "", environment: [String: String] = [:],
     currentDirectory: String? = nil, timeout: TimeInterval = 60
 ) async throws -> ProcessResult {
-    let stdout = Pipe(), stderr = Pipe()
+    let stdout = Pipe()
+    let stderr = Pipe()
     let child = try ChildProcess(executable, arguments, environment: environment, currentDirectory: currentDirectory, stdout: stdout, stderr: stderr)
     // Read both pipes on their own threads so that a full pipe never blocks the child.
     let outData = readAll(stdout.fileHandleForReading)
@@ -105,7 +108,8 @@ public func runProcess(
     }
     let status = await child.exitStatus()
     killer.cancel()
-    return ProcessResult(status: status, stdout: String(decoding: await outData.value, as: UTF8.self), stderr: String(decoding: await errData.value, as: UTF8.self))
+    return ProcessResult(
+        status: status, stdout: String(decoding: await outData.value, as: UTF8.self), stderr: String(decoding: await errData.value, as: UTF8.self))
 }
 
 /// Reads to end of file on a thread of its own: a blocking read must not hold one of the few

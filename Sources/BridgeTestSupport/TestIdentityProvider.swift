@@ -1,12 +1,12 @@
 import BridgeCrypto
 import BridgeJSON
-import Foundation
+public import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
 import Synchronization
-public import WebPubSub
+import WebPubSub
 
 /// An Entra ID stand-in on a loopback port, for tests: the OAuth2 client-credentials grant
 /// (`POST /{tenant}/oauth2/v2.0/token` with a client secret or a federated client assertion),
@@ -176,7 +176,8 @@ public final class TestIdentityProvider: Sendable {
             let clientId = query.first("client_id")
             guard request.headers[HTTPField.Name("Metadata")!] == "true" else {
                 record("imds", 400, clientId)
-                return json(400, .object([("error", .string("invalid_request")), ("error_description", .string("Required metadata header not specified"))]))
+                return json(
+                    400, .object([("error", .string("invalid_request")), ("error_description", .string("Required metadata header not specified"))]))
             }
             if let failure = injectedFailure("imds", clientId) { return failure }
             let answer = managedIdentity(query, apiVersion: "2018-02-01")
@@ -198,7 +199,9 @@ public final class TestIdentityProvider: Sendable {
     }
 
     private func clientCredentials(_ form: Query) -> Response {
-        guard form.first("grant_type") == "client_credentials" else { return oauthError(400, "unsupported_grant_type", "AADSTS70003: grant_type must be client_credentials") }
+        guard form.first("grant_type") == "client_credentials" else {
+            return oauthError(400, "unsupported_grant_type", "AADSTS70003: grant_type must be client_credentials")
+        }
         guard let clientId = form.first("client_id") else { return oauthError(400, "invalid_request", "AADSTS900144: client_id is missing") }
         guard let scope = form.first("scope"), scope.hasSuffix("/.default") else {
             return oauthError(400, "invalid_scope", "AADSTS1002012: the scope must end with /.default")

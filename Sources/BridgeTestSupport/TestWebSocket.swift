@@ -1,11 +1,11 @@
-import BridgeJSON
+public import BridgeJSON
 import Foundation
 import HTTPTypes
+import HummingbirdWSClient
 import Logging
 import NIOCore
-import Synchronization
-import HummingbirdWSClient
 import NIOWebSocket
+import Synchronization
 
 /// A WebSocket client for tests: connects (with a subprotocol), records every frame it gets,
 /// sends what it is told. Frames arrive through ``next(timeout:)``.

@@ -8,7 +8,7 @@ import HummingbirdWSClient
 public import Logging
 import NIOCore
 import NIOWebSocket
-import Synchronization
+public import Synchronization
 public import WebPubSub
 
 /// `type: webpubsub`: listens to groups of a hub as a client, so that what browsers send to a
@@ -143,7 +143,8 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
                 if let session, session.isEstablished { gap("the session has no reconnection token") }
                 session = nil
                 do {
-                    url = try await issuer()(hub: settings.hub, userId: settings.userId, groups: settings.groups, expiresIn: settings.tokenLifetime).url
+                    url = try await issuer()(hub: settings.hub, userId: settings.userId, groups: settings.groups, expiresIn: settings.tokenLifetime)
+                        .url
                 } catch is CancellationError {
                     return
                 } catch {
@@ -389,7 +390,9 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
             case .started:
                 logger.info(
                     "listener connected",
-                    metadata: metadata.merging([LogKey.connection: "\(connectionId)", LogKey.user: "\(userId ?? "-")", LogKey.groups: "\(settings.groups)"]) { $1 })
+                    metadata: metadata.merging([
+                        LogKey.connection: "\(connectionId)", LogKey.user: "\(userId ?? "-")", LogKey.groups: "\(settings.groups)",
+                    ]) { $1 })
                 if counters.gaps.load(ordering: .relaxed) > 0 { counters.reconnectsMetric.increment() }
             case .same:
                 break
@@ -423,7 +426,8 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
             }
             if settings.groups.contains(group), fromUserId != nil || settings.includeServerMessages {
                 counters.received.add(1, ordering: .relaxed)
-                let delivery = makeDelivery(group: group, fromUserId: fromUserId, dataType: dataType, data: data, sequenceId: sequenceId, session: session)
+                let delivery = makeDelivery(
+                    group: group, fromUserId: fromUserId, dataType: dataType, data: data, sequenceId: sequenceId, session: session)
                 if inbox.isFull { noteFullInbox() }
                 // Waits while the inbox is full: then the hub keeps what follows.
                 try await inbox.put(delivery)
@@ -458,7 +462,9 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
         ]
         if let fromUserId { headers["userId"] = fromUserId }
         let position = sequenceId.map { "\(session.connectionId ?? "?")/\($0)" }
-        let message = Message(payload: ByteBuffer(bytes: data ?? []), dataType: type, key: fromUserId, headers: headers, origin: Origin(source: name, position: position))
+        let message = Message(
+            payload: ByteBuffer(bytes: data ?? []), dataType: type, key: fromUserId, headers: headers,
+            origin: Origin(source: name, position: position))
         let rejection = data == nil ? "binary data that is not base64" : nil
         return Delivery(message: message, rejection: rejection) { [counters] outcome in
             if case .failed = outcome { counters.unsettled.add(1, ordering: .relaxed) }
@@ -481,7 +487,10 @@ public struct GroupListenerSourceFactory: SourceFactory {
 
     public func makeSource(name: String, settings m: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
         m.checkKeys(
-            ["hub", "groups", "userId", "includeServerMessages", "connectionString", "connectionStringFile", "recoveryTimeout", "connectTimeout", "bufferSize"],
+            [
+                "hub", "groups", "userId", "includeServerMessages", "connectionString", "connectionStringFile", "recoveryTimeout", "connectTimeout",
+                "bufferSize",
+            ],
             what: "a webpubsub source")
         let hub = m.nonEmptyString("hub", required: true)
         if let hub, let problem = WebPubSubNames.hubProblem(hub) { m.value("hub")?.report(problem) }

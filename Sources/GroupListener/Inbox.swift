@@ -36,7 +36,10 @@ final class Inbox: Sendable {
         }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                enum Step { case hand(CheckedContinuation<Delivery, any Error>), added, wait, cancelled }
+                enum Step {
+                    case hand(CheckedContinuation<Delivery, any Error>)
+                    case added, wait, cancelled
+                }
                 let step: Step = state.withLock { s in
                     if Task.isCancelled { return .cancelled }
                     if let taker = s.taker {
@@ -74,7 +77,10 @@ final class Inbox: Sendable {
     func take() async throws -> Delivery {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Delivery, any Error>) in
-                enum Step { case item(Delivery, wake: CheckedContinuation<Void, any Error>?), wait, cancelled }
+                enum Step {
+                    case item(Delivery, wake: CheckedContinuation<Void, any Error>?)
+                    case wait, cancelled
+                }
                 let step: Step = state.withLock { s in
                     if Task.isCancelled { return .cancelled }
                     if let first = s.items.popFirst() {

@@ -99,7 +99,8 @@ class KafkaClientContext: @unchecked Sendable {
     /// out), which a broker's answer shows to be over.
     var problemIsConnectivity: Bool {
         let err = rd_kafka_resp_err_t(rawValue: problemCode.load(ordering: .relaxed))
-        return [RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN, RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR__RESOLVE, RD_KAFKA_RESP_ERR__TIMED_OUT].contains(err)
+        return [RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN, RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR__RESOLVE, RD_KAFKA_RESP_ERR__TIMED_OUT].contains(
+            err)
     }
 
     /// Called when the client made progress (a message, an assignment, a delivery report).

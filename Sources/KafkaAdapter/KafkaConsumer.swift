@@ -395,7 +395,9 @@ final class KafkaConsumer: @unchecked Sendable {
             } else {
                 logger.warning(
                     "kafka offset commit failed; the messages after the last committed offset will be read again",
-                    metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(err)))", LogKey.partitions: "\(entries.map { "\($0.0)@\($0.1!)" })"])
+                    metadata: [
+                        LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(err)))", LogKey.partitions: "\(entries.map { "\($0.0)@\($0.1!)" })",
+                    ])
             }
         } else if err != RD_KAFKA_RESP_ERR_NO_ERROR {
             state.withLock { $0.commitInFlight = false }
@@ -425,7 +427,9 @@ final class KafkaConsumer: @unchecked Sendable {
                 done.append((tp, e.offset))
             } else {
                 let code = e.err != RD_KAFKA_RESP_ERR_NO_ERROR ? e.err : err
-                logger.warning("kafka offset commit failed for \(tp); retried at the next commit", metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(code)))"])
+                logger.warning(
+                    "kafka offset commit failed for \(tp); retried at the next commit",
+                    metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(code)))"])
             }
         }
         markCommitted(done)
@@ -523,7 +527,9 @@ final class KafkaConsumer: @unchecked Sendable {
             for i in 0..<Int(list.pointee.cnt) where list.pointee.elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR {
                 let e = list.pointee.elems[i]
                 failed.insert(TopicPartition(topic: String(cString: e.topic), partition: e.partition))
-                logger.error("kafka seek failed for \(String(cString: e.topic))[\(e.partition)]: \(String(cString: rd_kafka_err2str(e.err))); trying again later")
+                logger.error(
+                    "kafka seek failed for \(String(cString: e.topic))[\(e.partition)]: \(String(cString: rd_kafka_err2str(e.err))); trying again later"
+                )
             }
         }
         let rewound = state.withLock { s in
@@ -572,7 +578,8 @@ final class KafkaConsumer: @unchecked Sendable {
     }
 
     private func lagGauge(_ tp: TopicPartition) -> Gauge {
-        Gauge(label: MetricName.kafkaConsumerLag, dimensions: [("source", settings.source), ("topic", tp.topic), ("partition", String(tp.partition))])
+        Gauge(
+            label: MetricName.kafkaConsumerLag, dimensions: [("source", settings.source), ("topic", tp.topic), ("partition", String(tp.partition))])
     }
 
     /// Lets partitions go: records of them not yet handed out are dropped (their next owner

@@ -1,8 +1,8 @@
-import BridgeObservability
-import CoreMetrics
 import BridgeCore
 import BridgeCrypto
 import BridgeJSON
+import BridgeObservability
+import CoreMetrics
 import Foundation
 import HTTPTypes
 import HummingbirdWebSocket
@@ -36,9 +36,12 @@ extension LocalHub {
             return .dontUpgrade
         }
         let hub = hubName.lowercased()
-        let offered = (request.headerFields[values: .secWebSocketProtocol]).flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        let offered = (request.headerFields[values: .secWebSocketProtocol]).flatMap {
+            $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        }
         let proto: ClientProtocol =
-            offered.first { ClientProtocol(rawValue: $0.lowercased())?.isJSON == true }.flatMap { ClientProtocol(rawValue: $0.lowercased()) } ?? .plain
+            offered.first { ClientProtocol(rawValue: $0.lowercased())?.isJSON == true }.flatMap { ClientProtocol(rawValue: $0.lowercased()) }
+            ?? .plain
         var responseHeaders: HTTPFields = [:]
         if proto.isJSON {
             responseHeaders[.secWebSocketProtocol] = proto.rawValue
@@ -138,7 +141,8 @@ extension LocalHub {
             id: connectionId, hub: hub, userId: userId, proto: chosenProtocol, plainMode: mode, roles: roles,
             subprotocolHeader: chosenProtocol.isJSON ? chosenProtocol.rawValue : responseHeaders[.secWebSocketProtocol],
             connectionState: connectionState, replayBudget: replayBudget)
-        let greeting = chosenProtocol.isJSON ? SystemFrames.connected(connectionId: c.id, userId: userId, reconnectionToken: c.reconnectionToken) : nil
+        let greeting =
+            chosenProtocol.isJSON ? SystemFrames.connected(connectionId: c.id, userId: userId, reconnectionToken: c.reconnectionToken) : nil
         let initialGroups = groups
         let finalProtocol = chosenProtocol
         let finalUserId = userId
@@ -148,7 +152,8 @@ extension LocalHub {
             // handshake leaves nothing behind.
             let (socket, generation) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))
             self.registry.add(c, groups: initialGroups)
-            self.logger.debug("connection opened", metadata: [LogKey.hub: "\(hub)", LogKey.connection: "\(c.id)", LogKey.`protocol`: "\(finalProtocol.rawValue)"])
+            self.logger.debug(
+                "connection opened", metadata: [LogKey.hub: "\(hub)", LogKey.connection: "\(c.id)", LogKey.`protocol`: "\(finalProtocol.rawValue)"])
             if let handler = self.handler(for: hub, system: "connected") {
                 let event = UpstreamEvent(
                     kind: .connected, hub: hub, connectionId: c.id, userId: finalUserId, subprotocol: c.subprotocolHeader,
@@ -422,15 +427,15 @@ extension LocalHub {
                 await terminate(c, reason: "Forbidden: no permission to send to group '\(group)'", notify: false)
                 return false
             }
-            fanOut(Outgoing(source: .group(group, fromUserId: c.userId), dataType: dataType, payload: payload),
-                   to: registry.targets(hub: c.hub, scope: .group(group), excluded: [], filter: nil))
+            fanOut(
+                Outgoing(source: .group(group, fromUserId: c.userId), dataType: dataType, payload: payload),
+                to: registry.targets(hub: c.hub, scope: .group(group), excluded: [], filter: nil))
             return true
         case .sendEvent:
             return await userEvent("message", dataType: dataType, payload: payload, from: c) { _ in }
         }
     }
 }
-
 
 /// A frame the WebSocket library refused while reading (it throws its internal
 /// `close(WebSocketErrorCode)` error for those), with the close code RFC 6455 gives for it.

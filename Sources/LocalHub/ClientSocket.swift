@@ -52,7 +52,8 @@ final class ClientSocket: Sendable {
         channel.eventLoop.execute { [channel] in
             guard channel.isActive else { return }
             do {
-                try channel.syncOptions?.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: Self.lowWaterMark, high: Self.highWaterMark))
+                try channel.syncOptions?.setOption(
+                    ChannelOptions.writeBufferWaterMark, value: .init(low: Self.lowWaterMark, high: Self.highWaterMark))
                 try CloseGuard.install(in: channel)
             } catch {
                 channel.close(promise: nil)

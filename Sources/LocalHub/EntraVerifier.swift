@@ -5,6 +5,7 @@ import BridgeObservability
 import Foundation
 import Logging
 import NIOCore
+import NIOHTTP1
 import Synchronization
 import WebPubSub
 

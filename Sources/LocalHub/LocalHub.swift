@@ -1,9 +1,10 @@
-import BridgeObservability
-import CoreMetrics
 import AsyncHTTPClient
 import BridgeCore
 import BridgeJSON
+import BridgeObservability
+import CoreMetrics
 import Foundation
+public import HTTPGuards
 import HTTPTypes
 import Hummingbird
 import HummingbirdCore
@@ -15,7 +16,6 @@ import ODataFilter
 public import ServiceLifecycle
 import Synchronization
 public import WebPubSub
-public import HTTPGuards
 
 /// Settings of the embedded hub.
 public struct LocalHubConfiguration: Sendable {
@@ -95,7 +95,10 @@ public final class LocalHub: Service, Sendable {
         upstream = UpstreamCaller(
             httpClient: upstreamClient, keys: configuration.accessKeys, origin: configuration.host, retries: configuration.upstreamRetries,
             retryBackoff: configuration.upstreamRetryBackoff, logger: logger)
-        entra = configuration.trustedIssuers.isEmpty ? nil : EntraVerifier(
+        entra =
+            configuration.trustedIssuers.isEmpty
+            ? nil
+            : EntraVerifier(
                 issuers: configuration.trustedIssuers, httpClient: upstreamClient, logger: logger,
                 refreshInterval: Double(configuration.signingKeyRefresh.components.seconds))
     }
@@ -130,7 +133,8 @@ public final class LocalHub: Service, Sendable {
                                 additionalChannelHandlers: [RejectionWriter { [rejections = self.rejectionStore] id in rejections.take(id) }],
                                 idleTimeout: configuration.limits.idleTimeAmount),
                             // Text frames must be UTF-8: others close the connection.
-                            ws: .init(maxFrameSize: configuration.maxMessageBytes + 1024, autoPing: .enabled(timePeriod: .seconds(30)), validateUTF8: true)),
+                            ws: .init(
+                                maxFrameSize: configuration.maxMessageBytes + 1024, autoPing: .enabled(timePeriod: .seconds(30)), validateUTF8: true)),
                         shouldUpgrade: { [self] request, channel, _ in
                             await self.shouldUpgrade(request, channel: channel)
                         }),
@@ -229,7 +233,8 @@ public final class LocalHub: Service, Sendable {
             return negotiate(query)
         case (.get, nil), (.get, "index.html"), (.get, "negotiate"):
             return errorResponse(
-                404, "NotFound", "the demo page and /negotiate are off: start the hub with --negotiate (or embedded.negotiate: true), for loopback development only")
+                404, "NotFound",
+                "the demo page and /negotiate are off: start the hub with --negotiate (or embedded.negotiate: true), for loopback development only")
         case (.get, "client"):
             // A WebSocket upgrade that was refused lands here: answer with the reason.
             if let rejection = rejectionStore.take(ObjectIdentifier(context.channel)) {
@@ -263,7 +268,8 @@ public final class LocalHub: Service, Sendable {
             let access = try ClientAccess.make(
                 endpoint: "http://\(configuration.host):\(port)", hub: hub, key: configuration.accessKeys[0], userId: query.first("userId"),
                 roles: roles, groups: [], expiresIn: .seconds(3600))
-            let body = JSONValue.object([("url", .string(access.url)), ("baseUrl", .string(access.baseURL)), ("token", .string(access.token))]).serialized
+            let body = JSONValue.object([("url", .string(access.url)), ("baseUrl", .string(access.baseURL)), ("token", .string(access.token))])
+                .serialized
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
         } catch {
             return errorResponse(400, "InvalidRequest", "\(error)")
@@ -365,7 +371,6 @@ final class RateLimiter: Sendable {
         }
     }
 }
-
 
 /// A close frame's reason: at most 123 bytes of UTF-8 (a control frame carries 125, two of them
 /// the code), cut between characters.

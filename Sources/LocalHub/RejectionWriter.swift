@@ -43,6 +43,7 @@ final class RejectionWriter: ChannelOutboundHandler, RemovableChannelHandler {
 
     static func body(_ rejection: (status: Int, message: String)) -> ByteBuffer {
         let code = rejection.status == 401 ? "Unauthorized" : rejection.status == 403 ? "Forbidden" : "ConnectionRefused"
-        return ByteBuffer(string: JSONValue.object([("error", .object([("code", .string(code)), ("message", .string(rejection.message))]))]).serialized)
+        return ByteBuffer(
+            string: JSONValue.object([("error", .object([("code", .string(code)), ("message", .string(rejection.message))]))]).serialized)
     }
 }

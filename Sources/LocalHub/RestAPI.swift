@@ -1,10 +1,11 @@
-import BridgeObservability
-import CoreMetrics
 import BridgeCore
 import BridgeJSON
+import BridgeObservability
+import CoreMetrics
 import Foundation
 import HTTPTypes
 import Hummingbird
+import Logging
 import NIOCore
 import ODataFilter
 import WebPubSub
@@ -181,7 +182,8 @@ extension LocalHub {
     }
 
     func json(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> Response {
-        Response(status: status, headers: [.contentType: "application/json; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: value.serialized)))
+        Response(
+            status: status, headers: [.contentType: "application/json; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: value.serialized)))
     }
 
     func send(_ request: Request, body: [UInt8], hub: String, scope: Scope, excluded: Set<String>, filter: Filter?) -> Response {
@@ -244,7 +246,10 @@ extension LocalHub {
                 "ending the reliable session that holds the most unacknowledged messages: the hub's replay memory is full",
                 metadata: [LogKey.hub: "\(c.hub)", LogKey.connection: "\(c.id)", LogKey.bytes: "\(bytes)", LogKey.limit: "\(replayBudget.limit)"])
             // Ended at once, so that the next fan-out does not pick it again.
-            c.end(closing: [.text(SystemFrames.disconnected("Too many messages are not acknowledged: the hub's replay memory is full")), .close(code: 1008, reason: "Too many messages are not acknowledged")])
+            c.end(closing: [
+                .text(SystemFrames.disconnected("Too many messages are not acknowledged: the hub's replay memory is full")),
+                .close(code: 1008, reason: "Too many messages are not acknowledged"),
+            ])
             spawn { await self.terminate(c, reason: "Too many messages are not acknowledged (replay memory)", notify: false) }
         }
     }
@@ -271,7 +276,12 @@ extension LocalHub {
         var members_: [(String, JSONValue)] = [("value", .array(value))]
         if end < limit {
             members_.append(
-                ("nextLink", .string("/api/hubs/\(percentEncode(hub))/groups/\(percentEncode(group))/connections?continuationToken=\(end)&maxpagesize=\(pageSize)" + (top == Int.max ? "" : "&top=\(top)"))))
+                (
+                    "nextLink",
+                    .string(
+                        "/api/hubs/\(percentEncode(hub))/groups/\(percentEncode(group))/connections?continuationToken=\(end)&maxpagesize=\(pageSize)"
+                            + (top == Int.max ? "" : "&top=\(top)"))
+                ))
         }
         return json(.object(members_))
     }

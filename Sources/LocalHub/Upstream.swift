@@ -1,11 +1,11 @@
-public import AsyncHTTPClient
+import AsyncHTTPClient
 import BridgeObservability
 import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
 import Synchronization
-public import WebPubSub
+import WebPubSub
 
 /// One upstream event handler of a hub, as in the service's hub settings.
 public struct EventHandlerSettings: Sendable, Equatable {
@@ -126,14 +126,19 @@ final class UpstreamCaller: Sendable {
                 if response.status < 500 || last { return response }
                 logger.warning(
                     "event handler answered \(response.status); trying again",
-                    metadata: [LogKey.hub: "\(event.hub)", LogKey.event: "\(event.kind.eventName)", LogKey.attempt: "\(attempt)", LogKey.retryIn: "\(backoff)"])
+                    metadata: [
+                        LogKey.hub: "\(event.hub)", LogKey.event: "\(event.kind.eventName)", LogKey.attempt: "\(attempt)",
+                        LogKey.retryIn: "\(backoff)",
+                    ])
             } catch {
                 // A request the HTTP client refuses (a header it will not send) or a reply over
                 // the limit fails the same way every time: no resend of the event.
                 if last || (error as? Failure)?.mayPass == false { throw error }
                 logger.warning(
                     "event handler failed; trying again",
-                    metadata: [LogKey.hub: "\(event.hub)", LogKey.event: "\(event.kind.eventName)", LogKey.attempt: "\(attempt)", LogKey.error: "\(error)"])
+                    metadata: [
+                        LogKey.hub: "\(event.hub)", LogKey.event: "\(event.kind.eventName)", LogKey.attempt: "\(attempt)", LogKey.error: "\(error)",
+                    ])
             }
             try await Task.sleep(for: backoff)
             backoff = min(backoff * 2, .seconds(5))
@@ -164,7 +169,8 @@ final class UpstreamCaller: Sendable {
                 status: Int(response.status.code), body: Array(body.readableBytesView), contentType: response.headers.first(name: "Content-Type"),
                 connectionState: response.headers.first(name: "ce-connectionState"))
         } catch {
-            throw Failure(description: "event handler \(EventHandlerSettings.redacted(url)) could not be reached: \(error)", mayPass: Self.mayPass(error))
+            throw Failure(
+                description: "event handler \(EventHandlerSettings.redacted(url)) could not be reached: \(error)", mayPass: Self.mayPass(error))
         }
     }
 
@@ -199,9 +205,13 @@ final class UpstreamCaller: Sendable {
             throw Failure(description: "event handler \(EventHandlerSettings.redacted(url)) could not be reached for validation: \(error)")
         }
         let allowed = response.headers[canonicalForm: "WebHook-Allowed-Origin"].map { String($0) }
-        guard (200..<300).contains(Int(response.status.code)), allowed.contains(where: { $0 == "*" || $0.caseInsensitiveCompare(origin) == .orderedSame }) else {
+        guard (200..<300).contains(Int(response.status.code)),
+            allowed.contains(where: { $0 == "*" || $0.caseInsensitiveCompare(origin) == .orderedSame })
+        else {
             throw Failure(
-                description: "event handler \(EventHandlerSettings.redacted(url)) refused the abuse-protection handshake (status \(response.status.code), WebHook-Allowed-Origin \(allowed))")
+                description:
+                    "event handler \(EventHandlerSettings.redacted(url)) refused the abuse-protection handshake (status \(response.status.code), WebHook-Allowed-Origin \(allowed))"
+            )
         }
         validated.withLock { _ = $0.insert(url) }
     }

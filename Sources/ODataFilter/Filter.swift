@@ -229,7 +229,12 @@ public indirect enum FilterExpression: Sendable {
 /// Static checks that can be made without knowing identifier values: `not`, `and` and `or` take
 /// booleans, and the whole filter is boolean.
 enum TypeCheck {
-    enum Kind { case boolean, nonBoolean(String), unknown }
+    enum Kind {
+        case boolean
+        /// Not a boolean: what it is instead, for the message.
+        case nonBoolean(String)
+        case unknown
+    }
 
     static func kind(of e: FilterExpression) -> Kind {
         switch e {

@@ -248,7 +248,11 @@ struct Parser {
                 }
                 try advance()
                 guard function.arity.contains(args.count) else {
-                    throw FilterSyntaxError(position: start, message: "'\(w)' takes \(function.arity.lowerBound == function.arity.upperBound ? "\(function.arity.lowerBound)" : "\(function.arity.lowerBound) or \(function.arity.upperBound)") arguments, got \(args.count)")
+                    throw FilterSyntaxError(
+                        position: start,
+                        message:
+                            "'\(w)' takes \(function.arity.lowerBound == function.arity.upperBound ? "\(function.arity.lowerBound)" : "\(function.arity.lowerBound) or \(function.arity.upperBound)") arguments, got \(args.count)"
+                    )
                 }
                 return .call(function, args)
             }

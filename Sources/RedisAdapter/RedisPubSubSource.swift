@@ -75,7 +75,8 @@ public final class RedisPubSubSource: SourceAdapter, HealthReporting {
             let slow = error.kind == .authentication || error.kind == .config
             return .init(problem: error.message, waitAtLeast: slow ? .seconds(5) : nil)
         }
-        logger.debug("redis pub/sub finished", metadata: [LogKey.source: "\(name)", LogKey.received: "\(counters.received.load(ordering: .relaxed))"])
+        logger.debug(
+            "redis pub/sub finished", metadata: [LogKey.source: "\(name)", LogKey.received: "\(counters.received.load(ordering: .relaxed))"])
     }
 
     /// Reads subscription replies and messages until the connection breaks or the task is cancelled.
@@ -109,7 +110,9 @@ public final class RedisPubSubSource: SourceAdapter, HealthReporting {
             let delivery = Delivery(message: message, rejection: rejection) { [logger, counters, name] outcome in
                 if case .failed(let reason) = outcome {
                     counters.lost.add(1, ordering: .relaxed)
-                    logger.warning("redis pub/sub message not delivered", metadata: [LogKey.source: "\(name)", LogKey.channel: "\(channel)", LogKey.reason: "\(reason)"])
+                    logger.warning(
+                        "redis pub/sub message not delivered",
+                        metadata: [LogKey.source: "\(name)", LogKey.channel: "\(channel)", LogKey.reason: "\(reason)"])
                 }
             }
             try await emit.emit(delivery)

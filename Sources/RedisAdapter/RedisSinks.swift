@@ -41,7 +41,10 @@ public final class RedisStreamSink: SinkAdapter {
         let name = try stream.render(record)
         var args: [[UInt8]] = [Array("XADD".utf8), Array(name.utf8)]
         if let maxLen { args += [Array("MAXLEN".utf8), Array("~".utf8), Array(String(maxLen).utf8)] }
-        args += [Array("*".utf8), Array("data".utf8), Array(record.payload.readableBytesView), Array("dataType".utf8), Array(record.dataType.rawValue.utf8)]
+        args += [
+            Array("*".utf8), Array("data".utf8), Array(record.payload.readableBytesView), Array("dataType".utf8),
+            Array(record.dataType.rawValue.utf8),
+        ]
         if let key = record.key { args += [Array("key".utf8), Array(key.utf8)] }
         for (name, value) in record.headers.sorted(by: { $0.key < $1.key }) where !["data", "dataType", "key"].contains(name) {
             args += [Array(name.utf8), Array(value.utf8)]

@@ -130,7 +130,8 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
     private func createGroups(_ connection: RedisBlockingConnection, thread: RedisThread) async throws {
         for stream in settings.streams {
             do {
-                _ = try await call(connection, thread: thread, ["XGROUP", "CREATE", stream, settings.group, settings.startFromEarliest ? "0" : "$", "MKSTREAM"])
+                _ = try await call(
+                    connection, thread: thread, ["XGROUP", "CREATE", stream, settings.group, settings.startFromEarliest ? "0" : "$", "MKSTREAM"])
                 logger.info("redis consumer group created", metadata: [LogKey.stream: "\(stream)", LogKey.group: "\(settings.group)"])
             } catch let error as RedisError where error.kind == .reply && error.message.hasPrefix("BUSYGROUP") {
                 // It exists.
@@ -187,7 +188,9 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
     /// hands them on; ids that do not come back were deleted from the stream and are
     /// acknowledged. Returns how many were handed on.
     @discardableResult
-    private func claim(_ ids: [String], stream: String, connection: RedisBlockingConnection, thread: RedisThread, emit: DeliveryEmitter) async throws -> Int {
+    private func claim(
+        _ ids: [String], stream: String, connection: RedisBlockingConnection, thread: RedisThread, emit: DeliveryEmitter
+    ) async throws -> Int {
         let fresh = inFlight.withLock { set in ids.filter { !set.contains(stream + "\u{0}" + $0) } }
         guard !fresh.isEmpty else { return 0 }
         let reply = try await call(connection, thread: thread, ["XCLAIM", stream, settings.group, settings.consumer, "0"] + fresh)
@@ -202,7 +205,8 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
         let blockMs = String(max(1, settings.block.components.seconds * 1000))
         let reply = try await call(
             connection, thread: thread,
-            ["XREADGROUP", "GROUP", settings.group, settings.consumer, "COUNT", String(settings.count), "BLOCK", blockMs, "STREAMS"] + settings.streams
+            ["XREADGROUP", "GROUP", settings.group, settings.consumer, "COUNT", String(settings.count), "BLOCK", blockMs, "STREAMS"]
+                + settings.streams
                 + settings.streams.map { _ in ">" })
         for (stream, entries) in Self.parseRead(reply) {
             try await dispatch(entries, stream: stream, reclaimed: false, connection: connection, thread: thread, emit: emit)
@@ -311,7 +315,8 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
             return (message, "entry has no '\(names.data)' field")
         }
         let (type, problem) = declared.classify(data)
-        let message = Message(payload: ByteBuffer(bytes: data), dataType: type, key: key, headers: headers, origin: origin, timestamp: Self.time(of: entry.id))
+        let message = Message(
+            payload: ByteBuffer(bytes: data), dataType: type, key: key, headers: headers, origin: origin, timestamp: Self.time(of: entry.id))
         return (message, rejection ?? problem)
     }
 

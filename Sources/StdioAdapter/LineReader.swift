@@ -1,10 +1,11 @@
+import NIOPosix
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import NIOPosix
-import Synchronization
 
 /// Reads lines from a file descriptor without blocking Swift's cooperative threads: each read
 /// happens on NIO's blocking thread pool, polling so that cancellation is seen within 100 ms.

@@ -3,7 +3,7 @@ import BridgeJSON
 import BridgeObservability
 import Foundation
 public import Logging
-import NIOCore
+public import NIOCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -64,7 +64,9 @@ public struct StdinSource: SourceAdapter {
                 let settle: @Sendable (DeliveryOutcome) -> Void = { [logger, counters] outcome in
                     if case .failed(let reason) = outcome {
                         counters.lost.add(1, ordering: .relaxed)
-                        logger.warning("stdin line not delivered", metadata: [LogKey.source: "\(origin.source)", LogKey.line: "\(lineNumber)", LogKey.reason: "\(reason)"])
+                        logger.warning(
+                            "stdin line not delivered",
+                            metadata: [LogKey.source: "\(origin.source)", LogKey.line: "\(lineNumber)", LogKey.reason: "\(reason)"])
                     }
                 }
                 let delivery: Delivery
@@ -83,7 +85,10 @@ public struct StdinSource: SourceAdapter {
         }
         logger.debug(
             "stdin finished",
-            metadata: [LogKey.source: "\(name)", LogKey.lines: "\(counters.read.load(ordering: .relaxed))", LogKey.invalid: "\(counters.invalid.load(ordering: .relaxed))"])
+            metadata: [
+                LogKey.source: "\(name)", LogKey.lines: "\(counters.read.load(ordering: .relaxed))",
+                LogKey.invalid: "\(counters.invalid.load(ordering: .relaxed))",
+            ])
     }
 
     struct LineProblem: Error {

@@ -1,7 +1,7 @@
 import BridgeCore
 import BridgeCrypto
 import BridgeJSON
-import Foundation
+public import Foundation
 
 /// What a browser needs to connect: `wss://host/client/hubs/{hub}?access_token=...`.
 public struct ClientAccess: Sendable, Equatable {
@@ -130,7 +130,9 @@ public struct Query: Sendable {
 public struct ClientAccessIssuer: Sendable {
     let issue: @Sendable (_ hub: String, _ userId: String?, _ groups: [String], _ expiresIn: Duration) async throws -> ClientAccess
 
-    public init(_ issue: @escaping @Sendable (_ hub: String, _ userId: String?, _ groups: [String], _ expiresIn: Duration) async throws -> ClientAccess) {
+    public init(
+        _ issue: @escaping @Sendable (_ hub: String, _ userId: String?, _ groups: [String], _ expiresIn: Duration) async throws -> ClientAccess
+    ) {
         self.issue = issue
     }
 

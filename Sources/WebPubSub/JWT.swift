@@ -1,6 +1,6 @@
-public import BridgeJSON
 import BridgeCrypto
-import Foundation
+public import BridgeJSON
+public import Foundation
 
 /// HS256 JSON Web Tokens signed with a Web PubSub access key (its UTF-8 bytes, not base64-decoded),
 /// as the service and its SDKs use for REST calls and client connections.

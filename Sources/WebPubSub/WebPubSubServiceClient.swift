@@ -2,7 +2,7 @@ public import AsyncHTTPClient
 public import AzureIdentity
 import BridgeCore
 import BridgeJSON
-import BridgeObservability
+public import BridgeObservability
 import Foundation
 public import Logging
 public import NIOCore
@@ -322,7 +322,9 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// `HEAD /api/hubs/{hub}/permissions/{permission}/connections/{connectionId}`.
-    public func checkPermission(hub: String, permission: Permission, connectionId: String, targetName: String? = nil) async throws(WebPubSubError) -> Bool {
+    public func checkPermission(
+        hub: String, permission: Permission, connectionId: String, targetName: String? = nil
+    ) async throws(WebPubSubError) -> Bool {
         try await exists(
             "checkPermission", try permissionPath(hub, permission, connectionId), query: targetName.map { [("targetName", $0)] } ?? [])
     }
@@ -341,7 +343,8 @@ public final class WebPubSubServiceClient: Sendable {
         let url = try makeURL(try hubPath(hub, [":generateToken"]), query: query)
         let response = try await perform("generateClientToken", .POST, url: url, body: nil, contentType: nil, expect: [200])
         guard let token = (try? JSONValue.parse(response.body))?["token"]?.stringValue else {
-            throw WebPubSubError(kind: .status, message: "generateClientToken: the response has no token", status: 200, operation: "generateClientToken")
+            throw WebPubSubError(
+                kind: .status, message: "generateClientToken: the response has no token", status: 200, operation: "generateClientToken")
         }
         return token
     }
@@ -444,7 +447,7 @@ public final class WebPubSubServiceClient: Sendable {
         case .entra:
             do {
                 return try await entraTokens!.token()
-            } catch where error.kind == .cancelled {
+            } catch  where error.kind == .cancelled {
                 throw WebPubSubError(kind: .cancelled, message: "the request was cancelled", operation: operation)
             } catch {
                 throw WebPubSubError(kind: .authentication, message: "no Entra ID token: \(error.message)", operation: operation)

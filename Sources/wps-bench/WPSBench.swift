@@ -162,5 +162,3 @@ func benchPayload(_ i: Int, size: Int) -> String {
     let head = #"{"i":\#(i),"pad":""#
     return head + String(repeating: "x", count: max(0, size - head.utf8.count - 2)) + #""}"#
 }
-
-

@@ -1,17 +1,18 @@
-import ArgumentParser
+public import ArgumentParser
 import AzureIdentity
 import BridgeApp
-import BridgeObservability
-import LocalHub
 import BridgeCore
 import BridgeCrypto
+import BridgeObservability
 import CMalloc
-import KafkaAdapter
 import Foundation
+import KafkaAdapter
+import LocalHub
 import Logging
 import NIOCore
 import ServiceLifecycle
 import Synchronization
+import UnixSignals
 import WebPubSub
 
 @main
@@ -102,7 +103,8 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 /// `--connection-string` or `WEBPUBSUB_CONNECTION_STRING`; or `--endpoint` with an Entra ID `--credential`.
 struct ConnectionOptions: ParsableArguments {
-    @Option(name: .long, help: "Web PubSub connection string (default: $WEBPUBSUB_CONNECTION_STRING). Visible in ps: prefer --connection-string-file.")
+    @Option(
+        name: .long, help: "Web PubSub connection string (default: $WEBPUBSUB_CONNECTION_STRING). Visible in ps: prefer --connection-string-file.")
     var connectionString: String?
 
     @Option(name: .long, help: "A file holding the Web PubSub connection string.")
@@ -169,7 +171,9 @@ struct ConnectionOptions: ParsableArguments {
             throw ValidationError("give --connection-string-file or --connection-string, not both")
         }
         var given = connectionString
-        if given != nil { warnSecretOnCommandLine("--connection-string", instead: "--connection-string-file or WEBPUBSUB_CONNECTION_STRING", logger: logger) }
+        if given != nil {
+            warnSecretOnCommandLine("--connection-string", instead: "--connection-string-file or WEBPUBSUB_CONNECTION_STRING", logger: logger)
+        }
         if let connectionStringFile { given = try readSecretFile(connectionStringFile, option: "--connection-string-file") }
         guard let text = given ?? environment["WEBPUBSUB_CONNECTION_STRING"], !text.isEmpty else {
             throw ValidationError(
@@ -327,7 +331,10 @@ struct Hub: AsyncParsableCommand {
 
     @Option(help: "The address to listen on.") var host: String?
     @Option(help: "The port (0 picks a free one).") var port: Int?
-    @Option(help: "The access key (default: $WPS_HUB_KEY, a random one, or webpubsub.embedded.accessKey of --config). Visible in ps: prefer --access-key-file.")
+    @Option(
+        help:
+            "The access key (default: $WPS_HUB_KEY, a random one, or webpubsub.embedded.accessKey of --config). Visible in ps: prefer --access-key-file."
+    )
     var accessKey: String?
     @Option(help: "A file holding the access key.") var accessKeyFile: String?
     @Option(name: .customLong("event-handler"), help: "HUB=URL_TEMPLATE: send this hub's events to an upstream (repeatable).")
@@ -337,7 +344,8 @@ struct Hub: AsyncParsableCommand {
     @Flag(help: "Serve GET /negotiate and the demo page: a client token for anyone who asks (loopback development only).") var negotiate = false
     @Option(
         name: .customLong("trust-issuer"),
-        help: "Accept Entra ID tokens (RS256, audience https://webpubsub.azure.com) from this issuer; keys from its OpenID configuration (repeatable).")
+        help:
+            "Accept Entra ID tokens (RS256, audience https://webpubsub.azure.com) from this issuer; keys from its OpenID configuration (repeatable).")
     var trustIssuers: [String] = []
     @Option(name: .shortAndLong, help: "A bridge config whose webpubsub.embedded section sets up the hub.") var config: String?
     @OptionGroup var log: LogOptions
@@ -349,9 +357,12 @@ struct Hub: AsyncParsableCommand {
         let logger = log.bootstrap()
         var settings = LocalHubConfiguration(accessKeys: [AccessKey(randomAccessKey())])
         if let config {
-            let reader = ConfigReader(environment: ProcessInfo.processInfo.environment, baseDirectory: URL(fileURLWithPath: config).deletingLastPathComponent().path)
+            let reader = ConfigReader(
+                environment: ProcessInfo.processInfo.environment, baseDirectory: URL(fileURLWithPath: config).deletingLastPathComponent().path)
             let text: String
-            do { text = try String(contentsOfFile: config, encoding: .utf8) } catch { throw ValidationError("cannot read \(config): \(error.localizedDescription)") }
+            do { text = try String(contentsOfFile: config, encoding: .utf8) } catch {
+                throw ValidationError("cannot read \(config): \(error.localizedDescription)")
+            }
             if let embedded = reader.root(yaml: text)?.mapping("webpubsub")?.mapping("embedded", required: true),
                 let read = BridgeConfiguration.readEmbeddedHub(embedded), reader.issues.isEmpty
             {
@@ -390,12 +401,15 @@ struct Hub: AsyncParsableCommand {
         let hub = LocalHub(configuration: settings, logger: logger)
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [.init(service: hub, serviceName: "hub"), .init(
-                    service: WhenListening(hub: hub) { endpoint, connectionString in
-                        // Unbuffered: whoever started the hub reads this line while it runs.
-                        FileHandle.standardOutput.write(Data((connectionString + "\n").utf8))
-                        logger.notice("hub ready; demo page: \(endpoint)/?hub=chat&group=demo")
-                    }, successTerminationBehavior: .ignore, serviceName: "announce")],
+                services: [
+                    .init(service: hub, serviceName: "hub"),
+                    .init(
+                        service: WhenListening(hub: hub) { endpoint, connectionString in
+                            // Unbuffered: whoever started the hub reads this line while it runs.
+                            FileHandle.standardOutput.write(Data((connectionString + "\n").utf8))
+                            logger.notice("hub ready; demo page: \(endpoint)/?hub=chat&group=demo")
+                        }, successTerminationBehavior: .ignore, serviceName: "announce"),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
@@ -417,7 +431,8 @@ final class SecondSignal {
             source.setEventHandler {
                 // Signals that arrive together are merged into one event: `data` counts them.
                 if count.value.add(max(1, Int(source.data)), ordering: .relaxed).newValue >= 2 {
-                    logger.warning("second signal: exiting without waiting for in-flight sends (they are read again on restart where the source allows)")
+                    logger.warning(
+                        "second signal: exiting without waiting for in-flight sends (they are read again on restart where the source allows)")
                     exit(130)
                 }
             }

@@ -1,7 +1,8 @@
-@testable import AzureIdentity
 import Foundation
 import Synchronization
 import Testing
+
+@testable import AzureIdentity
 
 /// A credential whose tokens live `lifetime` seconds from the test's clock, and that can be
 /// made to fail or to hang.
@@ -149,10 +150,15 @@ final class FakeCredential: TokenCredential {
         #expect(source(["AZURE_POD_IDENTITY_AUTHORITY_HOST": "http://127.0.0.1:9/"]) == .imds(host: "http://127.0.0.1:9"))
         #expect(source(["IDENTITY_ENDPOINT": "http://e/msi", "IDENTITY_HEADER": "h"]) == .appService(endpoint: "http://e/msi", header: "h"))
         // The config's endpoint wins over the environment.
-        #expect(source(["IDENTITY_ENDPOINT": "http://e/msi", "IDENTITY_HEADER": "h"], imds: "http://127.0.0.1:7") == .imds(host: "http://127.0.0.1:7"))
-        if case .unsupported = source(["IDENTITY_ENDPOINT": "http://e", "IDENTITY_HEADER": "h", "IDENTITY_SERVER_THUMBPRINT": "x"]) {} else {
+        #expect(
+            source(["IDENTITY_ENDPOINT": "http://e/msi", "IDENTITY_HEADER": "h"], imds: "http://127.0.0.1:7") == .imds(host: "http://127.0.0.1:7"))
+        if case .unsupported = source(["IDENTITY_ENDPOINT": "http://e", "IDENTITY_HEADER": "h", "IDENTITY_SERVER_THUMBPRINT": "x"]) {
+        } else {
             Issue.record("Service Fabric taken for App Service")
         }
-        if case .unsupported = source(["IDENTITY_ENDPOINT": "http://e", "IMDS_ENDPOINT": "http://i"]) {} else { Issue.record("Azure Arc taken for IMDS") }
+        if case .unsupported = source(["IDENTITY_ENDPOINT": "http://e", "IMDS_ENDPOINT": "http://i"]) {
+        } else {
+            Issue.record("Azure Arc taken for IMDS")
+        }
     }
 }

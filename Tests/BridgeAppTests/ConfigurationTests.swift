@@ -1,11 +1,17 @@
-@testable import BridgeApp
+import AzureIdentity
 import BridgeCore
+import BridgeServer
 import BridgeTestSupport
 import Foundation
 import HTTPGuards
+import LocalHub
 import Logging
+import NIOCore
+import Synchronization
 import Testing
 import WebPubSub
+
+@testable import BridgeApp
 
 let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
@@ -124,13 +130,31 @@ let valid = """
         ("deadLetter: {type: kafka, topic: t}", "deadLetter", 1, "missing required key 'brokers'"),
         ("extra: 1", "extra", 1, "unknown key 'extra'"),
         ("webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: password", "webpubsub.credential", 4, "unknown credential type 'password'"),
-        ("webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: clientSecret", "webpubsub.credential", 4, "needs tenantId, clientId and clientSecret"),
-        ("webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: {type: clientSecret, tenantId: t, clientId: c}", "webpubsub.credential", 4, "missing 'clientSecret'"),
-        ("webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: {type: managedIdentity, tenantId: t}", "webpubsub.credential.tenantId", 4, "unknown key 'tenantId'"),
-        ("webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: {type: managedIdentity, endpoint: 169.254.169.254}", "webpubsub.credential.endpoint", 4, "http:// or https://"),
-        ("webpubsub:\n  hub: chat\n  connectionString: \"Endpoint=http://h;AccessKey=k\"\n  credential: managedIdentity", "webpubsub.credential", 4, "give 'endpoint' instead"),
+        (
+            "webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: clientSecret", "webpubsub.credential", 4,
+            "needs tenantId, clientId and clientSecret"
+        ),
+        (
+            "webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: {type: clientSecret, tenantId: t, clientId: c}", "webpubsub.credential", 4,
+            "missing 'clientSecret'"
+        ),
+        (
+            "webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: {type: managedIdentity, tenantId: t}", "webpubsub.credential.tenantId", 4,
+            "unknown key 'tenantId'"
+        ),
+        (
+            "webpubsub:\n  hub: chat\n  endpoint: https://x\n  credential: {type: managedIdentity, endpoint: 169.254.169.254}",
+            "webpubsub.credential.endpoint", 4, "http:// or https://"
+        ),
+        (
+            "webpubsub:\n  hub: chat\n  connectionString: \"Endpoint=http://h;AccessKey=k\"\n  credential: managedIdentity", "webpubsub.credential",
+            4, "give 'endpoint' instead"
+        ),
         ("webpubsub:\n  hub: chat\n  credential: managedIdentity", "webpubsub", 2, "missing required key 'endpoint'"),
-        ("webpubsub:\n  hub: chat\n  endpoint: https://x\n  accessKey: k\n  credential: default", "webpubsub", 2, "'accessKey' goes with credential type accessKey"),
+        (
+            "webpubsub:\n  hub: chat\n  endpoint: https://x\n  accessKey: k\n  credential: default", "webpubsub", 2,
+            "'accessKey' goes with credential type accessKey"
+        ),
     ])
     func reportsEachMistake(patch: String, path: String, line: Int, message: String) throws {
         // Start from a minimal valid file and replace one section with the patch.
@@ -155,7 +179,10 @@ let valid = """
         let dir = try TestEnvironment.temporaryDirectory()
         try "from-file\n".write(toFile: dir + "/secret", atomically: true, encoding: .utf8)
         func credential(_ block: String) throws -> WebPubSubSettings {
-            try load("webpubsub:\n  endpoint: https://x.webpubsub.azure.com/\n  hub: chat\n  credential: \(block)\nsources:\n  - {name: in, type: stdin}\nroutes:\n  - {from: in, to: [{group: g}]}", baseDirectory: dir).webpubsub
+            try load(
+                "webpubsub:\n  endpoint: https://x.webpubsub.azure.com/\n  hub: chat\n  credential: \(block)\nsources:\n  - {name: in, type: stdin}\nroutes:\n  - {from: in, to: [{group: g}]}",
+                baseDirectory: dir
+            ).webpubsub
         }
         let secret = try credential("{type: clientSecret, tenantId: t, clientId: c, clientSecretFile: secret, authorityHost: \"http://127.0.0.1:1\"}")
         #expect(secret.entra?.endpoint == "https://x.webpubsub.azure.com")
@@ -197,7 +224,9 @@ let valid = """
     }
 
     @Test func warnsWithoutADeadLetterSink() throws {
-        let c = try load("webpubsub: {connectionString: \"Endpoint=http://h;AccessKey=k\", hub: c}\nsources: [{name: in, type: stdin}]\nroutes: [{from: in, to: [{all: true}]}]")
+        let c = try load(
+            "webpubsub: {connectionString: \"Endpoint=http://h;AccessKey=k\", hub: c}\nsources: [{name: in, type: stdin}]\nroutes: [{from: in, to: [{all: true}]}]"
+        )
         #expect(c.warnings.contains { $0.message.contains("no deadLetter sink") })
     }
 
@@ -211,7 +240,9 @@ let valid = """
     func anAtLeastOnceSourceNeedsADeadLetterSink(source: String) throws {
         let head = "webpubsub: {connectionString: \"Endpoint=http://h;AccessKey=k\", hub: c}\nsources: [\(source)]\n"
         let refused = issues(head + "routes: [{name: r, from: k, to: [{all: true}]}]")
-        #expect(refused.contains { $0.message.contains("route 'r' reads 'k'") && $0.message.contains("deadLetter: {type: drop}") && $0.line == 3 }, "\(refused)")
+        #expect(
+            refused.contains { $0.message.contains("route 'r' reads 'k'") && $0.message.contains("deadLetter: {type: drop}") && $0.line == 3 },
+            "\(refused)")
         // Dropping on purpose, a route's own sink, or a top-level one: accepted.
         for tail in [
             "routes: [{name: r, from: k, to: [{all: true}], deadLetter: {type: drop}}]",
@@ -224,12 +255,15 @@ let valid = """
 }
 
 @Suite struct ConnectionLimitConfigurationTests {
-    let head = "webpubsub: {connectionString: \"Endpoint=http://h;AccessKey=k\", hub: c}\nsources: [{name: in, type: stdin}]\nroutes: [{from: in, to: [{all: true}]}]\n"
+    let head =
+        "webpubsub: {connectionString: \"Endpoint=http://h;AccessKey=k\", hub: c}\nsources: [{name: in, type: stdin}]\nroutes: [{from: in, to: [{all: true}]}]\n"
 
     @Test func serverAndHubLimitsAreRead() throws {
         let c = try load(head + "server: {listen: \"127.0.0.1:0\", headerTimeout: 2s, idleTimeout: 5s, maxConnections: 50}")
         #expect(c.server?.limits == ConnectionLimits(headerTimeout: .seconds(2), idleTimeout: .seconds(5), maxConnections: 50))
-        let hub = try load("webpubsub: {embedded: {port: 0, headerTimeout: 3s, maxConnections: 7}, hub: c}\nsources: [{name: in, type: stdin}]\nroutes: [{from: in, to: [{all: true}]}]\n")
+        let hub = try load(
+            "webpubsub: {embedded: {port: 0, headerTimeout: 3s, maxConnections: 7}, hub: c}\nsources: [{name: in, type: stdin}]\nroutes: [{from: in, to: [{all: true}]}]\n"
+        )
         #expect(hub.webpubsub.embedded?.limits.headerTimeout == .seconds(3))
         #expect(hub.webpubsub.embedded?.limits.maxConnections == 7)
         #expect(hub.webpubsub.embedded?.limits.idleTimeout == .seconds(60))
@@ -314,10 +348,11 @@ let valid = """
                 }
             }
             try await client.shutdown()
-            #expect(failures.map(\.kind) == [
-                .retryable(retryAfter: .seconds(1)), .retryable(retryAfter: nil), .retryable(retryAfter: nil), .permanent, .permanent, .permanent,
-                .permanent, .permanent,
-            ])
+            #expect(
+                failures.map(\.kind) == [
+                    .retryable(retryAfter: .seconds(1)), .retryable(retryAfter: nil), .retryable(retryAfter: nil), .permanent, .permanent, .permanent,
+                    .permanent, .permanent,
+                ])
             #expect(failures.map(\.status) == [429, 503, 408, 400, 404, 413, 401, 403])
             // 401 and 403 are not the message's: they pause the route instead of dead-lettering it.
             let conditions = RouteConditions()

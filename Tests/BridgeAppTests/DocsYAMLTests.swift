@@ -1,8 +1,9 @@
-@testable import BridgeApp
 import BridgeCore
 import Foundation
 import Testing
 import Yams
+
+@testable import BridgeApp
 
 /// Every ```yaml block in the README and docs/ goes through the config parser, so the docs
 /// cannot drift from the code. A block is one of:
@@ -77,9 +78,11 @@ import Yams
         if let sources {
             // A route from each source, so that none is left unused.
             let names = sources.compactMap { $0.mapping?["name"]?.string }
-            root["routes"] = .sequence(Node.Sequence(names.map { name in
-                Node.mapping(["name": Node("docs-\(name)"), "from": Node(name), "to": Node.sequence([Node.mapping(["group": "g"])])])
-            }))
+            root["routes"] = .sequence(
+                Node.Sequence(
+                    names.map { name in
+                        Node.mapping(["name": Node("docs-\(name)"), "from": Node(name), "to": Node.sequence([Node.mapping(["group": "g"])])])
+                    }))
         }
         return try Yams.serialize(node: .mapping(root))
     }

@@ -1,5 +1,6 @@
-@testable import BridgeApp
 import Testing
+
+@testable import BridgeApp
 
 /// The text log format: one event is one line, whatever a hostile name or value holds.
 @Suite struct LogTextTests {

@@ -1,5 +1,7 @@
-@testable import BridgeCore
+import Synchronization
 import Testing
+
+@testable import BridgeCore
 
 @Suite struct AdaptiveRateTests {
     @Test func notPacedUntilA429ThenCutBelowWhatWasAccepted() async throws {

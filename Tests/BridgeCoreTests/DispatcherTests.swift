@@ -1,9 +1,10 @@
-@testable import BridgeCore
 import Logging
 import NIOCore
 import ServiceLifecycleTestKit
 import Synchronization
 import Testing
+
+@testable import BridgeCore
 
 /// Emits fixed messages and records how each was settled.
 final class ListSource: SourceAdapter {
@@ -98,7 +99,8 @@ let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
         }
         let source = ListSource(messages)
         let transport = ScriptedTransport { _, _ in try await Task.sleep(for: .milliseconds(Int.random(in: 0...3))) }
-        let d = Dispatcher(routes: [route([groupTarget("g-{key}")])], transport: transport, deadLetter: nil, settings: settings(), logger: quietLogger)
+        let d = Dispatcher(
+            routes: [route([groupTarget("g-{key}")])], transport: transport, deadLetter: nil, settings: settings(), logger: quietLogger)
         try await d.run(sources: [source])
         let sent = transport.sent.withLock { $0 }
         #expect(sent.count == 100)
@@ -128,12 +130,14 @@ let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
     /// keeps each key's order; a message without a key stays in the partition's lane.
     @Test func keyOrderingIsALanePerKey() async throws {
         let messages = (0..<40).map { i in
-            message("\(i % 4):\(i / 4)", dataType: .text, key: i % 10 == 9 ? nil : "k\(i % 4)", origin: Origin(source: "kafka", topic: "t", partition: 0))
+            message(
+                "\(i % 4):\(i / 4)", dataType: .text, key: i % 10 == 9 ? nil : "k\(i % 4)", origin: Origin(source: "kafka", topic: "t", partition: 0))
         }
         for (ordering, overlaps) in [(Ordering.strict, false), (.key, true)] {
             let transport = ScriptedTransport { _, _ in try await Task.sleep(for: .milliseconds(Int.random(in: 1...3))) }
             let d = Dispatcher(
-                routes: [route([groupTarget("g")], ordering: ordering)], transport: transport, deadLetter: nil, settings: settings(), logger: quietLogger)
+                routes: [route([groupTarget("g")], ordering: ordering)], transport: transport, deadLetter: nil, settings: settings(),
+                logger: quietLogger)
             try await d.run(sources: [ListSource(messages)])
             let sent = transport.sent.withLock { $0 }.map(\.body)
             #expect(sent.count == 40)
@@ -166,7 +170,8 @@ let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
         let sink = MemorySink()
         let d = Dispatcher(routes: [route([groupTarget("g")])], transport: transport, deadLetter: sink, settings: settings(), logger: quietLogger)
         let source = ListSource([
-            message("ok1", dataType: .text), message("bad", dataType: .text, key: "K", headers: ["h": "v"], origin: Origin(source: "src", position: "2")),
+            message("ok1", dataType: .text),
+            message("bad", dataType: .text, key: "K", headers: ["h": "v"], origin: Origin(source: "src", position: "2")),
             message("ok2", dataType: .text),
         ])
         try await d.run(sources: [source])
@@ -199,7 +204,8 @@ let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
     @Test func unresolvableTemplateIsDeadLetteredWithoutSending() async throws {
         let transport = ScriptedTransport()
         let sink = MemorySink()
-        let d = Dispatcher(routes: [route([groupTarget("g-{key}")])], transport: transport, deadLetter: sink, settings: settings(), logger: quietLogger)
+        let d = Dispatcher(
+            routes: [route([groupTarget("g-{key}")])], transport: transport, deadLetter: sink, settings: settings(), logger: quietLogger)
         try await d.run(sources: [ListSource([message("no key", dataType: .text)])])
         #expect(transport.sent.withLock { $0.isEmpty })
         #expect(sink.records.withLock { $0.first?.headers["wps-error"]?.contains("{key}") } == true)
@@ -207,8 +213,10 @@ let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
     @Test func routeDeadLetterWinsOverGlobal() async throws {
         let transport = ScriptedTransport { _, _ in throw DeliveryFailure(.permanent, status: 404, message: "nope") }
-        let global = MemorySink(), own = MemorySink()
-        let d = Dispatcher(routes: [route([groupTarget("g")], deadLetter: own)], transport: transport, deadLetter: global, settings: settings(), logger: quietLogger)
+        let global = MemorySink()
+        let own = MemorySink()
+        let d = Dispatcher(
+            routes: [route([groupTarget("g")], deadLetter: own)], transport: transport, deadLetter: global, settings: settings(), logger: quietLogger)
         try await d.run(sources: [ListSource([message("x", dataType: .text)])])
         #expect(own.records.withLock { $0.count } == 1)
         #expect(global.records.withLock { $0.isEmpty })
@@ -216,7 +224,8 @@ let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
     @Test func failedDeadLetterWriteLeavesTheDeliveryUnacked() async throws {
         let transport = ScriptedTransport { _, _ in throw DeliveryFailure(.permanent, status: 400, message: "bad") }
-        let d = Dispatcher(routes: [route([groupTarget("g")])], transport: transport, deadLetter: MemorySink(fail: true), settings: settings(), logger: quietLogger)
+        let d = Dispatcher(
+            routes: [route([groupTarget("g")])], transport: transport, deadLetter: MemorySink(fail: true), settings: settings(), logger: quietLogger)
         let source = ListSource([message("x", dataType: .text)])
         try await d.run(sources: [source])
         guard case .failed = source.outcomes.withLock({ $0[0] }) else {
@@ -229,7 +238,10 @@ let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
     @Test func messageWithSeveralTargetsIsAckedOnceAllAreDone() async throws {
         let transport = ScriptedTransport()
         let d = Dispatcher(
-            routes: [route([groupTarget("a"), groupTarget("b")]), Route(name: "r2", source: "src", condition: try RouteCondition("json.n gt 1"), targets: [groupTarget("c")])],
+            routes: [
+                route([groupTarget("a"), groupTarget("b")]),
+                Route(name: "r2", source: "src", condition: try RouteCondition("json.n gt 1"), targets: [groupTarget("c")]),
+            ],
             transport: transport, deadLetter: nil, settings: settings(), logger: quietLogger)
         let source = ListSource([message(#"{"n":1}"#), message(#"{"n":2}"#)])
         try await d.run(sources: [source])

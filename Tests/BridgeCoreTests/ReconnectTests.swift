@@ -1,5 +1,6 @@
 import BridgeCore
 import BridgeObservability
+import FoundationEssentials
 import Logging
 import Synchronization
 import Testing
@@ -29,7 +30,8 @@ final class CapturedLog: Sendable {
 @Suite struct BackoffTests {
     @Test func doublesUpToTheMaximumAndResets() {
         var b = Backoff(initial: .milliseconds(100), maximum: .milliseconds(500))
-        #expect((0..<5).map { _ in b.next() } == [.milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(500), .milliseconds(500)])
+        #expect(
+            (0..<5).map { _ in b.next() } == [.milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(500), .milliseconds(500)])
         b.reset()
         #expect(b.next() == .milliseconds(100))
     }
@@ -88,14 +90,21 @@ final class CapturedLog: Sendable {
         let log = CapturedLog()
         // Every failure logged (no interval), to see each wait.
         let health = ConnectionHealth(logger: log.logger, logInterval: .zero)
-        let loop = ReconnectLoop(source: "s", health: health, backoff: Backoff(initial: .milliseconds(1), maximum: .milliseconds(4)), message: "connection failed; retrying")
+        let loop = ReconnectLoop(
+            source: "s", health: health, backoff: Backoff(initial: .milliseconds(1), maximum: .milliseconds(4)),
+            message: "connection failed; retrying")
         // fail, fail, connect then drop, fail, connect then an unrelated error
-        let script: [(connects: Bool, error: any Error)] = [(false, Refused()), (false, Refused()), (true, Refused()), (false, Refused()), (true, Unrelated())]
+        let script: [(connects: Bool, error: any Error)] = [
+            (false, Refused()), (false, Refused()), (true, Refused()), (false, Refused()), (true, Unrelated()),
+        ]
         let step = Mutex(0)
         let seen = Mutex<[(isReconnect: Bool, hadDisconnect: Bool, problem: String?)]>([])
         await #expect(throws: Unrelated.self) {
             try await loop.run { attempt in
-                let i = step.withLock { i in defer { i += 1 }; return i }
+                let i = step.withLock { i in
+                    defer { i += 1 }
+                    return i
+                }
                 if script[i].connects { attempt.connected() }
                 seen.withLock { $0.append((attempt.isReconnect, attempt.disconnectedAt != nil, health.problem)) }
                 throw script[i].error
@@ -110,14 +119,22 @@ final class CapturedLog: Sendable {
         #expect(attempts.map(\.problem) == [nil, "refused", nil, "refused", nil])
         let waits = log.all.filter { $0.hasPrefix("error") }.map { $0.components(separatedBy: "wps.retry_in=").last ?? "" }
         // 1, 2 ms; after the connection 1 ms again.
-        #expect(waits == ["0.001 seconds wps.source=s", "0.002 seconds wps.source=s", "0.001 seconds wps.source=s", "0.002 seconds wps.source=s"], "\(log.all)")
+        #expect(
+            waits == ["0.001 seconds wps.source=s", "0.002 seconds wps.source=s", "0.001 seconds wps.source=s", "0.002 seconds wps.source=s"],
+            "\(log.all)")
         #expect(log.all.contains { $0.hasPrefix("notice connection recovered") })
     }
 
     @Test func cancellationEndsTheLoopQuietly() async throws {
-        let loop = ReconnectLoop(source: "s", health: ConnectionHealth(logger: Logger(label: "t")), backoff: Backoff(initial: .seconds(60), maximum: .seconds(60)), message: "failed")
+        let loop = ReconnectLoop(
+            source: "s", health: ConnectionHealth(logger: Logger(label: "t")), backoff: Backoff(initial: .seconds(60), maximum: .seconds(60)),
+            message: "failed")
         let task = Task {
-            try await loop.run { _ in throw Refused() } classify: { _ in .init(problem: "refused") }
+            try await loop.run { _ in
+                throw Refused()
+            } classify: { _ in
+                .init(problem: "refused")
+            }
         }
         try await Task.sleep(for: .milliseconds(50))
         task.cancel()

@@ -1,7 +1,8 @@
-@testable import BridgeCore
 import BridgeObservability
 import Synchronization
 import Testing
+
+@testable import BridgeCore
 
 /// 401, 403 and outages are conditions of the route, not failures of a message.
 @Suite struct RouteConditionsTests {

@@ -1,6 +1,7 @@
-@testable import BridgeCore
 import NIOCore
 import Testing
+
+@testable import BridgeCore
 
 func message(
     _ payload: String, dataType: DataType = .json, key: String? = nil, headers: [String: String] = [:],
@@ -63,10 +64,14 @@ func message(
     /// normalises the path: such names fail the message (dead letter), with the reason.
     @Test(arguments: [("..", #"{"n":".."}"#), (".", #"{"n":"."}"#), ("", #"{"n":""}"#), (" \t", #"{"n":" \t"}"#)])
     func dotAndEmptyNamesFailTheMessage(name: String, body: String) throws {
-        for recipient: TargetSpec.RecipientSpec in [.user(try Template("{json.n}")), .group(try Template("{json.n}")), .connection(try Template("{json.n}"))] {
+        for recipient: TargetSpec.RecipientSpec in [
+            .user(try Template("{json.n}")), .group(try Template("{json.n}")), .connection(try Template("{json.n}")),
+        ] {
             let target = TargetSpec(hub: Template(literal: "h"), recipient: recipient)
             let error = #expect(throws: TargetResolutionError.self) { try target.resolve(MessageContext(message(body))) }
-            #expect(error?.message.contains(name.isEmpty ? "is empty" : name == "." || name == ".." ? "is not allowed" : "white space") == true, "\(String(describing: error))")
+            #expect(
+                error?.message.contains(name.isEmpty ? "is empty" : name == "." || name == ".." ? "is not allowed" : "white space") == true,
+                "\(String(describing: error))")
         }
         // A name that only looks like one is fine: the REST client encodes it.
         let fine = TargetSpec(hub: Template(literal: "h"), recipient: .user(try Template("{json.n}")))

@@ -22,19 +22,33 @@ import WebPubSub
     /// RFC 4231, section 4: the HMAC-SHA-256 results of test cases 1-4, 6 and 7 (case 5 is a
     /// truncated output).
     @Test(arguments: [
-        ([UInt8](repeating: 0x0b, count: 20), Array("Hi There".utf8),
-         "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
-        (Array("Jefe".utf8), Array("what do ya want for nothing?".utf8),
-         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
-        ([UInt8](repeating: 0xaa, count: 20), [UInt8](repeating: 0xdd, count: 50),
-         "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"),
-        (Array(1...25), [UInt8](repeating: 0xcd, count: 50),
-         "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b"),
-        ([UInt8](repeating: 0xaa, count: 131), Array("Test Using Larger Than Block-Size Key - Hash Key First".utf8),
-         "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
-        ([UInt8](repeating: 0xaa, count: 131),
-         Array("This is a test using a larger than block-size key and a larger than block-size data. The key needs to be hashed before being used by the HMAC algorithm.".utf8),
-         "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"),
+        (
+            [UInt8](repeating: 0x0b, count: 20), Array("Hi There".utf8),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        ),
+        (
+            Array("Jefe".utf8), Array("what do ya want for nothing?".utf8),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        ),
+        (
+            [UInt8](repeating: 0xaa, count: 20), [UInt8](repeating: 0xdd, count: 50),
+            "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"
+        ),
+        (
+            Array(1...25), [UInt8](repeating: 0xcd, count: 50),
+            "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b"
+        ),
+        (
+            [UInt8](repeating: 0xaa, count: 131), Array("Test Using Larger Than Block-Size Key - Hash Key First".utf8),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        ),
+        (
+            [UInt8](repeating: 0xaa, count: 131),
+            Array(
+                "This is a test using a larger than block-size key and a larger than block-size data. The key needs to be hashed before being used by the HMAC algorithm."
+                    .utf8),
+            "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"
+        ),
     ])
     func hmacSHA256MatchesRFC4231(key: [UInt8], data: [UInt8], expected: String) {
         let code = HMACSHA256.authenticationCode(for: data, key: key)
@@ -48,7 +62,8 @@ import WebPubSub
 
     @Test func hmacWithAnEmptyKeyIsTheEmptyKeysCode() throws {
         // HMAC() reads a NULL key as "no key"; an empty key must still be the empty key.
-        #expect(HMACSHA256.authenticationCode(for: [], key: []) == Self.bytes(hex: "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad"))
+        #expect(
+            HMACSHA256.authenticationCode(for: [], key: []) == Self.bytes(hex: "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad"))
         try HMACSHA256.selfTest()
     }
 
@@ -123,7 +138,8 @@ import WebPubSub
             let input = header + "." + AccessKeyJWT.base64URL(Array(payload.utf8))
             return input + "." + AccessKeyJWT.base64URL(try key.rs256Signature(for: Array(input.utf8)))
         }
-        let n = AccessKeyJWT.base64URL(key.modulus), e = AccessKeyJWT.base64URL(key.exponent)
+        let n = AccessKeyJWT.base64URL(key.modulus)
+        let e = AccessKeyJWT.base64URL(key.exponent)
         let script = TestEnvironment.packageRoot + "/Tests/python/rs256_interop.py"
         let good = try token(#"{"sub":"bridge","exp":4102444800}"#)
         let accepted = try await runProcess(python, [script, "verify", good, n, e])

@@ -2,9 +2,10 @@ import BridgeCore
 import BridgeTestSupport
 import Foundation
 import HTTPGuards
-@testable import BridgeServer
 import Testing
 import WebPubSub
+
+@testable import BridgeServer
 
 /// The event handler through the bridge's real HTTP server: what the handler never sees
 /// (the body limit, headers read before any body, percent-encoded hubs, slow clients).

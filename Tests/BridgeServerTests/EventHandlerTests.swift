@@ -1,11 +1,12 @@
 import BridgeCore
 import BridgeJSON
-@testable import BridgeServer
 import Logging
 import NIOCore
 import Synchronization
 import Testing
 import WebPubSub
+
+@testable import BridgeServer
 
 let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
 let key = AccessKey("handler-test-key-0123456789")
@@ -41,7 +42,8 @@ func event(
     contentType: String = "application/json", signedWith: AccessKey = key, query: String? = nil, drop: String? = nil
 ) -> HandlerRequest {
     var headers = [
-        "ce-specversion": "1.0", "ce-id": "evt-1", "ce-type": type, "ce-source": "/hubs/\(hub)/client/\(connection)", "ce-time": "2026-11-29T10:00:00Z",
+        "ce-specversion": "1.0", "ce-id": "evt-1", "ce-type": type, "ce-source": "/hubs/\(hub)/client/\(connection)",
+        "ce-time": "2026-11-29T10:00:00Z",
         "ce-hub": hub, "ce-connectionid": connection, "ce-eventname": name, "ce-awpsversion": "1.0",
         "ce-signature": EventSignature.header(connectionId: connection, keys: [signedWith]), "content-type": contentType,
     ]
@@ -101,7 +103,8 @@ func text(_ r: HandlerResponse) -> String { String(decoding: r.body, as: UTF8.se
         #expect(await h.handle(event(user, name: "chat", body: "{}", query: "code=s3cret")).status == 204)
         #expect(await h.handle(event(user, name: "chat", body: "{}")).status == 401)
         #expect(await h.handle(event(user, name: "chat", body: "{}", query: "code=wrong")).status == 401)
-        #expect(await h.handle(event(user, name: "chat", body: "{}", signedWith: AccessKey("another-key-000000000"), query: "code=s3cret")).status == 401)
+        #expect(
+            await h.handle(event(user, name: "chat", body: "{}", signedWith: AccessKey("another-key-000000000"), query: "code=s3cret")).status == 401)
         #expect(await h.handle(event(user, name: "chat", body: "{}", query: "code=s3cret", drop: "ce-signature")).status == 401)
         #expect(await h.handle(event(user, name: "chat", hub: "other", body: "{}", query: "code=s3cret")).status == 404)
         #expect(await h.handle(event(user, name: "chat", body: "{}", query: "code=s3cret", drop: "ce-connectionid")).status == 400)
@@ -130,7 +133,8 @@ func text(_ r: HandlerResponse) -> String { String(decoding: r.body, as: UTF8.se
 
     @Test func abuseProtectionHandshake() async {
         let (h, _) = handler()
-        var options = HandlerRequest(method: "OPTIONS", hub: "chat", headers: ["webhook-request-origin": "myhub.webpubsub.azure.com"], query: Query(nil), body: [])
+        var options = HandlerRequest(
+            method: "OPTIONS", hub: "chat", headers: ["webhook-request-origin": "myhub.webpubsub.azure.com"], query: Query(nil), body: [])
         let ok = await h.handle(options)
         #expect(ok.status == 200 && ok.headers.contains { $0 == ("WebHook-Allowed-Origin", "myhub.webpubsub.azure.com") })
         options.headers["webhook-request-origin"] = "evil.example.com"
@@ -193,9 +197,11 @@ func text(_ r: HandlerResponse) -> String { String(decoding: r.body, as: UTF8.se
         let record = try #require(sink.written.first)
         let envelope = try JSONValue.parse(record.payload.readableBytesView)
         #expect(envelope["type"] == .string("azure.webpubsub.group.message") && envelope["id"] == .string("listener/conn-9/17"))
-        #expect(envelope["source"] == .string("/hubs/chat/groups/room") && envelope["group"] == .string("room") && envelope["userid"] == .string("alice"))
+        #expect(
+            envelope["source"] == .string("/hubs/chat/groups/room") && envelope["group"] == .string("room") && envelope["userid"] == .string("alice"))
         #expect(envelope["data"]?.serialized == #"{"n":1.50}"#, "numbers as written")
-        #expect(record.key == "alice" && record.headers["ce-type"] == "azure.webpubsub.group.message" && record.headers["wps-mirrored-from"] == "chat")
+        #expect(
+            record.key == "alice" && record.headers["ce-type"] == "azure.webpubsub.group.message" && record.headers["wps-mirrored-from"] == "chat")
         #expect(other.written.count == 1)
     }
 
@@ -204,7 +210,8 @@ func text(_ r: HandlerResponse) -> String { String(decoding: r.body, as: UTF8.se
         let flaky = MemorySink()
         flaky.failing.store(true, ordering: .relaxed)
         let mirror = GroupMessageMirror(
-            rules: [EventRule(hub: "chat", events: ["group:room"], sink: good), EventRule(hub: "chat", events: ["group:room"], sink: flaky)], logger: quiet)
+            rules: [EventRule(hub: "chat", events: ["group:room"], sink: good), EventRule(hub: "chat", events: ["group:room"], sink: flaky)],
+            logger: quiet)
         let message = Message(
             payload: ByteBuffer(string: "hi"), dataType: .text, key: "bob", headers: ["hub": "chat", "group": "room", "event": "group:room"],
             origin: Origin(source: "listener", position: "c/1"))

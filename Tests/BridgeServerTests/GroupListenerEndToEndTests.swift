@@ -42,7 +42,9 @@ import WebPubSub
         #expect(await eventually { bridge.log.contains("listener connected") }, "\(bridge.logTail)")
         let cs = try ConnectionString(parsing: "Endpoint=http://127.0.0.1;Port=\(hubPort);AccessKey=\(key);Version=1.0;")
         let archive = try await TestWebSocket.connect(
-            try ClientAccess.make(endpoint: cs.endpoint, hub: "archive", key: cs.accessKey, userId: "auditor", roles: [], groups: ["room"], expiresIn: .seconds(600)).url,
+            try ClientAccess.make(
+                endpoint: cs.endpoint, hub: "archive", key: cs.accessKey, userId: "auditor", roles: [], groups: ["room"], expiresIn: .seconds(600)
+            ).url,
             subprotocol: "json.webpubsub.azure.v1")
         #expect(await archive.expect(type: "system", event: "connected") != nil)
 
@@ -75,7 +77,8 @@ import WebPubSub
 
         // The route forwarded every message to the other hub, and not back into this one.
         #expect(forwarded.count == 2 * rounds, "\(bridge.logTail)")
-        #expect(Set(forwarded.compactMap { m in m["data"].map { "\($0["from"]?.stringValue ?? "")-\($0["n"]?.serialized ?? "")" } }).count == 2 * rounds)
+        #expect(
+            Set(forwarded.compactMap { m in m["data"].map { "\($0["from"]?.stringValue ?? "")-\($0["n"]?.serialized ?? "")" } }).count == 2 * rounds)
         #expect(proxy.accepted >= 2, "the listener came back after the cut")
         #expect(bridge.log.contains("session recovered"), "\(bridge.logTail)")
         await archive.close()

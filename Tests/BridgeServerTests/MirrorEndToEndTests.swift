@@ -1,12 +1,13 @@
 import BridgeJSON
 import BridgeTestSupport
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import NIOCore
 import Testing
 import WebPubSub
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 
 /// The official Python client SDK on the embedded hub, whose upstream is the bridge: its events
 /// end up as CloudEvents envelopes in a Kafka topic (Tansu) and a file.
@@ -129,7 +130,8 @@ import WebPubSub
             """, in: try TestEnvironment.temporaryDirectory())
         #expect(await eventually { TestEnvironment.isListening(hubPort) && TestEnvironment.isListening(serverPort) }, "\(bridge.logTail)")
         let cs = try ConnectionString(parsing: "Endpoint=http://127.0.0.1;Port=\(hubPort);AccessKey=\(key);Version=1.0;")
-        let access = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "carol", roles: [], groups: [], expiresIn: .seconds(600))
+        let access = try ClientAccess.make(
+            endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "carol", roles: [], groups: [], expiresIn: .seconds(600))
         let socket = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1")
         #expect(await socket.expect(type: "system", event: "connected") != nil)
         socket.send(#"{"type":"event","event":"chat","dataType":"json","data":{"n":7},"ackId":1}"#)
@@ -167,7 +169,8 @@ import WebPubSub
             """, in: try TestEnvironment.temporaryDirectory())
         #expect(await eventually { TestEnvironment.isListening(hubPort) && TestEnvironment.isListening(serverPort) }, "\(bridge.logTail)")
         let cs = try ConnectionString(parsing: "Endpoint=http://127.0.0.1;Port=\(hubPort);AccessKey=\(key);Version=1.0;")
-        let anonymous = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: nil, roles: [], groups: [], expiresIn: .seconds(600))
+        let anonymous = try ClientAccess.make(
+            endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: nil, roles: [], groups: [], expiresIn: .seconds(600))
         // No user in the token nor in the query: the hub refuses the handshake with the policy's reason.
         await #expect(throws: (any Error).self) {
             _ = try await TestWebSocket.connect(anonymous.url + "&room=42", subprotocol: "json.webpubsub.azure.v1")

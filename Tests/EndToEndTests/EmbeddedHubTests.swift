@@ -1,6 +1,7 @@
 import BridgeJSON
 import BridgeTestSupport
 import Foundation
+import NIOCore
 import Testing
 import WebPubSub
 
@@ -42,7 +43,8 @@ import WebPubSub
     /// (which still works, with a warning that ps shows it).
     @Test(arguments: ["file", "environment", "argument"])
     func hubCommandPrintsItsConnectionStringFirst(keyFrom: String) async throws {
-        let stdout = Pipe(), stderr = Pipe()
+        let stdout = Pipe()
+        let stderr = Pipe()
         let dir = try TestEnvironment.temporaryDirectory()
         try "cli-key-0123456789\n".write(toFile: dir + "/key", atomically: true, encoding: .utf8)
         let arguments: [String] =

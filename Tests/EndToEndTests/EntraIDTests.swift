@@ -26,19 +26,19 @@ import WebPubSub
     func config(_ dir: String, hub: HubProcess, credential: String) throws -> String {
         let path = dir + "/bridge.yaml"
         try """
-            webpubsub:
-              endpoint: http://127.0.0.1:\(hub.port)
-              hub: chat
-            \(credential)
-            sources:
-              - {name: in, type: stdin}
-            routes:
-              - {from: in, to: [{group: demo}]}
-            deadLetter: {type: file, path: \(dir)/dead.ndjson}
-            delivery:
-              retry: {maxAttempts: 3, initialBackoff: 10ms, maxBackoff: 100ms}
-              shutdownTimeout: 2s
-            """.write(toFile: path, atomically: true, encoding: .utf8)
+        webpubsub:
+          endpoint: http://127.0.0.1:\(hub.port)
+          hub: chat
+        \(credential)
+        sources:
+          - {name: in, type: stdin}
+        routes:
+          - {from: in, to: [{group: demo}]}
+        deadLetter: {type: file, path: \(dir)/dead.ndjson}
+        delivery:
+          retry: {maxAttempts: 3, initialBackoff: 10ms, maxBackoff: 100ms}
+          shutdownTimeout: 2s
+        """.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
 
@@ -191,7 +191,11 @@ import WebPubSub
                 expiresIn: .seconds(600)
             ).url, subprotocol: "json.webpubsub.azure.v1")
         #expect(await sender.expect(type: "system", event: "connected") != nil)
-        sender.send(json: .object([("type", .string("sendToGroup")), ("group", .string("room")), ("dataType", .string("json")), ("data", .object([("hi", .number("1"))]))]))
+        sender.send(
+            json: .object([
+                ("type", .string("sendToGroup")), ("group", .string("room")), ("dataType", .string("json")),
+                ("data", .object([("hi", .number("1"))])),
+            ]))
         let mirrored = { (try? String(contentsOfFile: dir + "/mirrored.ndjson", encoding: .utf8)) ?? "" }
         #expect(await eventually { mirrored().contains(#""hi":1"#) }, "\(bridge.logTail)")
         #expect(mirrored().contains(#""userid":"ann""#), "\(mirrored())")
@@ -210,15 +214,15 @@ import WebPubSub
         let dir = try TestEnvironment.temporaryDirectory()
         let path = dir + "/bridge.yaml"
         try """
-            webpubsub:
-              endpoint: https://example.webpubsub.azure.com
-              hub: chat
-              credential: managedIdentity
-            server: {listen: "127.0.0.1:0"}
-            eventHandler: {}
-            events:
-              - {hub: chat, events: [message], to: {type: stdout}}
-            """.write(toFile: path, atomically: true, encoding: .utf8)
+        webpubsub:
+          endpoint: https://example.webpubsub.azure.com
+          hub: chat
+          credential: managedIdentity
+        server: {listen: "127.0.0.1:0"}
+        eventHandler: {}
+        events:
+          - {hub: chat, events: [message], to: {type: stdout}}
+        """.write(toFile: path, atomically: true, encoding: .utf8)
         let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["validate", "-c", path])
         #expect(result.status == 1)
         #expect(result.stdout.contains("set eventHandler.authToken"), "\(result.stdout)")
@@ -233,8 +237,13 @@ import WebPubSub
         let hub = try await HubProcess(arguments: ["--trust-issuer", idp.issuer])
         let result = try await runProcess(
             try TestEnvironment.bridgeBinary(),
-            ["token", "--hub", "chat", "--user", "ann", "--group", "demo", "--endpoint", "http://127.0.0.1:\(hub.port)", "--credential", "clientSecret"],
-            environment: isolated(["AZURE_TENANT_ID": idp.tenant, "AZURE_CLIENT_ID": clientId, "AZURE_CLIENT_SECRET": secret, "AZURE_AUTHORITY_HOST": idp.endpoint]))
+            [
+                "token", "--hub", "chat", "--user", "ann", "--group", "demo", "--endpoint", "http://127.0.0.1:\(hub.port)", "--credential",
+                "clientSecret",
+            ],
+            environment: isolated([
+                "AZURE_TENANT_ID": idp.tenant, "AZURE_CLIENT_ID": clientId, "AZURE_CLIENT_SECRET": secret, "AZURE_AUTHORITY_HOST": idp.endpoint,
+            ]))
         #expect(result.status == 0, "\(result.stderr)")
         let url = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(url.hasPrefix("ws://127.0.0.1:\(hub.port)/client/hubs/chat?access_token="), "\(url)")

@@ -1,11 +1,12 @@
 import BridgeJSON
 import BridgeTestSupport
 import Foundation
+import Testing
+import WebPubSub
+
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
-import Testing
-import WebPubSub
 
 /// What an operator sees of a running bridge: `/metrics`, `/readyz`, and its logs.
 @Suite(.serialized) struct OperabilityTests {
@@ -32,10 +33,10 @@ import WebPubSub
         let adminPort = try TestEnvironment.freePort()
         let dir = try TestEnvironment.temporaryDirectory()
         try """
-            webpubsub: {embedded: {port: \(hubPort), accessKey: admin-test-key-0123456789ABCDEFGHIJ}, hub: chat}
-            server: {listen: "127.0.0.1:\(serverPort)", adminListen: "127.0.0.1:\(adminPort)", reload: true, reloadToken: secret-token}
-            events: [{hub: chat, events: [message], to: {type: stdout}}]
-            """.write(toFile: dir + "/bridge.yaml", atomically: true, encoding: .utf8)
+        webpubsub: {embedded: {port: \(hubPort), accessKey: admin-test-key-0123456789ABCDEFGHIJ}, hub: chat}
+        server: {listen: "127.0.0.1:\(serverPort)", adminListen: "127.0.0.1:\(adminPort)", reload: true, reloadToken: secret-token}
+        events: [{hub: chat, events: [message], to: {type: stdout}}]
+        """.write(toFile: dir + "/bridge.yaml", atomically: true, encoding: .utf8)
         let bridge = try ChildProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", dir + "/bridge.yaml"], currentDirectory: dir)
         #expect(await eventually { TestEnvironment.isListening(serverPort) && TestEnvironment.isListening(adminPort) })
         for path in ["/metrics", "/readyz", "/-/reload"] {
@@ -64,16 +65,17 @@ import WebPubSub
         let key = "metrics-test-key-0123456789ABCDEFGHIJ"
         let dir = try TestEnvironment.temporaryDirectory()
         try """
-            webpubsub: {embedded: {port: \(hubPort), accessKey: \(key)}, hub: chat}
-            server: {listen: "127.0.0.1:\(serverPort)"}
-            sources: [{name: in, type: stdin, format: lines}]
-            routes: [{name: to-demo, from: in, to: [{group: demo}]}]
-            deadLetter: {type: file, path: dead.ndjson}
-            """.write(toFile: dir + "/bridge.yaml", atomically: true, encoding: .utf8)
+        webpubsub: {embedded: {port: \(hubPort), accessKey: \(key)}, hub: chat}
+        server: {listen: "127.0.0.1:\(serverPort)"}
+        sources: [{name: in, type: stdin, format: lines}]
+        routes: [{name: to-demo, from: in, to: [{group: demo}]}]
+        deadLetter: {type: file, path: dead.ndjson}
+        """.write(toFile: dir + "/bridge.yaml", atomically: true, encoding: .utf8)
         let bridge = try ChildProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", dir + "/bridge.yaml"], currentDirectory: dir)
         #expect(await eventually { TestEnvironment.isListening(hubPort) && TestEnvironment.isListening(serverPort) })
         let cs = try ConnectionString(parsing: "Endpoint=http://127.0.0.1;Port=\(hubPort);AccessKey=\(key);Version=1.0;")
-        let access = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: ["demo"], expiresIn: .seconds(600))
+        let access = try ClientAccess.make(
+            endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: ["demo"], expiresIn: .seconds(600))
         let socket = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1")
         #expect(await socket.expect(type: "system", event: "connected") != nil)
         let count = 25
@@ -132,7 +134,11 @@ import WebPubSub
             return (status, items.compactMap(\.stringValue))
         }
         // No broker yet: not ready, and the body says which source.
-        #expect(await eventually { let r = await readiness(); return r.status == 503 && r.problems.contains { $0.hasPrefix("source orders") } }, "\(bridge.logTail)")
+        #expect(
+            await eventually {
+                let r = await readiness()
+                return r.status == 503 && r.problems.contains { $0.hasPrefix("source orders") }
+            }, "\(bridge.logTail)")
         let broker = try await KafkaBroker(port: kafkaPort)
         // The consumer needs its topic too (until then it reports "unknown topic").
         try await KafkaTool.create(broker.brokers, topic: "orders", partitions: 1)
@@ -141,7 +147,11 @@ import WebPubSub
         #expect(kafkaReady, "\(afterKafka)\n\(bridge.logTail)")
         // Redis goes away, and comes back.
         await redis.stop()
-        #expect(await eventually { let r = await readiness(); return r.status == 503 && r.problems.contains { $0.hasPrefix("source live") } }, "\(bridge.logTail)")
+        #expect(
+            await eventually {
+                let r = await readiness()
+                return r.status == 503 && r.problems.contains { $0.hasPrefix("source live") }
+            }, "\(bridge.logTail)")
         try await redis.restart()
         let redisReady = await eventually { await readiness().status == 200 }
         let afterRedis = await readiness().problems
@@ -194,7 +204,8 @@ import WebPubSub
         #expect(await eventually { bridge.log.contains("listener connected") }, "\(bridge.logTail)")
         let cs = try ConnectionString(parsing: "Endpoint=http://127.0.0.1;Port=\(hubPort);AccessKey=\(key);Version=1.0;")
         let access = try ClientAccess.make(
-            endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "alice", roles: ["webpubsub.sendToGroup"], groups: [], expiresIn: .seconds(600))
+            endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "alice", roles: ["webpubsub.sendToGroup"], groups: [],
+            expiresIn: .seconds(600))
         let socket = try await TestWebSocket.connect(access.url, subprotocol: "json.reliable.webpubsub.azure.v1")
         #expect(await socket.expect(type: "system", event: "connected") != nil)
         socket.send(#"{"type":"event","event":"chat","dataType":"text","data":"hi","ackId":1}"#)
@@ -249,7 +260,8 @@ extension OperabilityTests {
         #expect(await eventually { TestEnvironment.isListening(hubPort) && TestEnvironment.isListening(serverPort) }, "\(bridge.logTail)")
         let cs = try ConnectionString(parsing: "Endpoint=http://127.0.0.1;Port=\(hubPort);AccessKey=\(key);Version=1.0;")
         func subscriber(_ group: String) async throws -> TestWebSocket {
-            let access = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: nil, roles: [], groups: [group], expiresIn: .seconds(600))
+            let access = try ClientAccess.make(
+                endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: nil, roles: [], groups: [group], expiresIn: .seconds(600))
             let socket = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1")
             _ = await socket.expect(type: "system", event: "connected")
             return socket
@@ -261,7 +273,8 @@ extension OperabilityTests {
         #expect(await one.expect(type: "message")?["data"] == .string("first"))
 
         // A broken file: refused with its report, and the running routes go on.
-        try "sources: [{name: in, type: stdin}]\nroutes: [{from: nowhere, to: [{group: x}]}]\n".write(toFile: dir + "/bridge.yaml", atomically: true, encoding: .utf8)
+        try "sources: [{name: in, type: stdin}]\nroutes: [{from: nowhere, to: [{group: x}]}]\n".write(
+            toFile: dir + "/bridge.yaml", atomically: true, encoding: .utf8)
         bridge.signal(SIGHUP)
         #expect(await eventually { bridge.log.contains("config reload refused") }, "\(bridge.logTail)")
         #expect(bridge.log.contains("nowhere"), "the report names the problem")
@@ -270,14 +283,15 @@ extension OperabilityTests {
 
         // A good one: the stdin route now goes to group two, and a Redis source comes in; stdin
         // (unchanged) keeps its place in the input.
-        try (head + """
-            sources:
-              - {name: in, type: stdin, format: lines}
-              - {name: live, type: redis, url: "\(redis.url)", channels: [news]}
-            routes:
-              - {name: typed, from: in, to: [{group: two}]}
-              - {name: wire, from: live, to: [{group: news}]}
-            """).write(toFile: dir + "/bridge.yaml", atomically: true, encoding: .utf8)
+        try
+            (head + """
+                sources:
+                  - {name: in, type: stdin, format: lines}
+                  - {name: live, type: redis, url: "\(redis.url)", channels: [news]}
+                routes:
+                  - {name: typed, from: in, to: [{group: two}]}
+                  - {name: wire, from: live, to: [{group: news}]}
+                """).write(toFile: dir + "/bridge.yaml", atomically: true, encoding: .utf8)
         bridge.signal(SIGHUP)
         #expect(await eventually { bridge.log.contains("started live") }, "\(bridge.logTail)")
         bridge.write("third\n")

@@ -12,19 +12,19 @@ import WebPubSub
     func config(_ dir: String, connectionString: String, extra: String = "") throws -> String {
         let path = dir + "/bridge.yaml"
         try """
-            webpubsub:
-              connectionString: "\(connectionString)"
-              hub: chat
-              connectTimeout: 1s
-            sources:
-              - {name: in, type: stdin}
-            routes:
-              - {from: in, to: [{group: demo}]}
-            deadLetter: {type: file, path: dead.ndjson}
-            delivery:
-              retry: {maxAttempts: 3, initialBackoff: 10ms, maxBackoff: 100ms}
-            \(extra)
-            """.write(toFile: path, atomically: true, encoding: .utf8)
+        webpubsub:
+          connectionString: "\(connectionString)"
+          hub: chat
+          connectTimeout: 1s
+        sources:
+          - {name: in, type: stdin}
+        routes:
+          - {from: in, to: [{group: demo}]}
+        deadLetter: {type: file, path: dead.ndjson}
+        delivery:
+          retry: {maxAttempts: 3, initialBackoff: 10ms, maxBackoff: 100ms}
+        \(extra)
+        """.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
 
@@ -37,7 +37,8 @@ import WebPubSub
         try await withRecordingServer { server in
             let dir = try TestEnvironment.temporaryDirectory()
             let cfg = try config(dir, connectionString: server.connectionString)
-            let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "--config", cfg], input: "{\"data\":{\"n\":1}}\nnot json\n")
+            let result = try await runProcess(
+                try TestEnvironment.bridgeBinary(), ["run", "--config", cfg], input: "{\"data\":{\"n\":1}}\nnot json\n")
             #expect(result.status == 0, "\(result.stderr)")
             let requests = server.requests
             #expect(requests.count == 1)
@@ -71,7 +72,8 @@ import WebPubSub
             server.enqueue(.init(status: 429, headers: ["Retry-After": "1"], body: #"{"code":"TooManyRequests","message":"throttled"}"#))
             let dir = try TestEnvironment.temporaryDirectory()
             let cfg = try config(dir, connectionString: server.connectionString)
-            let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg], input: "{\"data\":\"hi\",\"dataType\":\"text\"}\n")
+            let result = try await runProcess(
+                try TestEnvironment.bridgeBinary(), ["run", "-c", cfg], input: "{\"data\":\"hi\",\"dataType\":\"text\"}\n")
             #expect(result.status == 0, "\(result.stderr)")
             let r = server.requests
             #expect(r.count == 2)
@@ -91,20 +93,21 @@ import WebPubSub
         let dir = try TestEnvironment.temporaryDirectory()
         let path = dir + "/bridge.yaml"
         try """
-            webpubsub:
-              connectionString: "\(hub.connectionString)"
-              hub: chat
-            sources:
-              - {name: in, type: stdin, format: json}
-            routes:
-              - {from: in, to: [{group: demo}], ordering: none}
-            deadLetter: {type: file, path: \(dir)/dead.ndjson}
-            delivery:
-              concurrency: 16
-            """.write(toFile: path, atomically: true, encoding: .utf8)
+        webpubsub:
+          connectionString: "\(hub.connectionString)"
+          hub: chat
+        sources:
+          - {name: in, type: stdin, format: json}
+        routes:
+          - {from: in, to: [{group: demo}], ordering: none}
+        deadLetter: {type: file, path: \(dir)/dead.ndjson}
+        delivery:
+          concurrency: 16
+        """.write(toFile: path, atomically: true, encoding: .utf8)
         let count = 400
         let input = (0..<count).map { #"{"i":\#($0)}"# }.joined(separator: "\n") + "\n"
-        let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", path, "--log-format", "json"], input: input, timeout: 120)
+        let result = try await runProcess(
+            try TestEnvironment.bridgeBinary(), ["run", "-c", path, "--log-format", "json"], input: input, timeout: 120)
         #expect(result.status == 0, "\(result.stderr.suffix(2000))")
         var seen: [Int: Int] = [:]
         while seen.count < count, let m = await subscriber.expect(type: "message", timeout: .seconds(10)) {
@@ -135,7 +138,8 @@ import WebPubSub
             server.enqueue(.init(status: 400, body: #"{"code":"InvalidRequest","message":"no such group"}"#))
             let dir = try TestEnvironment.temporaryDirectory()
             let cfg = try config(dir, connectionString: server.connectionString)
-            let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", cfg], input: "{\"data\":{\"a\":1},\"key\":\"k\"}\n{\"data\":2,\"key\":\"k\"}\n")
+            let result = try await runProcess(
+                try TestEnvironment.bridgeBinary(), ["run", "-c", cfg], input: "{\"data\":{\"a\":1},\"key\":\"k\"}\n{\"data\":2,\"key\":\"k\"}\n")
             #expect(result.status == 0, "\(result.stderr)")
             #expect(server.requests.count == 2)
             let dead = try deadLetters(dir)
@@ -229,7 +233,9 @@ extension RunCommandTests {
         // Nothing listens: the send is retried for minutes, and shutdown would wait 60 s for it.
         let cfg = try config(dir, connectionString: cs, extra: "  shutdownTimeout: 60s")
         let text = try String(contentsOfFile: cfg, encoding: .utf8)
-            .replacingOccurrences(of: "retry: {maxAttempts: 3, initialBackoff: 10ms, maxBackoff: 100ms}", with: "retry: {maxAttempts: 1000, initialBackoff: 200ms, maxBackoff: 1s}")
+            .replacingOccurrences(
+                of: "retry: {maxAttempts: 3, initialBackoff: 10ms, maxBackoff: 100ms}",
+                with: "retry: {maxAttempts: 1000, initialBackoff: 200ms, maxBackoff: 1s}")
         let bridge = try BridgeProcess(text, in: dir)
         bridge.write("{\"data\":1}\n")
         #expect(await eventually { bridge.log.contains("send failed, retrying") }, "\(bridge.logTail)")
@@ -250,13 +256,13 @@ extension RunCommandTests {
         let dir = try TestEnvironment.temporaryDirectory()
         let path = dir + "/bad.yaml"
         try """
-            webpubsub:
-              connectionString: "Endpoint=ftp://x;AccessKey=k"
-            sources:
-              - {name: in, type: stdn}
-            routes:
-              - {from: in, to: [{hub: chat, group: "room-{kee}"}]}
-            """.write(toFile: path, atomically: true, encoding: .utf8)
+        webpubsub:
+          connectionString: "Endpoint=ftp://x;AccessKey=k"
+        sources:
+          - {name: in, type: stdn}
+        routes:
+          - {from: in, to: [{hub: chat, group: "room-{kee}"}]}
+        """.write(toFile: path, atomically: true, encoding: .utf8)
         let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["validate", "--config", path])
         #expect(result.status == 1)
         #expect(result.stdout.contains("3 problems"))
@@ -291,8 +297,10 @@ extension RunCommandTests {
         try await withRecordingServer { server in
             let result = try await runProcess(
                 try TestEnvironment.bridgeBinary(),
-                ["send", "--hub", "chat", "--user", "u 1", "--filter", "connectionId ne 'x'", "--data-type", "json", #"{"hello":true}"#,
-                 "--connection-string", server.connectionString])
+                [
+                    "send", "--hub", "chat", "--user", "u 1", "--filter", "connectionId ne 'x'", "--data-type", "json", #"{"hello":true}"#,
+                    "--connection-string", server.connectionString,
+                ])
             #expect(result.status == 0, "\(result.stderr)")
             let r = try #require(server.requests.first)
             #expect(r.segments == ["api", "hubs", "chat", "users", "u 1", ":send"])

@@ -2,13 +2,14 @@ import BridgeCore
 import BridgeJSON
 import BridgeTestSupport
 import Foundation
-@testable import GroupListener
 import LocalHub
 import Logging
 import NIOCore
 import Synchronization
 import Testing
 import WebPubSub
+
+@testable import GroupListener
 
 let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
 
@@ -26,11 +27,14 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
         #expect(
             ServiceFrame.parse(#"{"type":"message","from":"group","group":"g","dataType":"binary","data":"!!"}"#)
                 == .groupMessage(group: "g", fromUserId: nil, dataType: "binary", data: nil, sequenceId: nil))
-        #expect(ServiceFrame.parse(#"{"type":"message","from":"server","dataType":"text","data":"x","sequenceId":9}"#) == .serverMessage(sequenceId: 9))
+        #expect(
+            ServiceFrame.parse(#"{"type":"message","from":"server","dataType":"text","data":"x","sequenceId":9}"#) == .serverMessage(sequenceId: 9))
         #expect(ServiceFrame.parse(#"{"type":"ack","ackId":1,"success":true}"#) == .other)
         #expect(ServiceFrame.parse(#"{"type":"system","event":"disconnected","message":"bye"}"#) == .disconnected(message: "bye"))
         if case .malformed = ServiceFrame.parse("[1]") {} else { Issue.record("an array is not a frame") }
-        if case .malformed(_, let id) = ServiceFrame.parse(#"{"type":"message","from":"group","group":"g","dataType":"text","data":5,"sequenceId":3}"#) {
+        if case .malformed(_, let id) = ServiceFrame.parse(
+            #"{"type":"message","from":"group","group":"g","dataType":"text","data":5,"sequenceId":3}"#)
+        {
             #expect(id == 3, "its sequence id still counts")
         } else {
             Issue.record("text data must be a string")
@@ -71,7 +75,8 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
         #expect(text.contains("listed twice"))
         #expect(text.contains("invalid connection string"))
         let other = ConfigReader(environment: [:], baseDirectory: "/tmp")
-        _ = GroupListenerSourceFactory().makeSource(name: "l", settings: other.root(yaml: "hub: chat\n")!, context: AdapterContext(logger: quiet, environment: [:]))
+        _ = GroupListenerSourceFactory().makeSource(
+            name: "l", settings: other.root(yaml: "hub: chat\n")!, context: AdapterContext(logger: quiet, environment: [:]))
         #expect(other.issues.map(\.description).joined().contains("missing required key 'groups'"))
     }
 }
@@ -103,7 +108,8 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
 
     func sender(_ cs: ConnectionString, user: String) async throws -> TestWebSocket {
         let access = try ClientAccess.make(
-            endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: user, roles: ["webpubsub.sendToGroup"], groups: [], expiresIn: .seconds(600))
+            endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: user, roles: ["webpubsub.sendToGroup"], groups: [],
+            expiresIn: .seconds(600))
         let socket = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1")
         _ = await socket.expect(type: "system", event: "connected")
         return socket
@@ -123,7 +129,11 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
     }
 
     func send(_ socket: TestWebSocket, _ text: String, ackId: Int) async {
-        socket.send(json: .object([("type", .string("sendToGroup")), ("group", .string("room")), ("dataType", .string("text")), ("data", .string(text)), ("ackId", .number(String(ackId)))]))
+        socket.send(
+            json: .object([
+                ("type", .string("sendToGroup")), ("group", .string("room")), ("dataType", .string("text")), ("data", .string(text)),
+                ("ackId", .number(String(ackId))),
+            ]))
         _ = await socket.expect(type: "ack")
     }
 
@@ -152,12 +162,17 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
             #expect(collected.texts == (0..<60).map { "m\($0)" }, "each once, in order")
             let users = collected.messages.withLock { $0.map { $0.headers["userId"] ?? "?" } }
             #expect(users == (0..<60).map { $0 % 2 == 0 ? "alice" : "bob" })
-            #expect(collected.messages.withLock { $0.allSatisfy { $0.key == $0.headers["userId"] && $0.headers["group"] == "room" && $0.headers["wps-mirrored-from"] == "chat" } })
+            #expect(
+                collected.messages.withLock {
+                    $0.allSatisfy { $0.key == $0.headers["userId"] && $0.headers["group"] == "room" && $0.headers["wps-mirrored-from"] == "chat" }
+                })
             #expect(listener.counters.recoveries.load(ordering: .relaxed) >= 2)
             #expect(listener.counters.duplicates.load(ordering: .relaxed) == resentBefore, "sequenceAck reached the hub")
             #expect(listener.counters.gaps.load(ordering: .relaxed) == 0)
             #expect(proxy.accepted >= 3)
-            print("listener: recoveries \(listener.counters.recoveries.load(ordering: .relaxed)), resent duplicates skipped \(listener.counters.duplicates.load(ordering: .relaxed))")
+            print(
+                "listener: recoveries \(listener.counters.recoveries.load(ordering: .relaxed)), resent duplicates skipped \(listener.counters.duplicates.load(ordering: .relaxed))"
+            )
             #expect(await stop(running))
             await alice.close()
             await bob.close()
@@ -185,7 +200,9 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
         settings.connectTimeout = .seconds(1)
         let listener = GroupListenerSource(name: "listen", settings: settings, logger: quiet)
         let running = Task { try await listener.run(emit: Collected().emitter) }
-        #expect(await eventually(timeout: .seconds(10)) { listener.healthProblem?.contains("no WebSocket handshake within") == true }, "\(listener.healthProblem ?? "-")")
+        #expect(
+            await eventually(timeout: .seconds(10)) { listener.healthProblem?.contains("no WebSocket handshake within") == true },
+            "\(listener.healthProblem ?? "-")")
         // Cancelled while the next handshake hangs: `run` returns anyway.
         try await Task.sleep(for: .milliseconds(1200))
         #expect(await stop(running))
@@ -219,7 +236,12 @@ let quiet = Logger(label: "listener-test") { _ in SwiftLogNoOpLogHandler() }
     @Test func aClosedSessionGetsANewConnectionAndServerMessagesAreSkipped() async throws {
         try await hub { hub, cs in
             let listener = GroupListenerSource(
-                name: "listen", settings: { var s = GroupListenerSource.Settings(hub: "chat", groups: ["room"]); s.connectionString = cs; return s }(),
+                name: "listen",
+                settings: {
+                    var s = GroupListenerSource.Settings(hub: "chat", groups: ["room"])
+                    s.connectionString = cs
+                    return s
+                }(),
                 logger: quiet)
             let collected = Collected()
             let running = Task { try await listener.run(emit: collected.emitter) }

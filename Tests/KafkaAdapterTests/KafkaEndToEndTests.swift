@@ -54,7 +54,8 @@ import Testing
         let topic = "refused"
         try await KafkaTool.create(broker.brokers, topic: topic, partitions: 2)
         let count = 40
-        try await KafkaTool.produce(broker.brokers, topic: topic, (0..<count).map { i in ["value": #"{"p":\#(i % 2),"n":\#(i)}"#, "partition": i % 2] })
+        try await KafkaTool.produce(
+            broker.brokers, topic: topic, (0..<count).map { i in ["value": #"{"p":\#(i % 2),"n":\#(i)}"#, "partition": i % 2] })
         let refusing = Atomic<Bool>(true)
         let accepted = Lines()
         let server = RecordingServer(responder: { request in
@@ -83,9 +84,11 @@ import Testing
         #expect(during.values.allSatisfy { $0 <= 0 }, "committed while refused: \(during)")
         refusing.store(false, ordering: .relaxed)
         #expect(await eventually(timeout: .seconds(60)) { accepted.all.count >= count }, "\(bridge.logTail)")
-        #expect(await eventually(timeout: .seconds(30)) {
-            (try? await KafkaTool.committed(broker.brokers, group: "g-refused", topic: topic, partitions: 2)).map { $0.values.reduce(0, +) } == count
-        }, "offsets after delivery")
+        #expect(
+            await eventually(timeout: .seconds(30)) {
+                (try? await KafkaTool.committed(broker.brokers, group: "g-refused", topic: topic, partitions: 2)).map { $0.values.reduce(0, +) }
+                    == count
+            }, "offsets after delivery")
         bridge.terminate()
         #expect(await bridge.exitStatus() == 0)
         #expect(accepted.all.count == count, "each message accepted once")
@@ -137,7 +140,8 @@ import Testing
         let hub = try await HubProcess()
         let dir = try TestEnvironment.temporaryDirectory()
         try await KafkaTool.create(broker.brokers, topic: topic, partitions: 4)
-        try await KafkaTool.produce(broker.brokers, topic: topic, (0..<count).map { i in ["value": #"{"p":\#(i % 4),"n":\#(i)}"#, "partition": i % 4] })
+        try await KafkaTool.produce(
+            broker.brokers, topic: topic, (0..<count).map { i in ["value": #"{"p":\#(i % 4),"n":\#(i)}"#, "partition": i % 4] })
         let subscriber = try await hub.subscriber(hub: "chat", group: "stream")
         let yaml = """
             webpubsub:

@@ -1,10 +1,11 @@
 import BridgeCore
 import BridgeTestSupport
 import Foundation
-@testable import KafkaAdapter
 import Logging
 import NIOCore
 import Testing
+
+@testable import KafkaAdapter
 
 let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
 

@@ -1,5 +1,6 @@
-@testable import KafkaAdapter
 import Testing
+
+@testable import KafkaAdapter
 
 @Suite struct PartitionOffsetsTests {
     @Test func commitsOnlyUpToTheFirstUnsettledOffset() {

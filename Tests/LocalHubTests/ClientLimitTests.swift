@@ -2,6 +2,7 @@ import BridgeJSON
 import BridgeTestSupport
 import Foundation
 import LocalHub
+import NIOCore
 import Testing
 import WebPubSub
 
@@ -12,7 +13,7 @@ import WebPubSub
     @Test func groupsPerConnectionAreCapped() async throws {
         try await withHub({ $0.maxGroupsPerConnection = 3 }) { _, cs in
             let (c, id) = try await connectClient(cs, user: "joiner", roles: ["webpubsub.joinLeaveGroup"])
-            _ = await c.drain()
+            _ = c.drain()
             for (i, group) in ["g1", "g2", "g3"].enumerated() {
                 c.send(#"{"type":"joinGroup","group":"\#(group)","ackId":\#(i + 1)}"#)
                 #expect(await c.expect(type: "ack")?["success"] == .bool(true))
@@ -51,8 +52,10 @@ import WebPubSub
         defer { Task { await handler.stop() } }
         try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: "http://127.0.0.1:\(handler.port)/{event}")] }) { _, cs in
             let (c, _) = try await connectClient(cs, user: "u")
-            _ = await c.drain()
-            let frame = JSONValue.object([("type", .string("event")), ("event", .string(name)), ("dataType", .string("text")), ("data", .string("x")), ("ackId", .number("1"))])
+            _ = c.drain()
+            let frame = JSONValue.object([
+                ("type", .string("event")), ("event", .string(name)), ("dataType", .string("text")), ("data", .string("x")), ("ackId", .number("1")),
+            ])
             c.send(frame.serialized)
             let ack = await c.expect(type: "ack")
             #expect(ack?["success"] == .bool(false))
@@ -74,8 +77,8 @@ import WebPubSub
         try await withHub({ $0.maxReplayBytes = 200 * 1024 }) { hub, cs in
             let (big, _) = try await connectClient(cs, user: "big", subprotocol: "json.reliable.webpubsub.azure.v1")
             let (small, _) = try await connectClient(cs, user: "small", subprotocol: "json.reliable.webpubsub.azure.v1")
-            _ = await big.drain()
-            _ = await small.drain()
+            _ = big.drain()
+            _ = small.drain()
             let client = WebPubSubServiceClient(connectionString: cs)
             let chunk = String(repeating: "x", count: 10 * 1024)
             for _ in 0..<5 { try await client.sendToUser(hub: "chat", userId: "small", payload: .init(string: chunk), contentType: "text/plain") }

@@ -1,6 +1,8 @@
 import BridgeTestSupport
 import Foundation
+import HTTPGuards
 import LocalHub
+import NIOCore
 import Testing
 import WebPubSub
 
@@ -86,9 +88,10 @@ import WebPubSub
             let port = try #require(URL(string: cs.endpoint)?.port)
             for (token, expected) in [("not-a-token", "HTTP/1.1 401"), (Self.goodToken(cs), "HTTP/1.1 413")] {
                 let socket = try RawSocket(port: port)
-                socket.write(Array((
-                    "POST /api/hubs/chat/:send?api-version=2024-12-01 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \(token)\r\n"
-                    + "Content-Type: text/plain\r\nContent-Length: \(expected.hasSuffix("401") ? 1_000_000 : 5_000_000)\r\n\r\n").utf8))
+                socket.write(
+                    Array(
+                        ("POST /api/hubs/chat/:send?api-version=2024-12-01 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \(token)\r\n"
+                            + "Content-Type: text/plain\r\nContent-Length: \(expected.hasSuffix("401") ? 1_000_000 : 5_000_000)\r\n\r\n").utf8))
                 let started = ContinuousClock.now
                 #expect(await socket.fill(12), "no answer without the body")
                 #expect(String(decoding: socket.buffer.prefix(12), as: UTF8.self) == expected, "\(String(decoding: socket.buffer, as: UTF8.self))")
@@ -98,6 +101,7 @@ import WebPubSub
     }
 
     static func goodToken(_ cs: ConnectionString) -> String {
-        AccessKeyJWT.restToken(url: cs.endpoint + "/api/hubs/chat/:send?api-version=2024-12-01", key: cs.accessKey, expiry: Date().addingTimeInterval(600))
+        AccessKeyJWT.restToken(
+            url: cs.endpoint + "/api/hubs/chat/:send?api-version=2024-12-01", key: cs.accessKey, expiry: Date().addingTimeInterval(600))
     }
 }

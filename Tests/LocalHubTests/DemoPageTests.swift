@@ -1,6 +1,7 @@
 import BridgeJSON
 import BridgeTestSupport
 import Foundation
+import LocalHub
 import NIOCore
 import Testing
 import WebPubSub
@@ -16,7 +17,8 @@ import WebPubSub
                 #expect(try await browser.waitFor("document.getElementById('status').dataset.joined === 'true'"), "the page did not join its group")
                 let client = WebPubSubServiceClient(connectionString: cs)
                 try await client.sendToGroup(hub: "chat", group: "demo", payload: ByteBuffer(string: "hello, browser"), contentType: "text/plain")
-                try await client.sendToGroup(hub: "chat", group: "demo", payload: ByteBuffer(string: #"{"price": 42}"#), contentType: "application/json")
+                try await client.sendToGroup(
+                    hub: "chat", group: "demo", payload: ByteBuffer(string: #"{"price": 42}"#), contentType: "application/json")
                 #expect(try await browser.waitFor("document.body.innerText.includes('hello, browser')"))
                 #expect(try await browser.waitFor("document.body.innerText.includes('{\"price\":42}')"))
                 let types = try await browser.evaluate("[...document.querySelectorAll('#messages li')].map(li => li.dataset.type).join(',')")
@@ -26,7 +28,8 @@ import WebPubSub
 
                 // What the person sends reaches the group.
                 let (listener, _) = try await connectClient(cs, user: "listener", groups: ["demo"])
-                _ = try await browser.evaluate("document.getElementById('text').value = 'typed in the page'; document.querySelector('#send button').click(); true")
+                _ = try await browser.evaluate(
+                    "document.getElementById('text').value = 'typed in the page'; document.querySelector('#send button').click(); true")
                 let typed = await listener.expect(type: "message")
                 #expect(typed?["data"] == .string("typed in the page") && typed?["group"] == .string("demo"))
                 try await client.shutdown()

@@ -1,6 +1,7 @@
-@testable import LocalHub
 import NIOCore
 import Testing
+
+@testable import LocalHub
 
 @Suite struct FrameTests {
     /// A text frame for plain clients is valid UTF-8 even when the payload is not (an upstream
@@ -14,6 +15,8 @@ import Testing
         // The JSON-protocol frame is rendered once, whole.
         let json = Outgoing(source: .group("g", fromUserId: "u"), dataType: .json, payload: Array(#"{"a":1}"#.utf8))
         #expect(String(buffer: json.jsonFrameBytes) == json.jsonFrame(sequenceId: nil))
-        #expect(String(buffer: json.jsonFrameBytes) == #"{"type":"message","from":"group","group":"g","fromUserId":"u","dataType":"json","data":{"a":1}}"#)
+        #expect(
+            String(buffer: json.jsonFrameBytes) == #"{"type":"message","from":"group","group":"g","fromUserId":"u","dataType":"json","data":{"a":1}}"#
+        )
     }
 }

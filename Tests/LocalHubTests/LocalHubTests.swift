@@ -4,6 +4,7 @@ import BridgeTestSupport
 import Foundation
 import LocalHub
 import NIOCore
+import NIOHTTP1
 import Testing
 import WebPubSub
 
@@ -14,7 +15,8 @@ import WebPubSub
             defer { Task { try? await client.shutdown() } }
             let (a, aId) = try await connectClient(cs, user: "alice", groups: ["news"])
             let (b, bId) = try await connectClient(cs, user: "bob", subprotocol: "json.reliable.webpubsub.azure.v1")
-            let alice = try #require(aId), bob = try #require(bId)
+            let alice = try #require(aId)
+            let bob = try #require(bId)
 
             try await client.sendToGroup(hub: "chat", group: "news", payload: ByteBuffer(string: #"{"n": 1}"#), contentType: "application/json")
             let m = await a.expect(type: "message")
@@ -25,7 +27,8 @@ import WebPubSub
             let r = await b.expect(type: "message")
             #expect(r?["from"] == .string("server") && r?["data"] == .string("hi bob") && r?["sequenceId"] == .number("1"))
 
-            try await client.sendToAll(hub: "chat", payload: ByteBuffer(bytes: [1, 2, 3]), contentType: "application/octet-stream", filter: "userId eq 'alice'")
+            try await client.sendToAll(
+                hub: "chat", payload: ByteBuffer(bytes: [1, 2, 3]), contentType: "application/octet-stream", filter: "userId eq 'alice'")
             let bin = await a.expect(type: "message")
             #expect(bin?["dataType"] == .string("binary") && bin?["data"] == .string("AQID"))
 
@@ -34,7 +37,7 @@ import WebPubSub
             #expect(try await client.groupExists(hub: "chat", group: "news"))
             #expect(try await !client.groupExists(hub: "chat", group: "empty"))
             try await client.addConnectionToGroup(hub: "chat", group: "g2", connectionId: bob)
-            #expect(try await client.listConnections(hub: "chat", group: "g2") .map { "\($0.connectionId) \($0.userId ?? "")" } == ["\(bob) bob"])
+            #expect(try await client.listConnections(hub: "chat", group: "g2").map { "\($0.connectionId) \($0.userId ?? "")" } == ["\(bob) bob"])
             try await client.addConnectionsToGroups(hub: "chat", groups: ["filtered"], filter: "userId eq 'alice'")
             #expect(try await client.listConnections(hub: "chat", group: "filtered").map(\.connectionId) == [alice])
             try await client.removeConnectionsFromGroups(hub: "chat", groups: ["filtered"], filter: "userId eq 'alice'")
@@ -93,7 +96,9 @@ import WebPubSub
             var throttled: [WebPubSubError] = []
             let started = ContinuousClock.now
             for _ in 0..<20 {
-                do { try await client.sendToAll(hub: "chat", payload: ByteBuffer(string: "x"), contentType: "text/plain") } catch let error as WebPubSubError { throttled.append(error) }
+                do { try await client.sendToAll(hub: "chat", payload: ByteBuffer(string: "x"), contentType: "text/plain") } catch let error
+                    as WebPubSubError
+                { throttled.append(error) }
             }
             let elapsed = ContinuousClock.now - started
             try await client.shutdown()
@@ -187,9 +192,13 @@ import WebPubSub
     @Test func invalidTokensAre401() async throws {
         try await withHub { _, cs in
             let now = Date()
-            let expired = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60), now: now.addingTimeInterval(-3600))
-            let wrongKey = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: AccessKey("other"), userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
-            let wrongHub = try ClientAccess.make(endpoint: cs.endpoint, hub: "other", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
+            let expired = try ClientAccess.make(
+                endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60),
+                now: now.addingTimeInterval(-3600))
+            let wrongKey = try ClientAccess.make(
+                endpoint: cs.endpoint, hub: "chat", key: AccessKey("other"), userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
+            let wrongHub = try ClientAccess.make(
+                endpoint: cs.endpoint, hub: "other", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
             let chatURL = cs.endpoint.replacingOccurrences(of: "http://", with: "ws://") + "/client/hubs/chat"
             for url in [expired.url, wrongKey.url, chatURL + "?access_token=" + wrongHub.token, chatURL + "?access_token=garbage", chatURL] {
                 await #expect(throws: (any Error).self, "\(url)") { _ = try await TestWebSocket.connect(url, subprotocol: "json.webpubsub.azure.v1") }
@@ -197,7 +206,8 @@ import WebPubSub
                 let http = HTTPClient(eventLoopGroupProvider: .singleton)
                 var request = HTTPClientRequest(url: url.replacingOccurrences(of: "ws://", with: "http://"))
                 request.headers.add(contentsOf: [
-                    ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                    ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
+                    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
                 ])
                 let response = try await http.execute(request, timeout: .seconds(10))
                 let body = String(buffer: try await response.body.collect(upTo: 65536))
@@ -209,7 +219,8 @@ import WebPubSub
 
     @Test func unknownReconnectionIsAcceptedThenClosedWith1008() async throws {
         try await withHub { _, cs in
-            let access = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
+            let access = try ClientAccess.make(
+                endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
             let socket = try await TestWebSocket.connect(
                 access.url + "&awps_connection_id=nope&awps_reconnection_token=nope", subprotocol: "json.reliable.webpubsub.azure.v1")
             #expect(await socket.next(timeout: .seconds(30)) == .closed(1008))
@@ -227,7 +238,9 @@ import WebPubSub
             switch request.headers["ce-eventname"] {
             case "connect":
                 if rejectConnect { return .init(status: 401, body: "go away") }
-                return .init(status: 200, headers: ["ce-connectionState": "c3RhdGU="], body: #"{"userId":"named-by-handler","groups":["vip"],"roles":["webpubsub.sendToGroup"]}"#)
+                return .init(
+                    status: 200, headers: ["ce-connectionState": "c3RhdGU="],
+                    body: #"{"userId":"named-by-handler","groups":["vip"],"roles":["webpubsub.sendToGroup"]}"#)
             case "echo":
                 return .init(status: 200, headers: ["Content-Type": "text/plain; charset=utf-8"], body: "echo: " + request.bodyText)
             default:
@@ -240,10 +253,11 @@ import WebPubSub
         let handler = handlerServer()
         try await handler.start()
         defer { Task { await handler.stop() } }
-        try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: "http://127.0.0.1:\(handler.port)/eventhandler/{event}")] }) { _, cs in
+        try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: "http://127.0.0.1:\(handler.port)/eventhandler/{event}")] })
+        { _, cs in
             let (socket, connectionId) = try await connectClient(cs, user: "token-user")
             let id = try #require(connectionId)
-            let connected = await socket.drain()
+            let connected = socket.drain()
             _ = connected
             socket.send(#"{"type":"event","event":"echo","dataType":"text","data":"hello","ackId":1}"#)
             let reply = await socket.expect(type: "message")
@@ -288,7 +302,8 @@ import WebPubSub
         try await handler.start()
         defer { Task { await handler.stop() } }
         try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: "http://127.0.0.1:\(handler.port)/{event}")] }) { _, cs in
-            let access = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
+            let access = try ClientAccess.make(
+                endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
             await #expect(throws: (any Error).self) { _ = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1") }
             #expect(!handler.requests.contains { $0.headers["ce-eventname"] == "connected" })
         }
@@ -301,8 +316,11 @@ import WebPubSub
         try await handler.start()
         defer { Task { await handler.stop() } }
         try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: "http://127.0.0.1:\(handler.port)/{event}")] }) { _, cs in
-            let access = try ClientAccess.make(endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
-            let error = await #expect(throws: (any Error).self) { _ = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1") }
+            let access = try ClientAccess.make(
+                endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60))
+            let error = await #expect(throws: (any Error).self) {
+                _ = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1")
+            }
             // Refused at the upgrade after the handshake failed, not a connection refused.
             #expect(error.map { "\($0)".contains("upgrade failed") } == true, "\(String(describing: error))")
             #expect(!handler.requests.isEmpty && handler.requests.allSatisfy { $0.method == "OPTIONS" }, "\(handler.requests)")
@@ -331,7 +349,7 @@ import WebPubSub
             $0.upstreamRetryBackoff = .milliseconds(10)
         }) { _, cs in
             let (socket, _) = try await connectClient(cs, user: "u")
-            _ = await socket.drain()
+            _ = socket.drain()
             socket.send(#"{"type":"event","event":"big","dataType":"text","data":"x","ackId":1}"#)
             let bigAck = await socket.expect(type: "ack")
             #expect(bigAck?["success"] == .bool(false), "\(String(describing: bigAck))")

@@ -2,10 +2,12 @@ import AsyncHTTPClient
 import BridgeJSON
 import BridgeTestSupport
 import Foundation
-@testable import LocalHub
 import NIOCore
+import NIOHTTP1
 import Testing
 import WebPubSub
+
+@testable import LocalHub
 
 /// `GET /negotiate` signs a client token for whoever asks: only when the hub was started with
 /// it, and only within the service's name rules.

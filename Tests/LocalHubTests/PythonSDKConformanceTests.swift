@@ -1,4 +1,5 @@
 import BridgeTestSupport
+import LocalHub
 import Testing
 
 /// The official `azure-messaging-webpubsubservice` and `azure-messaging-webpubsubclient`
@@ -12,7 +13,9 @@ import Testing
                 python, [TestEnvironment.packageRoot + "/Tests/python/hub_conformance.py", try await hub.connectionString()], timeout: 300)
             let report = result.stdout.split(separator: "\n").filter { $0.hasPrefix("PASS") || $0.hasPrefix("FAIL") }
             #expect(report.count == 8, "\(result.stdout)\n\(result.stderr)")
-            #expect(result.status == 0, "\(result.stdout)\n\(result.stderr.split(separator: "\n").filter { !$0.contains("Warning") }.suffix(30).joined(separator: "\n"))")
+            #expect(
+                result.status == 0,
+                "\(result.stdout)\n\(result.stderr.split(separator: "\n").filter { !$0.contains("Warning") }.suffix(30).joined(separator: "\n"))")
         }
     }
 }

@@ -3,6 +3,7 @@ import Foundation
 import LocalHub
 import Testing
 import WebPubSub
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,9 +15,11 @@ import Glibc
             endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "raw", roles: [], groups: [], expiresIn: .seconds(600))
         let url = try #require(URL(string: access.url))
         let socket = try RawSocket(port: try #require(url.port))
-        socket.write(Array((
-            "GET \(url.path)?\(try #require(url.query)) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: \(subprotocol)\r\n\r\n").utf8))
+        socket.write(
+            Array(
+                ("GET \(url.path)?\(try #require(url.query)) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: \(subprotocol)\r\n\r\n")
+                    .utf8))
         let head = try #require(await socket.readHead())
         try #require(head.hasPrefix("HTTP/1.1 101"), "\(head)")
         return socket
@@ -40,15 +43,22 @@ import Glibc
             socket.sendFrame(opcode: 0x1, Array(#"{"type":"ping"}"#.utf8))
             var pong = false
             while let frame = await socket.readFrame() {
-                if frame.opcode == 0x1, String(decoding: frame.payload, as: UTF8.self).contains("pong") { pong = true; break }
+                if frame.opcode == 0x1, String(decoding: frame.payload, as: UTF8.self).contains("pong") {
+                    pong = true
+                    break
+                }
             }
             #expect(pong, "the hub answers a valid frame")
             // 0xC3 0x28: a two-byte sequence whose second byte is not a continuation byte,
             // inside a JSON string.
             socket.sendFrame(opcode: 0x1, Array(#"{"type":"ping","x":""#.utf8) + [0xC3, 0x28] + Array(#""}"#.utf8))
-            var code: Int?, ponged = false
+            var code: Int?
+            var ponged = false
             while let frame = await socket.readFrame() {
-                if frame.opcode == 0x8 { code = frame.payload.count >= 2 ? Int(frame.payload[0]) << 8 | Int(frame.payload[1]) : 0; break }
+                if frame.opcode == 0x8 {
+                    code = frame.payload.count >= 2 ? Int(frame.payload[0]) << 8 | Int(frame.payload[1]) : 0
+                    break
+                }
                 if String(decoding: frame.payload, as: UTF8.self).contains("pong") { ponged = true }
             }
             #expect(code == 1007 && !ponged, "close code: \(String(describing: code)), answered: \(ponged)")

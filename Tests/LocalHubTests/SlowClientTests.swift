@@ -49,7 +49,9 @@ import WebPubSub
         let access = try ClientAccess.make(
             endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: user, roles: [], groups: groups, expiresIn: .seconds(600))
         let url = try #require(URL(string: access.url))
-        let host = try #require(url.host), port = try #require(url.port), query = try #require(url.query)
+        let host = try #require(url.host)
+        let port = try #require(url.port)
+        let query = try #require(url.query)
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(ChannelOptions.autoRead, value: false)
             .channelOption(ChannelOptions.socketOption(.so_rcvbuf), value: 8192)

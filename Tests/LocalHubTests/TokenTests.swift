@@ -43,7 +43,9 @@ import WebPubSub
     @Test func theRESTAPIRefusesBadTokens() async throws {
         try await withHub { _, cs in
             let url = cs.endpoint + "/api/hubs/chat/:send?api-version=2024-12-01"
-            let good = Self.token(header: #"{"alg":"HS256","typ":"JWT"}"#, claims: [("aud", .string(url)), ("exp", .number(String(Int(Date().timeIntervalSince1970) + 600)))])
+            let good = Self.token(
+                header: #"{"alg":"HS256","typ":"JWT"}"#,
+                claims: [("aud", .string(url)), ("exp", .number(String(Int(Date().timeIntervalSince1970) + 600)))])
             #expect(try await Self.post(cs.endpoint, token: good).0 == 202, "the control token is accepted")
             for (what, token) in Self.badTokens(audience: url) {
                 let (status, body) = try await Self.post(cs.endpoint, token: token)
@@ -54,7 +56,10 @@ import WebPubSub
             for other in ["/api/hubs/chat/groups/g/:send", "/api/hubs/other/:send"] {
                 let scoped = Self.token(
                     header: #"{"alg":"HS256","typ":"JWT"}"#,
-                    claims: [("aud", .string(cs.endpoint + other + "?api-version=2024-12-01")), ("exp", .number(String(Int(Date().timeIntervalSince1970) + 600)))])
+                    claims: [
+                        ("aud", .string(cs.endpoint + other + "?api-version=2024-12-01")),
+                        ("exp", .number(String(Int(Date().timeIntervalSince1970) + 600))),
+                    ])
                 let (status, body) = try await Self.post(cs.endpoint, token: scoped)
                 #expect(status == 401 && body.contains("audience"), "\(other): \(status) \(body)")
             }
@@ -65,7 +70,9 @@ import WebPubSub
         try await withHub { _, cs in
             let audience = cs.endpoint.lowercased() + "/client/hubs/chat"
             let base = cs.endpoint.replacingOccurrences(of: "http://", with: "ws://") + "/client/hubs/chat?access_token="
-            let good = Self.token(header: #"{"alg":"HS256","typ":"JWT"}"#, claims: [("aud", .string(audience)), ("exp", .number(String(Int(Date().timeIntervalSince1970) + 600)))])
+            let good = Self.token(
+                header: #"{"alg":"HS256","typ":"JWT"}"#,
+                claims: [("aud", .string(audience)), ("exp", .number(String(Int(Date().timeIntervalSince1970) + 600)))])
             let socket = try await TestWebSocket.connect(base + good, subprotocol: "json.webpubsub.azure.v1")
             #expect(await socket.expect(type: "system", event: "connected") != nil, "the control token connects")
             for (what, token) in Self.badTokens(audience: audience) {

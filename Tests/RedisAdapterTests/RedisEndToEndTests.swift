@@ -38,7 +38,8 @@ import Testing
         #expect(try await eventually { try await subscribers(redis, channel: "orders") == 1 }, "\(bridge.logTail)")
         let pretty = "{\n  \"order\": 42,\n  \"note\": \"two  spaces\\nand a line\"\n}\n"
         _ = try await redis.cli("PUBLISH", "orders", pretty)
-        #expect(await eventually { ((try? String(contentsOfFile: dir + "/dead.ndjson", encoding: .utf8)) ?? "").hasSuffix("\n") }, "\(bridge.logTail)")
+        #expect(
+            await eventually { ((try? String(contentsOfFile: dir + "/dead.ndjson", encoding: .utf8)) ?? "").hasSuffix("\n") }, "\(bridge.logTail)")
         bridge.terminate()
         #expect(await bridge.exitStatus() == 0)
         let dead = try String(contentsOfFile: dir + "/dead.ndjson", encoding: .utf8)
@@ -46,12 +47,12 @@ import Testing
 
         let replayDir = try TestEnvironment.temporaryDirectory()
         try """
-            webpubsub:
-              connectionString: "\(hub.connectionString)"
-            sources: [{name: replay, type: stdin}]
-            deadLetter: {type: file, path: \(replayDir)/dead.ndjson}
-            routes: [{from: replay, to: [{hub: chat, group: replayed}]}]
-            """.write(toFile: replayDir + "/bridge.yaml", atomically: true, encoding: .utf8)
+        webpubsub:
+          connectionString: "\(hub.connectionString)"
+        sources: [{name: replay, type: stdin}]
+        deadLetter: {type: file, path: \(replayDir)/dead.ndjson}
+        routes: [{from: replay, to: [{hub: chat, group: replayed}]}]
+        """.write(toFile: replayDir + "/bridge.yaml", atomically: true, encoding: .utf8)
         let replay = try await runProcess(try TestEnvironment.bridgeBinary(), ["run", "-c", replayDir + "/bridge.yaml"], input: dead)
         #expect(replay.status == 0, "\(replay.stderr.suffix(2000))")
         let got = await subscriber.messages(1)
@@ -142,7 +143,9 @@ import Testing
         }
         let distinct = Set(numbers(got))
         #expect(distinct.count == count, "missing \(Set(0..<count).subtracting(distinct).sorted().prefix(20)); \(second.logTail)")
-        print("redis stream kill test: \(beforeKill) delivered before SIGKILL, \(got.count) in all, \(got.count - distinct.count) duplicates of \(count)")
+        print(
+            "redis stream kill test: \(beforeKill) delivered before SIGKILL, \(got.count) in all, \(got.count - distinct.count) duplicates of \(count)"
+        )
         second.terminate()
         #expect(await second.exitStatus() == 0)
         // Everything was acknowledged.

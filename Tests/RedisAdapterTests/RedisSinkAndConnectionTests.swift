@@ -1,11 +1,12 @@
 import BridgeCore
 import BridgeTestSupport
 import Foundation
-import Synchronization
 import Logging
 import NIOCore
-@testable import RedisAdapter
+import Synchronization
 import Testing
+
+@testable import RedisAdapter
 
 let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
 
@@ -61,7 +62,8 @@ func readSource(_ factory: any SourceFactory, _ yaml: String) -> ((any SourceAda
 
         let (publish, issues) = readSink(RedisPublishSinkFactory(), "url: \(redis.url)\nchannel: \"chat-{header.hub}\"\n")
         #expect(issues.isEmpty, "\(issues)")
-        let record = SinkRecord(payload: ByteBuffer(string: #"{"text":"hi"}"#), dataType: .json, key: "u1", headers: ["hub": "lobby", "ce-type": "message"])
+        let record = SinkRecord(
+            payload: ByteBuffer(string: #"{"text":"hi"}"#), dataType: .json, key: "u1", headers: ["hub": "lobby", "ce-type": "message"])
         try await #require(publish).write(record)
         let received = Mutex(Data())
         let reader = Task.detached {

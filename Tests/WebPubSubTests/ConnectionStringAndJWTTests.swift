@@ -1,6 +1,7 @@
 import BridgeJSON
 import Foundation
 import Testing
+
 @testable import WebPubSub
 
 @Suite struct ConnectionStringTests {

@@ -1,7 +1,9 @@
 import AsyncHTTPClient
 import AzureIdentity
+import BridgeJSON
 import BridgeTestSupport
 import Foundation
+import Logging
 import NIOCore
 import Testing
 import WebPubSub

@@ -3,6 +3,7 @@ import BridgeTestSupport
 import Foundation
 import NIOCore
 import Testing
+
 @testable import WebPubSub
 
 /// Names taken from messages (`{json.userId}`) end up in request paths: each must stay one
@@ -86,12 +87,14 @@ import Testing
         let list = JSONValue.array(names.map { .string($0) }).serialized
         try await withRecordingServer { sdkServer in
             try await withRecordingServer { ourServer in
-                let result = try await runProcess(python, [TestEnvironment.packageRoot + "/Tests/python/sdk_conformance.py", "names", sdkServer.connectionString, "chat", list])
+                let result = try await runProcess(
+                    python, [TestEnvironment.packageRoot + "/Tests/python/sdk_conformance.py", "names", sdkServer.connectionString, "chat", list])
                 #expect(result.status == 0, "the SDK failed: \(result.stderr)")
                 let c = try client(ourServer)
                 for name in names { try await callWithName(c, name) }
                 try await c.shutdown()
-                let theirs = sdkServer.requests, ours = ourServer.requests
+                let theirs = sdkServer.requests
+                let ours = ourServer.requests
                 #expect(theirs.count == names.count * 5)
                 #expect(ours.count == theirs.count)
                 for (sdk, us) in zip(theirs, ours) {

@@ -2,6 +2,7 @@ import BridgeJSON
 import BridgeTestSupport
 import Foundation
 import Testing
+
 @testable import WebPubSub
 
 /// Our tokens and requests against those of the official `azure-messaging-webpubsubservice`

@@ -4,6 +4,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import Testing
+
 @testable import WebPubSub
 
 /// The REST client against a real HTTP server that checks each request's JWT.
@@ -76,7 +77,8 @@ import Testing
     @Test func messageTTLGoesInTheQuery() async throws {
         try await withRecordingServer { server in
             let c = try client(server)
-            try await c.sendToConnection(hub: "h", connectionId: "c", payload: ByteBuffer(string: "x"), contentType: "text/plain", messageTTLSeconds: 10)
+            try await c.sendToConnection(
+                hub: "h", connectionId: "c", payload: ByteBuffer(string: "x"), contentType: "text/plain", messageTTLSeconds: 10)
             try await c.sendToGroup(hub: "h", group: "g", payload: ByteBuffer(string: "x"), contentType: "text/plain", messageTTLSeconds: 300)
             #expect(server.requests.map { $0.queryValues("messageTtlSeconds") } == [["10"], ["300"]])
             try await c.shutdown()

@@ -1,6 +1,6 @@
 import BridgeObservability
 import CoreMetrics
-import Logging
+public import Logging
 import Synchronization
 
 /// Exponential backoff: the first wait is `initial`, each next one twice the last, at most

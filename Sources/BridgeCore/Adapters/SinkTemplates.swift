@@ -1,7 +1,8 @@
 extension Template {
     /// Renders the template over a sink record: `{key}`, `{header.NAME}`, `{json.PATH}`.
     public func render(_ record: SinkRecord) throws(TemplateResolutionError) -> String {
-        let message = Message(payload: record.payload, dataType: record.dataType, key: record.key, headers: record.headers, origin: Origin(source: "sink"))
+        let message = Message(
+            payload: record.payload, dataType: record.dataType, key: record.key, headers: record.headers, origin: Origin(source: "sink"))
         return try render(MessageContext(message))
     }
 }

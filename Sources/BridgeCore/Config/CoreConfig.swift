@@ -156,7 +156,9 @@ public struct CoreConfig: Sendable {
     /// Warns about each source that no route reads and that is not in `readElsewhere`.
     public func warnUnreadSources(_ root: ConfigMapping, readElsewhere: Set<String> = []) {
         for source in sources where !routes.contains(where: { $0.source == source.name }) && !readElsewhere.contains(source.name) {
-            root.reader.warn("source '\(source.name)' is not read by any route: its messages are acknowledged and dropped", path: "sources", mark: root.value("sources")?.mark)
+            root.reader.warn(
+                "source '\(source.name)' is not read by any route: its messages are acknowledged and dropped", path: "sources",
+                mark: root.value("sources")?.mark)
         }
     }
 
@@ -260,7 +262,11 @@ public struct CoreConfig: Sendable {
                 }
             case "group":
                 if let g = t.template("group") {
-                    if g.isConstant, let problem = WebPubSubNames.groupProblem(g.text) { t.value("group")?.report(problem) } else { recipient = .group(g) }
+                    if g.isConstant, let problem = WebPubSubNames.groupProblem(g.text) {
+                        t.value("group")?.report(problem)
+                    } else {
+                        recipient = .group(g)
+                    }
                 }
             case "user":
                 if let u = t.template("user") {

@@ -1,6 +1,6 @@
 import BridgeObservability
 import CoreMetrics
-import Synchronization
+public import Synchronization
 
 /// Paces sends to what the service accepts, once it has said "too many requests" (429).
 ///

@@ -1,9 +1,10 @@
 import BridgeObservability
+import CoreMetrics
 import Foundation
 public import Logging
 import NIOCore
 import ServiceLifecycle
-import Synchronization
+public import Synchronization
 
 /// Counters of what the dispatcher did, for logs, the progress line and tests.
 public final class DispatchStats: Sendable {
@@ -89,7 +90,9 @@ public final class Dispatcher: Sendable {
             routesBySource = bySource
             self.deadLetter = deadLetter
             targetMetrics = routes.map { route in
-                route.targets.map { TargetMetrics(route: route.name, target: $0.description) } + [TargetMetrics(route: route.name, target: "rejected input")]
+                route.targets.map { TargetMetrics(route: route.name, target: $0.description) } + [
+                    TargetMetrics(route: route.name, target: "rejected input")
+                ]
             }
         }
 
@@ -266,7 +269,8 @@ public final class Dispatcher: Sendable {
             guard old.closed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
             for sink in old.sinks {
                 do { try await sink.close() } catch {
-                    logger.error("replaced dead-letter sink could not be closed", metadata: [LogKey.sink: "\(sink.description)", LogKey.error: "\(error)"])
+                    logger.error(
+                        "replaced dead-letter sink could not be closed", metadata: [LogKey.sink: "\(sink.description)", LogKey.error: "\(error)"])
                 }
             }
         }
@@ -274,7 +278,9 @@ public final class Dispatcher: Sendable {
             if start(source) {
                 logger.info("source started by a reload", metadata: [LogKey.source: "\(source.name)"])
             } else {
-                logger.error("source not started by the reload: one of that name still runs, or the bridge is stopping", metadata: [LogKey.source: "\(source.name)"])
+                logger.error(
+                    "source not started by the reload: one of that name still runs, or the bridge is stopping",
+                    metadata: [LogKey.source: "\(source.name)"])
             }
         }
         return sources.isStopping ? .interrupted : .applied
@@ -447,7 +453,9 @@ public final class Dispatcher: Sendable {
                 if let (condition, waited) = conditions.accepted(route: job.route.name) {
                     logger.notice(
                         "route \(job.route.name): Web PubSub accepts sends again",
-                        metadata: [LogKey.route: "\(job.route.name)", LogKey.waited: "\(waited)", LogKey.condition: "\(RouteConditions.summary(condition))"])
+                        metadata: [
+                            LogKey.route: "\(job.route.name)", LogKey.waited: "\(waited)", LogKey.condition: "\(RouteConditions.summary(condition))",
+                        ])
                 }
                 stats.delivered.add(1, ordering: .relaxed)
                 job.metrics.delivered.increment()
@@ -523,7 +531,8 @@ public final class Dispatcher: Sendable {
             job.metrics.dropped.increment()
             logger.error(
                 (route.deadLetter ?? job.fallbackDeadLetter) is DropSink
-                    ? "delivery failed; message dropped (deadLetter: {type: drop})" : "delivery failed; no deadLetter sink is configured, message dropped",
+                    ? "delivery failed; message dropped (deadLetter: {type: drop})"
+                    : "delivery failed; no deadLetter sink is configured, message dropped",
                 metadata: metadata)
             return .done
         }

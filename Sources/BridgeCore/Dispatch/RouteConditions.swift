@@ -141,7 +141,8 @@ public final class RouteConditions: HealthReporting, Sendable {
         let fix: String
         switch condition {
         case .refused(401, _):
-            fix = "the access key is wrong or was rotated, or the token is invalid: give the current key (connection string, accessKeyFile) and reload (SIGHUP)"
+            fix =
+                "the access key is wrong or was rotated, or the token is invalid: give the current key (connection string, accessKeyFile) and reload (SIGHUP)"
         case .refused(_, _):
             fix = "the identity is not allowed: give it the 'Web PubSub Service Owner' role on the resource (or use a key that is enabled)"
         case .unavailable:

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 public import NIOCore
 
 /// How a payload is to be read: the three data types of Web PubSub.

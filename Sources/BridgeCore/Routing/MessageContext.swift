@@ -1,4 +1,5 @@
 public import BridgeJSON
+import NIOCore
 import ODataFilter
 
 struct FieldError: Error {

@@ -74,7 +74,8 @@ public enum MessageField: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    static let names = "key, header.NAME, json.PATH, source, topic, channel, pattern, stream, partition, offset, dataType, userId, connectionId, hub, event, group"
+    static let names =
+        "key, header.NAME, json.PATH, source, topic, channel, pattern, stream, partition, offset, dataType, userId, connectionId, hub, event, group"
 }
 
 /// Why a template could not be rendered for a message.
