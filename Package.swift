@@ -38,6 +38,8 @@ let package = Package(
         .target(name: "ODataFilter", swiftSettings: swiftSettings),
         // A JSON value type that keeps numbers as written, with a fast parser: payloads are forwarded byte for byte.
         .target(name: "BridgeJSON", swiftSettings: swiftSettings),
+        // What the Web PubSub service defines that every side of it checks: the name rules.
+        .target(name: "WebPubSubProtocol", swiftSettings: swiftSettings),
         // Log keys, metric names and log throttling: what every module logs and counts with.
         .target(
             name: "BridgeObservability",
@@ -47,7 +49,7 @@ let package = Package(
         .target(
             name: "BridgeCore",
             dependencies: [
-                "BridgeObservability", "ODataFilter", "BridgeJSON",
+                "WebPubSubProtocol", "BridgeObservability", "ODataFilter", "BridgeJSON",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -75,7 +77,7 @@ let package = Package(
         .target(
             name: "WebPubSub",
             dependencies: [
-                "BridgeObservability", "BridgeCore", "BridgeJSON", "AzureIdentity", "BridgeCrypto",
+                "WebPubSubProtocol", "BridgeObservability", "BridgeJSON", "AzureIdentity", "BridgeCrypto",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -137,7 +139,7 @@ let package = Package(
         .target(
             name: "LocalHub",
             dependencies: [
-                "BridgeObservability", "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub", "ODataFilter", "HTTPGuards",
+                "WebPubSubProtocol", "BridgeObservability", "BridgeJSON", "BridgeCrypto", "WebPubSub", "ODataFilter", "HTTPGuards",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -156,7 +158,7 @@ let package = Package(
         .target(
             name: "BridgeServer",
             dependencies: [
-                "BridgeObservability", "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub", "HTTPGuards",
+                "WebPubSubProtocol", "BridgeObservability", "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub", "HTTPGuards",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -170,7 +172,7 @@ let package = Package(
         .target(
             name: "GroupListener",
             dependencies: [
-                "BridgeObservability", "BridgeCore", "BridgeJSON", "WebPubSub",
+                "WebPubSubProtocol", "BridgeObservability", "BridgeCore", "BridgeJSON", "WebPubSub",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -185,7 +187,8 @@ let package = Package(
         .target(
             name: "BridgeApp",
             dependencies: [
-                "BridgeObservability", "BridgeCore", "BridgeJSON", "WebPubSub", "AzureIdentity", "StdioAdapter", "KafkaAdapter", "RedisAdapter",
+                "WebPubSubProtocol", "BridgeObservability", "BridgeCore", "BridgeJSON", "WebPubSub", "AzureIdentity", "StdioAdapter", "KafkaAdapter",
+                "RedisAdapter",
                 "LocalHub", "BridgeServer",
                 "GroupListener", "HTTPGuards",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -200,7 +203,7 @@ let package = Package(
         .executableTarget(
             name: "wps-bridge",
             dependencies: [
-                "BridgeObservability", "CMalloc",
+                "WebPubSubProtocol", "BridgeObservability", "CMalloc",
                 "BridgeApp", "BridgeCore", "BridgeCrypto", "WebPubSub", "AzureIdentity", "LocalHub", "KafkaAdapter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,7 +1,7 @@
-public import Logging
+package import Logging
 
 /// `webpubsub.credential` (and the CLI's `--credential`): which Entra ID credential to use.
-public enum CredentialSettings: Sendable, Equatable {
+package enum CredentialSettings: Sendable, Equatable {
     /// `managedIdentity`: `clientId` picks a user-assigned identity; `endpoint` overrides the IMDS address.
     case managedIdentity(clientId: String?, endpoint: String?)
     /// `workloadIdentity`: each field defaults to its `AZURE_*` variable.
@@ -12,9 +12,9 @@ public enum CredentialSettings: Sendable, Equatable {
     case `default`(managedIdentityClientId: String?)
 
     /// The names `type:` takes (besides `accessKey`).
-    public static let typeNames = ["managedIdentity", "workloadIdentity", "clientSecret", "default"]
+    package static let typeNames = ["managedIdentity", "workloadIdentity", "clientSecret", "default"]
 
-    public var typeName: String {
+    package var typeName: String {
         switch self {
         case .managedIdentity: "managedIdentity"
         case .workloadIdentity: "workloadIdentity"
@@ -24,7 +24,7 @@ public enum CredentialSettings: Sendable, Equatable {
     }
 
     /// The credential; fails (``IdentityError/Kind/unavailable``) when a workload identity lacks its settings.
-    public func make(environment: [String: String], logger: Logger) throws(IdentityError) -> any TokenCredential {
+    package func make(environment: [String: String], logger: Logger) throws(IdentityError) -> any TokenCredential {
         switch self {
         case .managedIdentity(let clientId, let endpoint):
             return ManagedIdentityCredential(clientId: clientId, environment: environment, imdsHost: endpoint)
@@ -43,7 +43,7 @@ public enum CredentialSettings: Sendable, Equatable {
 
 extension CredentialSettings: CustomStringConvertible {
     /// Names the type and ids, never the secret.
-    public var description: String {
+    package var description: String {
         switch self {
         case .managedIdentity(let clientId, _): "managedIdentity" + (clientId.map { " (client id \($0))" } ?? "")
         case .workloadIdentity(_, let clientId, _, _): "workloadIdentity" + (clientId.map { " (client id \($0))" } ?? "")

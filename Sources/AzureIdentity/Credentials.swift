@@ -1,30 +1,30 @@
 import BridgeJSON
 import BridgeObservability
 import Foundation
-public import Logging
+package import Logging
 import NIOHTTP1
 import Synchronization
 
 /// Entra ID's public cloud; `AZURE_AUTHORITY_HOST` or `authorityHost` name another.
-public let defaultAuthorityHost = "https://login.microsoftonline.com"
+package let defaultAuthorityHost = "https://login.microsoftonline.com"
 
 /// The OAuth2 client-credentials grant at `{authorityHost}/{tenant}/oauth2/v2.0/token`, with a
 /// client secret or a client assertion (a federated token read from a file).
-public struct ClientCredentialsFlow: Sendable {
-    public enum Proof: Sendable {
+package struct ClientCredentialsFlow: Sendable {
+    package enum Proof: Sendable {
         /// A secret (the config's, read when it was loaded).
         case secret(@Sendable () throws(IdentityError) -> String)
         /// A signed assertion read from this file each time (Kubernetes rotates it).
         case assertionFile(String)
     }
 
-    public var tenantId: String
-    public var clientId: String
-    public var authorityHost: String
-    public var proof: Proof
+    package var tenantId: String
+    package var clientId: String
+    package var authorityHost: String
+    package var proof: Proof
     var http = IdentityHTTP()
 
-    public init(tenantId: String, clientId: String, authorityHost: String?, proof: Proof) {
+    package init(tenantId: String, clientId: String, authorityHost: String?, proof: Proof) {
         self.tenantId = tenantId
         self.clientId = clientId
         var host = authorityHost ?? defaultAuthorityHost
@@ -33,7 +33,7 @@ public struct ClientCredentialsFlow: Sendable {
         self.proof = proof
     }
 
-    public var tokenURL: String { "\(authorityHost)/\(tenantId)/oauth2/v2.0/token" }
+    package var tokenURL: String { "\(authorityHost)/\(tenantId)/oauth2/v2.0/token" }
 
     func getToken(scope: String, what: String) async throws(IdentityError) -> AccessToken {
         guard authorityHost.lowercased().hasPrefix("https://") || isLoopback(authorityHost) else {
@@ -60,15 +60,15 @@ public struct ClientCredentialsFlow: Sendable {
 }
 
 /// `credential: {type: clientSecret, tenantId, clientId, clientSecret | clientSecretFile}`.
-public struct ClientSecretCredential: TokenCredential {
-    public let name = "clientSecret"
-    public let flow: ClientCredentialsFlow
+package struct ClientSecretCredential: TokenCredential {
+    package let name = "clientSecret"
+    package let flow: ClientCredentialsFlow
 
-    public init(tenantId: String, clientId: String, authorityHost: String? = nil, secret: @escaping @Sendable () throws(IdentityError) -> String) {
+    package init(tenantId: String, clientId: String, authorityHost: String? = nil, secret: @escaping @Sendable () throws(IdentityError) -> String) {
         flow = ClientCredentialsFlow(tenantId: tenantId, clientId: clientId, authorityHost: authorityHost, proof: .secret(secret))
     }
 
-    public func getToken(scope: String) async throws(IdentityError) -> AccessToken {
+    package func getToken(scope: String) async throws(IdentityError) -> AccessToken {
         try await flow.getToken(scope: scope, what: name)
     }
 }
@@ -76,16 +76,16 @@ public struct ClientSecretCredential: TokenCredential {
 /// `credential: {type: workloadIdentity}`: AKS workload identity, a Kubernetes service-account
 /// token exchanged for an Entra ID token (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
 /// `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_AUTHORITY_HOST`, each overridable in the config).
-public struct WorkloadIdentityCredential: TokenCredential {
-    public let name = "workloadIdentity"
-    public let flow: ClientCredentialsFlow
+package struct WorkloadIdentityCredential: TokenCredential {
+    package let name = "workloadIdentity"
+    package let flow: ClientCredentialsFlow
 
-    public init(tenantId: String, clientId: String, tokenFile: String, authorityHost: String? = nil) {
+    package init(tenantId: String, clientId: String, tokenFile: String, authorityHost: String? = nil) {
         flow = ClientCredentialsFlow(tenantId: tenantId, clientId: clientId, authorityHost: authorityHost, proof: .assertionFile(tokenFile))
     }
 
     /// From the variables AKS sets; `unavailable` naming what is missing.
-    public static func fromEnvironment(
+    package static func fromEnvironment(
         _ environment: [String: String], tenantId: String? = nil, clientId: String? = nil, tokenFile: String? = nil,
         authorityHost: String? = nil
     ) throws(IdentityError) -> WorkloadIdentityCredential {
@@ -100,18 +100,18 @@ public struct WorkloadIdentityCredential: TokenCredential {
             tenantId: tenant, clientId: client, tokenFile: file, authorityHost: authorityHost ?? environment.nonEmpty("AZURE_AUTHORITY_HOST"))
     }
 
-    public func getToken(scope: String) async throws(IdentityError) -> AccessToken {
+    package func getToken(scope: String) async throws(IdentityError) -> AccessToken {
         try await flow.getToken(scope: scope, what: name)
     }
 }
 
 /// `credential: {type: environment}` and the first link of `default`: a client secret from
 /// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET` (and `AZURE_AUTHORITY_HOST`).
-public struct EnvironmentCredential: TokenCredential {
-    public let name = "environment"
+package struct EnvironmentCredential: TokenCredential {
+    package let name = "environment"
     let inner: ClientSecretCredential
 
-    public init(_ environment: [String: String]) throws(IdentityError) {
+    package init(_ environment: [String: String]) throws(IdentityError) {
         let tenant = environment.nonEmpty("AZURE_TENANT_ID")
         let client = environment.nonEmpty("AZURE_CLIENT_ID")
         let secret = environment.nonEmpty("AZURE_CLIENT_SECRET")
@@ -127,7 +127,7 @@ public struct EnvironmentCredential: TokenCredential {
             tenantId: tenant, clientId: client, authorityHost: environment.nonEmpty("AZURE_AUTHORITY_HOST"), secret: { secret })
     }
 
-    public func getToken(scope: String) async throws(IdentityError) -> AccessToken {
+    package func getToken(scope: String) async throws(IdentityError) -> AccessToken {
         try await inner.flow.getToken(scope: scope, what: name)
     }
 }
@@ -136,10 +136,10 @@ public struct EnvironmentCredential: TokenCredential {
 /// Container App. With `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` set (App Service, Container
 /// Apps, Functions) it asks that endpoint; otherwise the instance metadata service (IMDS) at
 /// 169.254.169.254, or `AZURE_POD_IDENTITY_AUTHORITY_HOST` / the `endpoint` setting.
-public struct ManagedIdentityCredential: TokenCredential {
-    public let name = "managedIdentity"
+package struct ManagedIdentityCredential: TokenCredential {
+    package let name = "managedIdentity"
 
-    public enum Source: Sendable, Equatable {
+    package enum Source: Sendable, Equatable {
         /// `GET {endpoint}?api-version=2019-08-01&resource=...` with `X-IDENTITY-HEADER`.
         case appService(endpoint: String, header: String)
         /// `GET {host}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=...` with `Metadata: true`.
@@ -148,16 +148,16 @@ public struct ManagedIdentityCredential: TokenCredential {
         case unsupported(String)
     }
 
-    public static let imdsHost = "http://169.254.169.254"
+    package static let imdsHost = "http://169.254.169.254"
 
-    public let clientId: String?
-    public let source: Source
+    package let clientId: String?
+    package let source: Source
     var http: IdentityHTTP
     /// In a chain: an IMDS that does not answer within a second means "no managed identity here".
     let probing: Bool
 
     /// - Parameter imdsHost: the IMDS address, from the config; it wins over the environment.
-    public init(clientId: String? = nil, environment: [String: String], imdsHost: String? = nil, probing: Bool = false) {
+    package init(clientId: String? = nil, environment: [String: String], imdsHost: String? = nil, probing: Bool = false) {
         self.clientId = clientId
         self.probing = probing
         func imds(_ raw: String) -> Source {
@@ -195,11 +195,11 @@ public struct ManagedIdentityCredential: TokenCredential {
     }
 
     /// The same credential for use once a chain chose it: full timeouts and retries.
-    public func withoutProbing() -> ManagedIdentityCredential {
+    package func withoutProbing() -> ManagedIdentityCredential {
         ManagedIdentityCredential(clientId: clientId, source: source, http: http, probing: false)
     }
 
-    public func getToken(scope: String) async throws(IdentityError) -> AccessToken {
+    package func getToken(scope: String) async throws(IdentityError) -> AccessToken {
         // Managed identity endpoints take a resource, not a scope.
         var resource = scope
         if resource.hasSuffix("/.default") { resource.removeLast("/.default".count) }
@@ -245,22 +245,22 @@ public struct ManagedIdentityCredential: TokenCredential {
 /// Tries credentials in order, as `DefaultAzureCredential` does: one that is not set up here
 /// (``IdentityError/Kind/unavailable``) passes to the next; one that is set up but fails ends
 /// the search. The first that works is used from then on, and named once in the log.
-public final class ChainedCredential: TokenCredential {
-    public let name: String
-    public let links: [@Sendable () -> Result<any TokenCredential, IdentityError>]
+package final class ChainedCredential: TokenCredential {
+    package let name: String
+    package let links: [@Sendable () -> Result<any TokenCredential, IdentityError>]
     let logger: Logger
     private let chosen = Mutex<(any TokenCredential)?>(nil)
 
     /// `links` are built lazily so that one that cannot be set up (a variable missing) is a
     /// reason in the error rather than a failure to start.
-    public init(name: String, links: [@Sendable () -> Result<any TokenCredential, IdentityError>], logger: Logger) {
+    package init(name: String, links: [@Sendable () -> Result<any TokenCredential, IdentityError>], logger: Logger) {
         self.name = name
         self.links = links
         self.logger = logger
     }
 
     /// environment -> workload identity -> managed identity.
-    public static func `default`(environment: [String: String], managedIdentityClientId: String? = nil, logger: Logger) -> ChainedCredential {
+    package static func `default`(environment: [String: String], managedIdentityClientId: String? = nil, logger: Logger) -> ChainedCredential {
         ChainedCredential(
             name: "default",
             links: [
@@ -274,7 +274,7 @@ public final class ChainedCredential: TokenCredential {
             ], logger: logger)
     }
 
-    public func getToken(scope: String) async throws(IdentityError) -> AccessToken {
+    package func getToken(scope: String) async throws(IdentityError) -> AccessToken {
         if let chosen = chosen.withLock({ $0 }) { return try await chosen.getToken(scope: scope) }
         var reasons: [String] = []
         for link in links {

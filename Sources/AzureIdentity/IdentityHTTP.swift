@@ -88,7 +88,7 @@ func isLoopback(_ url: String) -> Bool {
 
 /// Percent-encodes everything but RFC 3986 unreserved characters: form values here, and the
 /// Web PubSub client's path segments and query values (as the SDKs encode them).
-public func percentEncodeUnreserved(_ s: String) -> String {
+package func percentEncodeUnreserved(_ s: String) -> String {
     var out = ""
     out.reserveCapacity(s.utf8.count)
     let hex = Array("0123456789ABCDEF".utf8)
@@ -108,7 +108,7 @@ public func percentEncodeUnreserved(_ s: String) -> String {
 
 /// A failed request in words: `connect timeout`, `connection refused (...)`, ... (shared with
 /// the Web PubSub client).
-public func describeHTTPFailure(_ error: any Error) -> String {
+package func describeHTTPFailure(_ error: any Error) -> String {
     if let e = error as? HTTPClientError {
         switch e {
         case .connectTimeout: return "connect timeout"

@@ -1,17 +1,17 @@
-public import Foundation
+package import Foundation
 import Synchronization
 
 /// An Entra ID access token and when to stop using it.
-public struct AccessToken: Sendable {
+package struct AccessToken: Sendable {
     /// The bearer token. Never logged: `description` is redacted.
-    public var token: String
-    public var expiresOn: Date
+    package var token: String
+    package var expiresOn: Date
     /// When to get a new one (the identity endpoint's `refresh_in`, or a share of the lifetime).
-    public var refreshOn: Date
+    package var refreshOn: Date
     /// The last moment it is handed out: expiry less a margin for the request's trip.
-    public var usableUntil: Date
+    package var usableUntil: Date
 
-    public init(token: String, expiresOn: Date, refreshOn: Date? = nil, now: Date = Date()) {
+    package init(token: String, expiresOn: Date, refreshOn: Date? = nil, now: Date = Date()) {
         self.token = token
         self.expiresOn = expiresOn
         let lifetime = max(0, expiresOn.timeIntervalSince(now))
@@ -23,12 +23,12 @@ public struct AccessToken: Sendable {
 }
 
 extension AccessToken: CustomStringConvertible {
-    public var description: String { "AccessToken(***, expiresOn: \(expiresOn))" }
+    package var description: String { "AccessToken(***, expiresOn: \(expiresOn))" }
 }
 
 /// Something that obtains Entra ID tokens: a client secret, a federated workload identity, a
 /// managed identity, or a chain of those.
-public protocol TokenCredential: Sendable {
+package protocol TokenCredential: Sendable {
     /// A short name for logs: `clientSecret`, `workloadIdentity`, `managedIdentity`, ...
     var name: String { get }
     /// A new token for `scope` (e.g. `https://webpubsub.azure.com/.default`). Not cached: see ``TokenCache``.
@@ -36,8 +36,8 @@ public protocol TokenCredential: Sendable {
 }
 
 /// Why no token was obtained.
-public struct IdentityError: Error, Sendable, CustomStringConvertible {
-    public enum Kind: Sendable, Equatable {
+package struct IdentityError: Error, Sendable, CustomStringConvertible {
+    package enum Kind: Sendable, Equatable {
         /// The credential is not set up here (variables missing, no managed identity endpoint):
         /// a chain goes on to the next one.
         case unavailable
@@ -49,24 +49,24 @@ public struct IdentityError: Error, Sendable, CustomStringConvertible {
         case cancelled
     }
 
-    public let kind: Kind
-    public let message: String
+    package let kind: Kind
+    package let message: String
 
-    public init(_ kind: Kind, _ message: String) {
+    package init(_ kind: Kind, _ message: String) {
         self.kind = kind
         self.message = message
     }
 
-    public var description: String { message }
+    package var description: String { message }
 }
 
 /// Caches one scope's token and renews it before it expires: while the current token is still
 /// good a renewal runs in the background and callers keep using the old one; only one renewal
 /// runs at a time, however many callers wait for it. A caller that is cancelled stops waiting
 /// (the renewal goes on for the others).
-public final class TokenCache: Sendable {
-    public let credential: any TokenCredential
-    public let scope: String
+package final class TokenCache: Sendable {
+    package let credential: any TokenCredential
+    package let scope: String
     /// After a failed background renewal, how long to keep using the old token before trying
     /// again: this, or half the time the old token has left, whichever is shorter.
     let retryAfterFailure: TimeInterval
@@ -85,14 +85,14 @@ public final class TokenCache: Sendable {
 
     private let state = Mutex(State())
 
-    public init(credential: any TokenCredential, scope: String, retryAfterFailure: TimeInterval = 30) {
+    package init(credential: any TokenCredential, scope: String, retryAfterFailure: TimeInterval = 30) {
         self.credential = credential
         self.scope = scope
         self.retryAfterFailure = retryAfterFailure
     }
 
     /// A valid token: the cached one, or a new one when there is none still good.
-    public func token(now: Date = Date()) async throws(IdentityError) -> String {
+    package func token(now: Date = Date()) async throws(IdentityError) -> String {
         let cached: String? = state.withLock { s in
             guard let current = s.current, now < current.usableUntil else { return nil }
             if now >= current.refreshOn, !s.renewing {

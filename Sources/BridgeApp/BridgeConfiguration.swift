@@ -1,33 +1,34 @@
-public import AzureIdentity
-public import BridgeCore
-public import BridgeServer
-public import Foundation
+package import AzureIdentity
+package import BridgeCore
+package import BridgeServer
+import Foundation
 import GroupListener
 import HTTPGuards
 import KafkaAdapter
-public import LocalHub
-public import Logging
+package import LocalHub
+package import Logging
 import ODataFilter
 import RedisAdapter
 import StdioAdapter
-public import WebPubSub
+package import WebPubSub
+import WebPubSubProtocol
 
 /// Where the bridge sends: Azure Web PubSub (or a compatible hub) by connection string or
 /// access key, or by endpoint and Entra ID credential.
-public struct WebPubSubSettings: Sendable {
-    public var connectionString: ConnectionString?
+package struct WebPubSubSettings: Sendable {
+    package var connectionString: ConnectionString?
     /// `endpoint` with a `credential` other than `accessKey`.
-    public var entra: EntraConnection?
+    package var entra: EntraConnection?
     /// `webpubsub.embedded`: run a local hub inside the bridge and send to it.
-    public var embedded: LocalHubConfiguration?
+    package var embedded: LocalHubConfiguration?
     /// The hub of targets that name none.
-    public var defaultHub: String?
-    public var client = WebPubSubServiceClient.Configuration()
+    package var defaultHub: String?
+    package var client = WebPubSubServiceClient.Configuration()
 }
 
 extension WebPubSubSettings {
     /// The REST client for the configured connection (not the embedded hub).
-    public func makeClient(environment: [String: String] = ProcessInfo.processInfo.environment, logger: Logger) throws -> WebPubSubServiceClient {
+    package func makeClient(environment: [String: String] = ProcessInfo.processInfo.environment, logger: Logger) throws -> WebPubSubServiceClient {
         if let entra {
             let credential = try entra.credential.make(environment: environment, logger: logger)
             return try WebPubSubServiceClient(endpoint: entra.endpoint, authentication: .entra(credential), configuration: client, logger: logger)
@@ -38,36 +39,36 @@ extension WebPubSubSettings {
 }
 
 /// An endpoint reached with an Entra ID credential.
-public struct EntraConnection: Sendable {
-    public var endpoint: String
-    public var credential: CredentialSettings
+package struct EntraConnection: Sendable {
+    package var endpoint: String
+    package var credential: CredentialSettings
 
-    public init(endpoint: String, credential: CredentialSettings) {
+    package init(endpoint: String, credential: CredentialSettings) {
         self.endpoint = endpoint
         self.credential = credential
     }
 }
 
 /// A whole `bridge.yaml`, read and validated.
-public struct BridgeConfiguration: Sendable {
-    public var webpubsub: WebPubSubSettings
-    public var core: CoreConfig
+package struct BridgeConfiguration: Sendable {
+    package var webpubsub: WebPubSubSettings
+    package var core: CoreConfig
     /// `server:`: the HTTP listener for the event handler and health endpoints.
-    public var server: ServerSettings?
+    package var server: ServerSettings?
     /// `eventHandler:` and `events:`: client events mirrored into sinks.
-    public var eventHandler: EventHandlerConfiguration?
+    package var eventHandler: EventHandlerConfiguration?
     /// Things that are allowed but probably not meant.
-    public var warnings: [ConfigIssue]
+    package var warnings: [ConfigIssue]
     /// The sections a reload does not apply, as written (see ``restartSections``).
-    public var fingerprints: [String: String] = [:]
+    package var fingerprints: [String: String] = [:]
 
     /// What a reload leaves as it is: changing these needs a restart.
-    public static let restartSections = ["webpubsub", "server", "eventHandler", "events", "delivery"]
+    package static let restartSections = ["webpubsub", "server", "eventHandler", "events", "delivery"]
 
-    public static let topLevelKeys = ["webpubsub", "server", "eventHandler", "events"] + CoreConfig.keys
+    package static let topLevelKeys = ["webpubsub", "server", "eventHandler", "events"] + CoreConfig.keys
 
     /// The adapters this build knows.
-    public static func defaultRegistry() -> AdapterRegistry {
+    package static func defaultRegistry() -> AdapterRegistry {
         var registry = AdapterRegistry()
         registry.register(source: StdinSourceFactory())
         registry.register(sink: StdoutSinkFactory())
@@ -86,7 +87,7 @@ public struct BridgeConfiguration: Sendable {
     /// Reads and validates `path`.
     /// - Parameter requireWebPubSub: false for `run --dry-run`, which sends nothing.
     /// - Throws: ``ConfigError`` with every problem found.
-    public static func load(
+    package static func load(
         path: String, environment: [String: String] = ProcessInfo.processInfo.environment,
         registry: AdapterRegistry = defaultRegistry(), requireWebPubSub: Bool = true, logger: Logger
     ) throws(ConfigError) -> BridgeConfiguration {
@@ -104,7 +105,7 @@ public struct BridgeConfiguration: Sendable {
     }
 
     /// Reads and validates YAML text.
-    public static func parse(
+    package static func parse(
         yaml text: String, file: String = "bridge.yaml", baseDirectory: String = ".", environment: [String: String],
         registry: AdapterRegistry = defaultRegistry(), requireWebPubSub: Bool = true, logger: Logger
     ) throws(ConfigError) -> BridgeConfiguration {
@@ -148,7 +149,7 @@ public struct BridgeConfiguration: Sendable {
         if core.deadLetter == nil, !core.routes.isEmpty, core.routes.contains(where: { $0.deadLetter == nil }) {
             reader.warn(
                 "no deadLetter sink: messages that cannot be delivered are logged and dropped (add deadLetter: {type: file, path: ...})",
-                path: "deadLetter", mark: nil)
+                path: "deadLetter")
         }
         let issues = reader.issues.sorted { ($0.line ?? 0, $0.column ?? 0) < ($1.line ?? 0, $1.column ?? 0) }
         guard issues.isEmpty else { throw ConfigError(file: file, issues: issues) }
@@ -169,18 +170,18 @@ public struct BridgeConfiguration: Sendable {
     /// (`type: webpubsub` source) of the rule's hub, and notes the listeners' user ids so that
     /// their own connection events are not mirrored. Returns the listeners some rule reads.
     static func checkListeners(_ handler: inout EventHandlerConfiguration, sources: [SourceEntry], events: ConfigValue?) -> Set<String> {
-        let listeners = sources.compactMap { $0.adapter as? GroupListenerSource }
+        let listeners = sources.compactMap { $0.adapter as? any GroupListening }
         for listener in listeners {
-            handler.listenerUsers[listener.settings.hub.lowercased(), default: []].insert(listener.settings.userId)
+            handler.listenerUsers[listener.listenedHub.lowercased(), default: []].insert(listener.listenerUserId)
         }
         var read: Set<String> = []
         for rule in handler.rules {
-            let hubListeners = listeners.filter { rule.hub == "*" || rule.hub.caseInsensitiveCompare($0.settings.hub) == .orderedSame }
+            let hubListeners = listeners.filter { rule.hub == "*" || rule.hub.caseInsensitiveCompare($0.listenedHub) == .orderedSame }
             for listener in hubListeners
-            where listener.settings.groups.contains(where: { rule.matches(hub: listener.settings.hub, event: "group:\($0)") }) {
+            where listener.listenedGroups.contains(where: { rule.matches(hub: listener.listenedHub, event: "group:\($0)") }) {
                 read.insert(listener.name)
             }
-            for group in rule.groups where group != "*" && !hubListeners.contains(where: { $0.settings.groups.contains(group) }) {
+            for group in rule.groups where group != "*" && !hubListeners.contains(where: { $0.listenedGroups.contains(group) }) {
                 events?.report(
                     "no webpubsub source listens to group '\(group)' of hub '\(rule.hub)' (add one: {type: webpubsub, hub: ..., groups: [\(group)]})")
             }
@@ -336,7 +337,7 @@ public struct BridgeConfiguration: Sendable {
     }
 
     /// Reads the embedded hub's settings (also what `wps-bridge hub --config` reads).
-    public static func readEmbeddedHub(_ m: ConfigMapping) -> LocalHubConfiguration? {
+    package static func readEmbeddedHub(_ m: ConfigMapping) -> LocalHubConfiguration? {
         m.checkKeys(
             [
                 "host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "negotiate", "reconnectGrace",
@@ -422,7 +423,7 @@ public struct BridgeConfiguration: Sendable {
     }
 
     /// A human summary for `validate`.
-    public var summary: String {
+    package var summary: String {
         var lines: [String] = []
         if let cs = webpubsub.connectionString {
             lines.append("Web PubSub: \(cs.endpoint)" + (webpubsub.defaultHub.map { " (default hub \($0))" } ?? ""))
@@ -461,7 +462,7 @@ public struct BridgeConfiguration: Sendable {
 }
 
 /// 44 random base64 characters, like the service's keys.
-public func randomAccessKey() -> String {
+package func randomAccessKey() -> String {
     var generator = SystemRandomNumberGenerator()
     let bytes = (0..<33).map { _ in UInt8.random(in: 0...255, using: &generator) }
     return Data(bytes).base64EncodedString()

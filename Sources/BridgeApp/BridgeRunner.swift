@@ -3,28 +3,30 @@ import BridgeObservability
 import BridgeServer
 import CoreMetrics
 import Foundation
-public import LocalHub
-public import Logging
+package import LocalHub
+package import Logging
 import NIOCore
 import Prometheus
-public import ServiceLifecycle
+import ServiceLifecycle
 import Synchronization
 import UnixSignals
 import WebPubSub
 
 /// Runs a configured bridge: with the embedded hub when the config asks for one, against
 /// Azure Web PubSub otherwise, or printing sends (`dryRun`).
-public enum BridgeRunner {
+package enum BridgeRunner {
     /// Returns when the bridge has finished (its sources ended) or after a graceful shutdown.
     /// - Parameters:
     ///   - configPath: the file the configuration came from: SIGHUP (and `POST /-/reload` with
     ///     `server.reload: true`) re-read it.
     ///   - progress: print a one-line summary every few seconds (on a terminal).
-    public static func run(
+    package static func run(
         configuration: BridgeConfiguration, configPath: String? = nil, dryRun: Bool, progress: Bool = false, logger: Logger
     ) async throws {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         let transport: any DeliveryTransport
+        /// The embedded hub's transport: probed for readiness and shut down at the end.
+        var hubTransport: HubTransport?
         var client: WebPubSubServiceClient?
         /// Where listeners connect: the bridge's Web PubSub (for this config, and reloaded ones).
         var listenerConnection: ClientAccessIssuer?
@@ -48,10 +50,11 @@ public enum BridgeRunner {
                     service: WhenListening(hub: hub) { endpoint, _ in
                         logger.notice("embedded hub ready; the demo page shows what is sent: \(endpoint)/\(page)")
                     }, successTerminationBehavior: .ignore, serviceName: "announce"))
-            let hubTransport = HubTransport(hub: hub, settings: configuration.webpubsub.client, logger: logger)
-            transport = hubTransport
+            let embeddedTransport = HubTransport(hub: hub, settings: configuration.webpubsub.client, logger: logger)
+            hubTransport = embeddedTransport
+            transport = embeddedTransport
             listenerConnection = ClientAccessIssuer { hub, userId, groups, expiresIn in
-                try await hubTransport.ready().clientAccess(hub: hub, userId: userId, groups: groups, expiresIn: expiresIn)
+                try await embeddedTransport.ready().clientAccess(hub: hub, userId: userId, groups: groups, expiresIn: expiresIn)
             }
         } else {
             let c = try configuration.webpubsub.makeClient(logger: logger)
@@ -87,7 +90,7 @@ public enum BridgeRunner {
             let probeHub = configuration.webpubsub.defaultHub ?? "healthcheck"
             if let client {
                 probe = WebPubSubProbe(hub: probeHub, logger: logger) { client }
-            } else if let hubTransport = transport as? HubTransport {
+            } else if let hubTransport {
                 probe = WebPubSubProbe(hub: probeHub, logger: logger) { try await hubTransport.ready() }
             }
             if let probe { services.append(.init(service: probe, successTerminationBehavior: .ignore, serviceName: "probe")) }
@@ -154,12 +157,12 @@ public enum BridgeRunner {
             try await group.run()
         } catch {
             try? await client?.shutdown()
-            try? await (transport as? HubTransport)?.shutdown()
+            try? await hubTransport?.shutdown()
             for sink in eventSinks { try? await sink.close() }
             throw error
         }
         try? await client?.shutdown()
-        try? await (transport as? HubTransport)?.shutdown()
+        try? await hubTransport?.shutdown()
         for sink in eventSinks { try? await sink.close() }
     }
 
@@ -213,16 +216,16 @@ final class HubTransport: DeliveryTransport {
 }
 
 /// Runs `action` with the hub's endpoint and connection string once it listens.
-public struct WhenListening: Service {
+package struct WhenListening: Service {
     let hub: LocalHub
     let action: @Sendable (_ endpoint: String, _ connectionString: String) async -> Void
 
-    public init(hub: LocalHub, action: @escaping @Sendable (_ endpoint: String, _ connectionString: String) async -> Void) {
+    package init(hub: LocalHub, action: @escaping @Sendable (_ endpoint: String, _ connectionString: String) async -> Void) {
         self.hub = hub
         self.action = action
     }
 
-    public func run() async throws {
+    package func run() async throws {
         await action(try await hub.endpoint(), try await hub.connectionString())
     }
 }

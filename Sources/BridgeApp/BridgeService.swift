@@ -1,17 +1,17 @@
-public import BridgeCore
+package import BridgeCore
 import BridgeObservability
-public import Logging
-public import ServiceLifecycle
+package import Logging
+import ServiceLifecycle
 
 /// The forwarding half of the bridge as a `Service`: sources -> routes -> dispatcher -> transport.
 /// Returns when every source has ended (stdin at EOF) and every send is settled, or after a
 /// graceful shutdown drained what it could.
-public struct BridgeService: Service {
-    public let configuration: BridgeConfiguration
-    public let dispatcher: Dispatcher
+package struct BridgeService: Service {
+    package let configuration: BridgeConfiguration
+    package let dispatcher: Dispatcher
     let logger: Logger
 
-    public init(configuration: BridgeConfiguration, transport: any DeliveryTransport, logger: Logger) {
+    package init(configuration: BridgeConfiguration, transport: any DeliveryTransport, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
         dispatcher = Dispatcher(
@@ -19,7 +19,7 @@ public struct BridgeService: Service {
             settings: configuration.core.delivery, logger: logger)
     }
 
-    public func run() async throws {
+    package func run() async throws {
         let sources = configuration.core.sources
         logger.info(
             "bridge started",

@@ -8,7 +8,7 @@ import WebPubSub
 /// group, then handed to the dispatcher for the routes that read the source (none: counted as
 /// unrouted and settled).
 struct MirroringSource: SourceAdapter {
-    let inner: GroupListenerSource
+    let inner: any GroupListening
     let mirror: GroupMessageMirror
 
     var name: String { inner.name }
@@ -42,9 +42,9 @@ extension BridgeConfiguration {
     func runnable(_ entries: [SourceEntry], logger: Logger) -> [any SourceAdapter] {
         let mirror = GroupMessageMirror(rules: eventHandler?.rules ?? [], logger: logger)
         return entries.map { entry in
-            guard let listener = entry.adapter as? GroupListenerSource else { return entry.adapter }
-            let mirrored = listener.settings.groups.contains { group in
-                mirror.rules.contains { $0.matches(hub: listener.settings.hub, event: "group:\(group)") }
+            guard let listener = entry.adapter as? any GroupListening else { return entry.adapter }
+            let mirrored = listener.listenedGroups.contains { group in
+                mirror.rules.contains { $0.matches(hub: listener.listenedHub, event: "group:\(group)") }
             }
             guard mirrored else { return listener }
             return MirroringSource(inner: listener, mirror: mirror)
@@ -54,7 +54,7 @@ extension BridgeConfiguration {
     /// Tells each group listener without a connection of its own where the bridge's Web PubSub is.
     func connectListeners(_ connection: ClientAccessIssuer) {
         for entry in core.sources {
-            guard let listener = entry.adapter as? GroupListenerSource, listener.usesBridgeConnection else { continue }
+            guard let listener = entry.adapter as? any WebPubSubClientAdapter, listener.usesBridgeConnection else { continue }
             listener.use(connection: connection)
         }
     }

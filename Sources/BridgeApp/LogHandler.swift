@@ -1,35 +1,35 @@
 import BridgeJSON
 import Foundation
-public import Logging
+package import Logging
 import Synchronization
 
 /// Writes log lines to standard error as text (`2026-11-29T10:00:00Z info wps-bridge: k=v [Module] message`)
 /// or JSON (one object per line: `time`, `level`, `label`, `source`, `message`, then the
 /// metadata), with secrets redacted from messages and metadata.
-public struct BridgeLogHandler: LogHandler {
-    public enum Format: String, Sendable, CaseIterable {
+package struct BridgeLogHandler: LogHandler {
+    package enum Format: String, Sendable, CaseIterable {
         case text, json
     }
 
-    public var logLevel: Logger.Level
-    public var metadata: Logger.Metadata = [:]
-    public var metadataProvider: Logger.MetadataProvider?
+    package var logLevel: Logger.Level
+    package var metadata: Logger.Metadata = [:]
+    package var metadataProvider: Logger.MetadataProvider?
     let label: String
     let format: Format
 
-    public init(label: String, format: Format, level: Logger.Level, metadataProvider: Logger.MetadataProvider? = nil) {
+    package init(label: String, format: Format, level: Logger.Level, metadataProvider: Logger.MetadataProvider? = nil) {
         self.label = label
         self.format = format
         self.logLevel = level
         self.metadataProvider = metadataProvider
     }
 
-    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    package subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
 
-    public func log(event: LogEvent) {
+    package func log(event: LogEvent) {
         var merged = metadata
         if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
         if let extra = event.metadata { merged.merge(extra) { $1 } }
@@ -99,7 +99,7 @@ public struct BridgeLogHandler: LogHandler {
 
 /// Writes to stderr with write(2); a closed stderr loses the text instead of stopping the
 /// process (FileHandle's write traps on an error).
-public func writeToStandardError(_ text: String) {
+package func writeToStandardError(_ text: String) {
     var bytes = Array(text.utf8)[...]
     while !bytes.isEmpty {
         let written = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
@@ -115,7 +115,7 @@ public func writeToStandardError(_ text: String) {
 /// `id_token`, `client_secret`, `password`, `secret`, `signature`; `code` and `sig` as URL
 /// parameters), bearer tokens, and the password of a URL (`redis://user:password@host`),
 /// whatever logged them (this bridge, or a library).
-public enum Redaction {
+package enum Redaction {
     struct Rule {
         let key: String
         var caseInsensitive = true
@@ -138,7 +138,7 @@ public enum Redaction {
             Rule(key: "Bearer ", caseInsensitive: false, ending: "\" ,;\n", minimumLength: 16),
         ]
 
-    public static func redact(_ text: String) -> String {
+    package static func redact(_ text: String) -> String {
         guard text.contains("=") || text.contains("Bearer ") || text.contains("://") else { return text }
         var result = text
         for rule in rules where result.range(of: rule.key, options: rule.caseInsensitive ? [.caseInsensitive] : []) != nil {

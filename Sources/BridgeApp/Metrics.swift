@@ -1,13 +1,13 @@
 import CoreMetrics
-public import Prometheus
+package import Prometheus
 
 /// The metrics `wps-bridge run` exports at `/metrics` (Prometheus text format), fed by
 /// swift-metrics from every component.
-public enum BridgeMetrics {
-    public static let registry = PrometheusCollectorRegistry()
+package enum BridgeMetrics {
+    package static let registry = PrometheusCollectorRegistry()
 
     /// Makes swift-metrics report into ``registry``; once per process, before anything makes a metric.
-    public static func bootstrap() {
+    package static func bootstrap() {
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.defaultDurationHistogramBuckets = [
             .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(20), .milliseconds(50),

@@ -13,9 +13,9 @@ import UnixSignals
 /// refused with its validation report and the running config stays. `webpubsub`, `server`,
 /// `eventHandler`, `events` and `delivery` are read at start only: a change there is reported
 /// and waits for a restart.
-public final class Reloader: Sendable {
-    public struct Outcome: Sendable {
-        public enum Kind: Sendable {
+package final class Reloader: Sendable {
+    package struct Outcome: Sendable {
+        package enum Kind: Sendable {
             case applied
             /// The file has mistakes; the running config stays.
             case refused
@@ -25,12 +25,12 @@ public final class Reloader: Sendable {
             case notRunning
         }
 
-        public let kind: Kind
-        public let report: String
-        public var applied: Bool { kind == .applied }
+        package let kind: Kind
+        package let report: String
+        package var applied: Bool { kind == .applied }
 
         /// The HTTP status `POST /-/reload` answers with.
-        public var status: Int {
+        package var status: Int {
             switch kind {
             case .applied: 200
             case .refused: 400
@@ -63,9 +63,9 @@ public final class Reloader: Sendable {
 
     /// The config in force: the running sources (their adapters), the routes, and the sections
     /// read at start.
-    public var current: BridgeConfiguration { state.withLock { $0.current } }
+    package var current: BridgeConfiguration { state.withLock { $0.current } }
 
-    public func reload() async -> Outcome {
+    package func reload() async -> Outcome {
         let started = state.withLock { s -> Bool in
             if s.busy { return false }
             s.busy = true

@@ -1,17 +1,17 @@
-public import BridgeCore
+package import BridgeCore
 import Foundation
-public import NIOCore
-public import WebPubSub
+package import NIOCore
+package import WebPubSub
 
 /// Sends through the Web PubSub REST client; maps its errors onto the retry policy's classes.
-public struct WebPubSubTransport: DeliveryTransport {
-    public let client: WebPubSubServiceClient
+package struct WebPubSubTransport: DeliveryTransport {
+    package let client: WebPubSubServiceClient
 
-    public init(client: WebPubSubServiceClient) {
+    package init(client: WebPubSubServiceClient) {
         self.client = client
     }
 
-    public func send(_ payload: ByteBuffer, dataType: DataType, to target: ResolvedTarget) async throws {
+    package func send(_ payload: ByteBuffer, dataType: DataType, to target: ResolvedTarget) async throws {
         let contentType = (target.dataType ?? dataType).contentType
         do {
             switch target.recipient {
@@ -39,7 +39,7 @@ public struct WebPubSubTransport: DeliveryTransport {
     }
 
     /// Network errors, 408, 429 and 5xx are retryable (after `Retry-After` if given); the rest is permanent.
-    public static func classify(_ error: WebPubSubError) -> DeliveryFailure {
+    package static func classify(_ error: WebPubSubError) -> DeliveryFailure {
         let message = error.status == nil ? error.description : (error.errorCode.map { "\($0): " } ?? "") + error.message
         if error.isRetryable {
             return DeliveryFailure(.retryable(retryAfter: error.retryAfter), status: error.status, message: message)
@@ -49,14 +49,14 @@ public struct WebPubSubTransport: DeliveryTransport {
 }
 
 /// Prints each send instead of making it: `run --dry-run`.
-public struct DryRunTransport: DeliveryTransport {
+package struct DryRunTransport: DeliveryTransport {
     let output: @Sendable (String) -> Void
 
-    public init(output: @escaping @Sendable (String) -> Void = { print($0) }) {
+    package init(output: @escaping @Sendable (String) -> Void = { print($0) }) {
         self.output = output
     }
 
-    public func send(_ payload: ByteBuffer, dataType: DataType, to target: ResolvedTarget) async throws {
+    package func send(_ payload: ByteBuffer, dataType: DataType, to target: ResolvedTarget) async throws {
         let type = target.dataType ?? dataType
         let hub = percentEncode(target.hub)
         var path: String

@@ -6,13 +6,13 @@ import CLibCrypto
 // Entra ID tokens, and RS256 signing for the test identity provider.
 
 /// What OpenSSL refused, with its own reasons.
-public struct CryptoError: Error, Sendable, CustomStringConvertible {
+package struct CryptoError: Error, Sendable, CustomStringConvertible {
     /// The operation that failed, e.g. "RSA public key from modulus and exponent".
-    public let operation: String
+    package let operation: String
     /// OpenSSL's error queue, oldest first (`error:02000079:rsa routines::...`).
-    public let reasons: [String]
+    package let reasons: [String]
 
-    public init(_ operation: String, reasons: [String] = []) {
+    package init(_ operation: String, reasons: [String] = []) {
         self.operation = operation
         self.reasons = reasons
     }
@@ -22,7 +22,7 @@ public struct CryptoError: Error, Sendable, CustomStringConvertible {
         CryptoError(operation, reasons: drainErrors())
     }
 
-    public var description: String {
+    package var description: String {
         reasons.isEmpty ? "\(operation) failed" : "\(operation) failed: \(reasons.joined(separator: "; "))"
     }
 }
@@ -41,21 +41,21 @@ private func drainErrors() -> [String] {
 }
 
 /// OpenSSL's version, e.g. "OpenSSL 3.0.19 27 Jan 2026".
-public var openSSLVersion: String { String(cString: OpenSSL_version(OPENSSL_VERSION)) }
+package var openSSLVersion: String { String(cString: OpenSSL_version(OPENSSL_VERSION)) }
 
 // MARK: - HMAC-SHA256
 
 /// HMAC with SHA-256 (RFC 2104).
-public enum HMACSHA256 {
+package enum HMACSHA256 {
     /// The length of a code in bytes.
-    public static let byteCount = 32
+    package static let byteCount = 32
 
     /// The code of `message` under `key`.
     ///
     /// SHA-256 HMAC cannot fail on a working libcrypto; a library that cannot compute it (a
     /// broken install or a provider configuration without SHA-256) stops the process with
     /// OpenSSL's reason. `wps-bridge` runs ``selfTest()`` at start, so that shows at once.
-    public static func authenticationCode(for message: [UInt8], key: [UInt8]) -> [UInt8] {
+    package static func authenticationCode(for message: [UInt8], key: [UInt8]) -> [UInt8] {
         do {
             return try compute(message, key: key)
         } catch {
@@ -64,7 +64,7 @@ public enum HMACSHA256 {
     }
 
     /// Whether `code` is the code of `message` under `key`, compared in constant time.
-    public static func isValid(_ code: [UInt8], for message: [UInt8], key: [UInt8]) -> Bool {
+    package static func isValid(_ code: [UInt8], for message: [UInt8], key: [UInt8]) -> Bool {
         constantTimeEquals(code, authenticationCode(for: message, key: key))
     }
 
@@ -89,7 +89,7 @@ public enum HMACSHA256 {
 
     /// Computes the RFC 4231 test case 2 vector and checks the answer; throws OpenSSL's reason
     /// when libcrypto cannot do it. Run once at start.
-    public static func selfTest() throws(CryptoError) {
+    package static func selfTest() throws(CryptoError) {
         let code = try compute(Array("what do ya want for nothing?".utf8), key: Array("Jefe".utf8))
         let expected: [UInt8] = [
             0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24, 0x26, 0x08, 0x95, 0x75, 0xc7,
@@ -103,14 +103,14 @@ public enum HMACSHA256 {
 
 /// Whether `a` and `b` hold the same bytes, compared without an early exit (`CRYPTO_memcmp`), so
 /// that timing does not tell how much of a secret matched. Only the length may show.
-public func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+package func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
     guard a.count == b.count else { return false }
     guard !a.isEmpty else { return true }
     return a.withUnsafeBytes { x in b.withUnsafeBytes { y in CRYPTO_memcmp(x.baseAddress, y.baseAddress, x.count) } } == 0
 }
 
 /// Compares two secrets' UTF-8 bytes in constant time (for the same length).
-public func constantTimeEquals(_ a: String, _ b: String) -> Bool {
+package func constantTimeEquals(_ a: String, _ b: String) -> Bool {
     constantTimeEquals(Array(a.utf8), Array(b.utf8))
 }
 
@@ -120,15 +120,15 @@ public func constantTimeEquals(_ a: String, _ b: String) -> Bool {
 ///
 /// An `EVP_PKEY` may be used by several threads at once for verification (each verification has
 /// its own `EVP_MD_CTX`), and this type never changes it after creation.
-public final class RSAPublicKey: @unchecked Sendable {
+package final class RSAPublicKey: @unchecked Sendable {
     /// Keys below this size are refused, as swift-crypto and Entra ID do.
-    public static let minimumBits = 2048
+    package static let minimumBits = 2048
 
     let pkey: OpaquePointer
 
     /// The key with modulus `n` and public exponent `e`, both big-endian unsigned (a JWK's
     /// base64url-decoded `n` and `e`).
-    public init(modulus: [UInt8], exponent: [UInt8]) throws(CryptoError) {
+    package init(modulus: [UInt8], exponent: [UInt8]) throws(CryptoError) {
         ERR_clear_error()
         guard !modulus.isEmpty, !exponent.isEmpty else { throw CryptoError("RSA public key", reasons: ["empty modulus or exponent"]) }
         guard let n = BN_bin2bn(modulus, Int32(modulus.count), nil) else { throw .openSSL("RSA modulus") }
@@ -161,10 +161,10 @@ public final class RSAPublicKey: @unchecked Sendable {
     deinit { EVP_PKEY_free(pkey) }
 
     /// The modulus size in bits.
-    public var bitCount: Int { Int(EVP_PKEY_get_bits(pkey)) }
+    package var bitCount: Int { Int(EVP_PKEY_get_bits(pkey)) }
 
     /// Whether `signature` is an RS256 signature of `message` by this key's private half.
-    public func isValidRS256Signature(_ signature: [UInt8], for message: [UInt8]) -> Bool {
+    package func isValidRS256Signature(_ signature: [UInt8], for message: [UInt8]) -> Bool {
         ERR_clear_error()
         defer { ERR_clear_error() }
         guard let context = EVP_MD_CTX_new() else { return false }
@@ -179,11 +179,11 @@ public final class RSAPublicKey: @unchecked Sendable {
 }
 
 /// An RSA private key that makes RS256 signatures: the test identity provider's signing key.
-public final class RSAPrivateKey: @unchecked Sendable {
+package final class RSAPrivateKey: @unchecked Sendable {
     let pkey: OpaquePointer
 
     /// A new random key of `bits` bits (at least ``RSAPublicKey/minimumBits``), exponent 65537.
-    public init(bits: Int = 2048) throws(CryptoError) {
+    package init(bits: Int = 2048) throws(CryptoError) {
         guard bits >= RSAPublicKey.minimumBits else {
             throw CryptoError("RSA key generation", reasons: ["at least \(RSAPublicKey.minimumBits) bits are required"])
         }
@@ -200,17 +200,17 @@ public final class RSAPrivateKey: @unchecked Sendable {
     deinit { EVP_PKEY_free(pkey) }
 
     /// The modulus, big-endian unsigned (a JWK's `n` before base64url).
-    public var modulus: [UInt8] { bigNumber(wps_param_rsa_n()) }
+    package var modulus: [UInt8] { bigNumber(wps_param_rsa_n()) }
     /// The public exponent, big-endian unsigned (a JWK's `e` before base64url).
-    public var exponent: [UInt8] { bigNumber(wps_param_rsa_e()) }
+    package var exponent: [UInt8] { bigNumber(wps_param_rsa_e()) }
 
     /// The public half.
-    public func publicKey() throws(CryptoError) -> RSAPublicKey {
+    package func publicKey() throws(CryptoError) -> RSAPublicKey {
         try RSAPublicKey(modulus: modulus, exponent: exponent)
     }
 
     /// The RS256 signature of `message`.
-    public func rs256Signature(for message: [UInt8]) throws(CryptoError) -> [UInt8] {
+    package func rs256Signature(for message: [UInt8]) throws(CryptoError) -> [UInt8] {
         ERR_clear_error()
         guard let context = EVP_MD_CTX_new() else { throw .openSSL("RS256 signature") }
         defer { EVP_MD_CTX_free(context) }

@@ -3,7 +3,7 @@
 /// The bridge reads JSON on its hot path (NDJSON lines, `{json.a.b}` templates, route conditions)
 /// and must forward payloads byte for byte, so it has its own small parser instead of
 /// `JSONSerialization`, which turns `1.0` into `1` and cannot tell `true` from `1` on Linux.
-public enum JSONValue: Sendable, Hashable {
+package enum JSONValue: Sendable, Hashable {
     case null
     case bool(Bool)
     /// The number's text as written (`12`, `-0.5e3`).
@@ -12,7 +12,7 @@ public enum JSONValue: Sendable, Hashable {
     case array([JSONValue])
     case object([(String, JSONValue)])
 
-    public static func == (lhs: JSONValue, rhs: JSONValue) -> Bool {
+    package static func == (lhs: JSONValue, rhs: JSONValue) -> Bool {
         switch (lhs, rhs) {
         case (.null, .null): return true
         case (.bool(let a), .bool(let b)): return a == b
@@ -25,7 +25,7 @@ public enum JSONValue: Sendable, Hashable {
         }
     }
 
-    public func hash(into hasher: inout Hasher) {
+    package func hash(into hasher: inout Hasher) {
         switch self {
         case .null: hasher.combine(0)
         case .bool(let b): hasher.combine(b)
@@ -41,13 +41,13 @@ public enum JSONValue: Sendable, Hashable {
     }
 
     /// The member `key` of an object (the first, if repeated).
-    public subscript(key: String) -> JSONValue? {
+    package subscript(key: String) -> JSONValue? {
         guard case .object(let members) = self else { return nil }
         return members.first { $0.0 == key }?.1
     }
 
     /// Follows a path of member names and array indices (`["items", "0", "id"]`).
-    public func value(at path: some Sequence<String>) -> JSONValue? {
+    package func value(at path: some Sequence<String>) -> JSONValue? {
         var current = self
         for component in path {
             switch current {
@@ -65,19 +65,19 @@ public enum JSONValue: Sendable, Hashable {
     }
 
     /// The string of a `.string`, nil otherwise.
-    public var stringValue: String? {
+    package var stringValue: String? {
         if case .string(let s) = self { return s }
         return nil
     }
 
     /// Compact JSON text.
-    public var serialized: String {
+    package var serialized: String {
         var out = ""
         write(to: &out)
         return out
     }
 
-    public func write(to out: inout String) {
+    package func write(to out: inout String) {
         switch self {
         case .null: out += "null"
         case .bool(let b): out += b ? "true" : "false"
@@ -103,7 +103,7 @@ public enum JSONValue: Sendable, Hashable {
     }
 
     /// Appends `s` as a JSON string literal.
-    public static func writeString(_ s: String, to out: inout String) {
+    package static func writeString(_ s: String, to out: inout String) {
         out += "\""
         for scalar in s.unicodeScalars {
             switch scalar {
@@ -127,14 +127,14 @@ public enum JSONValue: Sendable, Hashable {
     }
 
     /// `s` as a JSON string literal.
-    public static func quoted(_ s: String) -> String {
+    package static func quoted(_ s: String) -> String {
         var out = ""
         writeString(s, to: &out)
         return out
     }
 
     /// Parses one JSON document.
-    public init(parsing text: String) throws(JSONParseError) {
+    package init(parsing text: String) throws(JSONParseError) {
         self = try JSONValue.parse(Array(text.utf8))
     }
 
@@ -142,7 +142,7 @@ public enum JSONValue: Sendable, Hashable {
     /// `json` (valid JSON text) without the white space between its tokens: the same bytes
     /// otherwise, numbers and string escapes as written. The result holds no line break (JSON
     /// strings cannot), so it fits on one NDJSON line.
-    public static func removingWhitespace(_ json: some Collection<UInt8>) -> [UInt8] {
+    package static func removingWhitespace(_ json: some Collection<UInt8>) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(json.count)
         var inString = false
@@ -172,7 +172,7 @@ public enum JSONValue: Sendable, Hashable {
         return out
     }
 
-    public static func parse(_ bytes: some Collection<UInt8>) throws(JSONParseError) -> JSONValue {
+    package static func parse(_ bytes: some Collection<UInt8>) throws(JSONParseError) -> JSONValue {
         let array = Array(bytes)
         var parser = JSONParser(bytes: array)
         let value = try parser.parseDocument()
@@ -181,17 +181,17 @@ public enum JSONValue: Sendable, Hashable {
 
     /// Parses a JSON object and returns each member with the byte range of its value in `bytes`,
     /// so that a member can be forwarded exactly as written.
-    public static func parseObjectMembers(_ bytes: [UInt8]) throws(JSONParseError) -> [(key: String, value: JSONValue, range: Range<Int>)] {
+    package static func parseObjectMembers(_ bytes: [UInt8]) throws(JSONParseError) -> [(key: String, value: JSONValue, range: Range<Int>)] {
         var parser = JSONParser(bytes: bytes)
         return try parser.parseTopLevelObjectMembers()
     }
 }
 
 /// Why a text is not JSON.
-public struct JSONParseError: Error, Sendable, CustomStringConvertible {
-    public let offset: Int
-    public let message: String
-    public var description: String { "\(message) at byte \(offset)" }
+package struct JSONParseError: Error, Sendable, CustomStringConvertible {
+    package let offset: Int
+    package let message: String
+    package var description: String { "\(message) at byte \(offset)" }
 }
 
 struct JSONParser {

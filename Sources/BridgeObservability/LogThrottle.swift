@@ -3,9 +3,9 @@ import Synchronization
 /// At most `limit` log lines per `interval` for one kind of event a stranger can cause (a
 /// refused request): past that they are counted, and the next line that may be written says
 /// how many were left out. The log cannot be flooded, and nothing is hidden without a trace.
-public final class LogThrottle: Sendable {
-    public let limit: Int
-    public let interval: Duration
+package final class LogThrottle: Sendable {
+    package let limit: Int
+    package let interval: Duration
 
     private struct State {
         var windowStart: ContinuousClock.Instant?
@@ -15,13 +15,13 @@ public final class LogThrottle: Sendable {
 
     private let state = Mutex(State())
 
-    public init(limit: Int = 10, interval: Duration = .seconds(60)) {
+    package init(limit: Int = 10, interval: Duration = .seconds(60)) {
         self.limit = limit
         self.interval = interval
     }
 
     /// nil when this event is not to be logged; else how many were left out before it.
-    public func admit(now: ContinuousClock.Instant = .now) -> Int? {
+    package func admit(now: ContinuousClock.Instant = .now) -> Int? {
         state.withLock { s in
             if s.windowStart.map({ now - $0 >= interval }) ?? true {
                 s.windowStart = now

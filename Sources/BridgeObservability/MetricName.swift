@@ -1,52 +1,52 @@
 /// The names of every metric the bridge and the embedded hub record, in one place, each with
 /// its dimensions and what it counts (the table in docs/operations.md is this file).
-public enum MetricName {
+package enum MetricName {
     // MARK: Bridge: sources and routing
 
     /// Counter; `source`. Messages taken from the source.
-    public static let messagesReceived = "wps_bridge_messages_received_total"
+    package static let messagesReceived = "wps_bridge_messages_received_total"
     /// Counter; `source`. Messages that matched no route.
-    public static let messagesUnrouted = "wps_bridge_messages_unrouted_total"
+    package static let messagesUnrouted = "wps_bridge_messages_unrouted_total"
     /// Counter; `source`. Messages not sent back to the hub they came from.
-    public static let loopsPrevented = "wps_bridge_loops_prevented_total"
+    package static let loopsPrevented = "wps_bridge_loops_prevented_total"
     /// Counter; `source`. Redis and listener reconnects.
-    public static let sourceReconnects = "wps_bridge_source_reconnects_total"
+    package static let sourceReconnects = "wps_bridge_source_reconnects_total"
     /// Counter; `source`. Gaps in which messages were lost (Redis pub/sub, group listeners).
-    public static let sourceGaps = "wps_bridge_source_gaps_total"
+    package static let sourceGaps = "wps_bridge_source_gaps_total"
     /// Gauge; `source`, `topic`, `partition`. High watermark minus the position not yet done.
-    public static let kafkaConsumerLag = "wps_bridge_kafka_consumer_lag"
+    package static let kafkaConsumerLag = "wps_bridge_kafka_consumer_lag"
 
     // MARK: Bridge: delivery
 
     /// Counter; `route`, `target`, `outcome` (`delivered`, `dead_lettered`, `dropped`, `unsettled`).
-    public static let sends = "wps_bridge_sends_total"
+    package static let sends = "wps_bridge_sends_total"
     /// Counter; `route`, `target`. Retries of a send.
-    public static let sendRetries = "wps_bridge_send_retries_total"
+    package static let sendRetries = "wps_bridge_send_retries_total"
     /// Meter; `route`, `target`. Sends queued or under way.
-    public static let sendsInFlight = "wps_bridge_sends_in_flight"
+    package static let sendsInFlight = "wps_bridge_sends_in_flight"
     /// Timer (histogram); `route`, `target`. Source timestamp until the service accepted the send.
-    public static let deliveryLatency = "wps_bridge_delivery_latency_seconds"
+    package static let deliveryLatency = "wps_bridge_delivery_latency_seconds"
     /// Counter. 429 answers of the service.
-    public static let sendsThrottled = "wps_bridge_sends_throttled_total"
+    package static let sendsThrottled = "wps_bridge_sends_throttled_total"
     /// Gauge. The paced send rate, 0 while not pacing.
-    public static let sendRateLimit = "wps_bridge_send_rate_limit"
+    package static let sendRateLimit = "wps_bridge_send_rate_limit"
 
     // MARK: Bridge: health and events
 
     /// Gauge; `component`. 1 when healthy (what `/readyz` checks).
-    public static let componentReady = "wps_bridge_component_ready"
+    package static let componentReady = "wps_bridge_component_ready"
     /// Counter; `hub`, `type` (`connect`, `connected`, `disconnected`, `user`), `outcome`
     /// (`ok`, `failed`, `refused`). Event-handler requests.
-    public static let events = "wps_bridge_events_total"
+    package static let events = "wps_bridge_events_total"
 
     // MARK: Embedded hub
 
     /// Gauge; `hub`. Open client connections.
-    public static let hubConnections = "wps_hub_connections"
+    package static let hubConnections = "wps_hub_connections"
     /// Gauge; `hub`. Groups with at least one member.
-    public static let hubGroups = "wps_hub_groups"
+    package static let hubGroups = "wps_hub_groups"
     /// Counter; `hub`, `from` (`rest`, `client`). Messages sent to the hub.
-    public static let hubMessagesReceived = "wps_hub_messages_received_total"
+    package static let hubMessagesReceived = "wps_hub_messages_received_total"
     /// Counter; `hub`. Frames delivered to clients.
-    public static let hubMessagesSent = "wps_hub_messages_sent_total"
+    package static let hubMessagesSent = "wps_hub_messages_sent_total"
 }

@@ -3,13 +3,13 @@ import BridgeCrypto
 import BridgeJSON
 import BridgeObservability
 import Foundation
-public import HTTPGuards
+package import HTTPGuards
 import HTTPTypes
 import Hummingbird
 import HummingbirdCore
-public import Logging
+package import Logging
 import NIOCore
-public import ServiceLifecycle
+import ServiceLifecycle
 import Synchronization
 import WebPubSub
 
@@ -17,19 +17,19 @@ import WebPubSub
 /// `{eventHandler.path}/{hub}`, `/healthz` (the process is up), `/readyz` (200 when every
 /// adapter is healthy, 503 otherwise; a JSON body names what is not ready) and `/metrics`
 /// (Prometheus text format).
-public final class BridgeServer: Service, Sendable {
-    public let host: String
-    public let port: Int
+package final class BridgeServer: Service, Sendable {
+    package let host: String
+    package let port: Int
     let handler: EventHandler?
     let readiness: @Sendable () -> [String]
     let metrics: (@Sendable () -> [UInt8])?
     /// `POST /-/reload`, with the token it needs (`Authorization: Bearer` or `X-WPS-Reload-Token`).
-    public struct ReloadEndpoint: Sendable {
+    package struct ReloadEndpoint: Sendable {
         let token: String
         /// The HTTP status and what happened (the validation report when refused).
         let reload: @Sendable () async -> (status: Int, report: String)
 
-        public init(token: String, reload: @escaping @Sendable () async -> (status: Int, report: String)) {
+        package init(token: String, reload: @escaping @Sendable () async -> (status: Int, report: String)) {
             self.token = token
             self.reload = reload
         }
@@ -39,12 +39,12 @@ public final class BridgeServer: Service, Sendable {
     let limits: ConnectionLimits
     /// What this listener serves besides `/healthz`: the event handler, the operator's
     /// endpoints (`/readyz`, `/metrics`, `/-/reload`), or both (`server.adminListen` splits them).
-    public struct Endpoints: OptionSet, Sendable {
-        public let rawValue: Int
-        public init(rawValue: Int) { self.rawValue = rawValue }
-        public static let events = Endpoints(rawValue: 1)
-        public static let operations = Endpoints(rawValue: 2)
-        public static let all: Endpoints = [.events, .operations]
+    package struct Endpoints: OptionSet, Sendable {
+        package let rawValue: Int
+        package init(rawValue: Int) { self.rawValue = rawValue }
+        package static let events = Endpoints(rawValue: 1)
+        package static let operations = Endpoints(rawValue: 2)
+        package static let all: Endpoints = [.events, .operations]
     }
 
     let endpoints: Endpoints
@@ -53,7 +53,7 @@ public final class BridgeServer: Service, Sendable {
     /// The largest event body taken.
     static let maxBody = 1024 * 1024
 
-    public init(
+    package init(
         host: String, port: Int, handler: EventHandler?, readiness: @escaping @Sendable () -> [String],
         metrics: (@Sendable () -> [UInt8])? = nil, reload: ReloadEndpoint? = nil, limits: ConnectionLimits = .init(),
         endpoints: Endpoints = .all, logger: Logger
@@ -71,11 +71,11 @@ public final class BridgeServer: Service, Sendable {
 
     /// The port once listening (the chosen one when `port` is 0).
     /// - Throws: when the server stopped without listening, or the task is cancelled.
-    public func waitUntilListening() async throws -> Int {
+    package func waitUntilListening() async throws -> Int {
         try await listening.wait()
     }
 
-    public func run() async throws {
+    package func run() async throws {
         defer { listening.stop() }
         let app = Application(
             responder: CallbackResponder<BasicRequestContext> { [self] request, _ in

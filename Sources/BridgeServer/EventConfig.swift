@@ -1,34 +1,35 @@
-public import BridgeCore
+package import BridgeCore
 import Foundation
-public import HTTPGuards
-public import WebPubSub
+package import HTTPGuards
+package import WebPubSub
+import WebPubSubProtocol
 
 /// `server:`: where the bridge's HTTP listener is.
-public struct ServerSettings: Sendable, Equatable {
-    public var host: String
-    public var port: Int
+package struct ServerSettings: Sendable, Equatable {
+    package var host: String
+    package var port: Int
     /// `reload: true` with `reloadToken`: `POST /-/reload` re-reads the config (as SIGHUP does)
     /// for requests that carry the token.
-    public var reloadToken: String?
+    package var reloadToken: String?
     /// Header deadline, idle timeout and connection cap (`headerTimeout`, `idleTimeout`, `maxConnections`).
-    public var limits = ConnectionLimits()
+    package var limits = ConnectionLimits()
     /// `adminListen: HOST:PORT`: `/readyz`, `/metrics` and `/-/reload` there instead of on
     /// `listen`, which then serves the event handler (and `/healthz`) alone.
-    public var admin: Address?
+    package var admin: Address?
 
     /// A listen address.
-    public struct Address: Sendable, Equatable {
-        public var host: String
-        public var port: Int
+    package struct Address: Sendable, Equatable {
+        package var host: String
+        package var port: Int
     }
 
-    public init(host: String = "127.0.0.1", port: Int = 8081) {
+    package init(host: String = "127.0.0.1", port: Int = 8081) {
         self.host = host
         self.port = port
     }
 
     /// `server: {listen: HOST:PORT}`.
-    public static func read(_ m: ConfigMapping) -> ServerSettings? {
+    package static func read(_ m: ConfigMapping) -> ServerSettings? {
         m.checkKeys(["listen", "adminListen", "reload", "reloadToken", "reloadTokenFile"] + ConnectionLimits.keys, what: "server")
         guard let v = m.requireKey("listen", "HOST:PORT, e.g. 127.0.0.1:8081 or 0.0.0.0:8081"), let text = v.string() else { return nil }
         guard let (host, port) = hostPort(text) else {
@@ -69,11 +70,11 @@ func hostPort(_ text: String) -> (host: String, port: Int)? {
 
 extension ConnectionLimits {
     /// The keys ``read(_:)`` takes.
-    public static let keys = ["headerTimeout", "idleTimeout", "maxConnections"]
+    package static let keys = ["headerTimeout", "idleTimeout", "maxConnections"]
 
     /// `headerTimeout`, `idleTimeout` and `maxConnections` of a server's mapping (`server:`,
     /// `webpubsub.embedded:`), each with its default when absent.
-    public static func read(_ m: ConfigMapping) -> ConnectionLimits {
+    package static func read(_ m: ConfigMapping) -> ConnectionLimits {
         var limits = ConnectionLimits()
         if let d = m.duration("headerTimeout") {
             if d > .zero { limits.headerTimeout = d } else { m.value("headerTimeout")?.report("headerTimeout must be more than 0") }
@@ -89,7 +90,7 @@ extension ConnectionLimits {
 extension EventHandlerConfiguration {
     /// Reads `eventHandler:` (may be absent) and `events:`; sinks are made with `registry`.
     /// `keys` are the access keys of `webpubsub` (or the embedded hub), whose signatures are accepted.
-    public static func read(
+    package static func read(
         eventHandler: ConfigMapping?, events: [ConfigValue]?, keys: [AccessKey], registry: AdapterRegistry, context: AdapterContext
     ) -> EventHandlerConfiguration {
         var config = EventHandlerConfiguration()
@@ -145,7 +146,7 @@ extension EventHandlerConfiguration {
             // With an Entra ID credential the bridge holds no key: the shared secret is then what authenticates the hub.
             let message =
                 "no access key to check ce-signature with: with an Entra ID credential set eventHandler.authToken (the hub's event handler URL carries it as ?code=TOKEN), or give eventHandler.secondaryAccessKey"
-            if let eventHandler { eventHandler.report(message) } else { events?.first?.reader.report(message, path: "eventHandler", mark: nil) }
+            if let eventHandler { eventHandler.report(message) } else { events?.first?.reader.report(message, path: "eventHandler") }
         }
         return config
     }

@@ -4,21 +4,21 @@ import BridgeJSON
 import BridgeObservability
 import CoreMetrics
 import Foundation
-public import Logging
+package import Logging
 import NIOCore
-public import Synchronization
-public import WebPubSub
+package import Synchronization
+package import WebPubSub
 
 /// A request to the event handler, independent of the HTTP server.
-public struct HandlerRequest: Sendable {
-    public var method: String
-    public var hub: String
+package struct HandlerRequest: Sendable {
+    package var method: String
+    package var hub: String
     /// Header names in lower case.
-    public var headers: [String: String]
-    public var query: Query
-    public var body: [UInt8]
+    package var headers: [String: String]
+    package var query: Query
+    package var body: [UInt8]
 
-    public init(method: String, hub: String, headers: [String: String], query: Query, body: [UInt8]) {
+    package init(method: String, hub: String, headers: [String: String], query: Query, body: [UInt8]) {
         self.method = method
         self.hub = hub
         self.headers = headers
@@ -27,10 +27,10 @@ public struct HandlerRequest: Sendable {
     }
 }
 
-public struct HandlerResponse: Sendable {
-    public var status: Int
-    public var headers: [(String, String)]
-    public var body: [UInt8]
+package struct HandlerResponse: Sendable {
+    package var status: Int
+    package var headers: [(String, String)]
+    package var body: [UInt8]
 
     init(_ status: Int, headers: [(String, String)] = [], body: [UInt8] = []) {
         self.status = status
@@ -52,35 +52,35 @@ public struct HandlerResponse: Sendable {
 /// and `connected`, `disconnected` and user events written to the sinks of matching `events:`
 /// rules, each as a CloudEvents JSON envelope. A user event is answered only after every sink
 /// accepted it, so that a sink failure is a 5xx that the service retries.
-public final class EventHandler: Sendable {
-    public let configuration: EventHandlerConfiguration
+package final class EventHandler: Sendable {
+    package let configuration: EventHandlerConfiguration
     let logger: Logger
     /// Groups the connect policy gave each connection, for the envelopes of its later events.
     private let groupsByConnection = Mutex<[String: [String]]>([:])
-    public let stats = Stats()
+    package let stats = Stats()
     /// Refused requests are logged at most 10 times a minute (`wps.not_logged` counts the rest).
     let refusalLog = LogThrottle()
 
-    public final class Stats: Sendable {
-        public let events = Atomic<Int>(0)
-        public let written = Atomic<Int>(0)
-        public let failed = Atomic<Int>(0)
-        public let rejected = Atomic<Int>(0)
+    package final class Stats: Sendable {
+        package let events = Atomic<Int>(0)
+        package let written = Atomic<Int>(0)
+        package let failed = Atomic<Int>(0)
+        package let rejected = Atomic<Int>(0)
     }
 
-    public init(configuration: EventHandlerConfiguration, logger: Logger) {
+    package init(configuration: EventHandlerConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
     }
 
-    public func handle(_ request: HandlerRequest) async -> HandlerResponse {
+    package func handle(_ request: HandlerRequest) async -> HandlerResponse {
         count(request, await answer(request))
     }
 
     /// The checks that need no body: the auth token, the hub, and for an event its CloudEvents
     /// headers and `ce-signature`. The HTTP server runs them before it reads a body, so that a
     /// stranger cannot make it read one. nil when the request may go on.
-    public func refusal(_ request: HandlerRequest) -> HandlerResponse? {
+    package func refusal(_ request: HandlerRequest) -> HandlerResponse? {
         switch preflight(request) {
         case .success: nil
         case .failure(let refused): count(request, refused.response)

@@ -1,44 +1,44 @@
-public import BridgeCore
+package import BridgeCore
 import Foundation
-public import WebPubSub
+package import WebPubSub
 
 /// How the bridge answers `connect` events: the policy of `eventHandler.connect`.
-public struct ConnectPolicy: Sendable {
+package struct ConnectPolicy: Sendable {
     /// false: every connection is refused with `rejectStatus` and `rejectReason`.
-    public var allow = true
-    public var rejectStatus = 401
-    public var rejectReason = "connections are not accepted"
+    package var allow = true
+    package var rejectStatus = 401
+    package var rejectReason = "connections are not accepted"
     /// Refuse (401) a connection that has no user id after `userId` was applied.
-    public var requireUser = false
+    package var requireUser = false
     /// `{claim.NAME}`, `{query.NAME}`, `{header.NAME}`, `{userId}`, `{connectionId}`: the user id
     /// to give the connection (overrides the token's `sub` when it renders non-empty).
-    public var userId: String?
+    package var userId: String?
     /// Groups to join and roles to grant, templated the same way; one that cannot be filled is left out.
-    public var groups: [String] = []
-    public var roles: [String] = []
+    package var groups: [String] = []
+    package var roles: [String] = []
     /// Chosen when the client offered it.
-    public var subprotocol: String?
+    package var subprotocol: String?
 
-    public init() {}
+    package init() {}
 }
 
 /// One `events:` rule: which events of which hub go to which sink, and what a user event is
 /// answered with.
-public struct EventRule: Sendable {
-    public enum Reply: String, Sendable, CaseIterable {
+package struct EventRule: Sendable {
+    package enum Reply: String, Sendable, CaseIterable {
         /// 204, nothing goes back to the client.
         case empty
         /// 200 with `{"ack": "<event id>", "event": "<name>"}`, which the service sends back to the client.
         case ack
     }
 
-    public var hub: String
+    package var hub: String
     /// User event names, `connected`, `disconnected`, or `*` for all of them.
-    public var events: Set<String>
-    public var sink: any SinkAdapter
-    public var reply: Reply
+    package var events: Set<String>
+    package var sink: any SinkAdapter
+    package var reply: Reply
 
-    public init(hub: String, events: Set<String>, sink: any SinkAdapter, reply: Reply = .empty) {
+    package init(hub: String, events: Set<String>, sink: any SinkAdapter, reply: Reply = .empty) {
         self.hub = hub
         self.events = events
         self.sink = sink
@@ -47,40 +47,40 @@ public struct EventRule: Sendable {
 
     /// `event` is a user event name, `connected`, `disconnected`, or `group:NAME` for a message a
     /// `type: webpubsub` listener heard in group NAME (matched by `group:NAME`, `group:*` and `*`).
-    public func matches(hub: String, event: String) -> Bool {
+    package func matches(hub: String, event: String) -> Bool {
         guard self.hub == "*" || self.hub.caseInsensitiveCompare(hub) == .orderedSame else { return false }
         return events.contains("*") || events.contains(event) || (event.hasPrefix("group:") && events.contains("group:*"))
     }
 
     /// The groups whose listened messages this rule takes (`*` for all), empty when none.
-    public var groups: Set<String> {
+    package var groups: Set<String> {
         if events.contains("*") { return ["*"] }
         return Set(events.filter { $0.hasPrefix("group:") }.map { String($0.dropFirst(6)) })
     }
 
     /// Whether the rule names events the hub sends to the event handler (not only group messages).
-    public var takesHandlerEvents: Bool { events.contains { !$0.hasPrefix("group:") } }
+    package var takesHandlerEvents: Bool { events.contains { !$0.hasPrefix("group:") } }
 }
 
 /// `eventHandler:` and `events:` of the config: everything the upstream endpoint needs.
-public struct EventHandlerConfiguration: Sendable {
+package struct EventHandlerConfiguration: Sendable {
     /// The handler answers at `{path}/{hub}`.
-    public var path = "/eventhandler"
+    package var path = "/eventhandler"
     /// `WebHook-Request-Origin` values allowed by the abuse-protection handshake; `*` for any.
-    public var allowedOrigins: [String] = []
+    package var allowedOrigins: [String] = []
     /// Keys whose `ce-signature` is accepted (primary and secondary).
-    public var accessKeys: [AccessKey] = []
+    package var accessKeys: [AccessKey] = []
     /// An optional shared secret, from `?code=` or the `X-WPS-Auth-Token` header.
-    public var authToken: String?
+    package var authToken: String?
     /// Hubs whose `connect` events the bridge answers with `connect`; nil: connect events are
     /// answered with the defaults (allow).
-    public var connect: ConnectPolicy?
-    public var rules: [EventRule] = []
+    package var connect: ConnectPolicy?
+    package var rules: [EventRule] = []
     /// User ids of the bridge's own group listeners, by hub (lower case): their connection
     /// events are not mirrored.
-    public var listenerUsers: [String: Set<String>] = [:]
+    package var listenerUsers: [String: Set<String>] = [:]
 
-    public init() {}
+    package init() {}
 
     /// Whether any rule or the connect policy concerns `hub`.
     func knows(hub: String) -> Bool {

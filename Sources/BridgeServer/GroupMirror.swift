@@ -1,26 +1,26 @@
-public import BridgeCore
+package import BridgeCore
 import BridgeJSON
 import BridgeObservability
 import Foundation
-public import Logging
+package import Logging
 import NIOCore
 
 /// Writes what a group listener (`type: webpubsub` source) heard to the sinks of the `events:`
 /// rules that name its group (`group:NAME`, `group:*`, `*`), as CloudEvents JSON envelopes of
 /// type `azure.webpubsub.group.message`.
-public struct GroupMessageMirror: Sendable {
-    public let rules: [EventRule]
+package struct GroupMessageMirror: Sendable {
+    package let rules: [EventRule]
     let logger: Logger
 
-    public init(rules: [EventRule], logger: Logger) {
+    package init(rules: [EventRule], logger: Logger) {
         self.rules = rules
         self.logger = logger
     }
 
-    public static let eventType = "azure.webpubsub.group.message"
+    package static let eventType = "azure.webpubsub.group.message"
 
     /// The rules a listened message goes to; it carries its hub and `group:NAME` event as headers.
-    public func rules(for message: Message) -> [EventRule] {
+    package func rules(for message: Message) -> [EventRule] {
         guard let hub = message.headers["hub"], let event = message.headers["event"] else { return [] }
         return rules.filter { $0.matches(hub: hub, event: event) }
     }
@@ -29,7 +29,7 @@ public struct GroupMessageMirror: Sendable {
     /// backoff until it took the record: a sink that is down holds the listener back, which is
     /// then not reading, and the hub keeps what it has not confirmed.
     /// - Throws: `CancellationError` when the bridge stops first.
-    public func write(_ message: Message) async throws {
+    package func write(_ message: Message) async throws {
         var pending = rules(for: message)
         guard !pending.isEmpty else { return }
         let record = Self.record(message)

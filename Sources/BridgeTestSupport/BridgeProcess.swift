@@ -1,13 +1,13 @@
-public import BridgeJSON
+package import BridgeJSON
 import Foundation
 
 /// `wps-bridge run` on a config written to a fresh folder, its debug log kept in that folder.
-public struct BridgeProcess: Sendable {
-    public let directory: String
-    public let process: ChildProcess
+package struct BridgeProcess: Sendable {
+    package let directory: String
+    package let process: ChildProcess
 
     /// Writes `yaml` to `directory/bridge.yaml` and starts the bridge on it.
-    public init(_ yaml: String, in directory: String, logLevel: String = "debug") throws {
+    package init(_ yaml: String, in directory: String, logLevel: String = "debug") throws {
         self.directory = directory
         let config = directory + "/bridge.yaml"
         try yaml.write(toFile: config, atomically: true, encoding: .utf8)
@@ -18,23 +18,23 @@ public struct BridgeProcess: Sendable {
     }
 
     /// What the bridge logged so far.
-    public var log: String { (try? String(contentsOfFile: directory + "/bridge.log", encoding: .utf8)) ?? "" }
+    package var log: String { (try? String(contentsOfFile: directory + "/bridge.log", encoding: .utf8)) ?? "" }
 
     /// The last lines of the log, for failure messages.
-    public var logTail: String { String(log.suffix(6000)) }
+    package var logTail: String { String(log.suffix(6000)) }
 
-    public func terminate() { process.terminate() }
-    public func signal(_ number: Int32) { process.signal(number) }
+    package func terminate() { process.terminate() }
+    package func signal(_ number: Int32) { process.signal(number) }
     /// Writes to the bridge's stdin.
-    public func write(_ text: String) { process.write(text) }
-    public func kill() { process.kill() }
-    public var isRunning: Bool { process.isRunning }
-    public func exitStatus() async -> Int32 { await process.exitStatus() }
+    package func write(_ text: String) { process.write(text) }
+    package func kill() { process.kill() }
+    package var isRunning: Bool { process.isRunning }
+    package func exitStatus() async -> Int32 { await process.exitStatus() }
 }
 
 extension TestWebSocket {
     /// Reads `message`s until `count` arrived or none came for `idle`.
-    public func messages(_ count: Int, idle: Duration = .seconds(30)) async -> [JSONValue] {
+    package func messages(_ count: Int, idle: Duration = .seconds(30)) async -> [JSONValue] {
         var got: [JSONValue] = []
         while got.count < count, let m = await expect(type: "message", timeout: idle) { got.append(m) }
         return got

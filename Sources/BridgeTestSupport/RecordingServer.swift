@@ -1,52 +1,52 @@
-public import Foundation
+package import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
 import Synchronization
-public import WebPubSub
+package import WebPubSub
 
 /// A real HTTP server on a free loopback port that verifies the bearer JWT of each request
 /// (HS256 with its access key, `aud` equal to the request's full URL, `exp` in the future) and
 /// records method, path, query, headers and body. It answers from a script of responses first,
 /// then with the status the Web PubSub service gives for the operation.
-public final class RecordingServer: Sendable {
-    public struct RecordedRequest: Sendable, CustomStringConvertible {
-        public let method: String
+package final class RecordingServer: Sendable {
+    package struct RecordedRequest: Sendable, CustomStringConvertible {
+        package let method: String
         /// As sent: percent-encoded.
-        public let rawPath: String
+        package let rawPath: String
         /// Decoded path segments.
-        public let segments: [String]
+        package let segments: [String]
         /// Decoded, in order; repeated names repeat.
-        public let query: [(name: String, value: String)]
+        package let query: [(name: String, value: String)]
         /// Header names lower-cased.
-        public let headers: [String: String]
-        public let body: [UInt8]
+        package let headers: [String: String]
+        package let body: [UInt8]
         /// The verified token's claims; nil when it was refused (see `authError`).
-        public let claims: JWTClaims?
-        public let authError: String?
+        package let claims: JWTClaims?
+        package let authError: String?
         /// The full URL the request named, as `aud` must.
-        public let url: String
-        public let receivedAt: Date
+        package let url: String
+        package let receivedAt: Date
 
-        public func queryValues(_ name: String) -> [String] { query.filter { $0.name == name }.map(\.value) }
-        public var bodyText: String { String(decoding: body, as: UTF8.self) }
-        public var description: String { "\(method) \(rawPath)" }
+        package func queryValues(_ name: String) -> [String] { query.filter { $0.name == name }.map(\.value) }
+        package var bodyText: String { String(decoding: body, as: UTF8.self) }
+        package var description: String { "\(method) \(rawPath)" }
     }
 
-    public struct ScriptedResponse: Sendable {
-        public var status: Int
-        public var headers: [String: String]
-        public var body: String
+    package struct ScriptedResponse: Sendable {
+        package var status: Int
+        package var headers: [String: String]
+        package var body: String
 
-        public init(status: Int, headers: [String: String] = [:], body: String = "") {
+        package init(status: Int, headers: [String: String] = [:], body: String = "") {
             self.status = status
             self.headers = headers
             self.body = body
         }
     }
 
-    public let accessKey: AccessKey
+    package let accessKey: AccessKey
     /// When false the server takes any request (an event handler, say) and sets no `authError`.
     let verifyToken: Bool
     /// Answers a request before the script and the defaults, when it returns a response.
@@ -55,7 +55,7 @@ public final class RecordingServer: Sendable {
     private let script = Mutex<[ScriptedResponse]>([])
     private let server = LoopbackServer()
 
-    public init(
+    package init(
         accessKey: AccessKey = AccessKey("recording-server-key-0123456789ABCDEFGHIJ"), verifyToken: Bool = true,
         responder: (@Sendable (RecordedRequest) -> ScriptedResponse?)? = nil
     ) {
@@ -64,23 +64,23 @@ public final class RecordingServer: Sendable {
         self.responder = responder
     }
 
-    public var port: Int { server.port }
-    public var endpoint: String { "http://127.0.0.1:\(port)" }
-    public var connectionString: String { "Endpoint=http://127.0.0.1;Port=\(port);AccessKey=\(accessKey.value);Version=1.0;" }
-    public var requests: [RecordedRequest] { recorded.withLock { $0 } }
+    package var port: Int { server.port }
+    package var endpoint: String { "http://127.0.0.1:\(port)" }
+    package var connectionString: String { "Endpoint=http://127.0.0.1;Port=\(port);AccessKey=\(accessKey.value);Version=1.0;" }
+    package var requests: [RecordedRequest] { recorded.withLock { $0 } }
 
     /// Answers the next requests with these, in order, before falling back to the defaults.
-    public func enqueue(_ responses: ScriptedResponse...) {
+    package func enqueue(_ responses: ScriptedResponse...) {
         script.withLock { $0.append(contentsOf: responses) }
     }
 
     /// Starts listening on `port` (0: a free one; a stopped server can start again on its old
     /// port, as a service back from an outage); returns once the port is known.
-    public func start(port: Int = 0) async throws {
+    package func start(port: Int = 0) async throws {
         try await server.start(label: "recording-server", port: port) { [self] request in try await self.handle(request) }
     }
 
-    public func stop() async { await server.stop() }
+    package func stop() async { await server.stop() }
 
     private func handle(_ request: Request) async throws -> Response {
         var request = request
@@ -157,13 +157,13 @@ public final class RecordingServer: Sendable {
     }
 }
 
-public struct RecordingServerError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+package struct RecordingServerError: Error, CustomStringConvertible {
+    package let description: String
+    package init(_ description: String) { self.description = description }
 }
 
 /// Runs `body` with a started server, and stops it after.
-public func withRecordingServer<T>(_ body: (RecordingServer) async throws -> T) async throws -> T {
+package func withRecordingServer<T>(_ body: (RecordingServer) async throws -> T) async throws -> T {
     let server = RecordingServer()
     try await server.start()
     do {

@@ -3,13 +3,13 @@ import Synchronization
 
 /// `redis-server` on a loopback port for tests: no persistence, stopped with `stop()`, and
 /// started again on the same port with `restart()`.
-public final class RedisServer: Sendable {
-    public let port: Int
-    public var url: String { "redis://127.0.0.1:\(port)" }
+package final class RedisServer: Sendable {
+    package let port: Int
+    package var url: String { "redis://127.0.0.1:\(port)" }
     private let process: Mutex<ChildProcess?>
     private let arguments: [String]
 
-    public init(port: Int? = nil, password: String? = nil) async throws {
+    package init(port: Int? = nil, password: String? = nil) async throws {
         let port = try port ?? TestEnvironment.freePort()
         self.port = port
         var arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]
@@ -29,7 +29,7 @@ public final class RedisServer: Sendable {
         }
     }
 
-    public func stop() async {
+    package func stop() async {
         guard
             let child = process.withLock({ p in
                 defer { p = nil }
@@ -41,24 +41,24 @@ public final class RedisServer: Sendable {
     }
 
     /// Stops the server (its data is lost) and starts a new one on the same port.
-    public func restart() async throws {
+    package func restart() async throws {
         await stop()
         try await start()
     }
 
     /// Runs `redis-cli` against this server; returns its output (raw replies, one per line).
-    public func cli(_ args: String...) async throws -> String {
+    package func cli(_ args: String...) async throws -> String {
         try await cli(args)
     }
 
-    public func cli(_ args: [String]) async throws -> String {
+    package func cli(_ args: [String]) async throws -> String {
         let result = try await runProcess(try Self.executable("redis-cli"), ["-p", String(port), "--no-raw"] + args)
         guard result.status == 0 else { throw TestEnvironmentError("redis-cli \(args) failed: \(result.stderr)") }
         return result.stdout
     }
 
     /// Runs `redis-cli --raw`: bulk strings as they are.
-    public func raw(_ args: [String]) async throws -> String {
+    package func raw(_ args: [String]) async throws -> String {
         let result = try await runProcess(try Self.executable("redis-cli"), ["-p", String(port), "--raw"] + args)
         guard result.status == 0 else { throw TestEnvironmentError("redis-cli \(args) failed: \(result.stderr)") }
         return result.stdout

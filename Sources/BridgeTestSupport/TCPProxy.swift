@@ -4,8 +4,8 @@ import Synchronization
 
 /// A loopback TCP proxy to a port, whose connections a test can cut: a dropped network link,
 /// which closing a socket from either end (a close frame, a REST close) is not.
-public final class TCPProxy: Sendable {
-    public let port: Int
+package final class TCPProxy: Sendable {
+    package let port: Int
     private let server: any Channel
     private let state = State()
 
@@ -15,9 +15,9 @@ public final class TCPProxy: Sendable {
     }
 
     /// Connections accepted since the proxy started.
-    public var accepted: Int { state.accepted.load(ordering: .relaxed) }
+    package var accepted: Int { state.accepted.load(ordering: .relaxed) }
 
-    public init(to targetPort: Int, host: String = "127.0.0.1") async throws {
+    package init(to targetPort: Int, host: String = "127.0.0.1") async throws {
         let state = self.state
         server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -41,7 +41,7 @@ public final class TCPProxy: Sendable {
 
     /// Drops every connection through the proxy, without a close frame: both sides see the
     /// stream end. New connections are accepted as before.
-    public func cut() {
+    package func cut() {
         let all = state.connections.withLock { c in
             defer { c.removeAll() }
             return c
@@ -49,7 +49,7 @@ public final class TCPProxy: Sendable {
         for channel in all { channel.close(promise: nil) }
     }
 
-    public func stop() async {
+    package func stop() async {
         cut()
         try? await server.close()
     }
@@ -79,18 +79,18 @@ private final class Relay: ChannelInboundHandler, Sendable {
 }
 
 /// A loopback server that accepts connections and never answers: a peer that hangs.
-public final class SilentServer: Sendable {
-    public let port: Int
+package final class SilentServer: Sendable {
+    package let port: Int
     private let server: any Channel
 
-    public init() async throws {
+    package init() async throws {
         server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in channel.eventLoop.makeSucceededVoidFuture() }
             .bind(host: "127.0.0.1", port: 0).get()
         port = server.localAddress?.port ?? 0
     }
 
-    public func stop() async {
+    package func stop() async {
         try? await server.close()
     }
 }

@@ -1,4 +1,4 @@
-public import Foundation
+package import Foundation
 
 #if canImport(Glibc)
 import Glibc
@@ -6,16 +6,16 @@ import Glibc
 
 /// Where tests find what `make test` prepared. Nothing is skipped: a missing piece is an error
 /// that says how to provide it.
-public enum TestEnvironment {
+package enum TestEnvironment {
     /// The package's root folder.
-    public static let packageRoot: String = {
+    package static let packageRoot: String = {
         var url = URL(fileURLWithPath: #filePath)
         for _ in 0..<3 { url.deleteLastPathComponent() }
         return url.path
     }()
 
     /// The built `wps-bridge` executable: `$WPS_BRIDGE_BIN`, or next to the test bundle.
-    public static func bridgeBinary() throws -> String {
+    package static func bridgeBinary() throws -> String {
         var candidates: [String] = []
         if let env = ProcessInfo.processInfo.environment["WPS_BRIDGE_BIN"] { candidates.append(env) }
         let runner = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
@@ -31,7 +31,7 @@ public enum TestEnvironment {
 
     /// The Python of the virtualenv that `make test` creates with the official Azure SDKs:
     /// `$WPS_TEST_PYTHON`, or `.venv/bin/python` in the package.
-    public static func python() throws -> String {
+    package static func python() throws -> String {
         let candidates = [ProcessInfo.processInfo.environment["WPS_TEST_PYTHON"], packageRoot + "/.venv/bin/python"].compactMap { $0 }
         for path in candidates where FileManager.default.isExecutableFile(atPath: path) { return path }
         throw TestEnvironmentError(
@@ -39,7 +39,7 @@ public enum TestEnvironment {
     }
 
     /// A loopback port that was free a moment ago (bound to port 0, then closed).
-    public static func freePort() throws -> Int {
+    package static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestEnvironmentError("socket() failed") }
         defer { close(fd) }
@@ -56,7 +56,7 @@ public enum TestEnvironment {
     }
 
     /// Whether something accepts TCP connections on the loopback port.
-    public static func isListening(_ port: Int) -> Bool {
+    package static func isListening(_ port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
@@ -70,27 +70,27 @@ public enum TestEnvironment {
     }
 
     /// A fresh temporary folder.
-    public static func temporaryDirectory() throws -> String {
+    package static func temporaryDirectory() throws -> String {
         let path = NSTemporaryDirectory() + "wps-bridge-test-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         return path
     }
 }
 
-public struct TestEnvironmentError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+package struct TestEnvironmentError: Error, CustomStringConvertible {
+    package let description: String
+    package init(_ description: String) { self.description = description }
 }
 
 /// The result of a finished child process.
-public struct ProcessResult: Sendable {
-    public let status: Int32
-    public let stdout: String
-    public let stderr: String
+package struct ProcessResult: Sendable {
+    package let status: Int32
+    package let stdout: String
+    package let stderr: String
 }
 
 /// Runs a program to completion with `input` on its stdin; kills it after `timeout`.
-public func runProcess(
+package func runProcess(
     _ executable: String, _ arguments: [String], input: String = "", environment: [String: String] = [:],
     currentDirectory: String? = nil, timeout: TimeInterval = 60
 ) async throws -> ProcessResult {
@@ -129,13 +129,13 @@ private func readAll(_ handle: FileHandle) -> Task<Data, Never> {
 }
 
 /// A running child process whose stdin the test writes and whose exit it awaits.
-public final class ChildProcess: Sendable {
+package final class ChildProcess: Sendable {
     let process: Process
     let input: FileHandle
     private let exited: AsyncStream<Int32>
 
     /// Starts `executable`; stdout and stderr go nowhere unless pipes are given.
-    public init(
+    package init(
         _ executable: String, _ arguments: [String], environment: [String: String] = [:], currentDirectory: String? = nil,
         stdout: Pipe? = nil, stderr: Pipe? = nil
     ) throws {
@@ -160,24 +160,24 @@ public final class ChildProcess: Sendable {
         try process.run()
     }
 
-    public func write(_ text: String) { input.write(Data(text.utf8)) }
+    package func write(_ text: String) { input.write(Data(text.utf8)) }
 
     /// Ends stdin (EOF for the child).
-    public func closeInput() { try? input.close() }
+    package func closeInput() { try? input.close() }
 
     /// SIGTERM.
-    public func terminate() { if process.isRunning { process.terminate() } }
+    package func terminate() { if process.isRunning { process.terminate() } }
 
     /// SIGKILL: no chance to clean up, as in a crash.
-    public func kill() { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
+    package func kill() { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
 
     /// Any signal, e.g. SIGHUP.
-    public func signal(_ number: Int32) { if process.isRunning { Glibc.kill(process.processIdentifier, number) } }
+    package func signal(_ number: Int32) { if process.isRunning { Glibc.kill(process.processIdentifier, number) } }
 
-    public var isRunning: Bool { process.isRunning }
+    package var isRunning: Bool { process.isRunning }
 
     /// The exit status, once it has exited.
-    public func exitStatus() async -> Int32 {
+    package func exitStatus() async -> Int32 {
         var status: Int32 = -1
         for await s in exited { status = s }
         return status
@@ -190,7 +190,7 @@ public final class ChildProcess: Sendable {
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held. Tests wait
 /// for a state this way instead of sleeping a fixed time, which a loaded CI machine outruns.
-public func eventually(
+package func eventually(
     timeout: Duration = .seconds(30), every interval: Duration = .milliseconds(20),
     _ condition: () async throws -> Bool
 ) async rethrows -> Bool {

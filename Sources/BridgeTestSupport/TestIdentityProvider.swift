@@ -1,6 +1,6 @@
 import BridgeCrypto
 import BridgeJSON
-public import Foundation
+package import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -14,20 +14,20 @@ import WebPubSub
 /// `Metadata: true`; App Service `GET /msi/token` with `X-IDENTITY-HEADER`), and OpenID
 /// discovery with a JWKS. Tokens are RS256 JWTs, issuer `{endpoint}/{tenant}/v2.0`, audience
 /// the requested resource.
-public final class TestIdentityProvider: Sendable {
-    public let tenant = "11111111-2222-3333-4444-555555555555"
+package final class TestIdentityProvider: Sendable {
+    package let tenant = "11111111-2222-3333-4444-555555555555"
     /// The signing keys the JWKS publishes, by key id; tokens are signed with the last.
     private let signingKeys: Mutex<[(id: String, key: RSAPrivateKey)]>
     /// The key id new tokens carry.
-    public var keyId: String { signingKeys.withLock { $0.last!.id } }
+    package var keyId: String { signingKeys.withLock { $0.last!.id } }
 
     /// What a request was and what it got.
-    public struct Served: Sendable {
+    package struct Served: Sendable {
         /// `clientCredentials`, `imds`, `appService`, `discovery`, `jwks`
-        public let kind: String
-        public let status: Int
-        public let clientId: String?
-        public let at: Date
+        package let kind: String
+        package let status: Int
+        package let clientId: String?
+        package let at: Date
     }
 
     private struct State {
@@ -44,33 +44,33 @@ public final class TestIdentityProvider: Sendable {
     private let state = Mutex(State())
     private let server = LoopbackServer()
 
-    public init() throws {
+    package init() throws {
         signingKeys = Mutex([(id: "test-key-1", key: try RSAPrivateKey(bits: 2048))])
     }
 
-    public var port: Int { server.port }
-    public var endpoint: String { "http://127.0.0.1:\(port)" }
+    package var port: Int { server.port }
+    package var endpoint: String { "http://127.0.0.1:\(port)" }
     /// The `iss` of every token: what the hub's `--trust-issuer` takes.
-    public var issuer: String { "\(endpoint)/\(tenant)/v2.0" }
-    public var served: [Served] { state.withLock { $0.served } }
+    package var issuer: String { "\(endpoint)/\(tenant)/v2.0" }
+    package var served: [Served] { state.withLock { $0.served } }
     /// Every access token handed out.
-    public var issuedTokens: [String] { state.withLock { $0.issued } }
-    public var identityHeader: String { state.withLock { $0.identityHeader } }
+    package var issuedTokens: [String] { state.withLock { $0.issued } }
+    package var identityHeader: String { state.withLock { $0.identityHeader } }
 
     /// An app registration that authenticates with `secret`.
-    public func register(clientId: String, secret: String) { state.withLock { $0.secrets[clientId] = secret } }
+    package func register(clientId: String, secret: String) { state.withLock { $0.secrets[clientId] = secret } }
     /// An app registration whose federated credential accepts `assertion` (the service-account token).
-    public func register(clientId: String, federatedAssertion: String) { state.withLock { $0.assertions[clientId] = federatedAssertion } }
+    package func register(clientId: String, federatedAssertion: String) { state.withLock { $0.assertions[clientId] = federatedAssertion } }
     /// A user-assigned managed identity; without a `client_id` the system-assigned one answers.
-    public func register(managedIdentity clientId: String) { state.withLock { _ = $0.managedIdentities.insert(clientId) } }
+    package func register(managedIdentity clientId: String) { state.withLock { _ = $0.managedIdentities.insert(clientId) } }
     /// How long new tokens live.
-    public func setTokenLifetime(_ lifetime: Duration) { state.withLock { $0.lifetime = lifetime } }
+    package func setTokenLifetime(_ lifetime: Duration) { state.withLock { $0.lifetime = lifetime } }
     /// The next token requests (of any kind) are answered with these statuses, in order.
-    public func failNext(_ statuses: Int...) { state.withLock { $0.failures += statuses } }
+    package func failNext(_ statuses: Int...) { state.withLock { $0.failures += statuses } }
 
     /// A token signed with the provider's key, with any claims (for tokens a hub must refuse);
     /// `keyId` overrides the `kid` the header names.
-    public func mint(
+    package func mint(
         audience: String = "https://webpubsub.azure.com", subject: String = "test", expiresIn: Duration, issuer: String? = nil,
         keyId: String? = nil
     ) -> String {
@@ -84,7 +84,7 @@ public final class TestIdentityProvider: Sendable {
 
     /// Rotates the signing key: a new key (and key id) signs from now on; the old one is
     /// unpublished at once, or kept in the JWKS too when `keepOld`.
-    public func rotateKeys(keepOld: Bool = false) throws {
+    package func rotateKeys(keepOld: Bool = false) throws {
         let key = try RSAPrivateKey(bits: 2048)
         signingKeys.withLock { keys in
             let id = "test-key-\(Int(keys.last!.id.split(separator: "-").last!)! + 1)"
@@ -101,11 +101,11 @@ public final class TestIdentityProvider: Sendable {
         return input + "." + AccessKeyJWT.base64URL(signature)
     }
 
-    public func start() async throws {
+    package func start() async throws {
         try await server.start(label: "test identity provider") { [self] request in try await self.handle(request) }
     }
 
-    public func stop() async { await server.stop() }
+    package func stop() async { await server.stop() }
 
     private func json(_ status: Int, _ value: JSONValue) -> Response {
         Response(

@@ -1,4 +1,4 @@
-public import BridgeJSON
+package import BridgeJSON
 import Foundation
 import HTTPTypes
 import HummingbirdWSClient
@@ -9,8 +9,8 @@ import Synchronization
 
 /// A WebSocket client for tests: connects (with a subprotocol), records every frame it gets,
 /// sends what it is told. Frames arrive through ``next(timeout:)``.
-public final class TestWebSocket: Sendable {
-    public enum Frame: Sendable, Equatable {
+package final class TestWebSocket: Sendable {
+    package enum Frame: Sendable, Equatable {
         case text(String)
         case binary([UInt8])
         /// The server closed the socket (with this code, if it sent one).
@@ -37,7 +37,7 @@ public final class TestWebSocket: Sendable {
     private let task: Task<Void, Never>
 
     /// Connects to `url`; throws when the handshake is refused.
-    public static func connect(_ url: String, subprotocol: String? = nil, maxFrameSize: Int = 4 * 1024 * 1024) async throws -> TestWebSocket {
+    package static func connect(_ url: String, subprotocol: String? = nil, maxFrameSize: Int = 4 * 1024 * 1024) async throws -> TestWebSocket {
         let socket = TestWebSocket(url: url, subprotocol: subprotocol, maxFrameSize: maxFrameSize)
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
@@ -96,19 +96,19 @@ public final class TestWebSocket: Sendable {
         }
     }
 
-    public func send(_ text: String) { commands.yield(.text(text)) }
-    public func send(binary: [UInt8]) { commands.yield(.binary(binary)) }
-    public func send(json: JSONValue) { commands.yield(.text(json.serialized)) }
+    package func send(_ text: String) { commands.yield(.text(text)) }
+    package func send(binary: [UInt8]) { commands.yield(.binary(binary)) }
+    package func send(json: JSONValue) { commands.yield(.text(json.serialized)) }
 
     /// Closes from our side and waits until the socket is gone.
-    public func close() async {
+    package func close() async {
         commands.yield(.close)
         commands.finish()
         await task.value
     }
 
     /// The next frame, or nil after `timeout`.
-    public func next(timeout: Duration = .seconds(10)) async -> Frame? {
+    package func next(timeout: Duration = .seconds(10)) async -> Frame? {
         let deadline = ContinuousClock.now + timeout
         while true {
             let frame: Frame? = shared.frames.withLock { $0.isEmpty ? nil : $0.removeFirst() }
@@ -119,7 +119,7 @@ public final class TestWebSocket: Sendable {
     }
 
     /// Frames received so far and not read, without waiting.
-    public func drain() -> [Frame] {
+    package func drain() -> [Frame] {
         shared.frames.withLock { m in
             defer { m.removeAll() }
             return m
@@ -127,14 +127,14 @@ public final class TestWebSocket: Sendable {
     }
 
     /// The next text frame parsed as JSON (skipping nothing); nil on timeout or another frame.
-    public func nextJSON(timeout: Duration = .seconds(10)) async -> JSONValue? {
+    package func nextJSON(timeout: Duration = .seconds(10)) async -> JSONValue? {
         guard case .text(let s) = await next(timeout: timeout) else { return nil }
         return try? JSONValue(parsing: s)
     }
 
     /// Reads frames until one is a JSON object whose `type` is `type` (and, for system
     /// messages, `event` is `event`); returns it.
-    public func expect(type: String, event: String? = nil, timeout: Duration = .seconds(10)) async -> JSONValue? {
+    package func expect(type: String, event: String? = nil, timeout: Duration = .seconds(10)) async -> JSONValue? {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             guard let frame = await next(timeout: deadline - ContinuousClock.now) else { return nil }

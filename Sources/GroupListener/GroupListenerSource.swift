@@ -1,15 +1,16 @@
-public import BridgeCore
+package import BridgeCore
 import BridgeJSON
 import BridgeObservability
 import CoreMetrics
 import Foundation
 import HTTPTypes
 import HummingbirdWSClient
-public import Logging
+package import Logging
 import NIOCore
 import NIOWebSocket
-public import Synchronization
-public import WebPubSub
+package import Synchronization
+package import WebPubSub
+import WebPubSubProtocol
 
 /// `type: webpubsub`: listens to groups of a hub as a client, so that what browsers send to a
 /// group with `sendToGroup` (which never reaches an event handler) can be mirrored into sinks
@@ -24,43 +25,43 @@ public import WebPubSub
 /// existed are lost (the service keeps nothing for a connection that is gone): each such gap is
 /// logged and counted. Messages without `fromUserId` (sent by servers, this bridge included) are
 /// skipped unless `includeServerMessages` is set.
-public final class GroupListenerSource: SourceAdapter, HealthReporting {
-    public struct Settings: Sendable {
-        public var hub: String
-        public var groups: [String]
+package final class GroupListenerSource: GroupListening, WebPubSubClientAdapter, HealthReporting {
+    package struct Settings: Sendable {
+        package var hub: String
+        package var groups: [String]
         /// The listener's user id (the token's `sub`).
-        public var userId = "wps-bridge"
-        public var includeServerMessages = false
+        package var userId = "wps-bridge"
+        package var includeServerMessages = false
         /// Its own connection; nil: the bridge's `webpubsub` connection (see ``use(connection:)``).
-        public var connectionString: ConnectionString?
+        package var connectionString: ConnectionString?
         /// How long a dropped socket is tried to be recovered before a new connection is made.
-        public var recoveryTimeout: Duration = .seconds(30)
+        package var recoveryTimeout: Duration = .seconds(30)
         /// How long the WebSocket handshake may take.
-        public var connectTimeout: Duration = .seconds(10)
-        public var tokenLifetime: Duration = .seconds(3600)
-        public var maxFrameSize = 4 * 1024 * 1024
+        package var connectTimeout: Duration = .seconds(10)
+        package var tokenLifetime: Duration = .seconds(3600)
+        package var maxFrameSize = 4 * 1024 * 1024
         /// Messages received and not yet handed on; when full, the socket stops reading.
-        public var bufferSize = 1000
+        package var bufferSize = 1000
 
-        public init(hub: String, groups: [String]) {
+        package init(hub: String, groups: [String]) {
             self.hub = hub
             self.groups = groups
         }
     }
 
-    public final class Counters: Sendable {
+    package final class Counters: Sendable {
         /// Group messages received for handing on.
-        public let received = Atomic<Int>(0)
+        package let received = Atomic<Int>(0)
         /// Messages skipped: without a sender, of other groups, or from the server.
-        public let skipped = Atomic<Int>(0)
+        package let skipped = Atomic<Int>(0)
         /// Frames resent after a recovery that had been received already.
-        public let duplicates = Atomic<Int>(0)
+        package let duplicates = Atomic<Int>(0)
         /// Dropped sockets whose session was recovered.
-        public let recoveries = Atomic<Int>(0)
+        package let recoveries = Atomic<Int>(0)
         /// Sessions lost (a new connection followed): messages sent meanwhile are gone.
-        public let gaps = Atomic<Int>(0)
+        package let gaps = Atomic<Int>(0)
         /// Received messages not handed on (shutdown) or not delivered.
-        public let unsettled = Atomic<Int>(0)
+        package let unsettled = Atomic<Int>(0)
         let reconnectsMetric: CoreMetrics.Counter
         let gapsMetric: CoreMetrics.Counter
 
@@ -70,15 +71,15 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
         }
     }
 
-    public let name: String
-    public let settings: Settings
-    public let counters: Counters
+    package let name: String
+    package let settings: Settings
+    package let counters: Counters
     let logger: Logger
     private let provider = Mutex<ClientAccessIssuer?>(nil)
     private let health: ConnectionHealth
     private let bufferFullLogged = Mutex<ContinuousClock.Instant?>(nil)
 
-    public init(name: String, settings: Settings, logger: Logger) {
+    package init(name: String, settings: Settings, logger: Logger) {
         self.name = name
         self.settings = settings
         self.logger = logger
@@ -86,26 +87,30 @@ public final class GroupListenerSource: SourceAdapter, HealthReporting {
         health = ConnectionHealth(logger: logger, initialProblem: "not connected yet")
     }
 
-    public static let subprotocol = "json.reliable.webpubsub.azure.v1"
+    package static let subprotocol = "json.reliable.webpubsub.azure.v1"
+
+    package var listenedHub: String { settings.hub }
+    package var listenedGroups: [String] { settings.groups }
+    package var listenerUserId: String { settings.userId }
 
     /// Whether the listener takes its connection from the bridge's `webpubsub` settings.
-    public var usesBridgeConnection: Bool { settings.connectionString == nil }
+    package var usesBridgeConnection: Bool { settings.connectionString == nil }
 
     /// Where to connect when the source has no connection string of its own: asked once per
     /// new connection (the embedded hub's port is known only once it listens; with Entra ID the
     /// service issues the token).
-    public func use(connection: ClientAccessIssuer) {
+    package func use(connection: ClientAccessIssuer) {
         provider.withLock { $0 = connection }
     }
 
-    public var healthProblem: String? { health.problem }
+    package var healthProblem: String? { health.problem }
 
     private var metadata: Logger.Metadata { [LogKey.source: "\(name)", LogKey.hub: "\(settings.hub)"] }
 
     /// Listens until cancelled. The sockets put what they receive into a bounded inbox and go
     /// on reading (answering pings) while one task hands the messages on, at the pace the
     /// sinks and routes take them.
-    public func run(emit: DeliveryEmitter) async throws {
+    package func run(emit: DeliveryEmitter) async throws {
         let inbox = Inbox(capacity: settings.bufferSize)
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -478,14 +483,14 @@ struct ListenerError: Error, CustomStringConvertible {
 }
 
 /// `type: webpubsub` sources.
-public struct GroupListenerSourceFactory: SourceFactory {
-    public init() {}
-    public var isAtLeastOnce: Bool { true }
-    public var typeName: String { "webpubsub" }
-    public var summary: String { "messages clients send to groups of a hub, as a listening client (hub, groups, userId)" }
-    public var originFields: Set<String> { [] }
+package struct GroupListenerSourceFactory: SourceFactory {
+    package init() {}
+    package var isAtLeastOnce: Bool { true }
+    package var typeName: String { "webpubsub" }
+    package var summary: String { "messages clients send to groups of a hub, as a listening client (hub, groups, userId)" }
+    package var originFields: Set<String> { [] }
 
-    public func makeSource(name: String, settings m: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
+    package func makeSource(name: String, settings m: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
         m.checkKeys(
             [
                 "hub", "groups", "userId", "includeServerMessages", "connectionString", "connectionStringFile", "recoveryTimeout", "connectTimeout",

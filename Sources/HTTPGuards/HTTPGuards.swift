@@ -1,49 +1,49 @@
 import BridgeObservability
-public import HummingbirdCore
-public import Logging
-public import NIOCore
+package import HummingbirdCore
+package import Logging
+package import NIOCore
 
 /// Limits of an HTTP server that strangers can reach: how long a client may take to send its
 /// request head, how long a connection may sit idle between requests, and how many connections
 /// are served at once (past that, new ones wait in the listen backlog until one closes).
-public struct ConnectionLimits: Sendable, Equatable {
+package struct ConnectionLimits: Sendable, Equatable {
     /// From the connection's start until its first request head is complete.
-    public var headerTimeout: Duration = .seconds(10)
+    package var headerTimeout: Duration = .seconds(10)
     /// Between requests on a kept-alive HTTP connection (not on WebSocket connections).
-    public var idleTimeout: Duration = .seconds(60)
+    package var idleTimeout: Duration = .seconds(60)
     /// Connections served at once.
-    public var maxConnections: Int = 10_000
+    package var maxConnections: Int = 10_000
 
-    public init() {}
+    package init() {}
 
-    public init(headerTimeout: Duration, idleTimeout: Duration, maxConnections: Int) {
+    package init(headerTimeout: Duration, idleTimeout: Duration, maxConnections: Int) {
         self.headerTimeout = headerTimeout
         self.idleTimeout = idleTimeout
         self.maxConnections = maxConnections
     }
 
     /// Hummingbird's connection cap for `ServerConfiguration.availableConnectionsDelegate`.
-    public var availableConnections: MaximumAvailableConnections { MaximumAvailableConnections(maxConnections) }
+    package var availableConnections: MaximumAvailableConnections { MaximumAvailableConnections(maxConnections) }
 
     /// The idle timeout as NIO takes it.
-    public var idleTimeAmount: TimeAmount { .nanoseconds(Int64(idleTimeout / .nanoseconds(1))) }
+    package var idleTimeAmount: TimeAmount { .nanoseconds(Int64(idleTimeout / .nanoseconds(1))) }
 }
 
 /// A server child channel with a deadline for the first request head in front of another one:
 /// a client that connects and sends nothing, or trickles its headers in, is cut off at
 /// `headerTimeout` instead of holding a socket (and a file descriptor) forever.
-public struct HeadDeadlineChildChannel<Inner: ServerChildChannel>: ServerChildChannel {
-    public typealias Value = Inner.Value
+package struct HeadDeadlineChildChannel<Inner: ServerChildChannel>: ServerChildChannel {
+    package typealias Value = Inner.Value
 
     let inner: Inner
     let headerTimeout: Duration
 
-    public init(_ inner: Inner, headerTimeout: Duration) {
+    package init(_ inner: Inner, headerTimeout: Duration) {
         self.inner = inner
         self.headerTimeout = headerTimeout
     }
 
-    public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+    package func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         let timeout = headerTimeout
         return channel.eventLoop.makeCompletedFuture {
             try channel.pipeline.syncOperations.addHandler(HeadDeadlineHandler(timeout: timeout, logger: logger), position: .first)
@@ -52,7 +52,7 @@ public struct HeadDeadlineChildChannel<Inner: ServerChildChannel>: ServerChildCh
         }
     }
 
-    public func handle(value: Value, logger: Logger) async {
+    package func handle(value: Value, logger: Logger) async {
         await inner.handle(value: value, logger: logger)
     }
 }

@@ -6,7 +6,7 @@ import Logging
 import Synchronization
 
 /// The librdkafka this process runs with, e.g. `2.8.0`.
-public var librdkafkaVersion: String { String(cString: rd_kafka_version_str()) }
+package var librdkafkaVersion: String { String(cString: rd_kafka_version_str()) }
 
 /// The oldest librdkafka that talks to current brokers: before 2.2.0 it skips tagged fields
 /// wrongly and the first ApiVersions request fails with "Read underflow".
@@ -19,10 +19,10 @@ func text(_ buffer: [CChar]) -> String {
 }
 
 /// An error from librdkafka or from using it.
-public struct KafkaError: Error, Sendable, CustomStringConvertible {
+package struct KafkaError: Error, Sendable, CustomStringConvertible {
     /// librdkafka's error code (`rd_kafka_resp_err_t`), or nil for a usage error.
-    public let code: Int32?
-    public let message: String
+    package let code: Int32?
+    package let message: String
 
     init(code: rd_kafka_resp_err_t, _ context: String) {
         self.code = code.rawValue
@@ -34,7 +34,7 @@ public struct KafkaError: Error, Sendable, CustomStringConvertible {
         self.message = message
     }
 
-    public var description: String { message }
+    package var description: String { message }
 }
 
 /// Builds an `rd_kafka_conf_t` from properties, reporting the first one librdkafka refuses.

@@ -1,4 +1,4 @@
-public import BridgeCore
+package import BridgeCore
 import Logging
 import NIOCore
 import Synchronization
@@ -9,7 +9,7 @@ import Synchronization
 /// The record keeps its key (unless `key` is set) and payload; its headers become Kafka headers
 /// (for dead letters: `wps-error`, `wps-route`, `wps-target`, `wps-source` ...). `topic` and `key`
 /// are templates over the record: `{key}`, `{header.NAME}`, `{json.PATH}`.
-public final class KafkaSink: SinkAdapter, HealthReporting {
+package final class KafkaSink: SinkAdapter, HealthReporting {
     let topic: Template
     let key: Template?
     let properties: [(String, String)]
@@ -23,9 +23,9 @@ public final class KafkaSink: SinkAdapter, HealthReporting {
         self.logger = logger
     }
 
-    public var description: String { "kafka topic '\(topic)'" }
+    package var description: String { "kafka topic '\(topic)'" }
 
-    public var healthProblem: String? { producer.withLock { $0.client }?.context.currentProblem }
+    package var healthProblem: String? { producer.withLock { $0.client }?.context.currentProblem }
 
     /// The producer, created at the first write (so that `validate` opens nothing).
     func client() throws -> KafkaProducer {
@@ -38,7 +38,7 @@ public final class KafkaSink: SinkAdapter, HealthReporting {
         }
     }
 
-    public func write(_ record: SinkRecord) async throws {
+    package func write(_ record: SinkRecord) async throws {
         let topicName = try topic.render(record)
         let keyText = try key.map { try $0.render(record) } ?? record.key
         let headers = record.headers.sorted { $0.key < $1.key }.map { ($0.key, $0.value) } + [("wps-data-type", record.dataType.rawValue)]
@@ -46,7 +46,7 @@ public final class KafkaSink: SinkAdapter, HealthReporting {
             topic: topicName, key: keyText.map { Array($0.utf8) }, value: Array(record.payload.readableBytesView), headers: headers)
     }
 
-    public func close() async throws {
+    package func close() async throws {
         let client = producer.withLock { p in
             defer { p = (nil, true) }
             return p.client
@@ -56,14 +56,14 @@ public final class KafkaSink: SinkAdapter, HealthReporting {
 }
 
 /// `type: kafka` sinks: `{type: kafka, brokers, topic, key?, deliveryTimeout?, librdkafka?}`.
-public struct KafkaSinkFactory: SinkFactory {
-    public init() {}
-    public var typeName: String { "kafka" }
-    public var summary: String { "a Kafka topic, idempotent producer, written once acknowledged (brokers, topic, key)" }
+package struct KafkaSinkFactory: SinkFactory {
+    package init() {}
+    package var typeName: String { "kafka" }
+    package var summary: String { "a Kafka topic, idempotent producer, written once acknowledged (brokers, topic, key)" }
 
     static let reserved: Set<String> = ["bootstrap.servers", "metadata.broker.list", "enable.idempotence"]
 
-    public func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
+    package func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
         settings.checkKeys(["brokers", "topic", "key", "deliveryTimeout", "librdkafka"], what: "a kafka sink")
         let brokers = readBrokers(settings)
         let topic = settings.sinkTemplate("topic", required: true)

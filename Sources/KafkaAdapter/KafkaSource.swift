@@ -1,4 +1,4 @@
-public import BridgeCore
+package import BridgeCore
 import BridgeObservability
 import Foundation
 import Logging
@@ -11,8 +11,8 @@ import Synchronization
 /// partition and offset as origin (templates read `{topic}`, `{partition}`, `{offset}`).
 /// Offsets are committed only up to the highest contiguous settled offset per partition, so a
 /// crash repeats messages but never skips one.
-public final class KafkaSource: SourceAdapter, HealthReporting {
-    public let name: String
+package final class KafkaSource: SourceAdapter, HealthReporting {
+    package let name: String
     let settings: KafkaConsumer.Settings
     let dataType: PayloadType
     let logger: Logger
@@ -26,9 +26,9 @@ public final class KafkaSource: SourceAdapter, HealthReporting {
     }
 
     /// Why the consumer is not healthy right now (brokers down, unknown topic, fatal error), or nil.
-    public var healthProblem: String? { consumer.withLock { $0 }?.context.currentProblem }
+    package var healthProblem: String? { consumer.withLock { $0 }?.context.currentProblem }
 
-    public func run(emit: DeliveryEmitter) async throws {
+    package func run(emit: DeliveryEmitter) async throws {
         let consumer = try KafkaConsumer(settings: settings, logger: logger)
         do {
             try consumer.start()
@@ -55,7 +55,7 @@ public final class KafkaSource: SourceAdapter, HealthReporting {
         consumer.drain()
     }
 
-    public func finish() async throws {
+    package func finish() async throws {
         guard let consumer = consumer.withLock({ $0 }) else { return }
         await consumer.close()
         logger.debug("kafka source closed", metadata: [LogKey.source: "\(name)"])
@@ -76,19 +76,19 @@ public final class KafkaSource: SourceAdapter, HealthReporting {
 }
 
 /// `type: kafka` sources.
-public struct KafkaSourceFactory: SourceFactory {
-    public init() {}
-    public var isAtLeastOnce: Bool { true }
-    public var typeName: String { "kafka" }
-    public var summary: String { "Kafka topics in a consumer group, at least once (brokers, topics, group)" }
-    public var originFields: Set<String> { ["topic", "partition"] }
+package struct KafkaSourceFactory: SourceFactory {
+    package init() {}
+    package var isAtLeastOnce: Bool { true }
+    package var typeName: String { "kafka" }
+    package var summary: String { "Kafka topics in a consumer group, at least once (brokers, topics, group)" }
+    package var originFields: Set<String> { ["topic", "partition"] }
 
     /// Properties the bridge sets itself.
     static let reserved: Set<String> = [
         "bootstrap.servers", "metadata.broker.list", "group.id", "enable.auto.commit", "enable.auto.offset.store",
     ]
 
-    public func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
+    package func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
         settings.checkKeys(
             ["brokers", "topics", "group", "startFrom", "dataType", "commitInterval", "revokeTimeout", "librdkafka"], what: "a kafka source")
         let brokers = readBrokers(settings)

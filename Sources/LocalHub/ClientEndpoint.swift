@@ -1,4 +1,3 @@
-import BridgeCore
 import BridgeCrypto
 import BridgeJSON
 import BridgeObservability
@@ -10,6 +9,7 @@ import Logging
 import NIOCore
 import NIOWebSocket
 import WebPubSub
+import WebPubSubProtocol
 
 /// The client WebSocket endpoint: `/client/hubs/{hub}` (or `/client/?hub=`), the JSON
 /// subprotocols, plain WebSockets, and reliable reconnection.

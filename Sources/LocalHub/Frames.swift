@@ -3,7 +3,7 @@ import Foundation
 import NIOCore
 
 /// The client protocol of a connection.
-public enum ClientProtocol: String, Sendable {
+package enum ClientProtocol: String, Sendable {
     case json = "json.webpubsub.azure.v1"
     case reliableJSON = "json.reliable.webpubsub.azure.v1"
     /// No (or an unknown) subprotocol: raw frames only.
@@ -14,7 +14,7 @@ public enum ClientProtocol: String, Sendable {
 }
 
 /// The data types of Web PubSub messages.
-public enum HubDataType: String, Sendable {
+package enum HubDataType: String, Sendable {
     case json, text, binary
 
     init?(contentType: String) {

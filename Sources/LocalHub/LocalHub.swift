@@ -1,64 +1,64 @@
 import AsyncHTTPClient
-import BridgeCore
 import BridgeJSON
 import BridgeObservability
 import CoreMetrics
 import Foundation
-public import HTTPGuards
+package import HTTPGuards
 import HTTPTypes
 import Hummingbird
 import HummingbirdCore
 import HummingbirdWebSocket
-public import Logging
+package import Logging
 import NIOCore
 import NIOWebSocket
 import ODataFilter
-public import ServiceLifecycle
+import ServiceLifecycle
 import Synchronization
-public import WebPubSub
+package import WebPubSub
+import WebPubSubProtocol
 
 /// Settings of the embedded hub.
-public struct LocalHubConfiguration: Sendable {
-    public var host = "127.0.0.1"
+package struct LocalHubConfiguration: Sendable {
+    package var host = "127.0.0.1"
     /// 0 picks a free port.
-    public var port = 8080
+    package var port = 8080
     /// The primary key, then an optional secondary one; every token signed with either is valid.
-    public var accessKeys: [AccessKey]
+    package var accessKeys: [AccessKey]
     /// Upstream event handlers by hub (lower-cased), in order: the first that takes an event gets it.
-    public var eventHandlers: [String: [EventHandlerSettings]] = [:]
+    package var eventHandlers: [String: [EventHandlerSettings]] = [:]
     /// REST requests accepted per second; the rest get 429 with `Retry-After`. nil: no limit.
-    public var rateLimit: Int?
+    package var rateLimit: Int?
     /// Accept client connections without an access token.
-    public var allowAnonymous = false
+    package var allowAnonymous = false
     /// Serve `GET /negotiate` (a client URL with a token for anyone who asks, for one hub and
     /// at most one group) and the demo page. Off by default: for loopback development only.
-    public var negotiate = false
+    package var negotiate = false
     /// How long a reliable session waits for its client to reconnect.
-    public var reconnectGrace: Duration = .seconds(30)
+    package var reconnectGrace: Duration = .seconds(30)
     /// The memory kept for reliable replays across all sessions; past it, the sessions holding
     /// the most are ended first.
-    public var maxReplayBytes = 256 * 1024 * 1024
+    package var maxReplayBytes = 256 * 1024 * 1024
     /// The most groups one connection may join itself (`joinGroup`, REST add-to-group).
-    public var maxGroupsPerConnection = 1000
+    package var maxGroupsPerConnection = 1000
     /// The largest client message.
-    public var maxMessageBytes = 1024 * 1024
+    package var maxMessageBytes = 1024 * 1024
     /// How often an event other than `connect` (`connected`, `disconnected`, user events) is
     /// tried again when the handler answers 5xx or cannot be reached, with backoff from
     /// `upstreamRetryBackoff` doubling up to 5 s. `connect` is not retried: the client's
     /// handshake waits for it. A user event's ack waits for its retries (the client's later
     /// messages wait behind it, which keeps their order).
-    public var upstreamRetries = 3
-    public var upstreamRetryBackoff: Duration = .milliseconds(500)
+    package var upstreamRetries = 3
+    package var upstreamRetryBackoff: Duration = .milliseconds(500)
     /// Header read deadline, idle timeout and connection cap of the hub's port.
-    public var limits = ConnectionLimits()
+    package var limits = ConnectionLimits()
     /// Entra ID token issuers whose RS256 tokens (audience `https://webpubsub.azure.com`) the
     /// REST API accepts besides access-key tokens; their keys come from OpenID discovery.
-    public var trustedIssuers: [String] = []
+    package var trustedIssuers: [String] = []
     /// How long the signing keys of a trusted issuer are used before they are fetched again
     /// (a token naming an unknown key id fetches them sooner, at most every 5 s).
-    public var signingKeyRefresh: Duration = .seconds(3600)
+    package var signingKeyRefresh: Duration = .seconds(3600)
 
-    public init(accessKeys: [AccessKey]) {
+    package init(accessKeys: [AccessKey]) {
         self.accessKeys = accessKeys
     }
 }
@@ -66,8 +66,8 @@ public struct LocalHubConfiguration: Sendable {
 /// An embedded Web PubSub-compatible service: the REST data plane, the client WebSocket
 /// endpoint with the JSON subprotocols, groups, users, permissions, filters, and upstream
 /// CloudEvents to event handlers. In memory, one process: for development, tests and demos.
-public final class LocalHub: Service, Sendable {
-    public let configuration: LocalHubConfiguration
+package final class LocalHub: Service, Sendable {
+    package let configuration: LocalHubConfiguration
     let logger: Logger
     let registry: HubRegistry
     let replayBudget: ReplayBudget
@@ -83,7 +83,7 @@ public final class LocalHub: Service, Sendable {
     private let nextConnection = Atomic<Int>(0)
     let entra: EntraVerifier?
 
-    public init(configuration: LocalHubConfiguration, logger: Logger) {
+    package init(configuration: LocalHubConfiguration, logger: Logger) {
         precondition(!configuration.accessKeys.isEmpty, "the hub needs an access key")
         self.configuration = configuration
         self.logger = logger
@@ -105,20 +105,20 @@ public final class LocalHub: Service, Sendable {
 
     /// The port, once the hub listens.
     /// - Throws: when the hub stopped without listening, or the task is cancelled.
-    public func waitUntilListening() async throws -> Int {
+    package func waitUntilListening() async throws -> Int {
         try await listening.wait()
     }
 
     /// `http://host:port`, once listening.
-    public func endpoint() async throws -> String { "http://\(configuration.host):\(try await waitUntilListening())" }
+    package func endpoint() async throws -> String { "http://\(configuration.host):\(try await waitUntilListening())" }
 
     /// `Endpoint=http://host;Port=port;AccessKey=key;Version=1.0;`, once listening.
-    public func connectionString() async throws -> String {
+    package func connectionString() async throws -> String {
         let port = try await waitUntilListening()
         return "Endpoint=http://\(configuration.host);Port=\(port);AccessKey=\(configuration.accessKeys[0].value);Version=1.0;"
     }
 
-    public func run() async throws {
+    package func run() async throws {
         defer { listening.stop() }
         let app = Application(
             responder: CallbackResponder<HubRequestContext> { [self] request, context in
@@ -177,7 +177,7 @@ public final class LocalHub: Service, Sendable {
     }
 
     /// Sets the gauges read at scrape time: connections and non-empty groups per hub.
-    public func recordMetrics() {
+    package func recordMetrics() {
         // A hub whose last client left reads 0, not its last value; hubs past the label limit add up under one label.
         var totals: [String: (connections: Int, groups: Int)] = [:]
         for (hub, size) in registry.sizes() {

@@ -1,14 +1,15 @@
-import BridgeCore
 import BridgeJSON
 import BridgeObservability
 import CoreMetrics
 import Foundation
+import HTTPGuards
 import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
 import ODataFilter
 import WebPubSub
+import WebPubSubProtocol
 
 /// The data-plane REST API, at the service's paths, with its status codes.
 extension LocalHub {

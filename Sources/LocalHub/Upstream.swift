@@ -8,15 +8,15 @@ import Synchronization
 import WebPubSub
 
 /// One upstream event handler of a hub, as in the service's hub settings.
-public struct EventHandlerSettings: Sendable, Equatable {
+package struct EventHandlerSettings: Sendable, Equatable {
     /// `http://host/path/{event}`: `{hub}` and `{event}` are filled per event.
-    public var urlTemplate: String
+    package var urlTemplate: String
     /// `*`, `a,b`, or empty for none.
-    public var userEventPattern: String
+    package var userEventPattern: String
     /// A subset of `connect`, `connected`, `disconnected`.
-    public var systemEvents: Set<String>
+    package var systemEvents: Set<String>
 
-    public init(urlTemplate: String, userEventPattern: String = "*", systemEvents: Set<String> = ["connect", "connected", "disconnected"]) {
+    package init(urlTemplate: String, userEventPattern: String = "*", systemEvents: Set<String> = ["connect", "connected", "disconnected"]) {
         self.urlTemplate = urlTemplate
         self.userEventPattern = userEventPattern
         self.systemEvents = systemEvents

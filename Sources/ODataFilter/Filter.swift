@@ -7,15 +7,15 @@
 /// the hub resolves `userId`, `connectionId` and `groups`; route conditions resolve `key`,
 /// `header.NAME`, `json.a.b`, `topic` and so on. Identifiers compare case-insensitively at the
 /// caller's choice through ``Filter/identifiers``.
-public struct Filter: Sendable, CustomStringConvertible {
+package struct Filter: Sendable, CustomStringConvertible {
     /// The parsed expression.
-    public let expression: FilterExpression
+    package let expression: FilterExpression
     /// The text the filter was parsed from.
-    public let text: String
+    package let text: String
 
     /// Parses `text`.
     /// - Throws: ``FilterSyntaxError`` naming the position and the problem.
-    public init(_ text: String) throws(FilterSyntaxError) {
+    package init(_ text: String) throws(FilterSyntaxError) {
         var parser = Parser(text: text)
         let expression = try parser.parseTop()
         try TypeCheck.requireBoolean(expression, text: text)
@@ -24,18 +24,18 @@ public struct Filter: Sendable, CustomStringConvertible {
     }
 
     /// Every identifier the expression reads, as written.
-    public var identifiers: Set<String> { expression.identifiers }
+    package var identifiers: Set<String> { expression.identifiers }
 
     /// Evaluates the filter; identifiers are looked up through `resolve`.
-    public func matches(_ resolve: (String) -> FilterValue) -> Bool {
+    package func matches(_ resolve: (String) -> FilterValue) -> Bool {
         expression.evaluate(resolve) == .bool(true)
     }
 
-    public var description: String { text }
+    package var description: String { text }
 }
 
 /// A value during evaluation.
-public enum FilterValue: Sendable, Hashable {
+package enum FilterValue: Sendable, Hashable {
     case null
     case bool(Bool)
     case number(Double)
@@ -54,19 +54,19 @@ public enum FilterValue: Sendable, Hashable {
 }
 
 /// Why a filter did not parse.
-public struct FilterSyntaxError: Error, Sendable, CustomStringConvertible {
+package struct FilterSyntaxError: Error, Sendable, CustomStringConvertible {
     /// Offset (in characters) where the problem was found.
-    public let position: Int
-    public let message: String
+    package let position: Int
+    package let message: String
 
-    public var description: String { "\(message) (at offset \(position))" }
+    package var description: String { "\(message) (at offset \(position))" }
 }
 
-public enum ComparisonOperator: String, Sendable {
+package enum ComparisonOperator: String, Sendable {
     case eq, ne, gt, ge, lt, le
 }
 
-public enum FilterFunction: String, Sendable, CaseIterable {
+package enum FilterFunction: String, Sendable, CaseIterable {
     case tolower, toupper, trim, substring, concat, startswith, endswith, contains, indexof, length
 
     var arity: ClosedRange<Int> {
@@ -86,7 +86,7 @@ public enum FilterFunction: String, Sendable, CaseIterable {
 }
 
 /// The syntax tree of a filter.
-public indirect enum FilterExpression: Sendable {
+package indirect enum FilterExpression: Sendable {
     case literal(FilterValue)
     case identifier(String)
     case not(FilterExpression)

@@ -9,14 +9,14 @@ import Glibc
 #endif
 
 /// Where a Redis server is: `redis://[user:password@]host[:port][/db]`.
-public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
-    public var host: String
-    public var port: Int
-    public var user: String?
-    public var password: String?
-    public var db: Int
+package struct RedisURL: Sendable, Equatable, CustomStringConvertible {
+    package var host: String
+    package var port: Int
+    package var user: String?
+    package var password: String?
+    package var db: Int
 
-    public init(host: String, port: Int = 6379, user: String? = nil, password: String? = nil, db: Int = 0) {
+    package init(host: String, port: Int = 6379, user: String? = nil, password: String? = nil, db: Int = 0) {
         self.host = host
         self.port = port
         self.user = user
@@ -25,7 +25,7 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// Parses a URL; the error says what is wrong with it.
-    public init(parsing text: String) throws(RedisError) {
+    package init(parsing text: String) throws(RedisError) {
         if text.hasPrefix("rediss://") {
             throw RedisError(.config, "rediss:// (TLS) is not supported: Debian 12's hiredis 0.14 has no TLS")
         }
@@ -67,7 +67,7 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// The URL without the password, for logs.
-    public var description: String {
+    package var description: String {
         var s = "redis://"
         if let user { s += user + "@" } else if password != nil { s += "***@" }
         s += "\(host):\(port)"
@@ -77,8 +77,8 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
 }
 
 /// What went wrong talking to Redis.
-public struct RedisError: Error, Sendable, CustomStringConvertible {
-    public enum Kind: Sendable {
+package struct RedisError: Error, Sendable, CustomStringConvertible {
+    package enum Kind: Sendable {
         /// A bad URL or setting.
         case config
         /// Cannot connect, or the connection broke: reconnect.
@@ -89,15 +89,15 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         case reply
     }
 
-    public let kind: Kind
-    public let message: String
+    package let kind: Kind
+    package let message: String
 
-    public init(_ kind: Kind, _ message: String) {
+    package init(_ kind: Kind, _ message: String) {
         self.kind = kind
         self.message = message
     }
 
-    public var description: String { message }
+    package var description: String { message }
 }
 
 /// A reply.

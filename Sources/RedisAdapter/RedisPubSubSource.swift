@@ -1,4 +1,4 @@
-public import BridgeCore
+package import BridgeCore
 import BridgeObservability
 import CoreMetrics
 import Foundation
@@ -11,8 +11,8 @@ import Synchronization
 /// Pub/sub is at-most-once by nature: what is published while the bridge is disconnected (or
 /// before it subscribed) is gone. The source reconnects with backoff, resubscribes, and logs and
 /// counts each gap; for at-least-once, use Streams (`type: redis-stream`).
-public final class RedisPubSubSource: SourceAdapter, HealthReporting {
-    public let name: String
+package final class RedisPubSubSource: SourceAdapter, HealthReporting {
+    package let name: String
     let url: RedisURL
     let channels: [String]
     let patterns: [String]
@@ -37,12 +37,12 @@ public final class RedisPubSubSource: SourceAdapter, HealthReporting {
         health = ConnectionHealth(logger: logger)
     }
 
-    public var gaps: Int { counters.gaps.load(ordering: .relaxed) }
+    package var gaps: Int { counters.gaps.load(ordering: .relaxed) }
 
     private let health: ConnectionHealth
-    public var healthProblem: String? { health.problem }
+    package var healthProblem: String? { health.problem }
 
-    public func run(emit: DeliveryEmitter) async throws {
+    package func run(emit: DeliveryEmitter) async throws {
         let thread = RedisThread()
         defer { thread.shutdown() }
         let loop = ReconnectLoop(
@@ -121,13 +121,13 @@ public final class RedisPubSubSource: SourceAdapter, HealthReporting {
 }
 
 /// `type: redis` sources.
-public struct RedisPubSubSourceFactory: SourceFactory {
-    public init() {}
-    public var typeName: String { "redis" }
-    public var summary: String { "Redis pub/sub channels and patterns, at most once (url, channels, patterns)" }
-    public var originFields: Set<String> { ["channel", "pattern"] }
+package struct RedisPubSubSourceFactory: SourceFactory {
+    package init() {}
+    package var typeName: String { "redis" }
+    package var summary: String { "Redis pub/sub channels and patterns, at most once (url, channels, patterns)" }
+    package var originFields: Set<String> { ["channel", "pattern"] }
 
-    public func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
+    package func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
         settings.checkKeys(["url", "passwordFile", "channels", "patterns", "dataType"], what: "a redis source")
         let url = readRedisURL(settings)
         let channels = settings.stringList("channels") ?? []

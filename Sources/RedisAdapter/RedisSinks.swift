@@ -1,9 +1,9 @@
-public import BridgeCore
+package import BridgeCore
 import Logging
 import NIOCore
 
 /// `type: redis` as a sink: PUBLISH each record's payload to a (templated) channel.
-public final class RedisPublishSink: SinkAdapter {
+package final class RedisPublishSink: SinkAdapter {
     let channel: Template
     let client: RedisCommandClient
 
@@ -12,19 +12,19 @@ public final class RedisPublishSink: SinkAdapter {
         self.client = RedisCommandClient(url: url)
     }
 
-    public var description: String { "redis channel '\(channel)' at \(client.url)" }
+    package var description: String { "redis channel '\(channel)' at \(client.url)" }
 
-    public func write(_ record: SinkRecord) async throws {
+    package func write(_ record: SinkRecord) async throws {
         let name = try channel.render(record)
         _ = try await client.command([Array("PUBLISH".utf8), Array(name.utf8), Array(record.payload.readableBytesView)])
     }
 
-    public func close() async throws { client.close() }
+    package func close() async throws { client.close() }
 }
 
 /// `type: redis-stream` as a sink: XADD each record to a (templated) stream, with the payload
 /// in `data`, its `dataType`, its `key`, and each header as a field of its own.
-public final class RedisStreamSink: SinkAdapter {
+package final class RedisStreamSink: SinkAdapter {
     let stream: Template
     let maxLen: Int?
     let client: RedisCommandClient
@@ -35,9 +35,9 @@ public final class RedisStreamSink: SinkAdapter {
         self.client = RedisCommandClient(url: url)
     }
 
-    public var description: String { "redis stream '\(stream)' at \(client.url)" }
+    package var description: String { "redis stream '\(stream)' at \(client.url)" }
 
-    public func write(_ record: SinkRecord) async throws {
+    package func write(_ record: SinkRecord) async throws {
         let name = try stream.render(record)
         var args: [[UInt8]] = [Array("XADD".utf8), Array(name.utf8)]
         if let maxLen { args += [Array("MAXLEN".utf8), Array("~".utf8), Array(String(maxLen).utf8)] }
@@ -52,16 +52,16 @@ public final class RedisStreamSink: SinkAdapter {
         _ = try await client.command(args)
     }
 
-    public func close() async throws { client.close() }
+    package func close() async throws { client.close() }
 }
 
 /// `{type: redis, url, channel}`.
-public struct RedisPublishSinkFactory: SinkFactory {
-    public init() {}
-    public var typeName: String { "redis" }
-    public var summary: String { "PUBLISH to a Redis channel (url, channel)" }
+package struct RedisPublishSinkFactory: SinkFactory {
+    package init() {}
+    package var typeName: String { "redis" }
+    package var summary: String { "PUBLISH to a Redis channel (url, channel)" }
 
-    public func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
+    package func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
         settings.checkKeys(["url", "passwordFile", "channel"], what: "a redis sink")
         let url = readRedisURL(settings)
         let channel = settings.sinkTemplate("channel", required: true)
@@ -71,12 +71,12 @@ public struct RedisPublishSinkFactory: SinkFactory {
 }
 
 /// `{type: redis-stream, url, stream, maxLen}`.
-public struct RedisStreamSinkFactory: SinkFactory {
-    public init() {}
-    public var typeName: String { "redis-stream" }
-    public var summary: String { "XADD to a Redis stream (url, stream, maxLen)" }
+package struct RedisStreamSinkFactory: SinkFactory {
+    package init() {}
+    package var typeName: String { "redis-stream" }
+    package var summary: String { "XADD to a Redis stream (url, stream, maxLen)" }
 
-    public func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
+    package func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
         settings.checkKeys(["url", "passwordFile", "stream", "maxLen"], what: "a redis-stream sink")
         let url = readRedisURL(settings)
         let stream = settings.sinkTemplate("stream", required: true)

@@ -1,4 +1,4 @@
-public import BridgeCore
+package import BridgeCore
 import BridgeJSON
 import BridgeObservability
 import CoreMetrics
@@ -8,11 +8,11 @@ import NIOCore
 import Synchronization
 
 /// Which entry fields carry the payload, its data type and its key; other fields become headers.
-public struct StreamFieldNames: Sendable, Equatable {
-    public var data = "data"
-    public var dataType = "dataType"
-    public var key = "key"
-    public init() {}
+package struct StreamFieldNames: Sendable, Equatable {
+    package var data = "data"
+    package var dataType = "dataType"
+    package var key = "key"
+    package init() {}
 }
 
 /// `type: redis-stream`: Redis Streams in a consumer group, at least once.
@@ -22,8 +22,8 @@ public struct StreamFieldNames: Sendable, Equatable {
 /// back what is pending: its own entries from before a restart, and entries other consumers
 /// left idle for `minIdle` (`XAUTOCLAIM`). An entry delivered more than `maxDeliveries` times is
 /// dead-lettered instead of sent again.
-public final class RedisStreamSource: SourceAdapter, HealthReporting {
-    public struct Settings: Sendable {
+package final class RedisStreamSource: SourceAdapter, HealthReporting {
+    package struct Settings: Sendable {
         var url: RedisURL
         var streams: [String]
         var group: String
@@ -37,7 +37,7 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
         var fields = StreamFieldNames()
     }
 
-    public let name: String
+    package let name: String
     let settings: Settings
     let logger: Logger
     /// Settled entries waiting for their XACK, and the signal that wakes the acknowledging task.
@@ -49,7 +49,7 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
     private let inFlight = Mutex<Set<String>>([])
     let counters = Counters()
     private let health: ConnectionHealth
-    public var healthProblem: String? { health.problem }
+    package var healthProblem: String? { health.problem }
 
     final class Counters: Sendable {
         let read = Atomic<Int>(0)
@@ -66,7 +66,7 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
         ackSignal = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
-    public func run(emit: DeliveryEmitter) async throws {
+    package func run(emit: DeliveryEmitter) async throws {
         let ackClient = RedisCommandClient(url: settings.url)
         ackTask.withLock { $0 = Task { await self.acknowledge(ackClient) } }
         let thread = RedisThread()
@@ -104,7 +104,7 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
         }
     }
 
-    public func finish() async throws {
+    package func finish() async throws {
         ackSignal.continuation.finish()
         await ackTask.withLock({ $0 })?.value
         logger.debug(
@@ -370,14 +370,14 @@ public final class RedisStreamSource: SourceAdapter, HealthReporting {
 }
 
 /// `type: redis-stream` sources.
-public struct RedisStreamSourceFactory: SourceFactory {
-    public init() {}
-    public var isAtLeastOnce: Bool { true }
-    public var typeName: String { "redis-stream" }
-    public var summary: String { "Redis Streams in a consumer group, at least once (url, streams, group)" }
-    public var originFields: Set<String> { ["stream"] }
+package struct RedisStreamSourceFactory: SourceFactory {
+    package init() {}
+    package var isAtLeastOnce: Bool { true }
+    package var typeName: String { "redis-stream" }
+    package var summary: String { "Redis Streams in a consumer group, at least once (url, streams, group)" }
+    package var originFields: Set<String> { ["stream"] }
 
-    public func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
+    package func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
         settings.checkKeys(
             ["url", "passwordFile", "streams", "group", "consumer", "startFrom", "minIdle", "maxDeliveries", "count", "dataType", "fields"],
             what: "a redis-stream source")

@@ -1,4 +1,4 @@
-public import BridgeCore
+package import BridgeCore
 import NIOPosix
 import Synchronization
 
@@ -67,59 +67,59 @@ struct WriteError: Error, CustomStringConvertible {
 }
 
 /// `type: stdout`: one NDJSON envelope per record on standard output.
-public struct StdoutSink: SinkAdapter {
+package struct StdoutSink: SinkAdapter {
     let writer = DescriptorWriter(.descriptor(1))
 
-    public init() {}
+    package init() {}
 
-    public var description: String { "stdout" }
+    package var description: String { "stdout" }
 
-    public func write(_ record: SinkRecord) async throws {
+    package func write(_ record: SinkRecord) async throws {
         try await writer.write(NDJSONEnvelope.encode(record))
     }
 }
 
 /// `type: file`: appends one NDJSON envelope per record to `path`.
-public struct FileSink: SinkAdapter {
-    public let path: String
+package struct FileSink: SinkAdapter {
+    package let path: String
     let writer: DescriptorWriter
 
     /// `path` is opened (created if missing) at the first write.
-    public init(path: String) {
+    package init(path: String) {
         self.path = path
         writer = DescriptorWriter(.path(path))
     }
 
-    public var description: String { "file \(path)" }
+    package var description: String { "file \(path)" }
 
-    public func write(_ record: SinkRecord) async throws {
+    package func write(_ record: SinkRecord) async throws {
         try await writer.write(NDJSONEnvelope.encode(record))
     }
 
-    public func close() async throws {
+    package func close() async throws {
         try await writer.close()
     }
 }
 
 /// `type: stdout` for dead letters.
-public struct StdoutSinkFactory: SinkFactory {
-    public init() {}
-    public var typeName: String { "stdout" }
-    public var summary: String { "standard output, one NDJSON envelope per record" }
+package struct StdoutSinkFactory: SinkFactory {
+    package init() {}
+    package var typeName: String { "stdout" }
+    package var summary: String { "standard output, one NDJSON envelope per record" }
 
-    public func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
+    package func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
         settings.checkKeys([], what: "a stdout sink")
         return StdoutSink()
     }
 }
 
 /// `type: file` for dead letters.
-public struct FileSinkFactory: SinkFactory {
-    public init() {}
-    public var typeName: String { "file" }
-    public var summary: String { "appends one NDJSON envelope per record to a file (path)" }
+package struct FileSinkFactory: SinkFactory {
+    package init() {}
+    package var typeName: String { "file" }
+    package var summary: String { "appends one NDJSON envelope per record to a file (path)" }
 
-    public func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
+    package func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
         settings.checkKeys(["path"], what: "a file sink")
         guard let path = settings.nonEmptyString("path", required: true) else { return nil }
         let full = settings.reader.absolutePath(path)

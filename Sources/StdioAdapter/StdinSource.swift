@@ -1,9 +1,9 @@
-public import BridgeCore
+package import BridgeCore
 import BridgeJSON
 import BridgeObservability
 import Foundation
-public import Logging
-public import NIOCore
+package import Logging
+package import NIOCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -11,7 +11,7 @@ import Glibc
 #endif
 
 /// How stdin lines become messages.
-public enum StdinFormat: String, Sendable, CaseIterable {
+package enum StdinFormat: String, Sendable, CaseIterable {
     /// Each line is an envelope: `{"data": ..., "dataType": "json|text|binary", "key": ..., "headers": {...}}`.
     case ndjson
     /// Each line is a JSON payload as it is.
@@ -25,12 +25,12 @@ public enum StdinFormat: String, Sendable, CaseIterable {
 /// Delivery is at-most-once by nature: there is nothing to commit, and a line read before a
 /// shutdown that could not be sent is logged as lost. A malformed line is dead-lettered with its
 /// line number; the lines after it go on.
-public struct StdinSource: SourceAdapter {
-    public let name: String
-    public let format: StdinFormat
+package struct StdinSource: SourceAdapter {
+    package let name: String
+    package let format: StdinFormat
     /// For `lines`: the data type of each line.
-    public let linesDataType: DataType
-    public let maxLineBytes: Int
+    package let linesDataType: DataType
+    package let maxLineBytes: Int
     let fd: Int32
     let logger: Logger
     let counters = Counters()
@@ -41,7 +41,7 @@ public struct StdinSource: SourceAdapter {
         let lost = Atomic<Int>(0)
     }
 
-    public init(
+    package init(
         name: String, format: StdinFormat = .ndjson, linesDataType: DataType = .text, maxLineBytes: Int = 1024 * 1024,
         fd: Int32 = 0, logger: Logger
     ) {
@@ -53,7 +53,7 @@ public struct StdinSource: SourceAdapter {
         self.logger = logger
     }
 
-    public func run(emit: DeliveryEmitter) async throws {
+    package func run(emit: DeliveryEmitter) async throws {
         let reader = LineReader(fd: fd, maxLineBytes: maxLineBytes)
         do {
             while let line = try await reader.next() {
@@ -126,17 +126,17 @@ public struct StdinSource: SourceAdapter {
 /// The NDJSON envelope of the stdin source and of the stdout and file sinks:
 /// `{"data": ..., "dataType": "json|text|binary", "key": "...", "headers": {"name": "value"}}`.
 /// `data` is forwarded exactly as written for `json`; a string for `text`; base64 for `binary`.
-public struct NDJSONEnvelope: Sendable {
-    public var payload: ByteBuffer
-    public var dataType: DataType
-    public var key: String?
-    public var headers: [String: String]
+package struct NDJSONEnvelope: Sendable {
+    package var payload: ByteBuffer
+    package var dataType: DataType
+    package var key: String?
+    package var headers: [String: String]
 
-    public struct Problem: Error, Sendable {
-        public let message: String
+    package struct Problem: Error, Sendable {
+        package let message: String
     }
 
-    public static func decode(_ bytes: [UInt8]) -> Result<NDJSONEnvelope, Problem> {
+    package static func decode(_ bytes: [UInt8]) -> Result<NDJSONEnvelope, Problem> {
         let members: [(key: String, value: JSONValue, range: Range<Int>)]
         do {
             members = try JSONValue.parseObjectMembers(bytes)
@@ -194,7 +194,7 @@ public struct NDJSONEnvelope: Sendable {
     /// One line (with its `\n`) for `record`. A `json` payload is written without the white
     /// space between its tokens; one that is not valid JSON is written as binary, so that nothing
     /// is lost.
-    public static func encode(_ record: SinkRecord) -> String {
+    package static func encode(_ record: SinkRecord) -> String {
         var out = "{\"data\":"
         let bytes = Array(record.payload.readableBytesView)
         var dataType = record.dataType
@@ -230,13 +230,13 @@ public struct NDJSONEnvelope: Sendable {
 }
 
 /// `type: stdin`.
-public struct StdinSourceFactory: SourceFactory {
-    public init() {}
-    public var typeName: String { "stdin" }
-    public var summary: String { "standard input, one message per line (format: ndjson | json | lines)" }
-    public var originFields: Set<String> { [] }
+package struct StdinSourceFactory: SourceFactory {
+    package init() {}
+    package var typeName: String { "stdin" }
+    package var summary: String { "standard input, one message per line (format: ndjson | json | lines)" }
+    package var originFields: Set<String> { [] }
 
-    public func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
+    package func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
         settings.checkKeys(["format", "dataType", "maxLineBytes"], what: "a stdin source")
         let format = settings.enumeration("format", StdinFormat.self) ?? .ndjson
         let dataType = settings.enumeration("dataType", DataType.self)

@@ -1,20 +1,20 @@
-import BridgeCore
 import BridgeCrypto
 import BridgeJSON
-public import Foundation
+package import Foundation
+import WebPubSubProtocol
 
 /// What a browser needs to connect: `wss://host/client/hubs/{hub}?access_token=...`.
-public struct ClientAccess: Sendable, Equatable {
+package struct ClientAccess: Sendable, Equatable {
     /// `ws(s)://host[:port]/client/hubs/{hub}`
-    public let baseURL: String
-    public let token: String
+    package let baseURL: String
+    package let token: String
     /// `baseURL?access_token=token`
-    public let url: String
+    package let url: String
 
     /// Signs a client token locally, with the claims the official SDKs write: `aud`
     /// (`{endpoint}/client/hubs/{hub}`, endpoint lower-cased), `iat`, `exp`, and `sub`, `role`,
     /// `webpubsub.group` when given.
-    public static func make(
+    package static func make(
         endpoint: String, hub: String, key: AccessKey, userId: String?, roles: [String], groups: [String], expiresIn: Duration,
         now: Date = Date()
     ) throws(WebPubSubError) -> ClientAccess {
@@ -37,7 +37,7 @@ public struct ClientAccess: Sendable, Equatable {
     }
 
     /// The URL for a token obtained elsewhere (the service's `:generateToken`).
-    public init(endpoint: String, hub: String, token: String) throws(WebPubSubError) {
+    package init(endpoint: String, hub: String, token: String) throws(WebPubSubError) {
         if let problem = WebPubSubNames.hubProblem(hub) { throw .invalidArgument(problem) }
         let lower = endpoint.lowercased()
         let wsEndpoint = (lower.hasPrefix("https://") ? "wss://" + lower.dropFirst(8) : "ws://" + lower.dropFirst(7))
@@ -54,14 +54,14 @@ public struct ClientAccess: Sendable, Equatable {
 
 /// The upstream `ce-signature` header: `sha256=<hex>` for each access key, comma-joined; the
 /// HMAC-SHA256 of the connection id with the key's UTF-8 bytes.
-public enum EventSignature {
-    public static func header(connectionId: String, keys: [AccessKey]) -> String {
+package enum EventSignature {
+    package static func header(connectionId: String, keys: [AccessKey]) -> String {
         keys.map { "sha256=" + hex(mac(connectionId, $0)) }.joined(separator: ",")
     }
 
     /// True when one entry of `header` is the signature of `connectionId` under one of `keys`;
     /// compared in constant time.
-    public static func isValid(_ header: String, connectionId: String, keys: [AccessKey]) -> Bool {
+    package static func isValid(_ header: String, connectionId: String, keys: [AccessKey]) -> Bool {
         var valid = false
         for entry in header.split(separator: ",") {
             let trimmed = entry.trimmingASCIIWhitespace()
@@ -111,33 +111,42 @@ func unhex(_ text: some StringProtocol) -> [UInt8]? {
 }
 
 /// Decoded query parameters, repeated names kept.
-public struct Query: Sendable {
-    public let pairs: [(String, String)]
+package struct Query: Sendable {
+    package let pairs: [(String, String)]
 
-    public init(_ raw: String?) {
+    package init(_ raw: String?) {
         pairs = (raw ?? "").split(separator: "&").map { pair in
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             return (percentDecode(parts[0], plusIsSpace: true), parts.count > 1 ? percentDecode(parts[1], plusIsSpace: true) : "")
         }
     }
 
-    public func first(_ name: String) -> String? { pairs.first { $0.0 == name }?.1 }
-    public func all(_ name: String) -> [String] { pairs.filter { $0.0 == name }.map(\.1) }
+    package func first(_ name: String) -> String? { pairs.first { $0.0 == name }?.1 }
+    package func all(_ name: String) -> [String] { pairs.filter { $0.0 == name }.map(\.1) }
+}
+
+/// An adapter that connects to Web PubSub as a client and, unless it has a connection of its
+/// own, takes the bridge's (known only once the embedded hub listens, or from Entra ID).
+package protocol WebPubSubClientAdapter: Sendable {
+    /// Whether it connects through the bridge's `webpubsub` settings.
+    var usesBridgeConnection: Bool { get }
+    /// Where to connect, when ``usesBridgeConnection``.
+    func use(connection: ClientAccessIssuer)
 }
 
 /// Makes client access URLs: signed with an access key, or issued by the service (Entra ID).
 /// Listeners (`type: webpubsub` sources) connect with what it gives.
-public struct ClientAccessIssuer: Sendable {
+package struct ClientAccessIssuer: Sendable {
     let issue: @Sendable (_ hub: String, _ userId: String?, _ groups: [String], _ expiresIn: Duration) async throws -> ClientAccess
 
-    public init(
+    package init(
         _ issue: @escaping @Sendable (_ hub: String, _ userId: String?, _ groups: [String], _ expiresIn: Duration) async throws -> ClientAccess
     ) {
         self.issue = issue
     }
 
     /// Signs locally with the connection string's key.
-    public static func signing(_ connectionString: ConnectionString) -> ClientAccessIssuer {
+    package static func signing(_ connectionString: ConnectionString) -> ClientAccessIssuer {
         ClientAccessIssuer { hub, userId, groups, expiresIn in
             try ClientAccess.make(
                 endpoint: connectionString.endpoint, hub: hub, key: connectionString.accessKey, userId: userId, roles: [], groups: groups,
@@ -146,13 +155,13 @@ public struct ClientAccessIssuer: Sendable {
     }
 
     /// Asks `client` (which signs locally too, when it has a key).
-    public static func service(_ client: WebPubSubServiceClient) -> ClientAccessIssuer {
+    package static func service(_ client: WebPubSubServiceClient) -> ClientAccessIssuer {
         ClientAccessIssuer { hub, userId, groups, expiresIn in
             try await client.clientAccess(hub: hub, userId: userId, groups: groups, expiresIn: expiresIn)
         }
     }
 
-    public func callAsFunction(hub: String, userId: String?, groups: [String], expiresIn: Duration) async throws -> ClientAccess {
+    package func callAsFunction(hub: String, userId: String?, groups: [String], expiresIn: Duration) async throws -> ClientAccess {
         try await issue(hub, userId, groups, expiresIn)
     }
 }

@@ -2,20 +2,20 @@
 ///
 /// Parsed as the official SDKs do: split on `;`, then on the first `=`; keys are
 /// case-insensitive; `Endpoint` and `AccessKey` are required; `Port` is appended to the endpoint.
-public struct ConnectionString: Sendable, Equatable, CustomStringConvertible {
+package struct ConnectionString: Sendable, Equatable, CustomStringConvertible {
     /// `http(s)://host[:port]` with no trailing slash.
-    public let endpoint: String
+    package let endpoint: String
     /// The key as written; its UTF-8 bytes are the HMAC key.
-    public let accessKey: AccessKey
-    public let version: String?
+    package let accessKey: AccessKey
+    package let version: String?
 
-    public init(endpoint: String, accessKey: AccessKey, version: String? = nil) throws(WebPubSubError) {
+    package init(endpoint: String, accessKey: AccessKey, version: String? = nil) throws(WebPubSubError) {
         self.endpoint = try Self.normalizeEndpoint(endpoint)
         self.accessKey = accessKey
         self.version = version
     }
 
-    public init(parsing text: String) throws(WebPubSubError) {
+    package init(parsing text: String) throws(WebPubSubError) {
         var fields: [String: String] = [:]
         // Errors name the part by its position or its key, never with the text: a malformed
         // connection string may hold the access key anywhere, and errors are logged.
@@ -69,22 +69,22 @@ public struct ConnectionString: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// The string in the service's format.
-    public var text: String {
+    package var text: String {
         "Endpoint=\(endpoint);AccessKey=\(accessKey.value);Version=\(version ?? "1.0");"
     }
 
     /// Redacted: the key never reaches a log.
-    public var description: String { "Endpoint=\(endpoint);AccessKey=***;" }
+    package var description: String { "Endpoint=\(endpoint);AccessKey=***;" }
 }
 
 /// An access key. Its description is redacted so it cannot be logged by accident.
-public struct AccessKey: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
-    public let value: String
+package struct AccessKey: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
+    package let value: String
 
-    public init(_ value: String) { self.value = value }
+    package init(_ value: String) { self.value = value }
 
-    public var description: String { "***" }
-    public var debugDescription: String { "AccessKey(***)" }
+    package var description: String { "***" }
+    package var debugDescription: String { "AccessKey(***)" }
 }
 
 extension StringProtocol {

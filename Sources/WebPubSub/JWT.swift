@@ -1,12 +1,12 @@
 import BridgeCrypto
-public import BridgeJSON
-public import Foundation
+package import BridgeJSON
+package import Foundation
 
 /// HS256 JSON Web Tokens signed with a Web PubSub access key (its UTF-8 bytes, not base64-decoded),
 /// as the service and its SDKs use for REST calls and client connections.
-public enum AccessKeyJWT {
+package enum AccessKeyJWT {
     /// Signs `claims` (written in the given order) with `key`.
-    public static func sign(claims: [(String, JSONValue)], key: AccessKey) -> String {
+    package static func sign(claims: [(String, JSONValue)], key: AccessKey) -> String {
         let header = #"{"alg":"HS256","typ":"JWT"}"#
         let payload = JSONValue.object(claims).serialized
         let signingInput = base64URL(Array(header.utf8)) + "." + base64URL(Array(payload.utf8))
@@ -16,7 +16,7 @@ public enum AccessKeyJWT {
 
     /// The claims of a token for a REST request to `url` (the full URL, query included, as the
     /// SDKs sign it), valid until `expiry`.
-    public static func restToken(url: String, key: AccessKey, expiry: Date) -> String {
+    package static func restToken(url: String, key: AccessKey, expiry: Date) -> String {
         sign(claims: [("aud", .string(url)), ("exp", .number(String(Int(expiry.timeIntervalSince1970))))], key: key)
     }
 
@@ -26,7 +26,7 @@ public enum AccessKeyJWT {
     ///   - audience: checked by `audienceMatches` when given.
     ///   - leeway: clock skew allowed on `exp` and `nbf`.
     /// - Throws: ``JWTError`` naming what is wrong.
-    public static func verify(
+    package static func verify(
         _ token: String, keys: [AccessKey], now: Date = Date(), leeway: TimeInterval = 60,
         audienceMatches: ((String) -> Bool)? = nil
     ) throws(JWTError) -> JWTClaims {
@@ -56,14 +56,14 @@ public enum AccessKeyJWT {
         return claims
     }
 
-    public static func base64URL(_ bytes: [UInt8]) -> String {
+    package static func base64URL(_ bytes: [UInt8]) -> String {
         var s = Data(bytes).base64EncodedString()
         s = s.replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
         while s.hasSuffix("=") { s.removeLast() }
         return s
     }
 
-    public static func base64URLDecode(_ text: some StringProtocol) -> [UInt8]? {
+    package static func base64URLDecode(_ text: some StringProtocol) -> [UInt8]? {
         var s = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
         while s.count % 4 != 0 { s += "=" }
         return Data(base64Encoded: s).map { Array($0) }
@@ -71,17 +71,17 @@ public enum AccessKeyJWT {
 }
 
 /// The claims of a verified token.
-public struct JWTClaims: Sendable {
-    public let payload: JSONValue
+package struct JWTClaims: Sendable {
+    package let payload: JSONValue
 
-    public init(_ payload: JSONValue) { self.payload = payload }
+    package init(_ payload: JSONValue) { self.payload = payload }
 
     func date(_ name: String) -> Date? {
         guard case .number(let n) = payload[name], let seconds = Double(n) else { return nil }
         return Date(timeIntervalSince1970: seconds)
     }
 
-    public var audience: String? {
+    package var audience: String? {
         switch payload["aud"] {
         case .string(let s): s
         case .array(let items): items.first?.stringValue
@@ -89,13 +89,13 @@ public struct JWTClaims: Sendable {
         }
     }
 
-    public var expiry: Date? { date("exp") }
-    public var notBefore: Date? { date("nbf") }
-    public var issuedAt: Date? { date("iat") }
-    public var subject: String? { payload["sub"]?.stringValue }
+    package var expiry: Date? { date("exp") }
+    package var notBefore: Date? { date("nbf") }
+    package var issuedAt: Date? { date("iat") }
+    package var subject: String? { payload["sub"]?.stringValue }
 
     /// A claim that may be a string or a list of strings (`role`, `webpubsub.group`).
-    public func strings(_ name: String) -> [String] {
+    package func strings(_ name: String) -> [String] {
         switch payload[name] {
         case .string(let s): [s]
         case .array(let items): items.compactMap(\.stringValue)
@@ -103,12 +103,12 @@ public struct JWTClaims: Sendable {
         }
     }
 
-    public var roles: [String] { strings("role") }
-    public var groups: [String] { strings("webpubsub.group") }
+    package var roles: [String] { strings("role") }
+    package var groups: [String] { strings("webpubsub.group") }
 }
 
-public struct JWTError: Error, Sendable, CustomStringConvertible {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
+package struct JWTError: Error, Sendable, CustomStringConvertible {
+    package let message: String
+    package init(_ message: String) { self.message = message }
+    package var description: String { message }
 }

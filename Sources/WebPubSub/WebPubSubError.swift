@@ -2,22 +2,22 @@ import BridgeJSON
 
 /// An error from the Web PubSub client: a bad argument or connection string, a failed request
 /// (no response), or a response the service refused (status and body kept).
-public struct WebPubSubError: Error, Sendable, CustomStringConvertible {
+package struct WebPubSubError: Error, Sendable, CustomStringConvertible {
     /// What went wrong; a struct so that kinds can be added without breaking callers.
-    public struct Kind: Sendable, Hashable, CustomStringConvertible {
+    package struct Kind: Sendable, Hashable, CustomStringConvertible {
         enum Base: Sendable, Hashable { case invalidConnectionString, invalidArgument, transport, status, cancelled, authentication }
         let base: Base
-        public static let invalidConnectionString = Kind(base: .invalidConnectionString)
-        public static let invalidArgument = Kind(base: .invalidArgument)
+        package static let invalidConnectionString = Kind(base: .invalidConnectionString)
+        package static let invalidArgument = Kind(base: .invalidArgument)
         /// No response: connection refused, reset, timeout.
-        public static let transport = Kind(base: .transport)
+        package static let transport = Kind(base: .transport)
         /// The service answered with an unexpected status.
-        public static let status = Kind(base: .status)
+        package static let status = Kind(base: .status)
         /// The calling task was cancelled; the request may or may not have reached the service.
-        public static let cancelled = Kind(base: .cancelled)
+        package static let cancelled = Kind(base: .cancelled)
         /// No Entra ID token could be obtained (the identity endpoint failed or refused).
-        public static let authentication = Kind(base: .authentication)
-        public var description: String {
+        package static let authentication = Kind(base: .authentication)
+        package var description: String {
             switch base {
             case .invalidConnectionString: "invalid connection string"
             case .invalidArgument: "invalid argument"
@@ -29,18 +29,18 @@ public struct WebPubSubError: Error, Sendable, CustomStringConvertible {
         }
     }
 
-    public let kind: Kind
-    public let message: String
+    package let kind: Kind
+    package let message: String
     /// HTTP status for `.status`.
-    public let status: Int?
+    package let status: Int?
     /// The response body (first 4 KiB), for `.status`.
-    public let body: String?
+    package let body: String?
     /// `x-ms-error-code`, or `error.code` in the body.
-    public let errorCode: String?
+    package let errorCode: String?
     /// From `Retry-After` (seconds or HTTP date), `retry-after-ms` or `x-ms-retry-after-ms`.
-    public let retryAfter: Duration?
+    package let retryAfter: Duration?
     /// The operation, e.g. `sendToGroup`.
-    public let operation: String?
+    package let operation: String?
 
     init(
         kind: Kind, message: String, status: Int? = nil, body: String? = nil, errorCode: String? = nil,
@@ -64,7 +64,7 @@ public struct WebPubSubError: Error, Sendable, CustomStringConvertible {
     }
 
     /// Worth another try: no response, 408, 429 or 5xx.
-    public var isRetryable: Bool {
+    package var isRetryable: Bool {
         switch kind {
         // An identity endpoint that failed (after its own retries) may answer later.
         case .transport, .authentication: return true
@@ -75,7 +75,7 @@ public struct WebPubSubError: Error, Sendable, CustomStringConvertible {
         }
     }
 
-    public var description: String {
+    package var description: String {
         var s = operation.map { "\($0): " } ?? ""
         switch kind {
         case .status:

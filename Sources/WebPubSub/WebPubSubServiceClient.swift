@@ -1,35 +1,35 @@
-public import AsyncHTTPClient
-public import AzureIdentity
-import BridgeCore
+package import AsyncHTTPClient
+package import AzureIdentity
 import BridgeJSON
-public import BridgeObservability
+import BridgeObservability
 import Foundation
-public import Logging
-public import NIOCore
+package import Logging
+package import NIOCore
 import NIOHTTP1
 import Synchronization
+import WebPubSubProtocol
 
 /// The Web PubSub data-plane REST API: every operation of api-version 2024-12-01.
 ///
 /// Requests carry access-key JWTs (cached per URL until shortly before they expire) or Entra ID
 /// tokens (scope `https://webpubsub.azure.com/.default`, renewed before expiry); connections are pooled and kept alive (HTTP/2 where the endpoint offers it over TLS).
 /// Operations throw ``WebPubSubError``, carrying the status code and body of a refused request.
-public final class WebPubSubServiceClient: Sendable {
-    public struct Configuration: Sendable {
-        public var apiVersion = "2024-12-01"
+package final class WebPubSubServiceClient: Sendable {
+    package struct Configuration: Sendable {
+        package var apiVersion = "2024-12-01"
         /// Deadline of one request.
-        public var requestTimeout: Duration = .seconds(30)
-        public var connectTimeout: Duration = .seconds(10)
+        package var requestTimeout: Duration = .seconds(30)
+        package var connectTimeout: Duration = .seconds(10)
         /// Lifetime of the access-key JWTs this client signs; renewed with 10% left.
-        public var tokenLifetime: Duration = .seconds(3600)
+        package var tokenLifetime: Duration = .seconds(3600)
         /// Keep-alive HTTP/1.1 connections to the endpoint (HTTP/2 multiplexes on one).
-        public var maxConnections = 64
+        package var maxConnections = 64
 
-        public init() {}
+        package init() {}
     }
 
     /// How requests are authorized.
-    public enum Authentication: Sendable {
+    package enum Authentication: Sendable {
         /// Access-key JWTs signed here; client tokens too.
         case accessKey(AccessKey)
         /// Entra ID tokens; client tokens come from the service (`:generateToken`).
@@ -37,19 +37,19 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// The scope of Entra ID tokens for Web PubSub.
-    public static let entraScope = "https://webpubsub.azure.com/.default"
+    package static let entraScope = "https://webpubsub.azure.com/.default"
 
     /// The connection string's endpoint, e.g. `https://x.webpubsub.azure.com`.
-    public let endpoint: String
-    public let authentication: Authentication
-    public let configuration: Configuration
+    package let endpoint: String
+    package let authentication: Authentication
+    package let configuration: Configuration
     let httpClient: HTTPClient
     let ownsHTTPClient: Bool
     let logger: Logger
     private let tokenCache = Mutex<[String: (token: String, renewAt: Date)]>([:])
     private let entraTokens: TokenCache?
 
-    public convenience init(
+    package convenience init(
         connectionString: ConnectionString, configuration: Configuration = Configuration(), httpClient: HTTPClient? = nil,
         logger: Logger = Logger(label: LogKey.webpubsub)
     ) {
@@ -59,7 +59,7 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// - Parameter endpoint: `http(s)://host[:port]`.
-    public convenience init(
+    package convenience init(
         endpoint: String, authentication: Authentication, configuration: Configuration = Configuration(), httpClient: HTTPClient? = nil,
         logger: Logger = Logger(label: LogKey.webpubsub)
     ) throws(WebPubSubError) {
@@ -95,14 +95,14 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// Closes pooled connections (when the client created its own HTTP client).
-    public func shutdown() async throws {
+    package func shutdown() async throws {
         if ownsHTTPClient { try await httpClient.shutdown() }
     }
 
     // MARK: Sends
 
     /// `POST /api/hubs/{hub}/:send`, to every connection of the hub.
-    public func sendToAll(
+    package func sendToAll(
         hub: String, payload: ByteBuffer, contentType: String, excluded: [String] = [], filter: String? = nil,
         messageTTLSeconds: Int? = nil
     ) async throws(WebPubSubError) {
@@ -113,7 +113,7 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// `POST /api/hubs/{hub}/groups/{group}/:send`.
-    public func sendToGroup(
+    package func sendToGroup(
         hub: String, group: String, payload: ByteBuffer, contentType: String, excluded: [String] = [], filter: String? = nil,
         messageTTLSeconds: Int? = nil
     ) async throws(WebPubSubError) {
@@ -126,7 +126,7 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// `POST /api/hubs/{hub}/users/{userId}/:send`, to every connection of the user.
-    public func sendToUser(
+    package func sendToUser(
         hub: String, userId: String, payload: ByteBuffer, contentType: String, filter: String? = nil, messageTTLSeconds: Int? = nil
     ) async throws(WebPubSubError) {
         var query: [(String, String)] = []
@@ -138,7 +138,7 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// `POST /api/hubs/{hub}/connections/{connectionId}/:send`.
-    public func sendToConnection(
+    package func sendToConnection(
         hub: String, connectionId: String, payload: ByteBuffer, contentType: String, messageTTLSeconds: Int? = nil
     ) async throws(WebPubSubError) {
         var query: [(String, String)] = []
@@ -151,7 +151,7 @@ public final class WebPubSubServiceClient: Sendable {
     // MARK: Groups
 
     /// `PUT /api/hubs/{hub}/groups/{group}/connections/{connectionId}`.
-    public func addConnectionToGroup(hub: String, group: String, connectionId: String) async throws(WebPubSubError) {
+    package func addConnectionToGroup(hub: String, group: String, connectionId: String) async throws(WebPubSubError) {
         try await call(
             "addConnectionToGroup", .PUT,
             try hubPath(hub, ["groups", .group(group), "connections", .connection(connectionId)]),
@@ -159,7 +159,7 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// `DELETE /api/hubs/{hub}/groups/{group}/connections/{connectionId}`.
-    public func removeConnectionFromGroup(hub: String, group: String, connectionId: String) async throws(WebPubSubError) {
+    package func removeConnectionFromGroup(hub: String, group: String, connectionId: String) async throws(WebPubSubError) {
         try await call(
             "removeConnectionFromGroup", .DELETE,
             try hubPath(hub, ["groups", .group(group), "connections", .connection(connectionId)]),
@@ -167,34 +167,34 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// `DELETE /api/hubs/{hub}/connections/{connectionId}/groups`.
-    public func removeConnectionFromAllGroups(hub: String, connectionId: String) async throws(WebPubSubError) {
+    package func removeConnectionFromAllGroups(hub: String, connectionId: String) async throws(WebPubSubError) {
         try await call(
             "removeConnectionFromAllGroups", .DELETE,
             try hubPath(hub, ["connections", .connection(connectionId), "groups"]), expect: [204])
     }
 
     /// `PUT /api/hubs/{hub}/users/{userId}/groups/{group}`.
-    public func addUserToGroup(hub: String, group: String, userId: String) async throws(WebPubSubError) {
+    package func addUserToGroup(hub: String, group: String, userId: String) async throws(WebPubSubError) {
         try await call(
             "addUserToGroup", .PUT,
             try hubPath(hub, ["users", .user(userId), "groups", .group(group)]), expect: [200])
     }
 
     /// `DELETE /api/hubs/{hub}/users/{userId}/groups/{group}`.
-    public func removeUserFromGroup(hub: String, group: String, userId: String) async throws(WebPubSubError) {
+    package func removeUserFromGroup(hub: String, group: String, userId: String) async throws(WebPubSubError) {
         try await call(
             "removeUserFromGroup", .DELETE,
             try hubPath(hub, ["users", .user(userId), "groups", .group(group)]), expect: [204])
     }
 
     /// `DELETE /api/hubs/{hub}/users/{userId}/groups`.
-    public func removeUserFromAllGroups(hub: String, userId: String) async throws(WebPubSubError) {
+    package func removeUserFromAllGroups(hub: String, userId: String) async throws(WebPubSubError) {
         try await call(
             "removeUserFromAllGroups", .DELETE, try hubPath(hub, ["users", .user(userId), "groups"]), expect: [204])
     }
 
     /// `POST /api/hubs/{hub}/:addToGroups`: adds the connections matching `filter` to `groups`.
-    public func addConnectionsToGroups(hub: String, groups: [String], filter: String) async throws(WebPubSubError) {
+    package func addConnectionsToGroups(hub: String, groups: [String], filter: String) async throws(WebPubSubError) {
         try checkGroups(groups)
         let body = JSONValue.object([("groups", .array(groups.map { .string($0) })), ("filter", .string(filter))]).serialized
         try await call(
@@ -203,7 +203,7 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// `POST /api/hubs/{hub}/:removeFromGroups`: removes the connections matching `filter` from `groups`.
-    public func removeConnectionsFromGroups(hub: String, groups: [String], filter: String) async throws(WebPubSubError) {
+    package func removeConnectionsFromGroups(hub: String, groups: [String], filter: String) async throws(WebPubSubError) {
         try checkGroups(groups)
         let body = JSONValue.object([("groups", .array(groups.map { .string($0) })), ("filter", .string(filter))]).serialized
         try await call(
@@ -218,13 +218,13 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// A member of a group.
-    public struct GroupMember: Sendable, Equatable {
-        public var connectionId: String
-        public var userId: String?
+    package struct GroupMember: Sendable, Equatable {
+        package var connectionId: String
+        package var userId: String?
     }
 
     /// `GET /api/hubs/{hub}/groups/{group}/connections`, following `nextLink` pages.
-    public func listConnections(hub: String, group: String, top: Int? = nil) async throws(WebPubSubError) -> [GroupMember] {
+    package func listConnections(hub: String, group: String, top: Int? = nil) async throws(WebPubSubError) -> [GroupMember] {
         var members: [GroupMember] = []
         var query: [(String, String)] = []
         if let top { query.append(("top", String(top))) }
@@ -247,14 +247,14 @@ public final class WebPubSubServiceClient: Sendable {
     // MARK: Close and exists
 
     /// `POST /api/hubs/{hub}/:closeConnections`.
-    public func closeAllConnections(hub: String, excluded: [String] = [], reason: String? = nil) async throws(WebPubSubError) {
+    package func closeAllConnections(hub: String, excluded: [String] = [], reason: String? = nil) async throws(WebPubSubError) {
         var query = excluded.map { ("excluded", $0) }
         if let reason { query.append(("reason", reason)) }
         try await call("closeAllConnections", .POST, try hubPath(hub, [":closeConnections"]), query: query, expect: [204])
     }
 
     /// `POST /api/hubs/{hub}/groups/{group}/:closeConnections`.
-    public func closeGroupConnections(hub: String, group: String, excluded: [String] = [], reason: String? = nil) async throws(WebPubSubError) {
+    package func closeGroupConnections(hub: String, group: String, excluded: [String] = [], reason: String? = nil) async throws(WebPubSubError) {
         var query = excluded.map { ("excluded", $0) }
         if let reason { query.append(("reason", reason)) }
         try await call(
@@ -263,7 +263,7 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// `POST /api/hubs/{hub}/users/{userId}/:closeConnections`.
-    public func closeUserConnections(hub: String, userId: String, excluded: [String] = [], reason: String? = nil) async throws(WebPubSubError) {
+    package func closeUserConnections(hub: String, userId: String, excluded: [String] = [], reason: String? = nil) async throws(WebPubSubError) {
         var query = excluded.map { ("excluded", $0) }
         if let reason { query.append(("reason", reason)) }
         try await call(
@@ -272,7 +272,7 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// `DELETE /api/hubs/{hub}/connections/{connectionId}`.
-    public func closeConnection(hub: String, connectionId: String, reason: String? = nil) async throws(WebPubSubError) {
+    package func closeConnection(hub: String, connectionId: String, reason: String? = nil) async throws(WebPubSubError) {
         var query: [(String, String)] = []
         if let reason { query.append(("reason", reason)) }
         try await call(
@@ -281,48 +281,48 @@ public final class WebPubSubServiceClient: Sendable {
     }
 
     /// `HEAD /api/hubs/{hub}/connections/{connectionId}`.
-    public func connectionExists(hub: String, connectionId: String) async throws(WebPubSubError) -> Bool {
+    package func connectionExists(hub: String, connectionId: String) async throws(WebPubSubError) -> Bool {
         try await exists("connectionExists", try hubPath(hub, ["connections", .connection(connectionId)]))
     }
 
     /// `HEAD /api/hubs/{hub}/groups/{group}`: whether any connection is in the group.
-    public func groupExists(hub: String, group: String) async throws(WebPubSubError) -> Bool {
+    package func groupExists(hub: String, group: String) async throws(WebPubSubError) -> Bool {
         try await exists("groupExists", try hubPath(hub, ["groups", .group(group)]))
     }
 
     /// `HEAD /api/hubs/{hub}/users/{userId}`: whether the user has a connection.
-    public func userExists(hub: String, userId: String) async throws(WebPubSubError) -> Bool {
+    package func userExists(hub: String, userId: String) async throws(WebPubSubError) -> Bool {
         try await exists("userExists", try hubPath(hub, ["users", .user(userId)]))
     }
 
     /// `HEAD /api/health`.
-    public func serviceIsHealthy() async throws(WebPubSubError) -> Bool {
+    package func serviceIsHealthy() async throws(WebPubSubError) -> Bool {
         try await exists("getServiceStatus", "/api/health")
     }
 
     // MARK: Permissions
 
     /// The permissions a connection can be granted.
-    public enum Permission: String, Sendable, CaseIterable {
+    package enum Permission: String, Sendable, CaseIterable {
         case sendToGroup, joinLeaveGroup
     }
 
     /// `PUT /api/hubs/{hub}/permissions/{permission}/connections/{connectionId}`; `targetName` is a group (all groups when nil).
-    public func grantPermission(hub: String, permission: Permission, connectionId: String, targetName: String? = nil) async throws(WebPubSubError) {
+    package func grantPermission(hub: String, permission: Permission, connectionId: String, targetName: String? = nil) async throws(WebPubSubError) {
         try await call(
             "grantPermission", .PUT, try permissionPath(hub, permission, connectionId), query: targetName.map { [("targetName", $0)] } ?? [],
             expect: [200])
     }
 
     /// `DELETE /api/hubs/{hub}/permissions/{permission}/connections/{connectionId}`.
-    public func revokePermission(hub: String, permission: Permission, connectionId: String, targetName: String? = nil) async throws(WebPubSubError) {
+    package func revokePermission(hub: String, permission: Permission, connectionId: String, targetName: String? = nil) async throws(WebPubSubError) {
         try await call(
             "revokePermission", .DELETE, try permissionPath(hub, permission, connectionId),
             query: targetName.map { [("targetName", $0)] } ?? [], expect: [204])
     }
 
     /// `HEAD /api/hubs/{hub}/permissions/{permission}/connections/{connectionId}`.
-    public func checkPermission(
+    package func checkPermission(
         hub: String, permission: Permission, connectionId: String, targetName: String? = nil
     ) async throws(WebPubSubError) -> Bool {
         try await exists(
@@ -332,7 +332,7 @@ public final class WebPubSubServiceClient: Sendable {
     // MARK: Client tokens
 
     /// `POST /api/hubs/{hub}/:generateToken`: a client token issued by the service.
-    public func generateClientToken(
+    package func generateClientToken(
         hub: String, userId: String? = nil, roles: [String] = [], groups: [String] = [], minutesToExpire: Int = 60
     ) async throws(WebPubSubError) -> String {
         var query: [(String, String)] = []
@@ -351,7 +351,7 @@ public final class WebPubSubServiceClient: Sendable {
 
     /// A client access URL, as the SDKs' `get_client_access_token`: signed here with the access
     /// key, or (with Entra ID) issued by the service's `:generateToken`.
-    public func clientAccess(
+    package func clientAccess(
         hub: String, userId: String? = nil, roles: [String] = [], groups: [String] = [], expiresIn: Duration = .seconds(3600)
     ) async throws(WebPubSubError) -> ClientAccess {
         switch authentication {
@@ -529,10 +529,10 @@ func timeAmount(_ d: Duration) -> TimeAmount {
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, as the SDKs encode path
 /// segments and query values.
-public func percentEncode(_ s: String) -> String { percentEncodeUnreserved(s) }
+package func percentEncode(_ s: String) -> String { percentEncodeUnreserved(s) }
 
 /// Decodes `%XX` escapes (and leaves malformed ones as they are).
-public func percentDecode(_ s: some StringProtocol, plusIsSpace: Bool = false) -> String {
+package func percentDecode(_ s: some StringProtocol, plusIsSpace: Bool = false) -> String {
     var bytes: [UInt8] = []
     bytes.reserveCapacity(s.utf8.count)
     var it = Array(s.utf8)[...]

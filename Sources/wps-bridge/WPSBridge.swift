@@ -1,4 +1,4 @@
-public import ArgumentParser
+public import ArgumentParser  // a conformance of swift-log's Logger.Level is public whatever we write
 import AzureIdentity
 import BridgeApp
 import BridgeCore
@@ -14,6 +14,7 @@ import ServiceLifecycle
 import Synchronization
 import UnixSignals
 import WebPubSub
+import WebPubSubProtocol
 
 @main
 struct WPSBridge: AsyncParsableCommand {

@@ -1,5 +1,4 @@
 import AzureIdentity
-import BridgeCore
 import BridgeServer
 import BridgeTestSupport
 import Foundation
@@ -12,6 +11,7 @@ import Testing
 import WebPubSub
 
 @testable import BridgeApp
+@testable import BridgeCore
 
 let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 

@@ -1,17 +1,17 @@
-public import Logging
-public import NIOCore
+package import Logging
+package import NIOCore
 
 /// Hands deliveries to the dispatcher. `emit` suspends while the dispatcher is full: that is the
 /// back-pressure a source feels.
-public struct DeliveryEmitter: Sendable {
+package struct DeliveryEmitter: Sendable {
     let body: @Sendable (Delivery) async throws -> Void
 
-    public init(_ body: @escaping @Sendable (Delivery) async throws -> Void) {
+    package init(_ body: @escaping @Sendable (Delivery) async throws -> Void) {
         self.body = body
     }
 
     /// - Throws: `CancellationError` when the bridge is shutting down.
-    public func emit(_ delivery: Delivery) async throws {
+    package func emit(_ delivery: Delivery) async throws {
         try await body(delivery)
     }
 }
@@ -21,30 +21,39 @@ public struct DeliveryEmitter: Sendable {
 /// `run` reads until the input ends (then returns) or its task is cancelled (then stops reading
 /// and returns promptly: the bridge is shutting down). Every delivery it emits is settled by the
 /// dispatcher; after all of them were, `finish` is called once to commit positions and close.
-public protocol SourceAdapter: Sendable {
+package protocol SourceAdapter: Sendable {
     var name: String { get }
     func run(emit: DeliveryEmitter) async throws
     func finish() async throws
 }
 
 extension SourceAdapter {
-    public func finish() async throws {}
+    package func finish() async throws {}
 }
 
 /// An adapter that can tell why it is not working right now (a broker down, an unknown topic,
 /// an authentication failure), for readiness checks and logs. nil means healthy.
-public protocol HealthReporting: Sendable {
+package protocol HealthReporting: Sendable {
     var healthProblem: String? { get }
 }
 
-/// A record for a sink: a dead letter or a mirrored event.
-public struct SinkRecord: Sendable {
-    public var payload: ByteBuffer
-    public var dataType: DataType
-    public var key: String?
-    public var headers: [String: String]
+/// A source that hears the groups of a hub as a Web PubSub client (`type: webpubsub`): `events:`
+/// rules can mirror what it hears, and its own connection events are not mirrored.
+package protocol GroupListening: SourceAdapter {
+    var listenedHub: String { get }
+    var listenedGroups: [String] { get }
+    /// The user id it connects as.
+    var listenerUserId: String { get }
+}
 
-    public init(payload: ByteBuffer, dataType: DataType, key: String? = nil, headers: [String: String] = [:]) {
+/// A record for a sink: a dead letter or a mirrored event.
+package struct SinkRecord: Sendable {
+    package var payload: ByteBuffer
+    package var dataType: DataType
+    package var key: String?
+    package var headers: [String: String]
+
+    package init(payload: ByteBuffer, dataType: DataType, key: String? = nil, headers: [String: String] = [:]) {
         self.payload = payload
         self.dataType = dataType
         self.key = key
@@ -54,7 +63,7 @@ public struct SinkRecord: Sendable {
 
 /// Where records are written: dead letters now, mirrored events later. A write returns once the
 /// record is durable as far as the sink can tell (flushed, acknowledged by the broker).
-public protocol SinkAdapter: Sendable {
+package protocol SinkAdapter: Sendable {
     /// `file /var/lib/x.ndjson`, `stdout`: for logs.
     var description: String { get }
     func write(_ record: SinkRecord) async throws
@@ -62,34 +71,34 @@ public protocol SinkAdapter: Sendable {
 }
 
 extension SinkAdapter {
-    public func close() async throws {}
+    package func close() async throws {}
 }
 
 /// `deadLetter: {type: drop}`: a message that cannot be delivered is dropped on purpose (logged
 /// and counted as dropped). The only way to route an at-least-once source without a dead-letter
 /// sink.
-public struct DropSink: SinkAdapter {
-    public init() {}
-    public var description: String { "drop" }
-    public func write(_ record: SinkRecord) async throws {}
+package struct DropSink: SinkAdapter {
+    package init() {}
+    package var description: String { "drop" }
+    package func write(_ record: SinkRecord) async throws {}
 }
 
-public struct DropSinkFactory: SinkFactory {
-    public init() {}
-    public var typeName: String { "drop" }
-    public var summary: String { "drops what it is given, on purpose (deadLetter: {type: drop})" }
-    public func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
+package struct DropSinkFactory: SinkFactory {
+    package init() {}
+    package var typeName: String { "drop" }
+    package var summary: String { "drops what it is given, on purpose (deadLetter: {type: drop})" }
+    package func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
         settings.checkKeys([], what: "a drop sink")
         return DropSink()
     }
 }
 
 /// What factories get besides their settings.
-public struct AdapterContext: Sendable {
-    public var logger: Logger
-    public var environment: [String: String]
+package struct AdapterContext: Sendable {
+    package var logger: Logger
+    package var environment: [String: String]
 
-    public init(logger: Logger, environment: [String: String]) {
+    package init(logger: Logger, environment: [String: String]) {
         self.logger = logger
         self.environment = environment
     }
@@ -97,7 +106,7 @@ public struct AdapterContext: Sendable {
 
 /// Builds sources of one `type`. Reading the settings is validating them: problems go to the
 /// mapping's reader with their YAML path and line, and nothing is opened until `run`.
-public protocol SourceFactory: Sendable {
+package protocol SourceFactory: Sendable {
     /// The `type` in `bridge.yaml`.
     var typeName: String { get }
     /// One line for `validate`'s summary and the docs.
@@ -114,11 +123,11 @@ public protocol SourceFactory: Sendable {
 }
 
 extension SourceFactory {
-    public var isAtLeastOnce: Bool { false }
+    package var isAtLeastOnce: Bool { false }
 }
 
 /// Builds sinks of one `type` (dead letters; mirrored events).
-public protocol SinkFactory: Sendable {
+package protocol SinkFactory: Sendable {
     var typeName: String { get }
     var summary: String { get }
     /// Reads type-specific settings (every key except `type`).
@@ -126,17 +135,17 @@ public protocol SinkFactory: Sendable {
 }
 
 /// Source and sink types by name: the seam that adapters plug into.
-public struct AdapterRegistry: Sendable {
-    public private(set) var sources: [String: any SourceFactory] = [:]
-    public private(set) var sinks: [String: any SinkFactory] = [:]
+package struct AdapterRegistry: Sendable {
+    package private(set) var sources: [String: any SourceFactory] = [:]
+    package private(set) var sinks: [String: any SinkFactory] = [:]
 
-    public init() {}
+    package init() {}
 
-    public mutating func register(source factory: any SourceFactory) {
+    package mutating func register(source factory: any SourceFactory) {
         sources[factory.typeName] = factory
     }
 
-    public mutating func register(sink factory: any SinkFactory) {
+    package mutating func register(sink factory: any SinkFactory) {
         sinks[factory.typeName] = factory
     }
 }

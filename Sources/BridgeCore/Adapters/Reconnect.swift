@@ -1,17 +1,17 @@
 import BridgeObservability
 import CoreMetrics
-public import Logging
+package import Logging
 import Synchronization
 
 /// Exponential backoff: the first wait is `initial`, each next one twice the last, at most
 /// `maximum`; back to `initial` once the connection worked.
-public struct Backoff: Sendable, Equatable {
-    public let initial: Duration
-    public let maximum: Duration
+package struct Backoff: Sendable, Equatable {
+    package let initial: Duration
+    package let maximum: Duration
     /// The wait ``next()`` gives next.
-    public private(set) var current: Duration
+    package private(set) var current: Duration
 
-    public init(initial: Duration, maximum: Duration) {
+    package init(initial: Duration, maximum: Duration) {
         precondition(initial > .zero && maximum >= initial, "a backoff needs 0 < initial <= maximum")
         self.initial = initial
         self.maximum = maximum
@@ -19,25 +19,25 @@ public struct Backoff: Sendable, Equatable {
     }
 
     /// The wait before the next attempt; the one after it is twice as long, at most `maximum`.
-    public mutating func next() -> Duration {
+    package mutating func next() -> Duration {
         defer { current = min(current * 2, maximum) }
         return current
     }
 
     /// The connection worked: the next wait is `initial` again.
-    public mutating func reset() { current = initial }
+    package mutating func reset() { current = initial }
 
     /// The next wait is at least `floor` (a failure that retrying at once cannot cure, such as
     /// refused credentials), at most `maximum`.
-    public mutating func atLeast(_ floor: Duration) { current = min(max(current, floor), maximum) }
+    package mutating func atLeast(_ floor: Duration) { current = min(max(current, floor), maximum) }
 }
 
 /// The health of one connection a component keeps up, for `/readyz` and the log: the problem
 /// while there is one, an error line when it starts, when it changes and at most every
 /// `logInterval` while it lasts (a broker down for an hour gives 120 lines, not one per retry),
 /// and a notice when it is over.
-public final class ConnectionHealth: Sendable {
-    public let logInterval: Duration
+package final class ConnectionHealth: Sendable {
+    package let logInterval: Duration
     private let logger: Logger
 
     private struct State {
@@ -48,20 +48,20 @@ public final class ConnectionHealth: Sendable {
     private let state: Mutex<State>
 
     /// `initialProblem`: what `/readyz` says before the first connection (nil: ready at once).
-    public init(logger: Logger, initialProblem: String? = nil, logInterval: Duration = .seconds(30)) {
+    package init(logger: Logger, initialProblem: String? = nil, logInterval: Duration = .seconds(30)) {
         self.logger = logger
         self.logInterval = logInterval
         state = Mutex(State(problem: initialProblem))
     }
 
     /// The current problem, nil when healthy.
-    public var problem: String? { state.withLock { $0.problem } }
+    package var problem: String? { state.withLock { $0.problem } }
 
     /// Records `problem` and logs `message` at error level with `problem` as `LogKey.error`,
     /// unless the same problem was logged less than `logInterval` ago.
     /// - Returns: whether the line was written.
     @discardableResult
-    public func failed(
+    package func failed(
         _ problem: String, _ message: @autoclosure () -> Logger.Message, metadata: @autoclosure () -> Logger.Metadata = [:],
         now: ContinuousClock.Instant = .now
     ) -> Bool {
@@ -76,12 +76,12 @@ public final class ConnectionHealth: Sendable {
     }
 
     /// Records a problem without logging it (one that is logged otherwise, or expected).
-    public func note(_ problem: String) {
+    package func note(_ problem: String) {
         state.withLock { $0.problem = problem }
     }
 
     /// The connection works again; a problem that was logged gets a notice that it is over.
-    public func recovered(_ message: @autoclosure () -> Logger.Message, metadata: @autoclosure () -> Logger.Metadata = [:]) {
+    package func recovered(_ message: @autoclosure () -> Logger.Message, metadata: @autoclosure () -> Logger.Metadata = [:]) {
         let previous = state.withLock { s -> String? in
             defer { s = State() }
             return s.lastLogged?.problem
@@ -98,17 +98,17 @@ public final class ConnectionHealth: Sendable {
 ///
 /// The Redis sources run on it; the group listener, whose sessions are recovered before they are
 /// replaced, uses its parts.
-public struct ReconnectLoop: Sendable {
+package struct ReconnectLoop: Sendable {
     /// How the loop treats one failure.
-    public struct Failure: Sendable {
+    package struct Failure: Sendable {
         /// For `/readyz` and the log line.
-        public var problem: String
+        package var problem: String
         /// Extra metadata for the log line.
-        public var metadata: Logger.Metadata
+        package var metadata: Logger.Metadata
         /// The next wait is at least this (a failure retrying at once cannot cure).
-        public var waitAtLeast: Duration?
+        package var waitAtLeast: Duration?
 
-        public init(problem: String, metadata: Logger.Metadata = [:], waitAtLeast: Duration? = nil) {
+        package init(problem: String, metadata: Logger.Metadata = [:], waitAtLeast: Duration? = nil) {
             self.problem = problem
             self.metadata = metadata
             self.waitAtLeast = waitAtLeast
@@ -118,11 +118,11 @@ public struct ReconnectLoop: Sendable {
     /// One connection of the loop. Its body calls ``connected()`` once the connection is up
     /// (subscribed, groups created): the problem is cleared, the reconnect counted, and the
     /// waits start again at the backoff's `initial` after this connection ends.
-    public final class Attempt: Sendable {
+    package final class Attempt: Sendable {
         /// Whether a connection worked before this one.
-        public let isReconnect: Bool
+        package let isReconnect: Bool
         /// When the last working connection was lost; nil before the first one.
-        public let disconnectedAt: ContinuousClock.Instant?
+        package let disconnectedAt: ContinuousClock.Instant?
         private let isUp = Atomic<Bool>(false)
         private let loop: ReconnectLoop
 
@@ -133,7 +133,7 @@ public struct ReconnectLoop: Sendable {
         }
 
         /// The connection is up. Calls after the first do nothing.
-        public func connected() {
+        package func connected() {
             guard !isUp.exchange(true, ordering: .relaxed) else { return }
             loop.health.recovered("connection recovered", metadata: [LogKey.source: "\(loop.source)"])
             if isReconnect { Counter(label: MetricName.sourceReconnects, dimensions: [("source", loop.source)]).increment() }
@@ -142,15 +142,15 @@ public struct ReconnectLoop: Sendable {
         fileprivate var wasConnected: Bool { isUp.load(ordering: .relaxed) }
     }
 
-    public let source: String
-    public let health: ConnectionHealth
-    public let backoff: Backoff
+    package let source: String
+    package let health: ConnectionHealth
+    package let backoff: Backoff
     let message: Logger.Message
 
     /// - Parameters:
     ///   - message: the constant error line, e.g. "redis pub/sub connection failed; reconnecting";
     ///     the problem and the wait go into its metadata.
-    public init(source: String, health: ConnectionHealth, backoff: Backoff, message: Logger.Message) {
+    package init(source: String, health: ConnectionHealth, backoff: Backoff, message: Logger.Message) {
         self.source = source
         self.health = health
         self.backoff = backoff
@@ -160,7 +160,7 @@ public struct ReconnectLoop: Sendable {
     /// Runs `body` again and again until the task is cancelled. `body` returns or throws when
     /// its connection ends; `classify` turns what it threw into a ``Failure`` (nil: the error is
     /// not about the connection, and the loop ends by throwing it).
-    public func run(_ body: (Attempt) async throws -> Void, classify: (any Error) -> Failure?) async throws {
+    package func run(_ body: (Attempt) async throws -> Void, classify: (any Error) -> Failure?) async throws {
         var backoff = backoff
         var everConnected = false
         var disconnectedAt: ContinuousClock.Instant?

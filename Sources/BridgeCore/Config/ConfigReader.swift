@@ -1,22 +1,22 @@
 import Foundation
-public import Yams
+import Yams
 
 /// One problem in a config file, with where it is.
-public struct ConfigIssue: Sendable, CustomStringConvertible, Equatable {
+package struct ConfigIssue: Sendable, CustomStringConvertible, Equatable {
     /// YAML path, e.g. `routes[0].to[1].group`.
-    public let path: String
-    public let line: Int?
-    public let column: Int?
-    public let message: String
+    package let path: String
+    package let line: Int?
+    package let column: Int?
+    package let message: String
 
-    public init(path: String, line: Int?, column: Int?, message: String) {
+    package init(path: String, line: Int?, column: Int?, message: String) {
         self.path = path
         self.line = line
         self.column = column
         self.message = message
     }
 
-    public var description: String {
+    package var description: String {
         let location = line.map { "line \($0)" + (column.map { ", column \($0)" } ?? "") }
         let place = [location, path.isEmpty ? nil : path].compactMap { $0 }.joined(separator: ": ")
         return place.isEmpty ? message : "\(place): \(message)"
@@ -24,45 +24,55 @@ public struct ConfigIssue: Sendable, CustomStringConvertible, Equatable {
 }
 
 /// Everything wrong with a config file.
-public struct ConfigError: Error, Sendable, CustomStringConvertible {
-    public let file: String
-    public let issues: [ConfigIssue]
+package struct ConfigError: Error, Sendable, CustomStringConvertible {
+    package let file: String
+    package let issues: [ConfigIssue]
 
-    public init(file: String, issues: [ConfigIssue]) {
+    package init(file: String, issues: [ConfigIssue]) {
         self.file = file
         self.issues = issues
     }
 
-    public var description: String {
+    package var description: String {
         let count = issues.count == 1 ? "1 problem" : "\(issues.count) problems"
         return "\(file): \(count)\n" + issues.map { "  \(file):\($0)" }.joined(separator: "\n")
     }
 }
 
 /// Collects the problems found while reading a config, and resolves `${VAR}` references.
-public final class ConfigReader: @unchecked Sendable {
+package final class ConfigReader: @unchecked Sendable {
     // Used by one thread while a config is read; @unchecked so factories can keep a reference.
-    public private(set) var issues: [ConfigIssue] = []
-    public private(set) var warnings: [ConfigIssue] = []
-    public let environment: [String: String]
+    package private(set) var issues: [ConfigIssue] = []
+    package private(set) var warnings: [ConfigIssue] = []
+    package let environment: [String: String]
     /// Relative file paths (`accessKeyFile`, dead-letter `path`) are read against this folder.
-    public let baseDirectory: String
+    package let baseDirectory: String
 
-    public init(environment: [String: String], baseDirectory: String) {
+    package init(environment: [String: String], baseDirectory: String) {
         self.environment = environment
         self.baseDirectory = baseDirectory
     }
 
-    public func report(_ message: String, path: String, mark: Mark?) {
+    /// A problem at `path` with no position in the file (a key that is missing altogether).
+    package func report(_ message: String, path: String) {
+        report(message, path: path, mark: nil)
+    }
+
+    func report(_ message: String, path: String, mark: Mark?) {
         issues.append(ConfigIssue(path: path, line: mark?.line, column: mark?.column, message: message))
     }
 
-    public func warn(_ message: String, path: String, mark: Mark?) {
+    /// A warning at `path` with no position in the file.
+    package func warn(_ message: String, path: String) {
+        warn(message, path: path, mark: nil)
+    }
+
+    func warn(_ message: String, path: String, mark: Mark?) {
         warnings.append(ConfigIssue(path: path, line: mark?.line, column: mark?.column, message: message))
     }
 
     /// Parses `text` and returns its root mapping; a YAML syntax error is reported and gives nil.
-    public func root(yaml text: String) -> ConfigMapping? {
+    package func root(yaml text: String) -> ConfigMapping? {
         let node: Node?
         do {
             node = try Yams.compose(yaml: text)
@@ -101,7 +111,7 @@ public final class ConfigReader: @unchecked Sendable {
     }
 
     /// Expands `${NAME}` and `${NAME:-default}`; `$${` is a literal `${`.
-    public func substitute(_ text: String, path: String, mark: Mark?) -> String? {
+    func substitute(_ text: String, path: String, mark: Mark?) -> String? {
         guard text.contains("$") else { return text }
         var out = ""
         var rest = text[...]
@@ -155,27 +165,27 @@ public final class ConfigReader: @unchecked Sendable {
     }
 
     /// Reads a file named in the config (relative to the config's folder).
-    public func readFile(_ path: String) throws -> String {
+    package func readFile(_ path: String) throws -> String {
         let full = path.hasPrefix("/") ? path : baseDirectory + "/" + path
         return try String(contentsOfFile: full, encoding: .utf8)
     }
 
-    public func absolutePath(_ path: String) -> String {
+    package func absolutePath(_ path: String) -> String {
         path.hasPrefix("/") ? path : baseDirectory + "/" + path
     }
 }
 
 /// A YAML node with its path, read through the reader that collects problems.
-public struct ConfigValue {
-    public let node: Node
-    public let path: String
-    public let reader: ConfigReader
+package struct ConfigValue {
+    let node: Node
+    package let path: String
+    package let reader: ConfigReader
 
-    public var mark: Mark? { node.mark }
+    var mark: Mark? { node.mark }
 
     /// The node as YAML text, without positions, and what the files it names under `...File`
     /// keys hold (hashed): equal for equal settings, different when a secret file was rotated.
-    public var fingerprint: String {
+    package var fingerprint: String {
         var text = (try? Yams.serialize(node: node)) ?? ""
         var hasher = Hasher()
         var files = false
@@ -202,12 +212,12 @@ public struct ConfigValue {
         return text
     }
 
-    public var isScalar: Bool {
+    package var isScalar: Bool {
         if case .scalar = node { return true }
         return false
     }
 
-    public func report(_ message: String) {
+    package func report(_ message: String) {
         reader.report(message, path: path, mark: mark)
     }
 
@@ -221,7 +231,7 @@ public struct ConfigValue {
     }
 
     /// The node as a mapping, or a reported problem.
-    public func mapping() -> ConfigMapping? {
+    package func mapping() -> ConfigMapping? {
         guard case .mapping(let mapping) = node else {
             report("expected a mapping (key: value), found \(kindName)")
             return nil
@@ -243,7 +253,7 @@ public struct ConfigValue {
     }
 
     /// The node as a list; a single value is read as a list of one when `allowSingle`.
-    public func sequence(allowSingle: Bool = false) -> [ConfigValue]? {
+    package func sequence(allowSingle: Bool = false) -> [ConfigValue]? {
         switch node {
         case .sequence(let seq):
             return seq.enumerated().map { ConfigValue(node: $1, path: "\(path)[\($0)]", reader: reader) }
@@ -256,7 +266,7 @@ public struct ConfigValue {
     }
 
     /// The scalar text, with `${VAR}` expanded.
-    public func string() -> String? {
+    package func string() -> String? {
         guard case .scalar(let scalar) = node else {
             report("expected a value, found \(kindName)")
             return nil
@@ -269,29 +279,29 @@ public struct ConfigValue {
 
 /// A mapping in the config. Every accessor reports a problem with path and line rather than
 /// throwing, so that one pass finds every mistake.
-public struct ConfigMapping {
-    public let path: String
-    public let mark: Mark?
+package struct ConfigMapping {
+    package let path: String
+    let mark: Mark?
     let pairs: [(String, Node, Mark?)]
-    public let reader: ConfigReader
+    package let reader: ConfigReader
 
-    public var keys: [String] { pairs.map(\.0) }
+    package var keys: [String] { pairs.map(\.0) }
 
-    public func has(_ key: String) -> Bool { pairs.contains { $0.0 == key } }
+    package func has(_ key: String) -> Bool { pairs.contains { $0.0 == key } }
 
-    public func report(_ message: String) {
+    package func report(_ message: String) {
         reader.report(message, path: path, mark: mark)
     }
 
     func childPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 
-    public func value(_ key: String) -> ConfigValue? {
+    package func value(_ key: String) -> ConfigValue? {
         guard let pair = pairs.first(where: { $0.0 == key }) else { return nil }
         return ConfigValue(node: pair.1, path: childPath(key), reader: reader)
     }
 
     /// Reports every key not in `allowed`, with a suggestion when one is close.
-    public func checkKeys(_ allowed: [String], what: String? = nil) {
+    package func checkKeys(_ allowed: [String], what: String? = nil) {
         for (key, _, keyMark) in pairs where !allowed.contains(key) {
             var message = "unknown key '\(key)'"
             if let what { message += " in \(what)" }
@@ -306,7 +316,7 @@ public struct ConfigMapping {
         }
     }
 
-    public func requireKey(_ key: String, _ explanation: String = "") -> ConfigValue? {
+    package func requireKey(_ key: String, _ explanation: String = "") -> ConfigValue? {
         guard let v = value(key) else {
             report("missing required key '\(key)'" + (explanation.isEmpty ? "" : ": \(explanation)"))
             return nil
@@ -314,13 +324,13 @@ public struct ConfigMapping {
         return v
     }
 
-    public func string(_ key: String, required: Bool = false) -> String? {
+    package func string(_ key: String, required: Bool = false) -> String? {
         guard let v = required ? requireKey(key) : value(key) else { return nil }
         return v.string()
     }
 
     /// A non-empty string.
-    public func nonEmptyString(_ key: String, required: Bool = false) -> String? {
+    package func nonEmptyString(_ key: String, required: Bool = false) -> String? {
         guard let v = required ? requireKey(key) : value(key), let s = v.string() else { return nil }
         if s.isEmpty {
             v.report("'\(key)' must not be empty")
@@ -329,7 +339,7 @@ public struct ConfigMapping {
         return s
     }
 
-    public func int(_ key: String, range: ClosedRange<Int>? = nil) -> Int? {
+    package func int(_ key: String, range: ClosedRange<Int>? = nil) -> Int? {
         guard let v = value(key), let s = v.string() else { return nil }
         guard let n = Int(s) else {
             v.report("'\(s)' is not a whole number")
@@ -342,7 +352,7 @@ public struct ConfigMapping {
         return n
     }
 
-    public func bool(_ key: String) -> Bool? {
+    package func bool(_ key: String) -> Bool? {
         guard let v = value(key), let s = v.string() else { return nil }
         switch s.lowercased() {
         case "true", "yes", "on": return true
@@ -354,7 +364,7 @@ public struct ConfigMapping {
     }
 
     /// `250ms`, `10s`, `5m`, `1h`, or a number of seconds.
-    public func duration(_ key: String) -> Duration? {
+    package func duration(_ key: String) -> Duration? {
         guard let v = value(key), let s = v.string() else { return nil }
         guard let d = parseDuration(s) else {
             v.report("'\(s)' is not a duration (write e.g. 250ms, 10s, 5m)")
@@ -363,7 +373,7 @@ public struct ConfigMapping {
         return d
     }
 
-    public func enumeration<E: RawRepresentable & CaseIterable>(_ key: String, _ type: E.Type) -> E? where E.RawValue == String {
+    package func enumeration<E: RawRepresentable & CaseIterable>(_ key: String, _ type: E.Type) -> E? where E.RawValue == String {
         guard let v = value(key), let s = v.string() else { return nil }
         guard let e = E(rawValue: s) else {
             v.report("'\(s)' is not one of: \(E.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -372,24 +382,24 @@ public struct ConfigMapping {
         return e
     }
 
-    public func mapping(_ key: String, required: Bool = false) -> ConfigMapping? {
+    package func mapping(_ key: String, required: Bool = false) -> ConfigMapping? {
         guard let v = required ? requireKey(key) : value(key) else { return nil }
         return v.mapping()
     }
 
-    public func list(_ key: String, required: Bool = false, allowSingle: Bool = false) -> [ConfigValue]? {
+    package func list(_ key: String, required: Bool = false, allowSingle: Bool = false) -> [ConfigValue]? {
         guard let v = required ? requireKey(key) : value(key) else { return nil }
         return v.sequence(allowSingle: allowSingle)
     }
 
     /// A string or a list of strings.
-    public func stringList(_ key: String) -> [String]? {
+    package func stringList(_ key: String) -> [String]? {
         guard let items = list(key, allowSingle: true) else { return nil }
         return items.compactMap { $0.string() }
     }
 
     /// A template; syntax problems are reported.
-    public func template(_ key: String, required: Bool = false) -> Template? {
+    package func template(_ key: String, required: Bool = false) -> Template? {
         guard let v = required ? requireKey(key) : value(key), let s = v.string() else { return nil }
         do {
             return try Template(s)
@@ -400,7 +410,7 @@ public struct ConfigMapping {
     }
 
     /// A secret given inline (`key`) or in a file (`keyFile`): exactly one of them.
-    public func secret(_ key: String, required: Bool = false) -> String? {
+    package func secret(_ key: String, required: Bool = false) -> String? {
         let fileKey = key + "File"
         switch (has(key), has(fileKey)) {
         case (true, true):
@@ -436,7 +446,7 @@ public struct ConfigMapping {
 }
 
 /// Parses `250ms`, `10s`, `1.5s`, `5m`, `1h`, or a plain number of seconds.
-public func parseDuration(_ text: String) -> Duration? {
+package func parseDuration(_ text: String) -> Duration? {
     let s = text.trimmingCharacters(in: .whitespaces)
     let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
     for (suffix, scale) in units where s.hasSuffix(suffix) {

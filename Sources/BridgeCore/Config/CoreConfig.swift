@@ -1,37 +1,38 @@
 import ODataFilter
+import WebPubSubProtocol
 
 /// How long to wait before retry `attempt` (1-based): exponential backoff with full jitter,
 /// or what the service asked for with `Retry-After`.
-public struct RetryPolicy: Sendable, Equatable {
+package struct RetryPolicy: Sendable, Equatable {
     /// Attempts in all, the first send included; after the last one the message is dead-lettered.
-    public var maxAttempts: Int = 10
-    public var initialBackoff: Duration = .milliseconds(200)
-    public var maxBackoff: Duration = .seconds(30)
+    package var maxAttempts: Int = 10
+    package var initialBackoff: Duration = .milliseconds(200)
+    package var maxBackoff: Duration = .seconds(30)
 
-    public init() {}
+    package init() {}
 
-    public init(maxAttempts: Int, initialBackoff: Duration, maxBackoff: Duration) {
+    package init(maxAttempts: Int, initialBackoff: Duration, maxBackoff: Duration) {
         self.maxAttempts = maxAttempts
         self.initialBackoff = initialBackoff
         self.maxBackoff = maxBackoff
     }
 
     /// The ceiling of the jittered delay before retry `attempt` (1-based).
-    public func backoffCeiling(attempt: Int) -> Duration {
+    package func backoffCeiling(attempt: Int) -> Duration {
         let exponent = min(max(attempt - 1, 0), 30)
         let ceiling = initialBackoff * (1 << exponent)
         return min(ceiling, maxBackoff)
     }
 
     /// The longest `Retry-After` honoured, so that a wrong header cannot stall a lane for hours.
-    public static let maxRetryAfter: Duration = .seconds(300)
+    package static let maxRetryAfter: Duration = .seconds(300)
 
     /// The delay before retry `attempt`. A `Retry-After` from the service wins (up to
     /// ``maxRetryAfter``): the service knows when it will take more.
     /// - Parameter throttled: the answer was 429. Its `retry-after-ms` can be a millisecond (a
     ///   token bucket's next token), which would use up the attempts at once while many sends
     ///   compete for the tokens: then no sooner than the backoff either.
-    public func delay(
+    package func delay(
         attempt: Int, retryAfter: Duration?, throttled: Bool = false, random: (Double) -> Double = { Double.random(in: 0...$0) }
     ) -> Duration {
         let backoff = Duration.milliseconds(Int64(random(backoffCeiling(attempt: attempt) / .milliseconds(1))))
@@ -42,45 +43,45 @@ public struct RetryPolicy: Sendable, Equatable {
 }
 
 /// Dispatcher settings (`delivery:` in `bridge.yaml`).
-public struct DeliverySettings: Sendable, Equatable {
+package struct DeliverySettings: Sendable, Equatable {
     /// Messages held between the sources and Web PubSub; sources wait when it is reached.
-    public var maxInFlight: Int = 1024
+    package var maxInFlight: Int = 1024
     /// REST requests under way at once.
-    public var concurrency: Int = 64
-    public var retry = RetryPolicy()
+    package var concurrency: Int = 64
+    package var retry = RetryPolicy()
     /// How long shutdown waits for in-flight sends before giving them up (unacknowledged).
-    public var shutdownTimeout: Duration = .seconds(30)
+    package var shutdownTimeout: Duration = .seconds(30)
 
-    public init() {}
+    package init() {}
 }
 
 /// A configured source.
-public struct SourceEntry: Sendable {
-    public var name: String
-    public var type: String
-    public var adapter: any SourceAdapter
+package struct SourceEntry: Sendable {
+    package var name: String
+    package var type: String
+    package var adapter: any SourceAdapter
     /// Its settings as written, to tell on a reload whether it changed.
-    public var fingerprint: String = ""
+    package var fingerprint: String = ""
 }
 
 /// The parts of `bridge.yaml` that the core owns: sources, routes, dead letters, delivery.
-public struct CoreConfig: Sendable {
-    public var sources: [SourceEntry] = []
-    public var routes: [Route] = []
-    public var deadLetter: (any SinkAdapter)?
-    public var delivery = DeliverySettings()
+package struct CoreConfig: Sendable {
+    package var sources: [SourceEntry] = []
+    package var routes: [Route] = []
+    package var deadLetter: (any SinkAdapter)?
+    package var delivery = DeliverySettings()
 
-    public init() {}
+    package init() {}
 
     /// The top-level keys read here.
-    public static let keys = ["sources", "routes", "deadLetter", "delivery"]
+    package static let keys = ["sources", "routes", "deadLetter", "delivery"]
 
     /// Reads the core sections of `root`; problems are reported to `root.reader`.
     /// - Parameters:
     ///   - requireSources: false when the bridge has other work (mirroring client events).
     ///   - warnUnread: warn about sources no route reads; false when the caller knows of other
     ///     readers and calls ``warnUnreadSources(_:readElsewhere:)`` itself.
-    public static func read(
+    package static func read(
         _ root: ConfigMapping, registry: AdapterRegistry, context: AdapterContext, defaultHub: String?, requireSources: Bool = true,
         warnUnread: Bool = true
     ) -> CoreConfig {
@@ -154,7 +155,7 @@ public struct CoreConfig: Sendable {
     }
 
     /// Warns about each source that no route reads and that is not in `readElsewhere`.
-    public func warnUnreadSources(_ root: ConfigMapping, readElsewhere: Set<String> = []) {
+    package func warnUnreadSources(_ root: ConfigMapping, readElsewhere: Set<String> = []) {
         for source in sources where !routes.contains(where: { $0.source == source.name }) && !readElsewhere.contains(source.name) {
             root.reader.warn(
                 "source '\(source.name)' is not read by any route: its messages are acknowledged and dropped", path: "sources",
@@ -163,7 +164,7 @@ public struct CoreConfig: Sendable {
     }
 
     /// Reads a sink mapping (`{type: file, path: ...}`).
-    public static func readSink(_ m: ConfigMapping, registry: AdapterRegistry, context: AdapterContext) -> (any SinkAdapter)? {
+    package static func readSink(_ m: ConfigMapping, registry: AdapterRegistry, context: AdapterContext) -> (any SinkAdapter)? {
         guard let type = m.nonEmptyString("type", required: true) else { return nil }
         guard let factory = registry.sinks[type] else {
             let known = registry.sinks.keys.sorted().joined(separator: ", ")

@@ -1,6 +1,6 @@
 import BridgeObservability
 import CoreMetrics
-public import Synchronization
+package import Synchronization
 
 /// Paces sends to what the service accepts, once it has said "too many requests" (429).
 ///
@@ -16,20 +16,20 @@ public import Synchronization
 /// The rate, not the number of requests in flight, is what is adapted: on a nearby service one
 /// request takes well under a millisecond, so even a single connection can send faster than a
 /// throttled unit accepts, and a concurrency limit alone could not keep below it.
-public final class AdaptiveRate: Sendable {
-    public struct Settings: Sendable, Equatable {
+package final class AdaptiveRate: Sendable {
+    package struct Settings: Sendable, Equatable {
         /// Share of the accepted rate kept after a 429.
-        public var decrease = 0.85
+        package var decrease = 0.85
         /// Growth per second while sends wait for the pacer, as a share of the rate.
-        public var increase = 0.05
-        public var decreaseInterval: Duration = .milliseconds(250)
-        public var idleReset: Duration = .seconds(60)
+        package var increase = 0.05
+        package var decreaseInterval: Duration = .milliseconds(250)
+        package var idleReset: Duration = .seconds(60)
         /// Never paced below this many sends per second.
-        public var minimumRate = 1.0
+        package var minimumRate = 1.0
         /// Sends allowed at once after a quiet moment, in seconds of the rate.
-        public var burst = 0.01
+        package var burst = 0.01
 
-        public init() {}
+        package init() {}
     }
 
     private struct State {
@@ -54,9 +54,9 @@ public final class AdaptiveRate: Sendable {
     private let gauge = Gauge(label: MetricName.sendRateLimit)
     private let throttledCounter = Counter(label: MetricName.sendsThrottled)
     /// 429 answers seen.
-    public let throttled = Atomic<Int>(0)
+    package let throttled = Atomic<Int>(0)
 
-    public init(settings: Settings = Settings()) {
+    package init(settings: Settings = Settings()) {
         self.settings = settings
         let now = ContinuousClock.now
         state = Mutex(State(nextSlot: now, lastDecrease: now - .seconds(3600), lastGrowth: now, bucketStart: now))
@@ -64,7 +64,7 @@ public final class AdaptiveRate: Sendable {
     }
 
     /// The paced rate in sends per second, nil while not pacing.
-    public var rate: Double? { state.withLock { $0.rate } }
+    package var rate: Double? { state.withLock { $0.rate } }
 
     /// Waits for this send's slot.
     /// - Throws: `CancellationError` when the task is cancelled while it waits.

@@ -1,33 +1,33 @@
 import BridgeObservability
 import CoreMetrics
 import Foundation
-public import Logging
+package import Logging
 import NIOCore
 import ServiceLifecycle
-public import Synchronization
+package import Synchronization
 
 /// Counters of what the dispatcher did, for logs, the progress line and tests.
-public final class DispatchStats: Sendable {
+package final class DispatchStats: Sendable {
     /// Messages read from sources.
-    public let received = Atomic<Int>(0)
+    package let received = Atomic<Int>(0)
     /// Sends that reached Web PubSub (one per message and target).
-    public let delivered = Atomic<Int>(0)
+    package let delivered = Atomic<Int>(0)
     /// Retries after a retryable failure.
-    public let retried = Atomic<Int>(0)
+    package let retried = Atomic<Int>(0)
     /// Sends given up and written to a dead-letter sink.
-    public let deadLettered = Atomic<Int>(0)
+    package let deadLettered = Atomic<Int>(0)
     /// Sends given up with no dead-letter sink configured: logged, then dropped.
-    public let dropped = Atomic<Int>(0)
+    package let dropped = Atomic<Int>(0)
     /// Deliveries left unacknowledged (shutdown timeout, dead-letter write failed).
-    public let unsettled = Atomic<Int>(0)
+    package let unsettled = Atomic<Int>(0)
     /// Messages that matched no route.
-    public let unrouted = Atomic<Int>(0)
+    package let unrouted = Atomic<Int>(0)
     /// Sends skipped because the message was mirrored from the target's own hub.
-    public let loopsPrevented = Atomic<Int>(0)
+    package let loopsPrevented = Atomic<Int>(0)
 
-    public init() {}
+    package init() {}
 
-    public var summary: String {
+    package var summary: String {
         "received \(received.load(ordering: .relaxed)), delivered \(delivered.load(ordering: .relaxed)), "
             + "retried \(retried.load(ordering: .relaxed)), dead-lettered \(deadLettered.load(ordering: .relaxed)), "
             + "dropped \(dropped.load(ordering: .relaxed)), unacknowledged \(unsettled.load(ordering: .relaxed)), "
@@ -60,7 +60,7 @@ final class DeliveryTracker: Sendable {
 
 /// Takes deliveries from sources, routes them, and sends them through the transport: ordered
 /// per lane, many lanes at once, bounded in-flight work, retries with backoff, dead letters.
-public final class Dispatcher: Sendable {
+package final class Dispatcher: Sendable {
     struct Job: Sendable {
         let tracker: DeliveryTracker
         /// The routing table the job was planned with: its sinks stay open while jobs use it.
@@ -110,16 +110,16 @@ public final class Dispatcher: Sendable {
     let transport: any DeliveryTransport
     let settings: DeliverySettings
     let logger: Logger
-    public let stats = DispatchStats()
+    package let stats = DispatchStats()
     private let scheduler: LaneScheduler<Job>
     private let laneCounter = Atomic<Int>(0)
     private let sourceMetrics = Mutex<[String: SourceMetrics]>([:])
     /// Paces sends once the service throttles (429).
-    public let pacer = AdaptiveRate()
+    package let pacer = AdaptiveRate()
     /// Routes that wait for Web PubSub to take the bridge's credentials or to come back.
-    public let conditions = RouteConditions()
+    package let conditions = RouteConditions()
 
-    public init(
+    package init(
         routes: [Route], transport: any DeliveryTransport, deadLetter: (any SinkAdapter)?, settings: DeliverySettings,
         logger: Logger
     ) {
@@ -131,7 +131,7 @@ public final class Dispatcher: Sendable {
     }
 
     /// The routes in use.
-    public var routes: [Route] { table.withLock { $0 }.routes }
+    package var routes: [Route] { table.withLock { $0 }.routes }
 
     private func metrics(source: String) -> SourceMetrics {
         sourceMetrics.withLock { m in
@@ -143,13 +143,13 @@ public final class Dispatcher: Sendable {
     }
 
     /// Sends and retries under way or queued.
-    public var inFlight: Int { scheduler.inFlight }
+    package var inFlight: Int { scheduler.inFlight }
 
     /// Runs `sources` until each has ended or a graceful shutdown stops them, then waits for
     /// in-flight sends (bounded by `shutdownTimeout` once shutdown began), settles every
     /// delivery, and lets each source commit (`finish`).
     /// - Throws: the first error a source threw, after all of that.
-    public func run(sources: [any SourceAdapter]) async throws {
+    package func run(sources: [any SourceAdapter]) async throws {
         var intakeError: (any Error)?
         await withDiscardingTaskGroup { workers in
             for _ in 0..<settings.concurrency {
@@ -224,7 +224,7 @@ public final class Dispatcher: Sendable {
     /// A reload: stops the sources in `removing` (each commits once what it had in flight is
     /// settled, for `shutdownTimeout` at most), swaps the routes and dead-letter sinks, then
     /// starts `adding`. Sources in neither go on untouched, and so do sends already planned.
-    public enum ReloadResult: Sendable {
+    package enum ReloadResult: Sendable {
         case applied
         /// Not started yet, stopping or stopped: nothing was changed.
         case notRunning
@@ -234,7 +234,7 @@ public final class Dispatcher: Sendable {
     }
 
     @discardableResult
-    public func reload(removing: [String], routes: [Route], deadLetter: (any SinkAdapter)?, adding: [any SourceAdapter]) async -> ReloadResult {
+    package func reload(removing: [String], routes: [Route], deadLetter: (any SinkAdapter)?, adding: [any SourceAdapter]) async -> ReloadResult {
         guard sources.hold() else { return .notRunning }
         defer { sources.release() }
         // Stopped side by side, each committing once its own deliveries are settled.

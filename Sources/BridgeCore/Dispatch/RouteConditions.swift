@@ -10,9 +10,9 @@ import Synchronization
 /// nothing is dead-lettered or acknowledged because of them, and the sources stop at the
 /// in-flight limit. The first accepted send clears the condition. `/readyz` names it, and one
 /// log line every 30 s says what is wrong and how to fix it.
-public final class RouteConditions: HealthReporting, Sendable {
+package final class RouteConditions: HealthReporting, Sendable {
     /// Why a route waits.
-    public enum Condition: Sendable, Equatable {
+    package enum Condition: Sendable, Equatable {
         /// 401 or 403: the bridge's key, token or role.
         case refused(status: Int, message: String)
         /// No answer, or 5xx, for `outageThreshold` sends in a row with none accepted between.
@@ -21,9 +21,9 @@ public final class RouteConditions: HealthReporting, Sendable {
 
     /// Service-side failures (no response, 5xx) in a row, with no accepted send between, that
     /// make an outage; fewer are retried as the message's own failures.
-    public let outageThreshold: Int
+    package let outageThreshold: Int
     /// How often the same condition is logged again.
-    public let logInterval: Duration
+    package let logInterval: Duration
 
     private struct State {
         var condition: Condition?
@@ -37,18 +37,18 @@ public final class RouteConditions: HealthReporting, Sendable {
 
     private let states = Mutex<[String: State]>([:])
 
-    public init(outageThreshold: Int = 3, logInterval: Duration = .seconds(30)) {
+    package init(outageThreshold: Int = 3, logInterval: Duration = .seconds(30)) {
         self.outageThreshold = outageThreshold
         self.logInterval = logInterval
     }
 
     /// What a wait looks like to the dispatcher.
-    public struct Pause: Sendable {
+    package struct Pause: Sendable {
         /// The backoff attempt number for the next try.
-        public let probe: Int
-        public let condition: Condition
+        package let probe: Int
+        package let condition: Condition
         /// A line to log now (the first time, then at most every `logInterval`).
-        public let log: String?
+        package let log: String?
     }
 
     /// Whether `failure` is the service's rather than the message's: 401 and 403 always; no
@@ -63,7 +63,7 @@ public final class RouteConditions: HealthReporting, Sendable {
 
     /// Records a failed send of `route`. Returns how to wait when the route now has a condition
     /// (the attempt does not count); nil when the message's own retry policy applies.
-    public func failed(route: String, _ failure: DeliveryFailure, now: ContinuousClock.Instant = .now) -> Pause? {
+    package func failed(route: String, _ failure: DeliveryFailure, now: ContinuousClock.Instant = .now) -> Pause? {
         states.withLock { all in
             var state = all[route, default: State()]
             defer { all[route] = state }
@@ -103,7 +103,7 @@ public final class RouteConditions: HealthReporting, Sendable {
     }
 
     /// Records an accepted send; returns how long the route had waited when this ends a condition.
-    public func accepted(route: String, now: ContinuousClock.Instant = .now) -> (condition: Condition, waited: Duration)? {
+    package func accepted(route: String, now: ContinuousClock.Instant = .now) -> (condition: Condition, waited: Duration)? {
         states.withLock { all in
             guard let state = all[route], state.condition != nil || state.failuresInARow > 0 else { return nil }
             all[route] = nil
@@ -113,14 +113,14 @@ public final class RouteConditions: HealthReporting, Sendable {
     }
 
     /// The current condition of `route`, if any.
-    public func condition(of route: String) -> Condition? { states.withLock { $0[route]?.condition } }
+    package func condition(of route: String) -> Condition? { states.withLock { $0[route]?.condition } }
 
     /// Forgets routes a reload removed.
-    public func retain(routes: Set<String>) {
+    package func retain(routes: Set<String>) {
         states.withLock { all in all = all.filter { routes.contains($0.key) } }
     }
 
-    public var healthProblem: String? {
+    package var healthProblem: String? {
         let problems = states.withLock { all in
             all.compactMap { route, state in state.condition.map { (route, $0) } }.sorted { $0.0 < $1.0 }
         }

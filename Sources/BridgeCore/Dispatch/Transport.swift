@@ -1,38 +1,38 @@
-public import NIOCore
+package import NIOCore
 
 /// Why a send failed, classified for the retry policy.
-public struct DeliveryFailure: Error, Sendable, CustomStringConvertible {
-    public enum Kind: Sendable, Equatable {
+package struct DeliveryFailure: Error, Sendable, CustomStringConvertible {
+    package enum Kind: Sendable, Equatable {
         /// Network errors, 408, 429, 5xx: try again, after `retryAfter` when the service said so.
         case retryable(retryAfter: Duration?)
         /// Other 4xx, an unresolvable template, an invalid payload: dead-letter it.
         case permanent
     }
 
-    public var kind: Kind
+    package var kind: Kind
     /// The HTTP status, when there was a response.
-    public var status: Int?
-    public var message: String
+    package var status: Int?
+    package var message: String
 
-    public init(_ kind: Kind, status: Int? = nil, message: String) {
+    package init(_ kind: Kind, status: Int? = nil, message: String) {
         self.kind = kind
         self.status = status
         self.message = message
     }
 
-    public var isRetryable: Bool {
+    package var isRetryable: Bool {
         if case .retryable = kind { return true }
         return false
     }
 
-    public var description: String {
+    package var description: String {
         status.map { "\($0) \(message)" } ?? message
     }
 }
 
 /// Sends one payload to one resolved target: the Web PubSub REST client behind a protocol, so
 /// that the core knows nothing of HTTP.
-public protocol DeliveryTransport: Sendable {
+package protocol DeliveryTransport: Sendable {
     /// - Throws: ``DeliveryFailure``; anything else counts as a retryable network error.
     func send(_ payload: ByteBuffer, dataType: DataType, to target: ResolvedTarget) async throws
 }

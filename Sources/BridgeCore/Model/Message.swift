@@ -1,12 +1,12 @@
-public import Foundation
-public import NIOCore
+package import Foundation
+package import NIOCore
 
 /// How a payload is to be read: the three data types of Web PubSub.
-public enum DataType: String, Sendable, Hashable, CaseIterable {
+package enum DataType: String, Sendable, Hashable, CaseIterable {
     case json, text, binary
 
     /// The REST `Content-Type` for this data type.
-    public var contentType: String {
+    package var contentType: String {
         switch self {
         case .json: "application/json"
         case .text: "text/plain"
@@ -16,19 +16,19 @@ public enum DataType: String, Sendable, Hashable, CaseIterable {
 }
 
 /// Where a message came from: enough to name it in logs and dead letters, and to commit it.
-public struct Origin: Sendable, Hashable {
+package struct Origin: Sendable, Hashable {
     /// The name of the source in `bridge.yaml`.
-    public var source: String
-    public var topic: String?
-    public var channel: String?
+    package var source: String
+    package var topic: String?
+    package var channel: String?
     /// The pattern that matched, for pattern subscriptions.
-    public var pattern: String?
-    public var stream: String?
-    public var partition: Int?
+    package var pattern: String?
+    package var stream: String?
+    package var partition: Int?
     /// Offset, stream entry id or line number: the position within the partition or stream.
-    public var position: String?
+    package var position: String?
 
-    public init(
+    package init(
         source: String, topic: String? = nil, channel: String? = nil, pattern: String? = nil, stream: String? = nil,
         partition: Int? = nil, position: String? = nil
     ) {
@@ -42,7 +42,7 @@ public struct Origin: Sendable, Hashable {
     }
 
     /// `source/topic[partition]@position`, for logs.
-    public var description: String {
+    package var description: String {
         var s = source
         if let topic { s += "/\(topic)" }
         if let channel { s += "/\(channel)" }
@@ -54,16 +54,16 @@ public struct Origin: Sendable, Hashable {
 }
 
 /// One message taken from a source.
-public struct Message: Sendable {
-    public var payload: ByteBuffer
-    public var dataType: DataType
-    public var key: String?
-    public var headers: [String: String]
-    public var origin: Origin
+package struct Message: Sendable {
+    package var payload: ByteBuffer
+    package var dataType: DataType
+    package var key: String?
+    package var headers: [String: String]
+    package var origin: Origin
     /// When the message was produced, if the source knows; otherwise when it was read.
-    public var timestamp: Date
+    package var timestamp: Date
 
-    public init(
+    package init(
         payload: ByteBuffer, dataType: DataType, key: String? = nil, headers: [String: String] = [:], origin: Origin,
         timestamp: Date = Date()
     ) {
@@ -77,7 +77,7 @@ public struct Message: Sendable {
 
     /// The lane this message travels in: its partition where the source has partitions, its key
     /// otherwise. Messages of one lane to one target keep their order.
-    public var laneKey: String {
+    package var laneKey: String {
         if let partition = origin.partition { return "p\(partition)" }
         if let key { return "k" + key }
         if let stream = origin.stream { return "s" + stream }
@@ -87,7 +87,7 @@ public struct Message: Sendable {
 }
 
 /// What became of a delivery.
-public enum DeliveryOutcome: Sendable, Equatable {
+package enum DeliveryOutcome: Sendable, Equatable {
     /// Sent to every target, or written to a dead-letter sink: the source may commit it.
     case done
     /// Not settled (shutdown before it could be sent, or the dead-letter write failed): the
@@ -96,20 +96,20 @@ public enum DeliveryOutcome: Sendable, Equatable {
 }
 
 /// A message with its acknowledgement. The dispatcher settles every delivery exactly once.
-public struct Delivery: Sendable {
-    public let message: Message
+package struct Delivery: Sendable {
+    package let message: Message
     /// Set when the source could not read the input (a malformed line): the dispatcher
     /// dead-letters the raw input with this reason instead of sending it.
-    public let rejection: String?
+    package let rejection: String?
     private let settle: @Sendable (DeliveryOutcome) -> Void
 
-    public init(message: Message, rejection: String? = nil, settle: @escaping @Sendable (DeliveryOutcome) -> Void = { _ in }) {
+    package init(message: Message, rejection: String? = nil, settle: @escaping @Sendable (DeliveryOutcome) -> Void = { _ in }) {
         self.message = message
         self.rejection = rejection
         self.settle = settle
     }
 
-    public func ack() { settle(.done) }
-    public func nack(_ reason: String) { settle(.failed(reason)) }
-    public func complete(_ outcome: DeliveryOutcome) { settle(outcome) }
+    package func ack() { settle(.done) }
+    package func nack(_ reason: String) { settle(.failed(reason)) }
+    package func complete(_ outcome: DeliveryOutcome) { settle(outcome) }
 }

@@ -1,14 +1,14 @@
 import BridgeJSON
 
 /// How a source that gets raw bytes (Kafka values, Redis messages) decides their data type.
-public enum PayloadType: String, Sendable, CaseIterable {
+package enum PayloadType: String, Sendable, CaseIterable {
     /// JSON when the bytes parse as JSON, text when they are UTF-8, binary otherwise.
     case auto
     case json, text, binary
 
     /// The data type of `bytes`, and why they cannot be sent as the declared type (the message is
     /// then dead-lettered rather than sent).
-    public func classify(_ bytes: [UInt8]) -> (DataType, rejection: String?) {
+    package func classify(_ bytes: [UInt8]) -> (DataType, rejection: String?) {
         switch self {
         case .binary:
             return (.binary, nil)

@@ -1,4 +1,4 @@
-public import BridgeJSON
+package import BridgeJSON
 import NIOCore
 import ODataFilter
 
@@ -7,16 +7,16 @@ struct FieldError: Error {
 }
 
 /// A message being routed, with its JSON payload parsed at most once.
-public final class MessageContext {
-    public let message: Message
+package final class MessageContext {
+    package let message: Message
     private var parsedJSON: Result<JSONValue, JSONParseError>?
 
-    public init(_ message: Message) {
+    package init(_ message: Message) {
         self.message = message
     }
 
     /// The payload as JSON, parsed on first use.
-    public func json() throws(JSONParseError) -> JSONValue {
+    package func json() throws(JSONParseError) -> JSONValue {
         if let parsedJSON { return try parsedJSON.get() }
         let result: Result<JSONValue, JSONParseError>
         do {

@@ -1,5 +1,5 @@
 /// A field of a message that templates and route conditions can read.
-public enum MessageField: Sendable, Hashable, CustomStringConvertible {
+package enum MessageField: Sendable, Hashable, CustomStringConvertible {
     case key
     case source
     case topic
@@ -13,7 +13,7 @@ public enum MessageField: Sendable, Hashable, CustomStringConvertible {
     case json([String])
 
     /// Parses `key`, `header.NAME`, `json.a.b` ...; nil for an unknown name.
-    public init?(name: String) {
+    package init?(name: String) {
         if name.hasPrefix("header.") {
             let header = String(name.dropFirst("header.".count))
             guard !header.isEmpty else { return nil }
@@ -46,7 +46,7 @@ public enum MessageField: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .key: "key"
         case .source: "source"
@@ -63,7 +63,7 @@ public enum MessageField: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The origin field this reads, if it is one that only some sources provide.
-    public var originField: String? {
+    package var originField: String? {
         switch self {
         case .topic: "topic"
         case .channel: "channel"
@@ -79,31 +79,31 @@ public enum MessageField: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// Why a template could not be rendered for a message.
-public struct TemplateResolutionError: Error, Sendable, CustomStringConvertible {
-    public let template: String
-    public let field: MessageField
-    public let reason: String
-    public var description: String { "template '\(template)': {\(field)} \(reason)" }
+package struct TemplateResolutionError: Error, Sendable, CustomStringConvertible {
+    package let template: String
+    package let field: MessageField
+    package let reason: String
+    package var description: String { "template '\(template)': {\(field)} \(reason)" }
 }
 
 /// Why a template did not parse.
-public struct TemplateSyntaxError: Error, Sendable, CustomStringConvertible {
-    public let message: String
-    public var description: String { message }
+package struct TemplateSyntaxError: Error, Sendable, CustomStringConvertible {
+    package let message: String
+    package var description: String { message }
 }
 
 /// A string with `{field}` placeholders, parsed once and rendered per message.
 /// `{{` and `}}` stand for literal braces.
-public struct Template: Sendable, Hashable, CustomStringConvertible {
+package struct Template: Sendable, Hashable, CustomStringConvertible {
     enum Part: Sendable, Hashable {
         case literal(String)
         case field(MessageField)
     }
 
     let parts: [Part]
-    public let text: String
+    package let text: String
 
-    public init(_ text: String) throws(TemplateSyntaxError) {
+    package init(_ text: String) throws(TemplateSyntaxError) {
         self.text = text
         var parts: [Part] = []
         var literal = ""
@@ -145,22 +145,22 @@ public struct Template: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// A template that is the literal text.
-    public init(literal: String) {
+    package init(literal: String) {
         text = literal
         parts = literal.isEmpty ? [] : [.literal(literal)]
     }
 
-    public var description: String { text }
+    package var description: String { text }
 
     /// True when the template has no placeholders.
-    public var isConstant: Bool { !parts.contains { if case .field = $0 { true } else { false } } }
+    package var isConstant: Bool { !parts.contains { if case .field = $0 { true } else { false } } }
 
-    public var fields: [MessageField] {
+    package var fields: [MessageField] {
         parts.compactMap { if case .field(let f) = $0 { f } else { nil } }
     }
 
     /// Renders the template; `escape` transforms each substituted value (for filters: double `'`).
-    public func render(_ context: MessageContext, escape: ((String) -> String)? = nil) throws(TemplateResolutionError) -> String {
+    package func render(_ context: MessageContext, escape: ((String) -> String)? = nil) throws(TemplateResolutionError) -> String {
         if parts.count == 1, case .literal(let s) = parts[0] { return s }
         var out = ""
         for part in parts {

@@ -2,7 +2,7 @@ import Synchronization
 
 /// The port a server listens on, for whoever waits for it: set once the server listens, closed
 /// when it stops, so that nobody waits for a server that never came up (a port already in use).
-public final class ListeningPort: Sendable {
+package final class ListeningPort: Sendable {
     private struct State {
         var port: Int?
         var stopped = false
@@ -11,23 +11,23 @@ public final class ListeningPort: Sendable {
     }
 
     /// Thrown to waiters when the server stopped without listening.
-    public struct NotListening: Error, CustomStringConvertible {
-        public let what: String
-        public var description: String { "\(what) is not listening (it stopped or could not start)" }
+    package struct NotListening: Error, CustomStringConvertible {
+        package let what: String
+        package var description: String { "\(what) is not listening (it stopped or could not start)" }
     }
 
     private let what: String
     private let state = Mutex(State())
 
-    public init(_ what: String) {
+    package init(_ what: String) {
         self.what = what
     }
 
     /// The port, when listening now.
-    public var current: Int? { state.withLock { $0.stopped ? nil : $0.port } }
+    package var current: Int? { state.withLock { $0.stopped ? nil : $0.port } }
 
     /// Records the port and wakes every waiter.
-    public func set(_ port: Int) {
+    package func set(_ port: Int) {
         let waiters = state.withLock { s in
             s.port = port
             defer { s.waiters.removeAll() }
@@ -37,7 +37,7 @@ public final class ListeningPort: Sendable {
     }
 
     /// The server stopped: waiters (and later callers) fail.
-    public func stop() {
+    package func stop() {
         let waiters = state.withLock { s in
             s.stopped = true
             defer { s.waiters.removeAll() }
@@ -48,7 +48,7 @@ public final class ListeningPort: Sendable {
 
     /// Waits until the server listens.
     /// - Throws: ``NotListening`` when it stopped first; `CancellationError` when the task is cancelled.
-    public func wait() async throws -> Int {
+    package func wait() async throws -> Int {
         let id = state.withLock { s in
             defer { s.nextWaiter += 1 }
             return s.nextWaiter
