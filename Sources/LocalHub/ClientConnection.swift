@@ -69,14 +69,14 @@ final class ClientConnection: Sendable {
     /// Attaches a new socket on `channel`; returns it and its generation. For a reconnect, the
     /// messages not yet acknowledged are queued first, with their original sequence ids. A
     /// socket attached before is closed after what was queued for it.
-    func attach(channel: any Channel, greeting: String?, onSlow: @escaping @Sendable () -> Void) -> (ClientSocket, Int) {
+    func attach(channel: any Channel, greeting: SocketFrame?, onSlow: @escaping @Sendable () -> Void) -> (ClientSocket, Int) {
         let socket = ClientSocket(channel: channel, onSlow: onSlow)
         let (previous, generation, ended): (ClientSocket?, Int, Bool) = state.withLock { s in
             let previous = s.socket
             s.socketGeneration += 1
             if s.ended { return (nil, s.socketGeneration, true) }  // a reconnect that lost the race with the end
             s.socket = socket
-            if let greeting { _ = socket.enqueue(.text(greeting)) }
+            if let greeting { _ = socket.enqueue(greeting) }
             for entry in s.unacked { _ = socket.enqueue(.text(entry.frame)) }
             return (previous, s.socketGeneration, false)
         }

@@ -60,7 +60,7 @@ extension LocalHub {
                 return .upgrade(responseHeaders) { inbound, outbound, _ in
                     // Attached only once the socket is open: a client that left during the
                     // handshake does not pin the session.
-                    let greeting = SystemFrames.connected(connectionId: c.id, userId: c.userId, reconnectionToken: c.reconnectionToken)
+                    let greeting = c.proto.codec?.encode(.connected(connectionId: c.id, userId: c.userId, reconnectionToken: c.reconnectionToken))
                     let (socket, generation) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))
                     self.logger.debug("connection recovered", metadata: [LogKey.connection: "\(c.id)"])
                     try await self.serve(c, socket: socket, generation: generation, inbound: inbound, outbound: outbound)
@@ -141,8 +141,7 @@ extension LocalHub {
             id: connectionId, hub: hub, userId: userId, proto: chosenProtocol, plainMode: mode, roles: roles,
             subprotocolHeader: chosenProtocol.isJSON ? chosenProtocol.rawValue : responseHeaders[.secWebSocketProtocol],
             connectionState: connectionState, replayBudget: replayBudget)
-        let greeting =
-            chosenProtocol.isJSON ? SystemFrames.connected(connectionId: c.id, userId: userId, reconnectionToken: c.reconnectionToken) : nil
+        let greeting = chosenProtocol.codec?.encode(.connected(connectionId: c.id, userId: userId, reconnectionToken: c.reconnectionToken))
         let initialGroups = groups
         let finalProtocol = chosenProtocol
         let finalUserId = userId
@@ -275,109 +274,84 @@ extension LocalHub {
 
     /// Handles one client message; false closes the connection.
     func handleInbound(_ message: WebSocketMessage, from c: ClientConnection) async -> Bool {
-        guard c.proto.isJSON else { return await handlePlain(message, from: c) }
-        guard case .text(let text) = message else {
-            await terminate(c, reason: "Invalid message: the JSON protocols take text frames only", notify: true)
+        guard let codec = c.proto.codec else { return await handlePlain(message, from: c) }
+        let frame: InboundFrame
+        do {
+            frame = try codec.decode(message)
+        } catch {
+            await terminate(c, reason: error.reason, notify: true)
             return false
         }
-        guard let json = try? JSONValue(parsing: text), case .object = json, let type = json["type"]?.stringValue else {
-            await terminate(c, reason: "Invalid message: not a JSON object with a \"type\"", notify: true)
-            return false
+        let ack: (AckError?) -> Void = { error in
+            if let ackId = frame.ackId { c.sendRaw(codec.encode(.ack(ackId: ackId, error: error))) }
         }
-        var ackId: UInt64?
-        if let raw = json["ackId"] {
-            guard case .number(let n) = raw, let id = UInt64(n) else {
-                await terminate(c, reason: "Invalid message: ackId must be an unsigned integer", notify: true)
-                return false
-            }
-            ackId = id
-        }
-        func ack(_ error: (String, String)? = nil) {
-            if let ackId { c.sendRaw(.text(SystemFrames.ack(ackId, error: error.map { (name: $0.0, message: $0.1) }))) }
-        }
-        if let ackId, ["joinGroup", "leaveGroup", "sendToGroup", "event"].contains(type), !c.firstUse(ackId: ackId) {
-            c.sendRaw(.text(SystemFrames.ack(ackId, error: (name: "Duplicate", message: "Message with ack-id: \(ackId) has been processed"))))
+        if let ackId = frame.ackId, !c.firstUse(ackId: ackId) {
+            ack(AckError(name: .duplicate, message: "Message with ack-id: \(ackId) has been processed"))
             return true
         }
-        switch type {
-        case "joinGroup", "leaveGroup":
-            guard let group = json["group"]?.stringValue, WebPubSubNames.groupProblem(group) == nil else {
-                ack(("Forbidden", "\"group\" must be a non-empty group name"))
-                return true
-            }
-            guard registry.isAllowed(c, "joinLeaveGroup", group: group) else {
-                ack(("Forbidden", "The connection has no permission to \(type == "joinGroup" ? "join" : "leave") group \(group)"))
-                return true
-            }
-            if type == "joinGroup" {
-                guard registry.join(c.id, group: group) != .tooManyGroups else {
-                    ack(("Forbidden", "The connection is in \(registry.maxGroupsPerConnection) groups already, the most it may join"))
-                    return true
-                }
-            } else {
-                _ = registry.leave(c.id, group: group)
-            }
-            ack()
-        case "sendToGroup":
-            guard let group = json["group"]?.stringValue, WebPubSubNames.groupProblem(group) == nil else {
-                ack(("Forbidden", "\"group\" must be a non-empty group name"))
-                return true
-            }
-            guard registry.isAllowed(c, "sendToGroup", group: group) else {
-                ack(("Forbidden", "The connection has no permission to send to group \(group)"))
-                return true
-            }
-            guard let (dataType, payload) = decodeData(json) else {
-                ack(("Forbidden", "\"data\" does not match \"dataType\""))
-                return true
-            }
-            let noEcho = json["noEcho"] == .bool(true)
-            let out = Outgoing(source: .group(group, fromUserId: c.userId), dataType: dataType, payload: payload)
-            let excluded: Set<String> = noEcho ? [c.id] : []
-            Counter(label: MetricName.hubMessagesReceived, dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()
-            fanOut(out, to: registry.targets(hub: c.hub, scope: .group(group), excluded: excluded, filter: nil))
-            ack()
-        case "event":
-            guard let name = json["event"]?.stringValue else {
-                ack(("Forbidden", "\"event\" is required"))
+        switch frame {
+        case .joinGroup(let group, _):
+            ack(joinOrLeave(group, join: true, c))
+        case .leaveGroup(let group, _):
+            ack(joinOrLeave(group, join: false, c))
+        case .sendToGroup(let group, let data, let noEcho, _):
+            ack(sendToGroup(group, data, noEcho: noEcho, from: c))
+        case .event(let name, let data, _):
+            guard let name else {
+                ack(.forbidden("\"event\" is required"))
                 return true
             }
             // The name becomes a header and a URL segment upstream: the service's rule, or no event.
             if let problem = WebPubSubNames.eventProblem(name) {
-                ack(("Forbidden", problem))
+                ack(.forbidden(problem))
                 return true
             }
-            guard let (dataType, payload) = decodeData(json) else {
-                ack(("Forbidden", "\"data\" does not match \"dataType\""))
+            guard let data else {
+                ack(.forbidden("\"data\" does not match \"dataType\""))
                 return true
             }
             Counter(label: MetricName.hubMessagesReceived, dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()
-            return await userEvent(name, dataType: dataType, payload: payload, from: c, ack: ack)
-        case "sequenceAck":
-            if c.proto.isReliable, case .number(let n) = json["sequenceId"] ?? .null, let id = UInt64(n) { c.acknowledge(upTo: id) }
-        case "ping":
-            c.sendRaw(.text(SystemFrames.pong))
-        default:
-            await terminate(c, reason: "Invalid message: unknown type '\(type)'", notify: true)
-            return false
+            return await userEvent(name, dataType: data.dataType, payload: data.payload, from: c, ack: ack)
+        case .sequenceAck(let sequenceId):
+            if c.proto.isReliable, let sequenceId { c.acknowledge(upTo: sequenceId) }
+        case .ping:
+            c.sendRaw(codec.encode(.pong))
         }
         return true
     }
 
-    /// `data` by `dataType` (default json): JSON as written, text as a string, binary as base64.
-    func decodeData(_ json: JSONValue) -> (HubDataType, [UInt8])? {
-        let typeName = json["dataType"]?.stringValue ?? "json"
-        guard let dataType = HubDataType(rawValue: typeName), let data = json["data"] else { return nil }
-        switch dataType {
-        case .json: return (.json, Array(data.serialized.utf8))
-        case .text: return data.stringValue.map { (.text, Array($0.utf8)) }
-        case .binary: return data.stringValue.flatMap { Data(base64Encoded: $0) }.map { (.binary, Array($0)) }
+    /// `joinGroup` / `leaveGroup`: nil when done, else why not.
+    func joinOrLeave(_ group: String?, join: Bool, _ c: ClientConnection) -> AckError? {
+        guard let group, WebPubSubNames.groupProblem(group) == nil else { return .forbidden("\"group\" must be a non-empty group name") }
+        guard registry.isAllowed(c, .joinLeaveGroup, group: group) else {
+            return .forbidden("The connection has no permission to \(join ? "join" : "leave") group \(group)")
         }
+        if join {
+            guard registry.join(c.id, group: group) != .tooManyGroups else {
+                return .forbidden("The connection is in \(registry.maxGroupsPerConnection) groups already, the most it may join")
+            }
+        } else {
+            _ = registry.leave(c.id, group: group)
+        }
+        return nil
+    }
+
+    /// `sendToGroup`: nil when sent, else why not.
+    func sendToGroup(_ group: String?, _ data: FrameData?, noEcho: Bool, from c: ClientConnection) -> AckError? {
+        guard let group, WebPubSubNames.groupProblem(group) == nil else { return .forbidden("\"group\" must be a non-empty group name") }
+        guard registry.isAllowed(c, .sendToGroup, group: group) else {
+            return .forbidden("The connection has no permission to send to group \(group)")
+        }
+        guard let data else { return .forbidden("\"data\" does not match \"dataType\"") }
+        let out = Outgoing(source: .group(group, fromUserId: c.userId), dataType: data.dataType, payload: data.payload)
+        Counter(label: MetricName.hubMessagesReceived, dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()
+        fanOut(out, to: registry.targets(hub: c.hub, scope: .group(group), excluded: noEcho ? [c.id] : [], filter: nil))
+        return nil
     }
 
     /// A user event to the upstream; its response body goes back to the client.
     func userEvent(
-        _ name: String, dataType: HubDataType, payload: [UInt8], from c: ClientConnection, ack: ((String, String)?) -> Void
+        _ name: String, dataType: HubDataType, payload: [UInt8], from c: ClientConnection, ack: (AckError?) -> Void
     ) async -> Bool {
         guard let handler = handler(for: c.hub, userEvent: name) else {
             // Nobody listens: a plain client's frames have nowhere to go, so the service drops it.
@@ -394,7 +368,7 @@ extension LocalHub {
         do {
             let response = try await upstream.call(handler, event)
             guard (200..<300).contains(response.status) else {
-                ack(("InternalServerError", "the event handler answered \(response.status)"))
+                ack(AckError(name: .internalServerError, message: "the event handler answered \(response.status)"))
                 await terminate(c, reason: "The event handler refused event '\(name)' (\(response.status))", notify: true)
                 return false
             }
@@ -408,7 +382,7 @@ extension LocalHub {
             ack(nil)
             return true
         } catch {
-            ack(("InternalServerError", "the event handler could not be reached"))
+            ack(AckError(name: .internalServerError, message: "the event handler could not be reached"))
             logger.warning("user event failed", metadata: [LogKey.hub: "\(c.hub)", LogKey.error: "\(error)"])
             return true
         }
@@ -423,7 +397,7 @@ extension LocalHub {
             }
         switch c.plainMode {
         case .sendToGroup(let group):
-            guard WebPubSubNames.groupProblem(group) == nil, registry.isAllowed(c, "sendToGroup", group: group) else {
+            guard WebPubSubNames.groupProblem(group) == nil, registry.isAllowed(c, .sendToGroup, group: group) else {
                 await terminate(c, reason: "Forbidden: no permission to send to group '\(group)'", notify: false)
                 return false
             }

@@ -94,26 +94,3 @@ enum SocketFrame: Sendable {
     /// Close the socket with a code and reason.
     case close(code: UInt16, reason: String)
 }
-
-enum SystemFrames {
-    static func connected(connectionId: String, userId: String?, reconnectionToken: String?) -> String {
-        var members: [(String, JSONValue)] = [("type", .string("system")), ("event", .string("connected")), ("connectionId", .string(connectionId))]
-        if let userId { members.append(("userId", .string(userId))) }
-        if let reconnectionToken { members.append(("reconnectionToken", .string(reconnectionToken))) }
-        return JSONValue.object(members).serialized
-    }
-
-    static func disconnected(_ message: String) -> String {
-        JSONValue.object([("type", .string("system")), ("event", .string("disconnected")), ("message", .string(message))]).serialized
-    }
-
-    static func ack(_ ackId: UInt64, error: (name: String, message: String)? = nil) -> String {
-        var members: [(String, JSONValue)] = [("type", .string("ack")), ("ackId", .number(String(ackId))), ("success", .bool(error == nil))]
-        if let error {
-            members.append(("error", .object([("name", .string(error.name)), ("message", .string(error.message))])))
-        }
-        return JSONValue.object(members).serialized
-    }
-
-    static let pong = #"{"type":"pong"}"#
-}

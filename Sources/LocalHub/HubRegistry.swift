@@ -1,9 +1,10 @@
 import ODataFilter
 import Synchronization
+import WebPubSubProtocol
 
 /// A permission granted at run time through the REST API.
 struct Grant: Hashable, Sendable {
-    let permission: String
+    let permission: Permission
     /// A group; nil for every group.
     let target: String?
 }
@@ -235,8 +236,8 @@ final class HubRegistry: Sendable {
 
     /// Whether the connection may `permission` (`joinLeaveGroup`, `sendToGroup`) on `group`:
     /// from its roles (`webpubsub.P`, `webpubsub.P.group`) or from REST grants.
-    func isAllowed(_ c: ClientConnection, _ permission: String, group: String) -> Bool {
-        if c.roles.contains("webpubsub.\(permission)") || c.roles.contains("webpubsub.\(permission).\(group)") { return true }
+    func isAllowed(_ c: ClientConnection, _ permission: Permission, group: String) -> Bool {
+        if c.roles.contains(permission.role) || c.roles.contains(permission.role(group: group)) { return true }
         return state.withLock { s in
             let grants = s.grants[c.id] ?? []
             return grants.contains(Grant(permission: permission, target: nil)) || grants.contains(Grant(permission: permission, target: group))
@@ -244,9 +245,9 @@ final class HubRegistry: Sendable {
     }
 
     /// `HEAD .../permissions/P/connections/C[?targetName=G]`.
-    func hasGrant(_ c: ClientConnection, _ permission: String, target: String?) -> Bool {
+    func hasGrant(_ c: ClientConnection, _ permission: Permission, target: String?) -> Bool {
         if let target { return isAllowed(c, permission, group: target) }
-        if c.roles.contains("webpubsub.\(permission)") { return true }
+        if c.roles.contains(permission.role) { return true }
         return state.withLock { s in (s.grants[c.id] ?? []).contains(Grant(permission: permission, target: nil)) }
     }
 

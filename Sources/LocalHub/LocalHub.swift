@@ -285,7 +285,7 @@ package final class LocalHub: Service, Sendable {
     /// 1000 for the others, as the service does.
     func terminate(_ c: ClientConnection, reason: String, notify: Bool, code: UInt16? = nil) async {
         var frames: [SocketFrame] = []
-        if notify, c.proto.isJSON { frames.append(.text(SystemFrames.disconnected(reason))) }
+        if notify, let codec = c.proto.codec { frames.append(codec.encode(.disconnected(reason: reason))) }
         frames.append(.close(code: code ?? (c.proto.isReliable ? 1008 : 1000), reason: closeReason(reason)))
         c.end(closing: frames)
         guard registry.remove(c.id) else { return }

@@ -248,7 +248,7 @@ extension LocalHub {
                 metadata: [LogKey.hub: "\(c.hub)", LogKey.connection: "\(c.id)", LogKey.bytes: "\(bytes)", LogKey.limit: "\(replayBudget.limit)"])
             // Ended at once, so that the next fan-out does not pick it again.
             c.end(closing: [
-                .text(SystemFrames.disconnected("Too many messages are not acknowledged: the hub's replay memory is full")),
+                JSONFrameCodec().encode(.disconnected(reason: "Too many messages are not acknowledged: the hub's replay memory is full")),
                 .close(code: 1008, reason: "Too many messages are not acknowledged"),
             ])
             spawn { await self.terminate(c, reason: "Too many messages are not acknowledged (replay memory)", notify: false) }
@@ -287,8 +287,8 @@ extension LocalHub {
         return json(.object(members_))
     }
 
-    func permission(method: HTTPRequest.Method, hub: String, permission: String, connectionId: String, target: String?) -> Response {
-        guard permission == "sendToGroup" || permission == "joinLeaveGroup" else {
+    func permission(method: HTTPRequest.Method, hub: String, permission name: String, connectionId: String, target: String?) -> Response {
+        guard let permission = Permission(rawValue: name) else {
             return errorResponse(400, "InvalidRequest", "permission must be sendToGroup or joinLeaveGroup")
         }
         let c = connection(connectionId, in: hub)

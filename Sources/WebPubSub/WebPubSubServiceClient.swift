@@ -7,7 +7,7 @@ package import Logging
 package import NIOCore
 import NIOHTTP1
 import Synchronization
-import WebPubSubProtocol
+package import WebPubSubProtocol
 
 /// The Web PubSub data-plane REST API: every operation of api-version 2024-12-01.
 ///
@@ -303,9 +303,8 @@ package final class WebPubSubServiceClient: Sendable {
     // MARK: Permissions
 
     /// The permissions a connection can be granted.
-    package enum Permission: String, Sendable, CaseIterable {
-        case sendToGroup, joinLeaveGroup
-    }
+    /// Kept under the client's name for its callers; the enum is the protocol's.
+    package typealias Permission = WebPubSubProtocol.Permission
 
     /// `PUT /api/hubs/{hub}/permissions/{permission}/connections/{connectionId}`; `targetName` is a group (all groups when nil).
     package func grantPermission(hub: String, permission: Permission, connectionId: String, targetName: String? = nil) async throws(WebPubSubError) {

@@ -7,6 +7,7 @@ import NIOCore
 import NIOHTTP1
 import Testing
 import WebPubSub
+import WebPubSubProtocol
 
 @Suite struct RESTAgainstHubTests {
     @Test func ourClientDrivesTheHub() async throws {

@@ -4,6 +4,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import Testing
+import WebPubSubProtocol
 
 @testable import WebPubSub
 

@@ -1,0 +1,149 @@
+import BridgeJSON
+import Foundation
+import HummingbirdWebSocket
+
+/// What a client sends on a JSON subprotocol, read once by its subprotocol's codec
+/// (``ClientFrameCodec``). Names and permissions are the hub's to check, so a frame carries
+/// them as sent: a missing `group` is nil here and refused with an error ack by the hub.
+enum InboundFrame: Equatable, Sendable {
+    case joinGroup(group: String?, ackId: UInt64?)
+    case leaveGroup(group: String?, ackId: UInt64?)
+    /// `data` is nil when it does not match `dataType`.
+    case sendToGroup(group: String?, data: FrameData?, noEcho: Bool, ackId: UInt64?)
+    /// `data` is nil when it does not match `dataType`.
+    case event(name: String?, data: FrameData?, ackId: UInt64?)
+    /// `sequenceId` is nil when it is not an unsigned integer (the frame is then ignored).
+    case sequenceAck(sequenceId: UInt64?)
+    case ping
+
+    /// The id of a frame that asks for an ack; acks are deduplicated by it.
+    var ackId: UInt64? {
+        switch self {
+        case .joinGroup(_, let id), .leaveGroup(_, let id), .sendToGroup(_, _, _, let id), .event(_, _, let id): id
+        case .sequenceAck, .ping: nil
+        }
+    }
+}
+
+/// A message's data with its type: JSON as written, text as UTF-8, binary as it is.
+struct FrameData: Equatable, Sendable {
+    let dataType: HubDataType
+    let payload: [UInt8]
+}
+
+/// A frame that cannot be read at all: the connection ends, and `reason` says why.
+struct FrameDecodingError: Error, Equatable {
+    let reason: String
+}
+
+/// What the hub sends a client besides messages (``Outgoing`` renders those once per fan-out).
+enum OutboundFrame: Equatable, Sendable {
+    case connected(connectionId: String, userId: String?, reconnectionToken: String?)
+    case disconnected(reason: String)
+    case ack(ackId: UInt64, error: AckError?)
+    case pong
+}
+
+/// Why an ack reports failure, with the names the service uses.
+struct AckError: Equatable, Sendable {
+    enum Name: String, Sendable {
+        case forbidden = "Forbidden"
+        case duplicate = "Duplicate"
+        case internalServerError = "InternalServerError"
+    }
+
+    let name: Name
+    let message: String
+
+    static func forbidden(_ message: String) -> AckError { AckError(name: .forbidden, message: message) }
+}
+
+/// Reads and writes the frames of one client subprotocol.
+protocol ClientFrameCodec: Sendable {
+    func decode(_ message: WebSocketMessage) throws(FrameDecodingError) -> InboundFrame
+    func encode(_ frame: OutboundFrame) -> SocketFrame
+}
+
+/// `json.webpubsub.azure.v1` and `json.reliable.webpubsub.azure.v1`: one JSON object per text frame.
+struct JSONFrameCodec: ClientFrameCodec {
+    func decode(_ message: WebSocketMessage) throws(FrameDecodingError) -> InboundFrame {
+        guard case .text(let text) = message else {
+            throw FrameDecodingError(reason: "Invalid message: the JSON protocols take text frames only")
+        }
+        guard let json = try? JSONValue(parsing: text), case .object = json, let type = json["type"]?.stringValue else {
+            throw FrameDecodingError(reason: "Invalid message: not a JSON object with a \"type\"")
+        }
+        var ackId: UInt64?
+        if let raw = json["ackId"] {
+            guard case .number(let n) = raw, let id = UInt64(n) else {
+                throw FrameDecodingError(reason: "Invalid message: ackId must be an unsigned integer")
+            }
+            ackId = id
+        }
+        switch type {
+        case "joinGroup":
+            return .joinGroup(group: json["group"]?.stringValue, ackId: ackId)
+        case "leaveGroup":
+            return .leaveGroup(group: json["group"]?.stringValue, ackId: ackId)
+        case "sendToGroup":
+            return .sendToGroup(group: json["group"]?.stringValue, data: Self.data(json), noEcho: json["noEcho"] == .bool(true), ackId: ackId)
+        case "event":
+            return .event(name: json["event"]?.stringValue, data: Self.data(json), ackId: ackId)
+        case "sequenceAck":
+            guard case .number(let n) = json["sequenceId"] ?? .null, let id = UInt64(n) else { return .sequenceAck(sequenceId: nil) }
+            return .sequenceAck(sequenceId: id)
+        case "ping":
+            return .ping
+        default:
+            throw FrameDecodingError(reason: "Invalid message: unknown type '\(type)'")
+        }
+    }
+
+    /// `data` by `dataType` (default json): JSON as written, text as a string, binary as base64.
+    static func data(_ json: JSONValue) -> FrameData? {
+        let typeName = json["dataType"]?.stringValue ?? "json"
+        guard let dataType = HubDataType(rawValue: typeName), let data = json["data"] else { return nil }
+        switch dataType {
+        case .json: return FrameData(dataType: .json, payload: Array(data.serialized.utf8))
+        case .text: return data.stringValue.map { FrameData(dataType: .text, payload: Array($0.utf8)) }
+        case .binary: return data.stringValue.flatMap { Data(base64Encoded: $0) }.map { FrameData(dataType: .binary, payload: Array($0)) }
+        }
+    }
+
+    func encode(_ frame: OutboundFrame) -> SocketFrame {
+        .text(Self.text(frame))
+    }
+
+    static func text(_ frame: OutboundFrame) -> String {
+        switch frame {
+        case .connected(let connectionId, let userId, let reconnectionToken):
+            var members: [(String, JSONValue)] = [
+                ("type", .string("system")), ("event", .string("connected")), ("connectionId", .string(connectionId)),
+            ]
+            if let userId { members.append(("userId", .string(userId))) }
+            if let reconnectionToken { members.append(("reconnectionToken", .string(reconnectionToken))) }
+            return JSONValue.object(members).serialized
+        case .disconnected(let reason):
+            return JSONValue.object([("type", .string("system")), ("event", .string("disconnected")), ("message", .string(reason))]).serialized
+        case .ack(let ackId, let error):
+            var members: [(String, JSONValue)] = [("type", .string("ack")), ("ackId", .number(String(ackId))), ("success", .bool(error == nil))]
+            if let error {
+                members.append(("error", .object([("name", .string(error.name.rawValue)), ("message", .string(error.message))])))
+            }
+            return JSONValue.object(members).serialized
+        case .pong:
+            return #"{"type":"pong"}"#
+        }
+    }
+}
+
+extension ClientProtocol {
+    /// The codec of a subprotocol with frames of its own; nil for plain WebSockets, whose frames
+    /// are the messages themselves.
+    var codec: (any ClientFrameCodec)? {
+        switch self {
+        case .json, .reliableJSON: JSONFrameCodec()
+        case .plain: nil
+        }
+    }
+}
