@@ -130,6 +130,7 @@ let package = Package(
             name: "HTTPGuards",
             dependencies: [
                 "BridgeObservability", .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
@@ -275,7 +276,7 @@ let package = Package(
         .testTarget(
             name: "LocalHubTests",
             dependencies: [
-                "LocalHub", "BridgeTestSupport", "WebPubSub", "BridgeJSON",
+                .product(name: "HummingbirdTesting", package: "hummingbird"), "LocalHub", "BridgeTestSupport", "WebPubSub", "BridgeJSON",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

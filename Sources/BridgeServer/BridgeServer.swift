@@ -78,9 +78,7 @@ package final class BridgeServer: Service, Sendable {
     package func run() async throws {
         defer { listening.stop() }
         let app = Application(
-            responder: CallbackResponder<BasicRequestContext> { [self] request, _ in
-                await self.respond(request)
-            },
+            responder: makeRouter().buildResponder(),
             server: HTTPServerBuilder { [limits] responder in
                 HeadDeadlineChildChannel(
                     HTTP1Channel(responder: responder, configuration: .init(idleTimeout: limits.idleTimeAmount)), headerTimeout: limits.headerTimeout)
@@ -96,56 +94,74 @@ package final class BridgeServer: Service, Sendable {
         try await app.run()
     }
 
-    func respond(_ request: Request) async -> Response {
-        var request = request
-        let path = request.uri.path
-        if path == "/healthz" {
-            return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "ok\n")))
+    /// The routes of what this listener serves (``Endpoints``); anything else is a plain 404.
+    func makeRouter() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.add(middleware: PlainNotFound())
+        for method in [HTTPRequest.Method.get, .head] {
+            router.on("healthz", method: method) { [self] _, _ in plain(.ok, "ok\n") }
         }
-        if path == "/readyz", endpoints.contains(.operations) {
-            let problems = readiness()
-            let body = JSONValue.object([("ready", .bool(problems.isEmpty)), ("problems", .array(problems.map { .string($0) }))]).serialized + "\n"
-            return Response(
-                status: problems.isEmpty ? .ok : .serviceUnavailable, headers: [.contentType: "application/json"],
-                body: .init(byteBuffer: ByteBuffer(string: body)))
-        }
-        if path == "/-/reload", endpoints.contains(.operations), let reload {
-            guard request.method == .post else { return plain(.methodNotAllowed, "POST to reload\n") }
-            let bearer = request.headers[.authorization].flatMap { $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : nil }
-            let given = bearer ?? request.headers[HTTPField.Name("X-WPS-Reload-Token")!] ?? ""
-            guard constantTimeEquals(given, reload.token) else { return plain(.unauthorized, "a reload needs the reload token\n") }
-            let (status, report) = await reload.reload()
-            return plain(.init(code: status), report + "\n")
-        }
-        if path == "/metrics", endpoints.contains(.operations), let metrics {
-            return Response(
-                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                body: .init(byteBuffer: ByteBuffer(bytes: metrics())))
-        }
-        if let handler, endpoints.contains(.events) {
-            let prefix = handler.configuration.path
-            if path.hasPrefix(prefix + "/") {
-                let rest = path.dropFirst(prefix.count + 1)
-                guard !rest.isEmpty, !rest.contains("/") else { return plain(.notFound, "no such resource\n") }
-                var headers: [String: String] = [:]
-                for field in request.headers where headers[field.name.canonicalName] == nil { headers[field.name.canonicalName] = field.value }
-                var event = HandlerRequest(
-                    method: request.method.rawValue, hub: percentDecode(rest), headers: headers, query: Query(request.uri.query), body: [])
-                // Authentication and the CloudEvents headers first: a stranger's body is never read.
-                if let refused = handler.refusal(event) { return Self.response(refused) }
-                if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.maxBody {
-                    return plain(.contentTooLarge, "the body is larger than 1 MiB\n")
+        if endpoints.contains(.operations) {
+            for method in [HTTPRequest.Method.get, .head] {
+                router.on("readyz", method: method) { [self] _, _ in ready() }
+                if let metrics {
+                    router.on("metrics", method: method) { _, _ in
+                        Response(
+                            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(bytes: metrics())))
+                    }
                 }
-                do {
-                    event.body = Array(try await request.collectBody(upTo: Self.maxBody).readableBytesView)
-                } catch {
-                    return plain(.contentTooLarge, "the body is larger than 1 MiB\n")
+            }
+            if let reload {
+                router.post("-/reload") { [self] request, _ in await self.reload(request, reload) }
+                for method in [HTTPRequest.Method.get, .head, .put, .delete, .patch] {
+                    router.on("-/reload", method: method) { [self] _, _ in plain(.methodNotAllowed, "POST to reload\n") }
                 }
-                let answer = await handler.handle(event)
-                return Self.response(answer)
             }
         }
-        return plain(.notFound, "no such resource\n")
+        if let handler, endpoints.contains(.events) {
+            // Every method: the handler answers OPTIONS (abuse protection) and POST, and refuses the rest.
+            for method in [HTTPRequest.Method.options, .post, .get, .head, .put, .delete, .patch] {
+                router.on(RouterPath(handler.configuration.path + "/:hub"), method: method) { [self] request, context in
+                    await self.event(request, hub: percentDecode(try context.parameters.require("hub")), handler: handler)
+                }
+            }
+        }
+        return router
+    }
+
+    func ready() -> Response {
+        let problems = readiness()
+        let body = JSONValue.object([("ready", .bool(problems.isEmpty)), ("problems", .array(problems.map { .string($0) }))]).serialized + "\n"
+        return Response(
+            status: problems.isEmpty ? .ok : .serviceUnavailable, headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+
+    func reload(_ request: Request, _ reload: ReloadEndpoint) async -> Response {
+        let given = request.headers.bearerToken ?? request.headers[HTTPField.Name("X-WPS-Reload-Token")!] ?? ""
+        guard constantTimeEquals(given, reload.token) else { return plain(.unauthorized, "a reload needs the reload token\n") }
+        let (status, report) = await reload.reload()
+        return plain(.init(code: status), report + "\n")
+    }
+
+    /// One request of the upstream event handler.
+    func event(_ request: Request, hub: String, handler: EventHandler) async -> Response {
+        var request = request
+        var headers: [String: String] = [:]
+        for field in request.headers where headers[field.name.canonicalName] == nil { headers[field.name.canonicalName] = field.value }
+        var event = HandlerRequest(method: request.method.rawValue, hub: hub, headers: headers, query: Query(request.uri.query), body: [])
+        // Authentication and the CloudEvents headers first: a stranger's body is never read.
+        if let refused = handler.refusal(event) { return Self.response(refused) }
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.maxBody {
+            return plain(.contentTooLarge, "the body is larger than 1 MiB\n")
+        }
+        do {
+            event.body = Array(try await request.collectBody(upTo: Self.maxBody).readableBytesView)
+        } catch {
+            return plain(.contentTooLarge, "the body is larger than 1 MiB\n")
+        }
+        return Self.response(await handler.handle(event))
     }
 
     static func response(_ answer: HandlerResponse) -> Response {
@@ -154,7 +170,24 @@ package final class BridgeServer: Service, Sendable {
         return Response(status: .init(code: answer.status), headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: answer.body)))
     }
 
-    func plain(_ status: HTTPResponse.Status, _ text: String) -> Response {
+    func plain(_ status: HTTPResponse.Status, _ text: String) -> Response { Self.plain(status, text) }
+
+    static func plain(_ status: HTTPResponse.Status, _ text: String) -> Response {
         Response(status: status, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+}
+
+/// Requests no route takes: a plain-text 404, as before the router.
+struct PlainNotFound: RouterMiddleware {
+    typealias Context = BasicRequestContext
+
+    func handle(
+        _ request: Request, context: BasicRequestContext, next: (Request, BasicRequestContext) async throws -> Response
+    ) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError where error.status == .notFound {
+            return BridgeServer.plain(.notFound, "no such resource\n")
+        }
     }
 }

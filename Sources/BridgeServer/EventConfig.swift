@@ -100,8 +100,12 @@ extension EventHandlerConfiguration {
                 ["path", "allowedOrigins", "authToken", "authTokenFile", "secondaryAccessKey", "secondaryAccessKeyFile", "connect"],
                 what: "eventHandler")
             if let path = m.nonEmptyString("path") {
+                let segments = path.split(separator: "/")
                 if !path.hasPrefix("/") || path.hasSuffix("/") || path == "/healthz" || path == "/readyz" {
                     m.value("path")?.report("'\(path)' must start with / and not end with one (e.g. /eventhandler)")
+                } else if segments.contains(where: { $0.isEmpty || $0.first == ":" || $0.contains("{") || $0.contains("*") || $0 == "-" }) {
+                    // The router reads those as parameters or wildcards; "-" is the operator's /-/reload.
+                    m.value("path")?.report("'\(path)': a segment may not be empty, start with ':', hold '{' or '*', or be '-' (e.g. /eventhandler)")
                 } else {
                     config.path = path
                 }

@@ -55,6 +55,26 @@ package enum TestEnvironment {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
+    /// A loopback port that refuses connections for as long as the returned socket is open: it
+    /// is bound and not listening, so no other test's server can take it meanwhile (a port that
+    /// was merely free a moment ago can be). Close the socket when done.
+    package static func refusingPort() throws -> (port: Int, socket: Int32) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw TestEnvironmentError("socket() failed") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        let named = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        guard bound == 0, named == 0 else {
+            close(fd)
+            throw TestEnvironmentError("bind() or getsockname() failed")
+        }
+        return (Int(UInt16(bigEndian: address.sin_port)), fd)
+    }
+
     /// Whether something accepts TCP connections on the loopback port.
     package static func isListening(_ port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

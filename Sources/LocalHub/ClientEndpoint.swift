@@ -3,6 +3,7 @@ import BridgeJSON
 import BridgeObservability
 import CoreMetrics
 import Foundation
+import HTTPGuards
 import HTTPTypes
 import HummingbirdWebSocket
 import Logging
@@ -78,7 +79,7 @@ extension LocalHub {
 
         // Authentication.
         var claims: JWTClaims?
-        let bearer = request.headerFields[.authorization].flatMap { $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : nil }
+        let bearer = request.headerFields.bearerToken
         if let token = query.first("access_token") ?? bearer {
             do {
                 claims = try AccessKeyJWT.verify(token, keys: configuration.accessKeys) { aud in

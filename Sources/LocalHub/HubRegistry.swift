@@ -134,6 +134,11 @@ final class HubRegistry: Sendable {
         state.withLock { $0.memberships[id] ?? [] }
     }
 
+    /// The groups `user` was added to (through the REST API), which its connections join.
+    func groups(ofUser user: String, hub: String) -> Set<String> {
+        state.withLock { $0.userGroups[hub]?[user] ?? [] }
+    }
+
     func addUser(_ user: String, hub: String, group: String) {
         state.withLock { s in
             s.userGroups[hub, default: [:]][user, default: []].insert(group)

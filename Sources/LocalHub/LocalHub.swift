@@ -121,9 +121,7 @@ package final class LocalHub: Service, Sendable {
     package func run() async throws {
         defer { listening.stop() }
         let app = Application(
-            responder: CallbackResponder<HubRequestContext> { [self] request, context in
-                await self.respond(request, context: context)
-            },
+            responder: makeRouter().buildResponder(),
             server: HTTPServerBuilder { [self] responder in
                 HeadDeadlineChildChannel(
                     HTTP1WebSocketUpgradeChannel(
@@ -202,49 +200,6 @@ package final class LocalHub: Service, Sendable {
     }
 
     // MARK: HTTP
-
-    func respond(_ request: Request, context: HubRequestContext) async -> Response {
-        var request = request
-        let rawPath = request.uri.path
-        let segments = rawPath.split(separator: "/", omittingEmptySubsequences: true).map { percentDecode($0) }
-        let query = Query(request.uri.query)
-        if segments.first == "api" {
-            // The token first, from the headers: a stranger's body is never read.
-            if let refused = await authenticateREST(request, rawPath: rawPath) { return refused }
-            if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > configuration.maxMessageBytes {
-                return errorResponse(413, "RequestEntityTooLarge", "the body is larger than \(configuration.maxMessageBytes) bytes")
-            }
-            let body: [UInt8]
-            do {
-                body = Array(try await request.collectBody(upTo: configuration.maxMessageBytes + 1).readableBytesView)
-            } catch {
-                return errorResponse(413, "RequestEntityTooLarge", "the body is larger than \(configuration.maxMessageBytes) bytes")
-            }
-            if body.count > configuration.maxMessageBytes {
-                return errorResponse(413, "RequestEntityTooLarge", "the body is larger than \(configuration.maxMessageBytes) bytes")
-            }
-            return await handleREST(request, rawPath: rawPath, segments: Array(segments.dropFirst()), query: query, body: body)
-        }
-        switch (request.method, segments.first) {
-        case (.get, nil) where configuration.negotiate, (.get, "index.html") where configuration.negotiate:
-            return Response(
-                status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: DemoPage.html)))
-        case (.get, "negotiate") where configuration.negotiate:
-            return negotiate(query)
-        case (.get, nil), (.get, "index.html"), (.get, "negotiate"):
-            return errorResponse(
-                404, "NotFound",
-                "the demo page and /negotiate are off: start the hub with --negotiate (or embedded.negotiate: true), for loopback development only")
-        case (.get, "client"):
-            // A WebSocket upgrade that was refused lands here: answer with the reason.
-            if let rejection = rejectionStore.take(ObjectIdentifier(context.channel)) {
-                return errorResponse(rejection.status, rejection.status == 401 ? "Unauthorized" : "Forbidden", rejection.message)
-            }
-            return errorResponse(400, "InvalidRequest", "this is a WebSocket endpoint: connect with a WebSocket client")
-        default:
-            return errorResponse(404, "NotFound", "no such resource: \(request.method) \(rawPath)")
-        }
-    }
 
     func errorResponse(_ status: Int, _ code: String, _ message: String, headers extra: HTTPFields = [:]) -> Response {
         let body = JSONValue.object([("error", .object([("code", .string(code)), ("message", .string(message))]))]).serialized
@@ -341,6 +296,10 @@ final class RejectionStore: Sendable {
 struct HubRequestContext: RequestContext {
     var coreContext: CoreRequestContextStorage
     let channel: any Channel
+    /// An `/api` request's body, read by ``RESTGate`` once the token was checked.
+    var body: [UInt8] = []
+    /// Set by ``HubScopeMiddleware`` for `/api/hubs/{hub}/...` routes.
+    var hubScope = HubScope()
 
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)

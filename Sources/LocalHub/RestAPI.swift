@@ -17,11 +17,10 @@ extension LocalHub {
     /// signed with an access key, `aud` naming this path; or an RS256 token of a trusted issuer.
     /// nil when the request may go on.
     func authenticateREST(_ request: Request, rawPath: String) async -> Response? {
-        guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer ") else {
+        guard let token = request.headers.bearerToken else {
             return errorResponse(401, "Unauthorized", "missing bearer token")
         }
         let path = rawPath.trimmingSuffix("/")
-        let token = String(auth.dropFirst(7))
         do throws(JWTError) {
             if EntraVerifier.isRS256(token) {
                 // An Entra ID token: trusted only when the hub was told its issuer.
@@ -36,127 +35,6 @@ extension LocalHub {
             return errorResponse(401, "Unauthorized", "invalid token: \(error.message)")
         }
         return nil
-    }
-
-    /// An authenticated request (``authenticateREST(_:rawPath:)`` passed).
-    func handleREST(_ request: Request, rawPath: String, segments: [String], query: Query, body: [UInt8]) async -> Response {
-        if let wait = checkRate() {
-            // Retry-After has whole seconds only; retry-after-ms (which the Azure SDKs read first) says when exactly.
-            let ms = max(1, Int((wait / .milliseconds(1)).rounded(.up)))
-            return errorResponse(
-                429, "TooManyRequests", "rate limit of \(configuration.rateLimit ?? 0) requests per second exceeded",
-                headers: [.retryAfter: String(max(1, (ms + 999) / 1000)), HTTPField.Name("retry-after-ms")!: String(ms)])
-        }
-        if segments == ["health"] {
-            return request.method == .head || request.method == .get ? Response(status: .ok) : methodNotAllowed()
-        }
-        guard query.first("api-version")?.isEmpty == false else {
-            return errorResponse(400, "InvalidRequest", "the api-version query parameter is required")
-        }
-        guard segments.count >= 2, segments[0] == "hubs" else { return notFound(rawPath) }
-        let hub = segments[1].lowercased()
-        if let problem = WebPubSubNames.hubProblem(segments[1]) { return errorResponse(400, "InvalidRequest", problem) }
-        let rest = Array(segments.dropFirst(2))
-        let method = request.method
-        let excluded = Set(query.all("excluded"))
-        var filter: Filter?
-        if let text = query.first("filter") {
-            do { filter = try Filter(text) } catch { return errorResponse(400, "InvalidRequest", "Invalid filter: \(error) (Parameter 'filter')") }
-        }
-        if let ttl = query.first("messageTtlSeconds"), !(Int(ttl).map { (0...300).contains($0) } ?? false) {
-            return errorResponse(400, "InvalidRequest", "messageTtlSeconds must be 0 to 300")
-        }
-
-        switch (method, rest.count, rest.first, rest.last) {
-        // Sends
-        case (.post, 1, ":send", _):
-            return send(request, body: body, hub: hub, scope: .all, excluded: excluded, filter: filter)
-        case (.post, 3, "groups", ":send"):
-            return validGroup(rest[1]) ?? send(request, body: body, hub: hub, scope: .group(rest[1]), excluded: excluded, filter: filter)
-        case (.post, 3, "users", ":send"):
-            return send(request, body: body, hub: hub, scope: .user(rest[1]), excluded: [], filter: filter)
-        case (.post, 3, "connections", ":send"):
-            return send(request, body: body, hub: hub, scope: .connection(rest[1]), excluded: [], filter: nil)
-        // Close
-        case (.post, 1, ":closeConnections", _):
-            await close(registry.targets(hub: hub, scope: .all, excluded: excluded, filter: nil), query)
-            return Response(status: .noContent)
-        case (.post, 3, "groups", ":closeConnections"):
-            await close(registry.targets(hub: hub, scope: .group(rest[1]), excluded: excluded, filter: nil), query)
-            return Response(status: .noContent)
-        case (.post, 3, "users", ":closeConnections"):
-            await close(registry.targets(hub: hub, scope: .user(rest[1]), excluded: excluded, filter: nil), query)
-            return Response(status: .noContent)
-        case (.delete, 2, "connections", _):
-            await close(registry.targets(hub: hub, scope: .connection(rest[1]), excluded: [], filter: nil), query)
-            return Response(status: .noContent)
-        // Exists
-        case (.head, 2, "connections", _):
-            return Response(status: registry.targets(hub: hub, scope: .connection(rest[1]), excluded: [], filter: nil).isEmpty ? .notFound : .ok)
-        case (.head, 2, "groups", _):
-            return Response(status: registry.groupExists(hub: hub, group: rest[1]) ? .ok : .notFound)
-        case (.head, 2, "users", _):
-            return Response(status: registry.userExists(hub: hub, user: rest[1]) ? .ok : .notFound)
-        // Group membership
-        case (.put, 4, "groups", _) where rest[2] == "connections":
-            if let bad = validGroup(rest[1]) { return bad }
-            guard connection(rest[3], in: hub) != nil else { return connectionNotFound(rest[3]) }
-            switch registry.join(rest[3], group: rest[1]) {
-            case .joined: return Response(status: .ok)
-            case .noSuchConnection: return connectionNotFound(rest[3])
-            case .tooManyGroups:
-                return errorResponse(
-                    400, "InvalidRequest", "connection \(rest[3]) is in \(registry.maxGroupsPerConnection) groups already, the most one may join")
-            }
-        case (.delete, 4, "groups", _) where rest[2] == "connections":
-            if connection(rest[3], in: hub) != nil { _ = registry.leave(rest[3], group: rest[1]) }
-            return Response(status: .noContent)
-        case (.delete, 3, "connections", "groups"):
-            if connection(rest[1], in: hub) != nil { _ = registry.leaveAll(rest[1]) }
-            return Response(status: .noContent)
-        case (.put, 4, "users", _) where rest[2] == "groups":
-            if let bad = validGroup(rest[3]) { return bad }
-            registry.addUser(rest[1], hub: hub, group: rest[3])
-            return Response(status: .ok)
-        case (.delete, 4, "users", _) where rest[2] == "groups":
-            registry.removeUser(rest[1], hub: hub, group: rest[3])
-            return Response(status: .noContent)
-        case (.delete, 3, "users", "groups"):
-            registry.removeUser(rest[1], hub: hub, group: nil)
-            return Response(status: .noContent)
-        case (.post, 1, ":addToGroups", _), (.post, 1, ":removeFromGroups", _):
-            guard let json = try? JSONValue.parse(body), case .array(let items) = json["groups"] ?? .null,
-                let filterText = json["filter"]?.stringValue
-            else { return errorResponse(400, "InvalidRequest", "the body must be {\"groups\": [...], \"filter\": \"...\"}") }
-            let groups = items.compactMap(\.stringValue)
-            for g in groups { if let bad = validGroup(g) { return bad } }
-            do {
-                registry.updateGroups(hub: hub, groups: groups, filter: try Filter(filterText), add: rest[0] == ":addToGroups")
-            } catch {
-                return errorResponse(400, "InvalidRequest", "Invalid filter: \(error) (Parameter 'filter')")
-            }
-            return Response(status: .ok)
-        case (.get, 3, "groups", "connections"):
-            return listConnections(hub: hub, group: rest[1], query: query)
-        // Permissions
-        case (_, 4, "permissions", _) where rest[2] == "connections":
-            return permission(method: method, hub: hub, permission: rest[1], connectionId: rest[3], target: query.first("targetName"))
-        // Client tokens
-        case (.post, 1, ":generateToken", _):
-            let minutes = Int(query.first("minutesToExpire") ?? "60") ?? 0
-            guard (1...525_600).contains(minutes) else { return errorResponse(400, "InvalidRequest", "minutesToExpire must be from 1 to 525600") }
-            let port = listening.current ?? configuration.port
-            do {
-                let access = try ClientAccess.make(
-                    endpoint: "http://\(configuration.host):\(port)", hub: hub, key: configuration.accessKeys[0], userId: query.first("userId"),
-                    roles: query.all("role"), groups: query.all("group"), expiresIn: .seconds(minutes * 60))
-                return json(.object([("token", .string(access.token))]))
-            } catch {
-                return errorResponse(400, "InvalidRequest", "\(error)")
-            }
-        default:
-            return notFound(rawPath)
-        }
     }
 
     /// `aud` without scheme, host and query, lower-cased, no trailing slash.

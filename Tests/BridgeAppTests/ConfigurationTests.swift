@@ -276,6 +276,14 @@ let valid = """
         #expect(issues(head + "server: {listen: \"0.0.0.0:8081\", adminListen: nine}").contains { $0.message.contains("is not HOST:PORT") })
     }
 
+    /// The event handler's path becomes a route: segments the router would read as parameters
+    /// or wildcards are refused, and so is one that would shadow the operator's endpoints.
+    @Test(arguments: ["eventhandler", "/eh/", "/healthz", "/events/:hub", "/{x}", "/a/*", "/-", "/-/reload"])
+    func anEventHandlerPathTheRouterCannotServeIsRefused(path: String) {
+        let found = issues(head + "server: {listen: \"127.0.0.1:0\"}\neventHandler: {path: \"\(path)\", authToken: t0123456789abcdef}\n")
+        #expect(found.contains { $0.path == "eventHandler.path" }, "\(path): \(found)")
+    }
+
     @Test func badLimitsAreReportedWithTheirLine() {
         let found = issues(head + "server:\n  listen: \"127.0.0.1:0\"\n  headerTimeout: 0s\n  maxConnections: 0\n")
         #expect(found.contains { $0.message.contains("headerTimeout must be more than 0") && $0.line == 6 }, "\(found)")

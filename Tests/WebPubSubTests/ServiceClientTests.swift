@@ -8,6 +8,10 @@ import WebPubSubProtocol
 
 @testable import WebPubSub
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The REST client against a real HTTP server that checks each request's JWT.
 @Suite struct ServiceClientTests {
     func client(_ server: RecordingServer) throws -> WebPubSubServiceClient {
@@ -138,11 +142,10 @@ import WebPubSubProtocol
     }
 
     @Test func connectionRefusedIsARetryableTransportError() async throws {
-        // A port that was just free: nothing listens there.
-        let server = RecordingServer()
-        try await server.start()
-        let cs = try ConnectionString(parsing: server.connectionString)
-        await server.stop()
+        // A port bound and not listening: it refuses, and no other test's server can take it.
+        let (port, socket) = try TestEnvironment.refusingPort()
+        defer { close(socket) }
+        let cs = try ConnectionString(parsing: "Endpoint=http://127.0.0.1;Port=\(port);AccessKey=k;Version=1.0;")
         let c = WebPubSubServiceClient(connectionString: cs)
         do {
             try await c.sendToAll(hub: "h", payload: ByteBuffer(string: "x"), contentType: "text/plain")
