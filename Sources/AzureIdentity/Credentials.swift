@@ -290,7 +290,7 @@ package final class ChainedCredential: TokenCredential {
                 // Probing was for the choice: from now on, full timeouts and retries.
                 let kept = (credential as? ManagedIdentityCredential)?.withoutProbing() ?? credential
                 chosen.withLock { $0 = kept }
-                logger.notice("Entra ID credential: \(credential.name)", metadata: [LogKey.credential: "\(name)"])
+                logger.notice("Entra ID credential chosen", metadata: [LogKey.credential: "\(credential.name)", LogKey.credentialChain: "\(name)"])
                 return token
             } catch  where error.kind == .unavailable {
                 reasons.append(error.message)

@@ -23,59 +23,19 @@ package enum BridgeRunner {
     package static func run(
         configuration: BridgeConfiguration, configPath: String? = nil, dryRun: Bool, progress: Bool = false, logger: Logger
     ) async throws {
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
-        let transport: any DeliveryTransport
-        /// The embedded hub's transport: probed for readiness and shut down at the end.
-        var hubTransport: HubTransport?
-        var client: WebPubSubServiceClient?
-        /// Where listeners connect: the bridge's Web PubSub (for this config, and reloaded ones).
-        var listenerConnection: ClientAccessIssuer?
-        var embeddedHub: LocalHub?
-        if dryRun {
-            transport = DryRunTransport()
-            // Listeners still listen (to the configured service, when there is one).
-            if let cs = configuration.webpubsub.connectionString { listenerConnection = .signing(cs) }
-            if configuration.webpubsub.entra != nil {
-                let c = try configuration.webpubsub.makeClient(logger: logger)
-                client = c
-                listenerConnection = .service(c)
-            }
-        } else if let embedded = configuration.webpubsub.embedded {
-            let hub = LocalHub(configuration: embedded, logger: logger)
-            embeddedHub = hub
-            services.append(.init(service: hub, serviceName: "hub"))
-            let page = demoPage(configuration)
-            services.append(
-                .init(
-                    service: WhenListening(hub: hub) { endpoint, _ in
-                        logger.notice("embedded hub ready; the demo page shows what is sent: \(endpoint)/\(page)")
-                    }, successTerminationBehavior: .ignore, serviceName: "announce"))
-            let embeddedTransport = HubTransport(hub: hub, settings: configuration.webpubsub.client, logger: logger)
-            hubTransport = embeddedTransport
-            transport = embeddedTransport
-            listenerConnection = ClientAccessIssuer { hub, userId, groups, expiresIn in
-                try await embeddedTransport.ready().clientAccess(hub: hub, userId: userId, groups: groups, expiresIn: expiresIn)
-            }
-        } else {
-            let c = try configuration.webpubsub.makeClient(logger: logger)
-            client = c
-            transport = WebPubSubTransport(client: c)
-            listenerConnection = .service(c)
-            var metadata: Logger.Metadata = [LogKey.endpoint: "\(c.endpoint)"]
-            if let entra = configuration.webpubsub.entra { metadata[LogKey.credential] = "\(entra.credential)" }
-            logger.info("sending to Web PubSub", metadata: metadata)
-        }
+        let connection = try connect(configuration, dryRun: dryRun, logger: logger)
+        var services = connection.services
         if let handler = configuration.eventHandler, configuration.server != nil, handler.accessKeys.isEmpty, handler.authToken != nil {
             logger.notice(
                 "the event handler cannot check ce-signature without an access key (webpubsub uses Entra ID): requests are authenticated by eventHandler.authToken alone"
             )
         }
-        let prepare: @Sendable (BridgeConfiguration) -> Void = { [listenerConnection] config in
+        let prepare: @Sendable (BridgeConfiguration) -> Void = { [listenerConnection = connection.listenerConnection] config in
             if let listenerConnection { config.connectListeners(listenerConnection) }
         }
         prepare(configuration)
         let eventSinks = configuration.eventHandler?.rules.map(\.sink) ?? []
-        let bridge = BridgeService(configuration: configuration, transport: transport, logger: logger)
+        let bridge = BridgeService(configuration: configuration, transport: connection.transport, logger: logger)
         let reloader = configPath.map {
             Reloader(
                 path: $0, requireWebPubSub: !dryRun, configuration: configuration, dispatcher: bridge.dispatcher, logger: logger, prepare: prepare)
@@ -85,57 +45,8 @@ package enum BridgeRunner {
         }
         let handler = configuration.server == nil ? nil : configuration.eventHandler.map { EventHandler(configuration: $0, logger: logger) }
         if let server = configuration.server {
-            // Readiness includes Web PubSub itself: reachable, and accepting the key.
-            var probe: WebPubSubProbe?
-            let probeHub = configuration.webpubsub.defaultHub ?? "healthcheck"
-            if let client {
-                probe = WebPubSubProbe(hub: probeHub, logger: logger) { client }
-            } else if let hubTransport {
-                probe = WebPubSubProbe(hub: probeHub, logger: logger) { try await hubTransport.ready() }
-            }
-            if let probe { services.append(.init(service: probe, successTerminationBehavior: .ignore, serviceName: "probe")) }
-            // What is watched follows reloads (sources come and go).
-            let conditions = bridge.dispatcher.conditions
-            let watched: @Sendable () -> [(String, any HealthReporting)] = { [probe] in
-                (probe.map { [("webpubsub", $0)] } ?? []) + [("routes", conditions)] + (reloader?.current ?? configuration).healthReporters
-            }
-            let hub = embeddedHub
-            let reported = Mutex<Set<String>>([])
-            var reloadEndpoint: BridgeServer.ReloadEndpoint?
-            if let token = server.reloadToken, let reloader {
-                reloadEndpoint = BridgeServer.ReloadEndpoint(token: token) {
-                    let outcome = await reloader.reload()
-                    return (outcome.status, outcome.report)
-                }
-            }
-            let readiness: @Sendable () -> [String] = { watched().compactMap { name, adapter in adapter.healthProblem.map { "\(name): \($0)" } } }
-            let metrics: @Sendable () -> [UInt8] = {
-                // Gauges read at scrape time; the counters are kept up as things happen.
-                let components = watched()
-                for (name, adapter) in components {
-                    Gauge(label: MetricName.componentReady, dimensions: [("component", name)]).record(adapter.healthProblem == nil ? 1 : 0)
-                }
-                // Components a reload removed go away rather than keep their last value.
-                let gone = reported.withLock { names in
-                    let now = Set(components.map(\.0))
-                    defer { names = now }
-                    return names.subtracting(now)
-                }
-                for name in gone { Gauge(label: MetricName.componentReady, dimensions: [("component", name)]).destroy() }
-                hub?.recordMetrics()
-                return BridgeMetrics.registry.emitToBuffer()
-            }
-            // With adminListen the port the service reaches serves the event handler alone.
-            let bridgeServer = BridgeServer(
-                host: server.host, port: server.port, handler: handler, readiness: readiness, metrics: metrics, reload: reloadEndpoint,
-                limits: server.limits, endpoints: server.admin == nil ? .all : .events, logger: logger)
-            services.append(.init(service: bridgeServer, serviceName: "server"))
-            if let admin = server.admin {
-                let adminServer = BridgeServer(
-                    host: admin.host, port: admin.port, handler: nil, readiness: readiness, metrics: metrics, reload: reloadEndpoint,
-                    limits: server.limits, endpoints: .operations, logger: logger)
-                services.append(.init(service: adminServer, serviceName: "admin"))
-            }
+            services += serverServices(
+                server, handler: handler, configuration: configuration, bridge: bridge, reloader: reloader, connection: connection, logger: logger)
         }
         if progress {
             let dispatcher = bridge.dispatcher
@@ -152,18 +63,122 @@ package enum BridgeRunner {
                 serviceName: "bridge"))
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        defer { _ = client }
-        do {
-            try await group.run()
-        } catch {
-            try? await client?.shutdown()
-            try? await hubTransport?.shutdown()
-            for sink in eventSinks { try? await sink.close() }
-            throw error
-        }
-        try? await client?.shutdown()
-        try? await hubTransport?.shutdown()
+        var failure: (any Error)?
+        do { try await group.run() } catch { failure = error }
+        try? await connection.client?.shutdown()
+        try? await connection.hubTransport?.shutdown()
         for sink in eventSinks { try? await sink.close() }
+        if let failure { throw failure }
+    }
+
+    /// Where the bridge sends, and where its listeners connect.
+    struct WebPubSubConnection {
+        let transport: any DeliveryTransport
+        /// The embedded hub's transport: probed for readiness and shut down at the end.
+        var hubTransport: HubTransport?
+        var client: WebPubSubServiceClient?
+        /// Where listeners connect: the bridge's Web PubSub (for this config, and reloaded ones).
+        var listenerConnection: ClientAccessIssuer?
+        var embeddedHub: LocalHub?
+        /// The embedded hub and its announcement, when there is one.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+    }
+
+    /// The transport for `configuration`: printing (dry run), the embedded hub, or Azure Web PubSub.
+    static func connect(_ configuration: BridgeConfiguration, dryRun: Bool, logger: Logger) throws -> WebPubSubConnection {
+        if dryRun {
+            var connection = WebPubSubConnection(transport: DryRunTransport())
+            // Listeners still listen (to the configured service, when there is one).
+            if let cs = configuration.webpubsub.connectionString { connection.listenerConnection = .signing(cs) }
+            if configuration.webpubsub.entra != nil {
+                let c = try configuration.webpubsub.makeClient(logger: logger)
+                connection.client = c
+                connection.listenerConnection = .service(c)
+            }
+            return connection
+        }
+        if let embedded = configuration.webpubsub.embedded {
+            let hub = LocalHub(configuration: embedded, logger: logger)
+            let page = demoPage(configuration)
+            let transport = HubTransport(hub: hub, settings: configuration.webpubsub.client, logger: logger)
+            var connection = WebPubSubConnection(transport: transport, hubTransport: transport, embeddedHub: hub)
+            connection.services.append(.init(service: hub, serviceName: "hub"))
+            connection.services.append(
+                .init(
+                    service: WhenListening(hub: hub) { endpoint, _ in
+                        logger.notice("embedded hub ready; the demo page shows what is sent: \(endpoint)/\(page)")
+                    }, successTerminationBehavior: .ignore, serviceName: "announce"))
+            connection.listenerConnection = ClientAccessIssuer { hub, userId, groups, expiresIn in
+                try await transport.ready().clientAccess(hub: hub, userId: userId, groups: groups, expiresIn: expiresIn)
+            }
+            return connection
+        }
+        let c = try configuration.webpubsub.makeClient(logger: logger)
+        var metadata: Logger.Metadata = [LogKey.endpoint: "\(c.endpoint)"]
+        if let entra = configuration.webpubsub.entra { metadata[LogKey.credential] = "\(entra.credential)" }
+        logger.info("sending to Web PubSub", metadata: metadata)
+        return WebPubSubConnection(transport: WebPubSubTransport(client: c), client: c, listenerConnection: .service(c))
+    }
+
+    /// The bridge server (event handler, health, metrics, reload), its admin listener when
+    /// `adminListen` splits them, and the Web PubSub readiness probe.
+    static func serverServices(
+        _ server: ServerSettings, handler: EventHandler?, configuration: BridgeConfiguration, bridge: BridgeService, reloader: Reloader?,
+        connection: WebPubSubConnection, logger: Logger
+    ) -> [ServiceGroupConfiguration.ServiceConfiguration] {
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        // Readiness includes Web PubSub itself: reachable, and accepting the key.
+        var probe: WebPubSubProbe?
+        let probeHub = configuration.webpubsub.defaultHub ?? "healthcheck"
+        if let client = connection.client {
+            probe = WebPubSubProbe(hub: probeHub, logger: logger) { client }
+        } else if let hubTransport = connection.hubTransport {
+            probe = WebPubSubProbe(hub: probeHub, logger: logger) { try await hubTransport.ready() }
+        }
+        if let probe { services.append(.init(service: probe, successTerminationBehavior: .ignore, serviceName: "probe")) }
+        // What is watched follows reloads (sources come and go).
+        let conditions = bridge.dispatcher.conditions
+        let watched: @Sendable () -> [(String, any HealthReporting)] = { [probe] in
+            (probe.map { [("webpubsub", $0)] } ?? []) + [("routes", conditions)] + (reloader?.current ?? configuration).healthReporters
+        }
+        let hub = connection.embeddedHub
+        let reported = Mutex<Set<String>>([])
+        var reloadEndpoint: BridgeServer.ReloadEndpoint?
+        if let token = server.reloadToken, let reloader {
+            reloadEndpoint = BridgeServer.ReloadEndpoint(token: token) {
+                let outcome = await reloader.reload()
+                return (outcome.status, outcome.report)
+            }
+        }
+        let readiness: @Sendable () -> [String] = { watched().compactMap { name, adapter in adapter.healthProblem.map { "\(name): \($0)" } } }
+        let metrics: @Sendable () -> [UInt8] = {
+            // Gauges read at scrape time; the counters are kept up as things happen.
+            let components = watched()
+            for (name, adapter) in components {
+                Gauge(label: MetricName.componentReady, dimensions: [("component", name)]).record(adapter.healthProblem == nil ? 1 : 0)
+            }
+            // Components a reload removed go away rather than keep their last value.
+            let gone = reported.withLock { names in
+                let now = Set(components.map(\.0))
+                defer { names = now }
+                return names.subtracting(now)
+            }
+            for name in gone { Gauge(label: MetricName.componentReady, dimensions: [("component", name)]).destroy() }
+            hub?.recordMetrics()
+            return BridgeMetrics.registry.emitToBuffer()
+        }
+        // With adminListen the port the service reaches serves the event handler alone.
+        let bridgeServer = BridgeServer(
+            host: server.host, port: server.port, handler: handler, readiness: readiness, metrics: metrics, reload: reloadEndpoint,
+            limits: server.limits, endpoints: server.admin == nil ? .all : .events, logger: logger)
+        services.append(.init(service: bridgeServer, serviceName: "server"))
+        if let admin = server.admin {
+            let adminServer = BridgeServer(
+                host: admin.host, port: admin.port, handler: nil, readiness: readiness, metrics: metrics, reload: reloadEndpoint,
+                limits: server.limits, endpoints: .operations, logger: logger)
+            services.append(.init(service: adminServer, serviceName: "admin"))
+        }
+        return services
     }
 
     /// `?hub=H&group=G` of the first route's first group target, for the log line.

@@ -1,4 +1,5 @@
 import BridgeCore
+import BridgeObservability
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -53,7 +54,7 @@ final class WebPubSubProbe: HealthReporting, Service {
         }
         guard previous != result else { return }
         if let result {
-            logger.warning("Web PubSub is not ready: \(result)")
+            logger.warning("Web PubSub is not ready", metadata: [LogKey.reason: "\(result)"])
         } else if previous != "not checked yet" {
             logger.notice("Web PubSub is reachable again")
         }

@@ -17,6 +17,8 @@ package enum LogKey {
     package static let consumer = "wps.consumer"
     package static let count = "wps.count"
     package static let credential = "wps.credential"
+    /// The chain a credential was chosen from (`default`).
+    package static let credentialChain = "wps.credential_chain"
     package static let deadLetter = "wps.dead_letter"
     package static let delay = "wps.delay"
     package static let detail = "wps.detail"

@@ -127,7 +127,8 @@ package final class GroupListenerSource: GroupListening, WebPubSubClientAdapter,
         let left = inbox.removeAll()
         for delivery in left { delivery.nack("the bridge stopped before it was handed on") }
         if !left.isEmpty {
-            logger.warning("listener stopped with \(left.count) received messages not handed on", metadata: metadata)
+            logger.warning(
+                "listener stopped with received messages not handed on", metadata: metadata.merging([LogKey.count: "\(left.count)"]) { $1 })
         }
     }
 
@@ -193,7 +194,10 @@ package final class GroupListenerSource: GroupListening, WebPubSubClientAdapter,
                     session = nil
                     droppedAt = nil
                 } else {
-                    if confirmed { logger.info("listener's socket dropped (\(reason)); recovering the session", metadata: metadata) }
+                    if confirmed {
+                        logger.info(
+                            "listener's socket dropped; recovering the session", metadata: metadata.merging([LogKey.reason: "\(reason)"]) { $1 })
+                    }
                     session = current
                 }
                 // At once after a working socket dropped, then every second (as the SDKs do).
@@ -207,8 +211,8 @@ package final class GroupListenerSource: GroupListening, WebPubSubClientAdapter,
         counters.gaps.add(1, ordering: .relaxed)
         counters.gapsMetric.increment()
         logger.warning(
-            "listener's session ended (\(reason)); starting a new connection: group messages sent until it is up are lost",
-            metadata: metadata.merging([LogKey.gaps: "\(counters.gaps.load(ordering: .relaxed))"]) { $1 })
+            "listener's session ended; starting a new connection: group messages sent until it is up are lost",
+            metadata: metadata.merging([LogKey.reason: "\(reason)", LogKey.gaps: "\(counters.gaps.load(ordering: .relaxed))"]) { $1 })
     }
 
     /// A connection attempt failed: for `/readyz`, and a log line at most every 30 s.
@@ -408,13 +412,13 @@ package final class GroupListenerSource: GroupListening, WebPubSubClientAdapter,
             }
             confirm(socket, recovering: recovering, connectionId: connectionId)
         case .disconnected(let message):
-            logger.info("hub is disconnecting the listener: \(message)", metadata: metadata)
+            logger.info("hub is disconnecting the listener", metadata: metadata.merging([LogKey.reason: "\(message)"]) { $1 })
         case .serverMessage(let sequenceId):
             confirm(socket, recovering: recovering, connectionId: session.connectionId)
             counters.skipped.add(1, ordering: .relaxed)
             if let sequenceId { session.handedOn(sequenceId) }
         case .malformed(let reason, let sequenceId):
-            logger.warning("listener got a frame it cannot read (\(reason)); skipped", metadata: metadata)
+            logger.warning("listener got a frame it cannot read; skipped", metadata: metadata.merging([LogKey.reason: "\(reason)"]) { $1 })
             if let sequenceId { session.handedOn(sequenceId) }
         case .groupMessage(let group, let fromUserId, let dataType, let data, let sequenceId):
             confirm(socket, recovering: recovering, connectionId: session.connectionId)
@@ -424,7 +428,8 @@ package final class GroupListenerSource: GroupListening, WebPubSubClientAdapter,
                     counters.duplicates.add(1, ordering: .relaxed)
                     return
                 case .gap(let missing):
-                    logger.warning("listener: \(missing) messages never arrived (sequence ids skipped)", metadata: metadata)
+                    logger.warning(
+                        "listener: messages never arrived (sequence ids skipped)", metadata: metadata.merging([LogKey.count: "\(missing)"]) { $1 })
                 case .new:
                     break
                 }
@@ -453,8 +458,8 @@ package final class GroupListenerSource: GroupListening, WebPubSubClientAdapter,
         }
         if log {
             logger.warning(
-                "listener's buffer is full (\(settings.bufferSize) messages): sinks or routes are not keeping up; the socket waits, and the hub keeps what follows for a while",
-                metadata: metadata)
+                "listener's buffer is full: sinks or routes are not keeping up; the socket waits, and the hub keeps what follows for a while",
+                metadata: metadata.merging([LogKey.limit: "\(settings.bufferSize)"]) { $1 })
         }
     }
 

@@ -146,7 +146,7 @@ class KafkaClientContext: @unchecked Sendable {
                 let underlying = rd_kafka_fatal_error(rk, &errstr, errstr.count)
                 let message = "fatal: \(text(errstr)) (\(String(cString: rd_kafka_err2name(underlying))))"
                 context.fatal.withLock { $0 = message }
-                context.logger.critical("kafka \(context.role): \(message)")
+                context.logger.critical("kafka client failed", metadata: [LogKey.kafkaRole: "\(context.role)", LogKey.error: "\(message)"])
                 return
             }
             context.error(code: code, reason: reasonText)

@@ -253,7 +253,7 @@ final class KafkaConsumer: @unchecked Sendable {
         commit(sync: true)
         let err = rd_kafka_consumer_close(rk)
         if err != RD_KAFKA_RESP_ERR_NO_ERROR {
-            logger.warning("kafka consumer close: \(String(cString: rd_kafka_err2str(err)))")
+            logger.warning("kafka consumer close failed", metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(err)))"])
         }
         KafkaConsumer.unregister(rk)
         rd_kafka_destroy(rk)
@@ -323,7 +323,7 @@ final class KafkaConsumer: @unchecked Sendable {
             defer { rd_kafka_topic_partition_list_destroy(list) }
             let err = rd_kafka_pause_partitions(rk, list)
             if err != RD_KAFKA_RESP_ERR_NO_ERROR {
-                logger.warning("kafka pause failed: \(String(cString: rd_kafka_err2str(err)))")
+                logger.warning("kafka pause failed", metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(err)))"])
                 state.withLock { _ = $0.paused.remove(tp) }
             }
         }
@@ -337,8 +337,11 @@ final class KafkaConsumer: @unchecked Sendable {
             if unknownTopicsLogged.insert(name).inserted {
                 let text = m.payload.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: m.len), as: UTF8.self) } ?? ""
                 logger.error(
-                    "kafka topic '\(name)' cannot be consumed: \(String(cString: rd_kafka_err2str(err)))",
-                    metadata: [LogKey.detail: "\(text)", LogKey.hint: "create the topic or fix `topics`; the consumer picks it up once it exists"])
+                    "kafka topic cannot be consumed",
+                    metadata: [
+                        LogKey.topics: "\(name)", LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(err)))", LogKey.detail: "\(text)",
+                        LogKey.hint: "create the topic or fix `topics`; the consumer picks it up once it exists",
+                    ])
                 context.error(code: err.rawValue, reason: "topic '\(name)': \(String(cString: rd_kafka_err2str(err)))")
             }
             return
@@ -366,7 +369,8 @@ final class KafkaConsumer: @unchecked Sendable {
         defer { rd_kafka_topic_partition_list_destroy(list) }
         let err = pause ? rd_kafka_pause_partitions(rk, list) : rd_kafka_resume_partitions(rk, list)
         if err != RD_KAFKA_RESP_ERR_NO_ERROR {
-            logger.warning("kafka \(pause ? "pause" : "resume") failed: \(String(cString: rd_kafka_err2str(err)))")
+            logger.warning(
+                pause ? "kafka pause failed" : "kafka resume failed", metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(err)))"])
         } else if only == nil {
             logger.debug(pause ? "kafka partitions paused: draining" : "kafka partitions resumed")
         }
@@ -401,7 +405,7 @@ final class KafkaConsumer: @unchecked Sendable {
             }
         } else if err != RD_KAFKA_RESP_ERR_NO_ERROR {
             state.withLock { $0.commitInFlight = false }
-            logger.debug("kafka async commit not started: \(String(cString: rd_kafka_err2str(err)))")
+            logger.debug("kafka async commit not started", metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(err)))"])
         }
     }
 
@@ -428,8 +432,10 @@ final class KafkaConsumer: @unchecked Sendable {
             } else {
                 let code = e.err != RD_KAFKA_RESP_ERR_NO_ERROR ? e.err : err
                 logger.warning(
-                    "kafka offset commit failed for \(tp); retried at the next commit",
-                    metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(code)))"])
+                    "kafka offset commit failed; retried at the next commit",
+                    metadata: [
+                        LogKey.partitions: "\(tp)", LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(code)))",
+                    ])
             }
         }
         markCommitted(done)
@@ -453,12 +459,14 @@ final class KafkaConsumer: @unchecked Sendable {
             }
             if cooperative {
                 if let error = rd_kafka_incremental_assign(rk, partitions) {
-                    logger.error("kafka incremental assign failed: \(String(cString: rd_kafka_error_string(error)))")
+                    logger.error("kafka incremental assign failed", metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_error_string(error)))"])
                     rd_kafka_error_destroy(error)
                 }
             } else {
                 let e = rd_kafka_assign(rk, partitions)
-                if e != RD_KAFKA_RESP_ERR_NO_ERROR { logger.error("kafka assign failed: \(String(cString: rd_kafka_err2str(e)))") }
+                if e != RD_KAFKA_RESP_ERR_NO_ERROR {
+                    logger.error("kafka assign failed", metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(e)))"])
+                }
             }
             if paused {
                 // Everything else is paused (draining); new partitions must not run ahead.
@@ -475,7 +483,8 @@ final class KafkaConsumer: @unchecked Sendable {
             revoke(Set(tps))
             if cooperative {
                 if let error = rd_kafka_incremental_unassign(rk, partitions) {
-                    logger.error("kafka incremental unassign failed: \(String(cString: rd_kafka_error_string(error)))")
+                    logger.error(
+                        "kafka incremental unassign failed", metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_error_string(error)))"])
                     rd_kafka_error_destroy(error)
                 }
             } else {
@@ -483,7 +492,7 @@ final class KafkaConsumer: @unchecked Sendable {
             }
             logger.info("kafka partitions revoked", metadata: [LogKey.partitions: "\(tps.map(\.description).sorted())"])
         default:
-            logger.error("kafka rebalance error: \(String(cString: rd_kafka_err2str(err)))")
+            logger.error("kafka rebalance error", metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(err)))"])
             let dropped = state.withLock { s in
                 defer {
                     s.offsets.removeAll()
@@ -520,7 +529,7 @@ final class KafkaConsumer: @unchecked Sendable {
         defer { rd_kafka_topic_partition_list_destroy(list) }
         var failed: Set<TopicPartition> = []
         if let error = rd_kafka_seek_partitions(rk, list, 5000) {
-            logger.error("kafka seek failed: \(String(cString: rd_kafka_error_string(error))); trying again later")
+            logger.error("kafka seek failed; trying again later", metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_error_string(error)))"])
             rd_kafka_error_destroy(error)
             failed = Set(due.map(\.0))
         } else {
@@ -528,8 +537,11 @@ final class KafkaConsumer: @unchecked Sendable {
                 let e = list.pointee.elems[i]
                 failed.insert(TopicPartition(topic: String(cString: e.topic), partition: e.partition))
                 logger.error(
-                    "kafka seek failed for \(String(cString: e.topic))[\(e.partition)]: \(String(cString: rd_kafka_err2str(e.err))); trying again later"
-                )
+                    "kafka seek failed; trying again later",
+                    metadata: [
+                        LogKey.partitions: "\(String(cString: e.topic))[\(e.partition)]",
+                        LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(e.err)))",
+                    ])
             }
         }
         let rewound = state.withLock { s in

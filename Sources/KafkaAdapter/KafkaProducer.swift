@@ -1,3 +1,4 @@
+import BridgeObservability
 import CRdKafka
 import Foundation
 import Logging
@@ -141,7 +142,7 @@ final class KafkaProducer: @unchecked Sendable {
         }
         let flushed = rd_kafka_flush(rk, Int32(flushTimeout.components.seconds * 1000))
         if flushed != RD_KAFKA_RESP_ERR_NO_ERROR {
-            logger.warning("kafka producer closed with records undelivered after \(flushTimeout)")
+            logger.warning("kafka producer closed with records undelivered", metadata: [LogKey.timeout: "\(flushTimeout)"])
         }
         let left = waiting.withLock { w in
             defer { w.removeAll() }

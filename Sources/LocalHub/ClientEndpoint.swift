@@ -17,7 +17,53 @@ import WebPubSubProtocol
 extension LocalHub {
     typealias Upgrade = ShouldUpgradeResult<WebSocketDataHandler<HTTP1WebSocketUpgradeChannel.Context>>
 
+    /// A refused upgrade: remembered for the channel, then answered as HTTP (``RejectionWriter``).
+    struct UpgradeRefusal: Error {
+        let status: Int
+        let message: String
+    }
+
+    /// What the handshake asked for: the hub, the query, the subprotocols offered and the one
+    /// taken, and the headers of the 101.
+    struct Handshake {
+        let hub: String
+        let query: Query
+        let offered: [String]
+        var proto: ClientProtocol
+        var responseHeaders: HTTPFields
+    }
+
+    /// Who the client is, once its token and the `connect` event said so.
+    struct Admission {
+        var userId: String?
+        var roles: Set<String>
+        var groups: [String]
+        var connectionState: String?
+    }
+
+    /// The upgrade decision: path and subprotocol, then a recovery of a reliable session, or the
+    /// token, the `connect` event and a new connection.
     func shouldUpgrade(_ request: HTTPRequest, channel: any Channel) async -> Upgrade {
+        do {
+            guard var handshake = try Self.handshake(request) else { return .dontUpgrade }
+            if let connectionId = handshake.query.first("awps_connection_id") {
+                return recover(connectionId, handshake, channel: channel)
+            }
+            let claims = try authenticateClient(request, handshake)
+            let connectionId = newConnectionId()
+            var admission = Admission(userId: claims?.subject, roles: Set(claims?.roles ?? []), groups: claims?.groups ?? [])
+            if let handler = handler(for: handshake.hub, system: "connect") {
+                try await connect(handler, connectionId: connectionId, claims: claims, request: request, handshake: &handshake, admission: &admission)
+            }
+            return open(connectionId, handshake, admission, channel: channel)
+        } catch {
+            rememberRejection(channel, status: error.status, message: error.message)
+            return .dontUpgrade
+        }
+    }
+
+    /// `/client/hubs/{hub}` or `/client/?hub=`, and the subprotocol; nil for other paths.
+    static func handshake(_ request: HTTPRequest) throws(UpgradeRefusal) -> Handshake? {
         let target = request.path ?? "/"
         let questionMark = target.firstIndex(of: "?")
         let pathPart = String(target[..<(questionMark ?? target.endIndex)])
@@ -28,15 +74,11 @@ extension LocalHub {
         case 3 where segments[0] == "client" && segments[1] == "hubs":
             hubName = segments[2]
         case 1 where segments[0] == "client":
-            guard let h = query.first("hub") else {
-                rememberRejection(channel, status: 400, message: "missing ?hub=")
-                return .dontUpgrade
-            }
+            guard let h = query.first("hub") else { throw UpgradeRefusal(status: 400, message: "missing ?hub=") }
             hubName = h
         default:
-            return .dontUpgrade
+            return nil
         }
-        let hub = hubName.lowercased()
         let offered = (request.headerFields[values: .secWebSocketProtocol]).flatMap {
             $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         }
@@ -51,113 +93,108 @@ extension LocalHub {
             // ones this hub does not speak (protobuf) are not echoed, so such clients fail fast.
             responseHeaders[.secWebSocketProtocol] = custom
         }
+        return Handshake(hub: hubName.lowercased(), query: query, offered: offered, proto: proto, responseHeaders: responseHeaders)
+    }
 
-        // Reliable reconnection: the same connection, authorised by its reconnection token.
-        if let connectionId = query.first("awps_connection_id") {
-            let token = query.first("awps_reconnection_token") ?? ""
-            if let c = registry.connection(connectionId), c.hub == hub, c.proto.isReliable, !c.isEnded,
-                let expected = c.reconnectionToken, constantTimeEquals(expected, token)
-            {
-                return .upgrade(responseHeaders) { inbound, outbound, _ in
-                    // Attached only once the socket is open: a client that left during the
-                    // handshake does not pin the session.
-                    let greeting = c.proto.codec?.encode(.connected(connectionId: c.id, userId: c.userId, reconnectionToken: c.reconnectionToken))
-                    let (socket, generation) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))
-                    self.logger.debug("connection recovered", metadata: [LogKey.connection: "\(c.id)"])
-                    try await self.serve(c, socket: socket, generation: generation, inbound: inbound, outbound: outbound)
-                }
-            }
-            // Unknown or expired session: accept, then close with 1008 so the client starts afresh.
-            return .upgrade(responseHeaders) { _, outbound, _ in
-                // A close frame in the same packet as the 101 can be lost by clients that switch
-                // their pipeline only after reading the response (seen with swift-websocket's
-                // client under load): give the handshake a moment first.
-                try? await Task.sleep(for: .milliseconds(200))
-                try await outbound.close(.policyViolation, reason: "The connection cannot be recovered")
+    /// Reliable reconnection: the same connection, authorised by its reconnection token. An
+    /// unknown or expired session is accepted, then closed with 1008 so the client starts afresh.
+    func recover(_ connectionId: String, _ handshake: Handshake, channel: any Channel) -> Upgrade {
+        let token = handshake.query.first("awps_reconnection_token") ?? ""
+        if let c = registry.connection(connectionId), c.hub == handshake.hub, c.proto.isReliable, !c.isEnded,
+            let expected = c.reconnectionToken, constantTimeEquals(expected, token)
+        {
+            return .upgrade(handshake.responseHeaders) { inbound, outbound, _ in
+                // Attached only once the socket is open: a client that left during the
+                // handshake does not pin the session.
+                let greeting = c.proto.codec?.encode(.connected(connectionId: c.id, userId: c.userId, reconnectionToken: c.reconnectionToken))
+                let (socket, generation) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))
+                self.logger.debug("connection recovered", metadata: [LogKey.connection: "\(c.id)"])
+                try await self.serve(c, socket: socket, generation: generation, inbound: inbound, outbound: outbound)
             }
         }
-
-        // Authentication.
-        var claims: JWTClaims?
-        let bearer = request.headerFields.bearerToken
-        if let token = query.first("access_token") ?? bearer {
-            do {
-                claims = try AccessKeyJWT.verify(token, keys: configuration.accessKeys) { aud in
-                    LocalHub.audiencePath(aud).lowercased() == "/client/hubs/\(hub)"
-                }
-            } catch {
-                rememberRejection(channel, status: 401, message: "invalid access token: \(error.message)")
-                return .dontUpgrade
-            }
-        } else if !configuration.allowAnonymous {
-            rememberRejection(channel, status: 401, message: "an access token is required (?access_token=...)")
-            return .dontUpgrade
+        return .upgrade(handshake.responseHeaders) { _, outbound, _ in
+            // A close frame in the same packet as the 101 can be lost by clients that switch
+            // their pipeline only after reading the response (seen with swift-websocket's
+            // client under load): give the handshake a moment first.
+            try? await Task.sleep(for: .milliseconds(200))
+            try await outbound.close(.policyViolation, reason: "The connection cannot be recovered")
         }
-        var userId = claims?.subject
-        var roles = Set(claims?.roles ?? [])
-        var groups = claims?.groups ?? []
-        var chosenProtocol = proto
-        var connectionState: String?
-        let connectionId = newConnectionId()
+    }
 
-        // The blocking `connect` event.
-        if let handler = handler(for: hub, system: "connect") {
-            let body = connectBody(claims: claims, query: query, headers: request.headerFields, subprotocols: offered)
-            let event = UpstreamEvent(
-                kind: .connect, hub: hub, connectionId: connectionId, userId: userId, subprotocol: nil, connectionState: nil,
-                body: Array(body.utf8), contentType: "application/json; charset=utf-8")
-            do {
-                let response = try await upstream.call(handler, event)
-                switch response.status {
-                case 200..<300:
-                    connectionState = response.connectionState
-                    if response.status == 200, let json = try? JSONValue.parse(response.body) {
-                        if let u = json["userId"]?.stringValue { userId = u }
-                        if case .array(let g) = json["groups"] ?? .null { groups += g.compactMap(\.stringValue) }
-                        if case .array(let r) = json["roles"] ?? .null { roles.formUnion(r.compactMap(\.stringValue)) }
-                        // The handler may choose among the protocols the client offered.
-                        if let sp = json["subprotocol"]?.stringValue, !sp.isEmpty, offered.contains(sp) {
-                            chosenProtocol = ClientProtocol(rawValue: sp.lowercased()) ?? .plain
-                            responseHeaders[.secWebSocketProtocol] = sp
-                        }
-                    }
-                case 400..<500:
-                    let reason = String(decoding: response.body.prefix(512), as: UTF8.self)
-                    rememberRejection(channel, status: response.status, message: reason.isEmpty ? "rejected by the event handler" : reason)
-                    return .dontUpgrade
-                default:
-                    rememberRejection(channel, status: 500, message: "the event handler answered \(response.status)")
-                    return .dontUpgrade
-                }
-            } catch {
-                logger.warning("connect event failed", metadata: [LogKey.hub: "\(hub)", LogKey.error: "\(error)"])
-                rememberRejection(channel, status: 500, message: "the event handler could not be reached")
-                return .dontUpgrade
+    /// The client's token (`?access_token=` or `Authorization: Bearer`), for this hub's client
+    /// path; nil for an anonymous client where the hub allows those.
+    func authenticateClient(_ request: HTTPRequest, _ handshake: Handshake) throws(UpgradeRefusal) -> JWTClaims? {
+        guard let token = handshake.query.first("access_token") ?? request.headerFields.bearerToken else {
+            guard configuration.allowAnonymous else {
+                throw UpgradeRefusal(status: 401, message: "an access token is required (?access_token=...)")
             }
+            return nil
         }
+        do {
+            return try AccessKeyJWT.verify(token, keys: configuration.accessKeys) { aud in
+                LocalHub.audiencePath(aud).lowercased() == "/client/hubs/\(handshake.hub)"
+            }
+        } catch {
+            throw UpgradeRefusal(status: 401, message: "invalid access token: \(error.message)")
+        }
+    }
 
+    /// The blocking `connect` event: the handler may refuse the client, name its user, add
+    /// groups and roles, and choose among the subprotocols it offered.
+    func connect(
+        _ handler: EventHandlerSettings, connectionId: String, claims: JWTClaims?, request: HTTPRequest, handshake: inout Handshake,
+        admission: inout Admission
+    ) async throws(UpgradeRefusal) {
+        let body = connectBody(claims: claims, query: handshake.query, headers: request.headerFields, subprotocols: handshake.offered)
+        let event = UpstreamEvent(
+            kind: .connect, hub: handshake.hub, connectionId: connectionId, userId: admission.userId, subprotocol: nil, connectionState: nil,
+            body: Array(body.utf8), contentType: "application/json; charset=utf-8")
+        let response: UpstreamResponse
+        do {
+            response = try await upstream.call(handler, event)
+        } catch {
+            logger.warning("connect event failed", metadata: [LogKey.hub: "\(handshake.hub)", LogKey.error: "\(error)"])
+            throw UpgradeRefusal(status: 500, message: "the event handler could not be reached")
+        }
+        switch response.status {
+        case 200..<300:
+            admission.connectionState = response.connectionState
+            guard response.status == 200, let json = try? JSONValue.parse(response.body) else { return }
+            if let u = json["userId"]?.stringValue { admission.userId = u }
+            if case .array(let g) = json["groups"] ?? .null { admission.groups += g.compactMap(\.stringValue) }
+            if case .array(let r) = json["roles"] ?? .null { admission.roles.formUnion(r.compactMap(\.stringValue)) }
+            if let sp = json["subprotocol"]?.stringValue, !sp.isEmpty, handshake.offered.contains(sp) {
+                handshake.proto = ClientProtocol(rawValue: sp.lowercased()) ?? .plain
+                handshake.responseHeaders[.secWebSocketProtocol] = sp
+            }
+        case 400..<500:
+            let reason = String(decoding: response.body.prefix(512), as: UTF8.self)
+            throw UpgradeRefusal(status: response.status, message: reason.isEmpty ? "rejected by the event handler" : reason)
+        default:
+            throw UpgradeRefusal(status: 500, message: "the event handler answered \(response.status)")
+        }
+    }
+
+    /// A new connection: registered, greeted and announced (`connected`) once its socket is open,
+    /// so that a client that left during the handshake leaves nothing behind.
+    func open(_ connectionId: String, _ handshake: Handshake, _ admission: Admission, channel: any Channel) -> Upgrade {
+        let (hub, proto) = (handshake.hub, handshake.proto)
         let mode: ClientConnection.PlainMode =
-            query.first("webpubsub_mode") == "sendToGroup" ? .sendToGroup(query.first("group") ?? "") : .sendEvent
+            handshake.query.first("webpubsub_mode") == "sendToGroup" ? .sendToGroup(handshake.query.first("group") ?? "") : .sendEvent
         let c = ClientConnection(
-            id: connectionId, hub: hub, userId: userId, proto: chosenProtocol, plainMode: mode, roles: roles,
-            subprotocolHeader: chosenProtocol.isJSON ? chosenProtocol.rawValue : responseHeaders[.secWebSocketProtocol],
-            connectionState: connectionState, replayBudget: replayBudget)
-        let greeting = chosenProtocol.codec?.encode(.connected(connectionId: c.id, userId: userId, reconnectionToken: c.reconnectionToken))
-        let initialGroups = groups
-        let finalProtocol = chosenProtocol
-        let finalUserId = userId
-        let finalState = connectionState
-        return .upgrade(responseHeaders) { inbound, outbound, _ in
-            // Registered only once the socket is open, so that a client that left during the
-            // handshake leaves nothing behind.
+            id: connectionId, hub: hub, userId: admission.userId, proto: proto, plainMode: mode, roles: admission.roles,
+            subprotocolHeader: proto.isJSON ? proto.rawValue : handshake.responseHeaders[.secWebSocketProtocol],
+            connectionState: admission.connectionState, replayBudget: replayBudget)
+        let greeting = proto.codec?.encode(.connected(connectionId: c.id, userId: admission.userId, reconnectionToken: c.reconnectionToken))
+        return .upgrade(handshake.responseHeaders) { inbound, outbound, _ in
             let (socket, generation) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))
-            self.registry.add(c, groups: initialGroups)
+            self.registry.add(c, groups: admission.groups)
             self.logger.debug(
-                "connection opened", metadata: [LogKey.hub: "\(hub)", LogKey.connection: "\(c.id)", LogKey.`protocol`: "\(finalProtocol.rawValue)"])
+                "connection opened", metadata: [LogKey.hub: "\(hub)", LogKey.connection: "\(c.id)", LogKey.`protocol`: "\(proto.rawValue)"])
             if let handler = self.handler(for: hub, system: "connected") {
                 let event = UpstreamEvent(
-                    kind: .connected, hub: hub, connectionId: c.id, userId: finalUserId, subprotocol: c.subprotocolHeader,
-                    connectionState: finalState, body: Array("{}".utf8), contentType: "application/json; charset=utf-8")
+                    kind: .connected, hub: hub, connectionId: c.id, userId: admission.userId, subprotocol: c.subprotocolHeader,
+                    connectionState: admission.connectionState, body: Array("{}".utf8), contentType: "application/json; charset=utf-8")
                 self.spawn { [upstream = self.upstream, logger = self.logger] in
                     do { _ = try await upstream.call(handler, event) } catch {
                         logger.warning("connected event failed", metadata: [LogKey.error: "\(error)"])

@@ -125,8 +125,9 @@ final class UpstreamCaller: Sendable {
                 let response = try await callOnce(handler, event, id: id)
                 if response.status < 500 || last { return response }
                 logger.warning(
-                    "event handler answered \(response.status); trying again",
+                    "event handler answered 5xx; trying again",
                     metadata: [
+                        LogKey.status: "\(response.status)",
                         LogKey.hub: "\(event.hub)", LogKey.event: "\(event.kind.eventName)", LogKey.attempt: "\(attempt)",
                         LogKey.retryIn: "\(backoff)",
                     ])

@@ -136,7 +136,7 @@ import WebPubSub
         try await idp.start()
         let result = try await deliver(
             idp, credential: "  credential: default", environment: ["AZURE_POD_IDENTITY_AUTHORITY_HOST": idp.endpoint])
-        #expect(result.stderr.contains("Entra ID credential: managedIdentity"), "\(result.stderr.suffix(2000))")
+        #expect(result.stderr.contains("Entra ID credential chosen") && result.stderr.contains("managedIdentity"), "\(result.stderr.suffix(2000))")
         #expect(idp.served.filter { $0.kind == "imds" }.map(\.status) == [200])
         await idp.stop()
     }

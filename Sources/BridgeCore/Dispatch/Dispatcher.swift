@@ -452,7 +452,7 @@ package final class Dispatcher: Sendable {
                 pacer.accepted()
                 if let (condition, waited) = conditions.accepted(route: job.route.name) {
                     logger.notice(
-                        "route \(job.route.name): Web PubSub accepts sends again",
+                        "route resumed: Web PubSub accepts sends again",
                         metadata: [
                             LogKey.route: "\(job.route.name)", LogKey.waited: "\(waited)", LogKey.condition: "\(RouteConditions.summary(condition))",
                         ])
