@@ -38,6 +38,13 @@ let package = Package(
         .target(name: "ODataFilter", swiftSettings: swiftSettings),
         // A JSON value type that keeps numbers as written, with a fast parser: payloads are forwarded byte for byte.
         .target(name: "BridgeJSON", swiftSettings: swiftSettings),
+        // The YAML config reader with its one-pass report (path, line, suggestion): every module
+        // that has settings reads them with it.
+        .target(
+            name: "BridgeConfig",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: swiftSettings
+        ),
         // What the Web PubSub service defines that every side of it checks: the name rules.
         .target(name: "WebPubSubProtocol", swiftSettings: swiftSettings),
         // Log keys, metric names and log throttling: what every module logs and counts with.
@@ -49,7 +56,7 @@ let package = Package(
         .target(
             name: "BridgeCore",
             dependencies: [
-                "WebPubSubProtocol", "BridgeObservability", "ODataFilter", "BridgeJSON",
+                "BridgeConfig", "WebPubSubProtocol", "BridgeObservability", "ODataFilter", "BridgeJSON",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -62,7 +69,7 @@ let package = Package(
         .target(
             name: "AzureIdentity",
             dependencies: [
-                "BridgeObservability", "BridgeJSON",
+                "BridgeConfig", "BridgeObservability", "BridgeJSON",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -88,7 +95,7 @@ let package = Package(
         .target(
             name: "StdioAdapter",
             dependencies: [
-                "BridgeObservability", "BridgeCore",
+                "BridgeConfig", "BridgeObservability", "BridgeCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -101,7 +108,7 @@ let package = Package(
         .target(
             name: "KafkaAdapter",
             dependencies: [
-                "BridgeObservability", "CRdKafka", "BridgeCore", "BridgeJSON",
+                "BridgeConfig", "BridgeObservability", "CRdKafka", "BridgeCore", "BridgeJSON",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -117,7 +124,7 @@ let package = Package(
         .target(
             name: "RedisAdapter",
             dependencies: [
-                "BridgeObservability", "CHiredis", "BridgeCore", "BridgeJSON",
+                "BridgeConfig", "BridgeObservability", "CHiredis", "BridgeCore", "BridgeJSON",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -129,7 +136,7 @@ let package = Package(
         .target(
             name: "HTTPGuards",
             dependencies: [
-                "BridgeObservability", .product(name: "HummingbirdCore", package: "hummingbird"),
+                "BridgeConfig", "BridgeObservability", .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -140,7 +147,7 @@ let package = Package(
         .target(
             name: "LocalHub",
             dependencies: [
-                "WebPubSubProtocol", "BridgeObservability", "BridgeJSON", "BridgeCrypto", "WebPubSub", "ODataFilter", "HTTPGuards",
+                "BridgeConfig", "WebPubSubProtocol", "BridgeObservability", "BridgeJSON", "BridgeCrypto", "WebPubSub", "ODataFilter", "HTTPGuards",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -159,7 +166,7 @@ let package = Package(
         .target(
             name: "BridgeServer",
             dependencies: [
-                "WebPubSubProtocol", "BridgeObservability", "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub", "HTTPGuards",
+                "BridgeConfig", "WebPubSubProtocol", "BridgeObservability", "BridgeCore", "BridgeJSON", "BridgeCrypto", "WebPubSub", "HTTPGuards",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -173,7 +180,7 @@ let package = Package(
         .target(
             name: "GroupListener",
             dependencies: [
-                "WebPubSubProtocol", "BridgeObservability", "BridgeCore", "BridgeJSON", "WebPubSub",
+                "BridgeConfig", "WebPubSubProtocol", "BridgeObservability", "BridgeCore", "BridgeJSON", "WebPubSub",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -188,7 +195,8 @@ let package = Package(
         .target(
             name: "BridgeApp",
             dependencies: [
-                "WebPubSubProtocol", "BridgeObservability", "BridgeCore", "BridgeJSON", "WebPubSub", "AzureIdentity", "StdioAdapter", "KafkaAdapter",
+                "BridgeConfig", "WebPubSubProtocol", "BridgeObservability", "BridgeCore", "BridgeJSON", "WebPubSub", "AzureIdentity", "StdioAdapter",
+                "KafkaAdapter",
                 "RedisAdapter",
                 "LocalHub", "BridgeServer",
                 "GroupListener", "HTTPGuards",
@@ -204,7 +212,7 @@ let package = Package(
         .executableTarget(
             name: "wps-bridge",
             dependencies: [
-                "WebPubSubProtocol", "BridgeObservability", "CMalloc",
+                "BridgeConfig", "WebPubSubProtocol", "BridgeObservability", "CMalloc",
                 "BridgeApp", "BridgeCore", "BridgeCrypto", "WebPubSub", "AzureIdentity", "LocalHub", "KafkaAdapter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,4 +1,5 @@
 package import AzureIdentity
+package import BridgeConfig
 package import BridgeCore
 package import BridgeServer
 import Foundation

@@ -1,3 +1,4 @@
+package import BridgeConfig
 package import BridgeCore
 import NIOPosix
 import Synchronization

@@ -1,6 +1,7 @@
 public import ArgumentParser  // a conformance of swift-log's Logger.Level is public whatever we write
 import AzureIdentity
 import BridgeApp
+import BridgeConfig
 import BridgeCore
 import BridgeCrypto
 import BridgeObservability

@@ -11,6 +11,7 @@ import Testing
 import WebPubSub
 
 @testable import BridgeApp
+@testable import BridgeConfig
 @testable import BridgeCore
 
 let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }

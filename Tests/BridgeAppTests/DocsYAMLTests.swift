@@ -1,3 +1,4 @@
+import BridgeConfig
 import BridgeCore
 import Foundation
 import Testing

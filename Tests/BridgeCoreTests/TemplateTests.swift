@@ -1,3 +1,4 @@
+import BridgeConfig
 import NIOCore
 import Testing
 

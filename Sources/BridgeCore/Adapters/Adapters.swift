@@ -1,3 +1,4 @@
+package import BridgeConfig
 package import Logging
 package import NIOCore
 

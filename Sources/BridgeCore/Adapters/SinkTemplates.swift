@@ -1,3 +1,5 @@
+import BridgeConfig
+
 extension Template {
     /// Renders the template over a sink record: `{key}`, `{header.NAME}`, `{json.PATH}`.
     package func render(_ record: SinkRecord) throws(TemplateResolutionError) -> String {

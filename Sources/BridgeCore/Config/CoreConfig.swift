@@ -1,3 +1,4 @@
+package import BridgeConfig
 import ODataFilter
 import WebPubSubProtocol
 
@@ -104,7 +105,7 @@ package struct CoreConfig: Sendable {
                     m.value("type")?.report("unknown source type '\(type)'; known types: \(known)")
                     continue
                 }
-                let settings = ConfigMapping(path: m.path, mark: m.mark, pairs: m.pairs.filter { $0.0 != "name" && $0.0 != "type" }, reader: m.reader)
+                let settings = m.without(["name", "type"])
                 guard let name else { continue }
                 sourceTypes[name] = factory
                 if let adapter = factory.makeSource(name: name, settings: settings, context: context) {
@@ -157,9 +158,8 @@ package struct CoreConfig: Sendable {
     /// Warns about each source that no route reads and that is not in `readElsewhere`.
     package func warnUnreadSources(_ root: ConfigMapping, readElsewhere: Set<String> = []) {
         for source in sources where !routes.contains(where: { $0.source == source.name }) && !readElsewhere.contains(source.name) {
-            root.reader.warn(
-                "source '\(source.name)' is not read by any route: its messages are acknowledged and dropped", path: "sources",
-                mark: root.value("sources")?.mark)
+            let message = "source '\(source.name)' is not read by any route: its messages are acknowledged and dropped"
+            if let sources = root.value("sources") { sources.warn(message) } else { root.reader.warn(message, path: "sources") }
         }
     }
 
@@ -171,7 +171,7 @@ package struct CoreConfig: Sendable {
             m.value("type")?.report("unknown sink type '\(type)'; known types: \(known)")
             return nil
         }
-        let settings = ConfigMapping(path: m.path, mark: m.mark, pairs: m.pairs.filter { $0.0 != "type" }, reader: m.reader)
+        let settings = m.without(["type"])
         return factory.makeSink(settings: settings, context: context)
     }
 
@@ -322,5 +322,18 @@ extension Filter {
             case .field: "x"
             }
         }.joined()
+    }
+}
+
+extension ConfigMapping {
+    /// A template; syntax problems are reported.
+    package func template(_ key: String, required: Bool = false) -> Template? {
+        guard let v = required ? requireKey(key) : value(key), let s = v.string() else { return nil }
+        do {
+            return try Template(s)
+        } catch {
+            v.report(error.message)
+            return nil
+        }
     }
 }

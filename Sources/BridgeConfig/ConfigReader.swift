@@ -217,6 +217,11 @@ package struct ConfigValue {
         return false
     }
 
+    /// A warning at this value's position.
+    package func warn(_ message: String) {
+        reader.warn(message, path: path, mark: mark)
+    }
+
     package func report(_ message: String) {
         reader.report(message, path: path, mark: mark)
     }
@@ -288,6 +293,12 @@ package struct ConfigMapping {
     package var keys: [String] { pairs.map(\.0) }
 
     package func has(_ key: String) -> Bool { pairs.contains { $0.0 == key } }
+
+    /// The same mapping without `keys` (those a caller read itself, such as `type`), so that
+    /// what reads the rest does not call them unknown.
+    package func without(_ keys: Set<String>) -> ConfigMapping {
+        ConfigMapping(path: path, mark: mark, pairs: pairs.filter { !keys.contains($0.0) }, reader: reader)
+    }
 
     package func report(_ message: String) {
         reader.report(message, path: path, mark: mark)
@@ -396,17 +407,6 @@ package struct ConfigMapping {
     package func stringList(_ key: String) -> [String]? {
         guard let items = list(key, allowSingle: true) else { return nil }
         return items.compactMap { $0.string() }
-    }
-
-    /// A template; syntax problems are reported.
-    package func template(_ key: String, required: Bool = false) -> Template? {
-        guard let v = required ? requireKey(key) : value(key), let s = v.string() else { return nil }
-        do {
-            return try Template(s)
-        } catch {
-            v.report(error.message)
-            return nil
-        }
     }
 
     /// A secret given inline (`key`) or in a file (`keyFile`): exactly one of them.
