@@ -136,7 +136,7 @@ let package = Package(
         .target(
             name: "HTTPGuards",
             dependencies: [
-                "BridgeConfig", "BridgeObservability", .product(name: "HummingbirdCore", package: "hummingbird"),
+                "BridgeConfig", "BridgeConfig", "BridgeObservability", .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -214,9 +214,9 @@ package struct BridgeConfiguration: Sendable {
             }
             // `embedded: {}` or `embedded: true` take every default.
             if e.isScalar, let flag = m.bool("embedded") {
-                settings.embedded = flag ? LocalHubConfiguration(accessKeys: [AccessKey(randomAccessKey())]) : nil
+                settings.embedded = flag ? LocalHubConfiguration(accessKeys: [LocalHubConfiguration.randomAccessKey()]) : nil
             } else if let em = e.mapping() {
-                settings.embedded = readEmbeddedHub(em)
+                settings.embedded = LocalHubConfiguration(reading: em)
             }
             return settings
         }
@@ -337,58 +337,6 @@ package struct BridgeConfiguration: Sendable {
         }
     }
 
-    /// Reads the embedded hub's settings (also what `wps-bridge hub --config` reads).
-    package static func readEmbeddedHub(_ m: ConfigMapping) -> LocalHubConfiguration? {
-        m.checkKeys(
-            [
-                "host", "port", "accessKey", "accessKeyFile", "secondaryAccessKey", "rateLimit", "allowAnonymous", "negotiate", "reconnectGrace",
-                "upstreamRetries",
-                "trustedIssuers", "signingKeyRefresh", "maxGroupsPerConnection", "maxReplayBytes", "hubs",
-            ] + ConnectionLimits.keys,
-            what: "webpubsub.embedded")
-        var config = LocalHubConfiguration(accessKeys: [AccessKey(m.secret("accessKey") ?? randomAccessKey())])
-        if let secondary = m.nonEmptyString("secondaryAccessKey") { config.accessKeys.append(AccessKey(secondary)) }
-        config.host = m.nonEmptyString("host") ?? config.host
-        config.port = m.int("port", range: 0...65535) ?? config.port
-        config.rateLimit = m.int("rateLimit", range: 1...1_000_000)
-        config.allowAnonymous = m.bool("allowAnonymous") ?? false
-        config.negotiate = m.bool("negotiate") ?? false
-        config.reconnectGrace = m.duration("reconnectGrace") ?? config.reconnectGrace
-        config.upstreamRetries = m.int("upstreamRetries", range: 0...100) ?? config.upstreamRetries
-        config.trustedIssuers = m.stringList("trustedIssuers") ?? []
-        config.signingKeyRefresh = m.duration("signingKeyRefresh") ?? config.signingKeyRefresh
-        config.limits = ConnectionLimits.read(m)
-        config.maxGroupsPerConnection = m.int("maxGroupsPerConnection", range: 1...100_000) ?? config.maxGroupsPerConnection
-        config.maxReplayBytes = m.int("maxReplayBytes", range: 1024...(64 * 1024 * 1024 * 1024)) ?? config.maxReplayBytes
-        for issuer in config.trustedIssuers where !(issuer.hasPrefix("http://") || issuer.hasPrefix("https://")) {
-            m.value("trustedIssuers")?.report("'\(issuer)' is not an issuer URL (http:// or https://)")
-        }
-        if let hubs = m.mapping("hubs") {
-            for name in hubs.keys {
-                guard let hub = hubs.mapping(name) else { continue }
-                if let problem = WebPubSubNames.hubProblem(name) { hubs.value(name)?.report(problem) }
-                hub.checkKeys(["eventHandlers"], what: "a hub")
-                var handlers: [EventHandlerSettings] = []
-                for item in hub.list("eventHandlers") ?? [] {
-                    guard let h = item.mapping() else { continue }
-                    h.checkKeys(["url", "userEvents", "systemEvents"], what: "an event handler")
-                    guard let url = h.nonEmptyString("url", required: true) else { continue }
-                    if !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
-                        h.value("url")?.report("the URL must start with http:// or https://")
-                    }
-                    let system = h.stringList("systemEvents") ?? ["connect", "connected", "disconnected"]
-                    for event in system where !["connect", "connected", "disconnected"].contains(event) {
-                        h.value("systemEvents")?.report("unknown system event '\(event)'; known: connect, connected, disconnected")
-                    }
-                    handlers.append(
-                        EventHandlerSettings(urlTemplate: url, userEventPattern: h.string("userEvents") ?? "*", systemEvents: Set(system)))
-                }
-                config.eventHandlers[name.lowercased()] = handlers
-            }
-        }
-        return config
-    }
-
     /// The event handlers that make the embedded hub call this bridge: for each hub of the
     /// `events:` rules (and the default hub, for `*` rules and the connect policy).
     func embeddedEventHandlers(server: ServerSettings, eventHandler: EventHandlerConfiguration) -> [String: [EventHandlerSettings]] {
@@ -463,8 +411,3 @@ package struct BridgeConfiguration: Sendable {
 }
 
 /// 44 random base64 characters, like the service's keys.
-package func randomAccessKey() -> String {
-    var generator = SystemRandomNumberGenerator()
-    let bytes = (0..<33).map { _ in UInt8.random(in: 0...255, using: &generator) }
-    return Data(bytes).base64EncodedString()
-}

@@ -357,7 +357,7 @@ struct Hub: AsyncParsableCommand {
         raiseOpenFileLimit()
         try checkLibcrypto()
         let logger = log.bootstrap()
-        var settings = LocalHubConfiguration(accessKeys: [AccessKey(randomAccessKey())])
+        var settings = LocalHubConfiguration(accessKeys: [LocalHubConfiguration.randomAccessKey()])
         if let config {
             let reader = ConfigReader(
                 environment: ProcessInfo.processInfo.environment, baseDirectory: URL(fileURLWithPath: config).deletingLastPathComponent().path)
@@ -366,7 +366,7 @@ struct Hub: AsyncParsableCommand {
                 throw ValidationError("cannot read \(config): \(error.localizedDescription)")
             }
             if let embedded = reader.root(yaml: text)?.mapping("webpubsub")?.mapping("embedded", required: true),
-                let read = BridgeConfiguration.readEmbeddedHub(embedded), reader.issues.isEmpty
+                case let read = LocalHubConfiguration(reading: embedded), reader.issues.isEmpty
             {
                 settings = read
             } else {
@@ -383,23 +383,22 @@ struct Hub: AsyncParsableCommand {
             settings.accessKeys = [AccessKey(accessKey)]
         }
         if let accessKeyFile { settings.accessKeys = [AccessKey(try readSecretFile(accessKeyFile, option: "--access-key-file"))] }
-        if let rateLimit {
-            guard rateLimit > 0 else { throw ValidationError("--rate-limit must be at least 1") }
-            settings.rateLimit = rateLimit
-        }
+        if let rateLimit { settings.rateLimit = rateLimit }
         if allowAnonymous { settings.allowAnonymous = true }
         if negotiate { settings.negotiate = true }
-        for issuer in trustIssuers {
-            guard issuer.hasPrefix("http://") || issuer.hasPrefix("https://") else { throw ValidationError("--trust-issuer takes the issuer's URL") }
-            settings.trustedIssuers.append(issuer)
-        }
+        settings.trustedIssuers += trustIssuers
         for spec in eventHandlers {
             let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2, WebPubSubNames.hubProblem(parts[0]) == nil, parts[1].hasPrefix("http://") || parts[1].hasPrefix("https://") else {
+            guard parts.count == 2 else {
                 throw ValidationError("--event-handler takes HUB=URL_TEMPLATE, e.g. chat=http://localhost:3000/eventhandler/{event}")
             }
-            settings.eventHandlers[parts[0].lowercased(), default: []].append(EventHandlerSettings(urlTemplate: parts[1]))
+            settings.eventHandlers[parts[0], default: []].append(EventHandlerSettings(urlTemplate: parts[1]))
         }
+        // The same checks as for a config file, told by the flag that set each setting.
+        if let problem = settings.problems().first {
+            throw ValidationError("\(Self.flag(for: problem.setting)): \(problem.message)")
+        }
+        settings.eventHandlers = Dictionary(settings.eventHandlers.map { ($0.key.lowercased(), $0.value) }, uniquingKeysWith: +)
         let hub = LocalHub(configuration: settings, logger: logger)
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
@@ -414,6 +413,18 @@ struct Hub: AsyncParsableCommand {
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+    }
+
+    /// The flag (or config key) that sets `setting`.
+    static func flag(for setting: LocalHubConfiguration.Setting) -> String {
+        switch setting {
+        case .accessKey: "--access-key-file"
+        case .port: "--port"
+        case .rateLimit: "--rate-limit"
+        case .trustedIssuers: "--trust-issuer"
+        case .hubs: "--event-handler"
+        default: "webpubsub.embedded.\(setting.rawValue)"
+        }
     }
 }
 

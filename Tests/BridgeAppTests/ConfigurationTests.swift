@@ -285,6 +285,31 @@ let valid = """
         #expect(found.contains { $0.path == "eventHandler.path" }, "\(path): \(found)")
     }
 
+    /// The embedded hub's settings are read and checked by the hub's own reader: each problem at
+    /// its line, in the same pass as the rest of the file.
+    @Test func embeddedHubSettingsAreCheckedAtTheirLine() {
+        let yaml = """
+            webpubsub:
+              hub: chat
+              embedded:
+                rateLimit: 0
+                trustedIssuers: [login.example]
+                maxGroupsPerConnection: 0
+                hubs:
+                  chat:
+                    eventHandlers:
+                      - {url: "ftp://x", systemEvents: [connect, teleport]}
+            sources: [{name: in, type: stdin}]
+            routes: [{from: in, to: [{all: true}]}]
+            """
+        let found = issues(yaml)
+        #expect(found.contains { $0.message.contains("0 is out of range 1...1000000") && $0.line == 4 }, "\(found)")
+        #expect(found.contains { $0.message.contains("'login.example' is not an issuer URL") && $0.line == 5 }, "\(found)")
+        #expect(found.contains { $0.message.contains("out of range 1...100000") && $0.line == 6 }, "\(found)")
+        #expect(found.contains { $0.message.contains("must start with http:// or https://") }, "\(found)")
+        #expect(found.contains { $0.message.contains("unknown system event 'teleport'") }, "\(found)")
+    }
+
     @Test func badLimitsAreReportedWithTheirLine() {
         let found = issues(head + "server:\n  listen: \"127.0.0.1:0\"\n  headerTimeout: 0s\n  maxConnections: 0\n")
         #expect(found.contains { $0.message.contains("headerTimeout must be more than 0") && $0.line == 6 }, "\(found)")

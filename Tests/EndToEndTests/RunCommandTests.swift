@@ -328,4 +328,19 @@ extension RunCommandTests {
             #expect(missing.status != 0 && missing.stderr.contains("--connection-string-file: cannot read"), "\(missing.stderr)")
         }
     }
+
+    /// `wps-bridge hub` checks its flags with the same rules as `webpubsub.embedded` in a config
+    /// file, and names the flag that is wrong.
+    @Test(arguments: [
+        (["--rate-limit", "0"], "--rate-limit: 0 is out of range"),
+        (["--port", "70000"], "--port: 70000 is out of range"),
+        (["--trust-issuer", "login.example"], "--trust-issuer: 'login.example' is not an issuer URL"),
+        (["--event-handler", "9chat=http://x/{event}"], "--event-handler: hub name '9chat' must start with a letter"),
+        (["--event-handler", "chat=ftp://x"], "--event-handler: hub 'chat': the event handler URL"),
+        (["--event-handler", "chat"], "--event-handler takes HUB=URL_TEMPLATE"),
+    ])
+    func hubRefusesBadFlagsNamingTheFlag(arguments: [String], message: String) async throws {
+        let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["hub", "--port", "0"] + arguments, timeout: 30)
+        #expect(result.status != 0 && result.stderr.contains(message), "\(result.stderr)")
+    }
 }
