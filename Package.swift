@@ -69,7 +69,7 @@ let package = Package(
         .target(
             name: "AzureIdentity",
             dependencies: [
-                "BridgeConfig", "BridgeObservability", "BridgeJSON",
+                "BridgeConfig", "BridgeConfig", "BridgeObservability", "BridgeJSON",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

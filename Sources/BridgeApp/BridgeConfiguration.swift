@@ -296,45 +296,11 @@ package struct BridgeConfiguration: Sendable {
             v.report("unknown credential type '\(type)'; known: \(types.joined(separator: ", "))")
             return nil
         }
-        let allowed: [String] =
-            switch type {
-            case "managedIdentity": ["clientId", "endpoint"]
-            case "workloadIdentity": ["tenantId", "clientId", "tokenFile", "authorityHost"]
-            case "clientSecret": ["tenantId", "clientId", "clientSecret", "clientSecretFile", "authorityHost"]
-            case "default": ["managedIdentityClientId"]
-            default: []
-            }
-        m?.checkKeys(["type"] + allowed, what: "a \(type) credential")
-        func url(_ key: String) -> String? {
-            guard let text = m?.nonEmptyString(key) else { return nil }
-            if !(text.hasPrefix("http://") || text.hasPrefix("https://")) { m?.value(key)?.report("'\(key)' must be an http:// or https:// URL") }
-            return text
-        }
-        switch type {
-        case "accessKey":
+        if type == "accessKey" {
+            m?.checkKeys(["type"], what: "an accessKey credential")
             return .accessKey
-        case "managedIdentity":
-            return .entra(.managedIdentity(clientId: m?.nonEmptyString("clientId"), endpoint: url("endpoint")))
-        case "workloadIdentity":
-            let file = m?.nonEmptyString("tokenFile").map { m!.reader.absolutePath($0) }
-            return .entra(
-                .workloadIdentity(
-                    tenantId: m?.nonEmptyString("tenantId"), clientId: m?.nonEmptyString("clientId"), tokenFile: file,
-                    authorityHost: url("authorityHost")))
-        case "clientSecret":
-            guard let m else {
-                v.report("a clientSecret credential needs tenantId, clientId and clientSecret (or clientSecretFile): {type: clientSecret, ...}")
-                return nil
-            }
-            let tenant = m.nonEmptyString("tenantId", required: true)
-            let client = m.nonEmptyString("clientId", required: true)
-            let secret = m.secret("clientSecret", required: true)
-            let host = url("authorityHost")
-            guard let tenant, let client, let secret else { return nil }
-            return .entra(.clientSecret(tenantId: tenant, clientId: client, secret: secret, authorityHost: host))
-        default:
-            return .entra(.default(managedIdentityClientId: m?.nonEmptyString("managedIdentityClientId")))
         }
+        return CredentialSettings.read(type: type, m, at: v).map(CredentialChoice.entra)
     }
 
     /// The event handlers that make the embedded hub call this bridge: for each hub of the

@@ -134,30 +134,27 @@ struct ConnectionOptions: ParsableArguments {
         if let credential {
             guard connectionString == nil else { throw ValidationError("--credential goes with --endpoint, not --connection-string") }
             guard let endpoint else { throw ValidationError("--credential needs --endpoint") }
-            let settings: CredentialSettings
+            // The same rules as `webpubsub.credential` in a file; the flags default to their variables.
+            var values: [String: String] = [:]
             switch credential {
-            case "managedIdentity":
-                settings = .managedIdentity(clientId: clientId, endpoint: nil)
-            case "workloadIdentity":
-                settings = .workloadIdentity(tenantId: tenantId, clientId: clientId, tokenFile: nil, authorityHost: nil)
+            case "managedIdentity": values["clientId"] = clientId
+            case "workloadIdentity": (values["tenantId"], values["clientId"]) = (tenantId, clientId)
             case "clientSecret":
-                guard let tenant = tenantId ?? environment["AZURE_TENANT_ID"], let client = clientId ?? environment["AZURE_CLIENT_ID"] else {
-                    throw ValidationError("clientSecret needs --tenant-id and --client-id (or AZURE_TENANT_ID, AZURE_CLIENT_ID)")
-                }
-                var secret = environment["AZURE_CLIENT_SECRET"]
-                if let clientSecretFile {
-                    do {
-                        secret = try String(contentsOfFile: clientSecretFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-                    } catch {
-                        throw ValidationError("cannot read \(clientSecretFile): \(error.localizedDescription)")
-                    }
-                }
-                guard let secret, !secret.isEmpty else { throw ValidationError("clientSecret needs --client-secret-file or AZURE_CLIENT_SECRET") }
-                settings = .clientSecret(tenantId: tenant, clientId: client, secret: secret, authorityHost: nil)
-            case "default":
-                settings = .default(managedIdentityClientId: clientId)
-            default:
-                throw ValidationError("--credential must be managedIdentity, workloadIdentity, clientSecret or default")
+                values["tenantId"] = tenantId ?? environment["AZURE_TENANT_ID"]
+                values["clientId"] = clientId ?? environment["AZURE_CLIENT_ID"]
+                values["clientSecret"] = environment["AZURE_CLIENT_SECRET"]
+                if let clientSecretFile { values["clientSecret"] = try readSecretFile(clientSecretFile, option: "--client-secret-file") }
+            case "default": values["managedIdentityClientId"] = clientId
+            default: break
+            }
+            let settings: CredentialSettings
+            do {
+                settings = try CredentialSettings.make(type: credential, values: values)
+            } catch {
+                let flags = ["tenantId": "--tenant-id", "clientId": "--client-id", "clientSecret": "--client-secret-file"]
+                throw ValidationError(
+                    error.all.map { "\($0.key.flatMap { flags[$0] } ?? "--credential"): \($0.message)" }.joined(separator: "; ")
+                        + " (--tenant-id, --client-id and --client-secret-file default to AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET)")
             }
             do {
                 return try WebPubSubServiceClient(

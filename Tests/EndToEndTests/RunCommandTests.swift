@@ -343,4 +343,20 @@ extension RunCommandTests {
         let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["hub", "--port", "0"] + arguments, timeout: 30)
         #expect(result.status != 0 && result.stderr.contains(message), "\(result.stderr)")
     }
+
+    /// `--credential` takes the rules of `webpubsub.credential`, and names the flag to fix.
+    @Test func aCredentialWithoutItsSettingsIsRefusedNamingTheFlags() async throws {
+        let result = try await runProcess(
+            try TestEnvironment.bridgeBinary(),
+            [
+                "send", "--hub", "chat", "--all", "hi", "--endpoint", "https://x.webpubsub.azure.com", "--credential", "clientSecret", "--client-id",
+                "c",
+            ],
+            environment: ["AZURE_TENANT_ID": "", "AZURE_CLIENT_SECRET": ""], timeout: 30)
+        #expect(result.status != 0 && result.stderr.contains("missing 'tenantId', 'clientSecret'"), "\(result.stderr)")
+        let unknown = try await runProcess(
+            try TestEnvironment.bridgeBinary(), ["send", "--hub", "chat", "--all", "hi", "--endpoint", "https://x", "--credential", "password"],
+            timeout: 30)
+        #expect(unknown.status != 0 && unknown.stderr.contains("--credential: unknown credential type 'password'"), "\(unknown.stderr)")
+    }
 }
