@@ -97,8 +97,9 @@ package final class Dispatcher: Sendable {
         }
 
         var sinks: [any SinkAdapter] { routes.compactMap(\.deadLetter) + (deadLetter.map { [$0] } ?? []) }
-        /// Jobs planned with this table and not yet settled.
-        let jobs = Atomic<Int>(0)
+        /// Jobs planned with this table and not yet settled (entered when a delivery takes the
+        /// table, so that a reload that swapped it meanwhile still waits for them).
+        let jobs = InFlight()
         /// Its sinks were closed (once: by the reload's closer or at the end).
         let closed = Atomic<Bool>(false)
     }
@@ -212,10 +213,10 @@ package final class Dispatcher: Sendable {
     private func start(_ source: any SourceAdapter) -> Bool {
         sources.start(source) { delivery, entry in
             // Counted until settled, so that a source that is stopped alone commits after its last one.
-            entry.pending.add(1, ordering: .relaxed)
+            entry.pending.enter()
             let counted = Delivery(message: delivery.message, rejection: delivery.rejection) { outcome in
                 delivery.complete(outcome)
-                entry.pending.subtract(1, ordering: .relaxed)
+                entry.pending.leave()
             }
             try await self.accept(counted, from: source.name)
         }
@@ -242,10 +243,7 @@ package final class Dispatcher: Sendable {
             for name in removing {
                 group.addTask {
                     guard let entry = await self.sources.remove(name) else { return }
-                    let deadline = ContinuousClock.now + self.settings.shutdownTimeout
-                    while entry.pending.load(ordering: .relaxed) > 0, ContinuousClock.now < deadline {
-                        do { try await Task.sleep(for: .milliseconds(20)) } catch { break }
-                    }
+                    _ = await entry.pending.drained(within: self.settings.shutdownTimeout)
                     do {
                         try await entry.source.finish()
                     } catch {
@@ -263,9 +261,7 @@ package final class Dispatcher: Sendable {
         conditions.retain(routes: Set(routes.map(\.name)))
         // Its dead-letter sinks (a file, a producer) are closed once the jobs planned with it are settled.
         Task { [logger] in
-            // A moment first: a message planned just before the swap may not be counted yet.
-            try? await Task.sleep(for: .seconds(1))
-            while old.jobs.load(ordering: .relaxed) > 0 { try? await Task.sleep(for: .milliseconds(100)) }
+            await old.jobs.drained()
             guard old.closed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
             for sink in old.sinks {
                 do { try await sink.close() } catch {
@@ -310,7 +306,12 @@ package final class Dispatcher: Sendable {
         sourceMetrics.received.increment()
         let message = delivery.message
         let context = MessageContext(message)
-        let table = self.table.withLock { $0 }
+        // Counted as it is taken: a reload that swaps the table now still waits for this delivery.
+        let table = self.table.withLock { t in
+            t.jobs.enter()
+            return t
+        }
+        defer { table.jobs.leave() }
         var sends: [PlannedSend] = []
         if let rejection = delivery.rejection {
             // Input the source could not read: straight to the dead-letter sink of the source's first route.
@@ -348,12 +349,12 @@ package final class Dispatcher: Sendable {
             )
         }
         for (_, job) in jobs { job.metrics.inFlight.increment() }
-        table.jobs.add(jobs.count, ordering: .relaxed)
+        table.jobs.enter(jobs.count)
         do {
             try await scheduler.enqueue(jobs)
         } catch {
             for (_, job) in jobs { job.metrics.inFlight.decrement() }
-            table.jobs.subtract(jobs.count, ordering: .relaxed)
+            table.jobs.leave(jobs.count)
             stats.unsettled.add(1, ordering: .relaxed)
             delivery.nack("shutting down before it was queued")
             throw error
@@ -423,7 +424,7 @@ package final class Dispatcher: Sendable {
     }
 
     private func settle(_ job: Job, _ outcome: DeliveryOutcome) {
-        job.table.jobs.subtract(1, ordering: .relaxed)
+        job.table.jobs.leave()
         job.metrics.inFlight.decrement()
         if case .failed = outcome { job.metrics.unsettled.increment() }
         if case .failed = job.tracker.settle(outcome) { stats.unsettled.add(1, ordering: .relaxed) }

@@ -7,7 +7,7 @@ final class SourceSet: Sendable {
     final class Entry: Sendable {
         let source: any SourceAdapter
         /// Deliveries accepted and not yet settled.
-        let pending = Atomic<Int>(0)
+        let pending = InFlight()
         /// Until its `run` returned.
         let running = Atomic<Bool>(true)
         fileprivate let task = Mutex<Task<Void, Never>?>(nil)
