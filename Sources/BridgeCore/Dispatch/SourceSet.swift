@@ -22,19 +22,72 @@ final class SourceSet: Sendable {
         }
     }
 
+    /// The set's lifecycle as a state machine: each event returns what to do, and the tests
+    /// drive it transition by transition (`SourceSetLifecycleTests`). Entries and continuations
+    /// stay outside it; the machine only decides.
+    struct Lifecycle {
+        enum Phase: Equatable {
+            /// Sources may start; reloads may not hold the set yet.
+            case starting
+            /// The first sources run: reloads may hold the set.
+            case running
+            /// Every source was told to stop: nothing starts, nothing holds.
+            case cancelled
+        }
+
+        private(set) var phase = Phase.starting
+        /// The dispatcher is done with its sources: nothing starts any more.
+        private(set) var closed = false
+        /// Reloads swapping sources: while one holds the set, a moment without sources does not end intake.
+        private(set) var holds = 0
+
+        /// Whether a source may start now.
+        var mayStart: Bool { !closed && phase != .cancelled }
+
+        var isStopping: Bool { closed || phase == .cancelled }
+
+        mutating func markStarted() {
+            if phase == .starting { phase = .running }
+        }
+
+        mutating func cancel() { phase = .cancelled }
+
+        /// A reload asks to hold the set; false before the first sources run and once stopping.
+        mutating func hold() -> Bool {
+            guard phase == .running, !closed else { return false }
+            holds += 1
+            return true
+        }
+
+        /// A reload is done. Returns whether the set is free now (`close` may go on).
+        mutating func release() -> Bool {
+            precondition(holds > 0, "release without hold")
+            holds -= 1
+            return holds == 0
+        }
+
+        /// Nothing starts from now on. Returns whether `close` may go on at once (no reload holds the set).
+        mutating func close() -> Bool {
+            closed = true
+            return holds == 0
+        }
+
+        /// Whether those waiting for every source to end may be woken, given whether any still runs:
+        /// a reload's hold keeps them waiting, unless the set is stopping.
+        func allEnded(anyRunning: Bool) -> Bool {
+            !anyRunning && (holds == 0 || phase == .cancelled)
+        }
+    }
+
     private struct State {
         var entries: [String: Entry] = [:]
         var firstError: (any Error)?
-        /// Held while a reload swaps sources, so that a moment without any does not end intake.
-        var holds = 0
-        var cancelled = false
-        /// The dispatcher is done with its sources: nothing starts any more.
-        var closed = false
-        /// The first sources were started: reloads may come.
-        var started = false
+        var lifecycle = Lifecycle()
         /// `close` waits for the reload that holds the set.
         var holdWaiters: [CheckedContinuation<Void, Never>] = []
         var waiters: [CheckedContinuation<Void, Never>] = []
+
+        var anyRunning: Bool { entries.values.contains { $0.running.load(ordering: .relaxed) } }
     }
 
     private let state = Mutex(State())
@@ -45,7 +98,7 @@ final class SourceSet: Sendable {
     func start(_ source: any SourceAdapter, emit: @escaping @Sendable (Delivery, Entry) async throws -> Void) -> Bool {
         let entry = Entry(source)
         let added = state.withLock { s -> Bool in
-            guard !s.closed, !s.cancelled, s.entries[source.name] == nil else { return false }
+            guard s.lifecycle.mayStart, s.entries[source.name] == nil else { return false }
             s.entries[source.name] = entry
             return true
         }
@@ -62,7 +115,7 @@ final class SourceSet: Sendable {
         entry.task.withLock { $0 = task }
         // Checked after the task is stored: a `cancelAll` in between either saw the task or set
         // the flag read here.
-        if state.withLock({ $0.cancelled }) { task.cancel() }
+        if state.withLock({ $0.lifecycle.phase == .cancelled }) { task.cancel() }
         return true
     }
 
@@ -84,7 +137,7 @@ final class SourceSet: Sendable {
 
     private func wakeable(_ s: inout State) -> [CheckedContinuation<Void, Never>] {
         // Once stopping, a reload's hold does not keep intake (and so the drain) waiting.
-        guard s.holds == 0 || s.cancelled, !s.entries.values.contains(where: { $0.running.load(ordering: .relaxed) }) else { return [] }
+        guard s.lifecycle.allEnded(anyRunning: s.anyRunning) else { return [] }
         defer { s.waiters.removeAll() }
         return s.waiters
     }
@@ -92,7 +145,7 @@ final class SourceSet: Sendable {
     /// Stops reading every source.
     func cancelAll() {
         let (entries, waiters) = state.withLock { s in
-            s.cancelled = true
+            s.lifecycle.cancel()
             return (Array(s.entries.values), wakeable(&s))
         }
         for entry in entries { entry.task.withLock { $0 }?.cancel() }
@@ -103,7 +156,7 @@ final class SourceSet: Sendable {
     func waitUntilAllEnded() async {
         await withCheckedContinuation { continuation in
             let now = state.withLock { s -> Bool in
-                if s.holds == 0 || s.cancelled, !s.entries.values.contains(where: { $0.running.load(ordering: .relaxed) }) { return true }
+                if s.lifecycle.allEnded(anyRunning: s.anyRunning) { return true }
                 s.waiters.append(continuation)
                 return false
             }
@@ -117,18 +170,14 @@ final class SourceSet: Sendable {
     var entries: [Entry] { state.withLock { Array($0.entries.values) } }
 
     /// The first sources run: from now on a reload may hold the set.
-    func markStarted() { state.withLock { $0.started = true } }
+    func markStarted() { state.withLock { $0.lifecycle.markStarted() } }
 
-    var isStopping: Bool { state.withLock { $0.cancelled || $0.closed } }
+    var isStopping: Bool { state.withLock { $0.lifecycle.isStopping } }
 
     /// Keeps `waitUntilAllEnded` waiting while sources are swapped. False before the first
     /// sources run and once the dispatcher is stopping: then a reload must not change anything.
     func hold() -> Bool {
-        state.withLock { s in
-            guard s.started, !s.cancelled, !s.closed else { return false }
-            s.holds += 1
-            return true
-        }
+        state.withLock { $0.lifecycle.hold() }
     }
 
     /// No source starts from now on (the dispatcher is stopping); returns the ones listed,
@@ -136,8 +185,7 @@ final class SourceSet: Sendable {
     func close() async -> [Entry] {
         await withCheckedContinuation { continuation in
             let now = state.withLock { s -> Bool in
-                s.closed = true
-                if s.holds == 0 { return true }
+                if s.lifecycle.close() { return true }
                 s.holdWaiters.append(continuation)
                 return false
             }
@@ -148,9 +196,9 @@ final class SourceSet: Sendable {
 
     func release() {
         let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            s.holds -= 1
+            let free = s.lifecycle.release()
             var waiters = wakeable(&s)
-            if s.holds == 0 {
+            if free {
                 waiters += s.holdWaiters
                 s.holdWaiters.removeAll()
             }
