@@ -82,7 +82,7 @@ extension EventHandlerConfiguration {
                 ["path", "allowedOrigins", "authToken", "authTokenFile", "secondaryAccessKey", "secondaryAccessKeyFile", "connect"],
                 what: "eventHandler")
             if let path = m.nonEmptyString("path") {
-                let segments = path.split(separator: "/")
+                let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
                 if !path.hasPrefix("/") || path.hasSuffix("/") || path == "/healthz" || path == "/readyz" {
                     m.value("path")?.report("'\(path)' must start with / and not end with one (e.g. /eventhandler)")
                 } else if segments.contains(where: { $0.isEmpty || $0.first == ":" || $0.contains("{") || $0.contains("*") || $0 == "-" }) {

@@ -112,14 +112,16 @@ class KafkaClientContext: @unchecked Sendable {
     /// A client-level error from librdkafka.
     func error(code: Int32, reason: String) {
         let err = rd_kafka_resp_err_t(rawValue: code)
-        problemCode.store(code == 0 ? -1 : code, ordering: .relaxed)
         var metadata: Logger.Metadata = [LogKey.kafkaRole: "\(role)", LogKey.kafkaError: "\(String(cString: rd_kafka_err2name(err)))"]
         if err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN {
             metadata[LogKey.hint] = "librdkafka keeps reconnecting; check `brokers` and that the broker is up"
         } else if err == RD_KAFKA_RESP_ERR__AUTHENTICATION || err == RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED {
             metadata[LogKey.hint] = "check the sasl.* / ssl.* settings under `librdkafka:`"
         }
+        // The problem first, then its code: a `healthy()` in between (another librdkafka
+        // thread) sees no code and leaves the problem, and the next one clears both.
         health.failed(reason, "kafka client error", metadata: metadata)
+        problemCode.store(code == 0 ? -1 : code, ordering: .relaxed)
     }
 
     /// librdkafka's own log lines: warnings and errors as such, the rest at debug.

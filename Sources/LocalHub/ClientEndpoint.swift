@@ -305,7 +305,8 @@ extension LocalHub {
             // The close must be written before the failure leaves the group: leaving cancels
             // the close task, which could then stop between the handshake's state change and
             // the frame, so that no close frame is ever sent.
-            try await group.waitForAll()
+            // Its own error (the channel already closed) changes nothing: the read's failure is what counts.
+            try? await group.waitForAll()
             if let failure { throw failure }
         }
     }

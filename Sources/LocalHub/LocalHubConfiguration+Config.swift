@@ -73,7 +73,10 @@ extension LocalHubConfiguration {
             if let value = m.value(problem.setting.rawValue) { value.report(problem.message) } else { m.report(problem.message) }
         }
         // Hub names are case-insensitive: checked as written, kept lower-cased.
-        eventHandlers = Dictionary(eventHandlers.map { ($0.key.lowercased(), $0.value) }, uniquingKeysWith: +)
+        // Names that differ in case only are one hub: their handlers in the order of the names.
+        var byHub: [String: [EventHandlerSettings]] = [:]
+        for name in eventHandlers.keys.sorted() { byHub[name.lowercased(), default: []] += eventHandlers[name] ?? [] }
+        eventHandlers = byHub
     }
 
     /// What is wrong with these settings; empty when the hub can run with them.

@@ -21,6 +21,9 @@ extension LocalHub {
         router.add(middleware: RESTGate(hub: self))
         router.on("api/health", method: .get) { _, _ in Response(status: .ok) }
         router.on("api/health", method: .head) { _, _ in Response(status: .ok) }
+        for method in [HTTPRequest.Method.post, .put, .delete, .patch] {
+            router.on("api/health", method: method) { [self] _, _ in methodNotAllowed() }
+        }
         router.group("api/hubs/:hub")
             .add(middleware: HubScopeMiddleware(hub: self))
             .addRoutes(hubRoutes())
@@ -33,14 +36,17 @@ extension LocalHub {
         router.get("negotiate") { [self] request, _ in
             configuration.negotiate ? negotiate(Query(request.uri.query)) : negotiateOff()
         }
-        router.get("client") { [self] _, context in
-            // A WebSocket upgrade that was refused lands here: answer with the reason.
-            if let rejection = rejectionStore.take(ObjectIdentifier(context.channel)) {
-                return errorResponse(rejection.status, rejection.status == 401 ? "Unauthorized" : "Forbidden", rejection.message)
-            }
-            return errorResponse(400, "InvalidRequest", "this is a WebSocket endpoint: connect with a WebSocket client")
-        }
+        router.get("client") { [self] _, context in clientEndpoint(context) }
+        router.get("client/**") { [self] _, context in clientEndpoint(context) }
         return router
+    }
+
+    /// A plain GET of the WebSocket endpoint: a refused upgrade lands here, and is answered with its reason.
+    func clientEndpoint(_ context: HubRequestContext) -> Response {
+        if let rejection = rejectionStore.take(ObjectIdentifier(context.channel)) {
+            return errorResponse(rejection.status, rejection.status == 401 ? "Unauthorized" : "Forbidden", rejection.message)
+        }
+        return errorResponse(400, "InvalidRequest", "this is a WebSocket endpoint: connect with a WebSocket client")
     }
 
     // MARK: Resources
@@ -173,6 +179,9 @@ extension LocalHub {
     /// `/api/hubs/{hub}/permissions/{permission}/connections/{connectionId}`: grants.
     func permissionRoutes() -> RouteCollection<HubRequestContext> {
         let routes = RouteCollection(context: HubRequestContext.self)
+        for method in [HTTPRequest.Method.get, .post, .patch] {
+            routes.on("", method: method) { [self] _, _ in methodNotAllowed() }
+        }
         for method in [HTTPRequest.Method.put, .delete, .head] {
             routes.on("", method: method) { [self] request, context in
                 permission(
@@ -238,7 +247,7 @@ struct RESTGate: RouterMiddleware {
     func handle(_ request: Request, context: HubRequestContext, next: (Request, HubRequestContext) async throws -> Response) async throws -> Response
     {
         let path = request.uri.path
-        guard path == "/api" || path.hasPrefix("/api/") else { return try await next(request, context) }
+        guard isAPIPath(path) else { return try await next(request, context) }
         if let refused = await hub.authenticateREST(request, rawPath: path) { return refused }
         let limit = hub.configuration.maxMessageBytes
         let tooLarge = hub.errorResponse(413, "RequestEntityTooLarge", "the body is larger than \(limit) bytes")
@@ -302,10 +311,16 @@ struct JSONNotFound: RouterMiddleware {
             return try await next(request, context)
         } catch let error as HTTPError where error.status == .notFound {
             let path = request.uri.path
-            if path == "/api" || path.hasPrefix("/api/") { return hub.notFound(path) }
+            if isAPIPath(path) { return hub.notFound(path) }
             return hub.errorResponse(404, "NotFound", "no such resource: \(request.method) \(path)")
         }
     }
+}
+
+/// Whether a path is the REST API's, decided as the router splits paths (empty segments
+/// skipped): `//api/...` is routed to the API, so it is authenticated as the API.
+func isAPIPath(_ path: String) -> Bool {
+    path.split(separator: "/").first == "api"
 }
 
 /// The hub and query of an `/api/hubs/{hub}/...` request, read once by ``HubScopeMiddleware``.

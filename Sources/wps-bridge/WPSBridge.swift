@@ -395,7 +395,9 @@ struct Hub: AsyncParsableCommand {
         if let problem = settings.problems().first {
             throw ValidationError("\(Self.flag(for: problem.setting)): \(problem.message)")
         }
-        settings.eventHandlers = Dictionary(settings.eventHandlers.map { ($0.key.lowercased(), $0.value) }, uniquingKeysWith: +)
+        var byHub: [String: [EventHandlerSettings]] = [:]
+        for name in settings.eventHandlers.keys.sorted() { byHub[name.lowercased(), default: []] += settings.eventHandlers[name] ?? [] }
+        settings.eventHandlers = byHub
         let hub = LocalHub(configuration: settings, logger: logger)
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(

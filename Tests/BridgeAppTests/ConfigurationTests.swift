@@ -279,7 +279,7 @@ let valid = """
 
     /// The event handler's path becomes a route: segments the router would read as parameters
     /// or wildcards are refused, and so is one that would shadow the operator's endpoints.
-    @Test(arguments: ["eventhandler", "/eh/", "/healthz", "/events/:hub", "/{x}", "/a/*", "/-", "/-/reload"])
+    @Test(arguments: ["eventhandler", "/eh/", "/healthz", "/events/:hub", "/{x}", "/a/*", "/-", "/-/reload", "/a//b"])
     func anEventHandlerPathTheRouterCannotServeIsRefused(path: String) {
         let found = issues(head + "server: {listen: \"127.0.0.1:0\"}\neventHandler: {path: \"\(path)\", authToken: t0123456789abcdef}\n")
         #expect(found.contains { $0.path == "eventHandler.path" }, "\(path): \(found)")

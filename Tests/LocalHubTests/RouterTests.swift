@@ -113,6 +113,27 @@ import WebPubSub
             #expect(badTTL.status == .badRequest)
             let health = try await client.execute(uri: "/api/health", method: .get, headers: signed("/api/health"))
             #expect(health.status == .ok)
+            let postHealth = try await client.execute(uri: "/api/health", method: .post, headers: signed("/api/health"))
+            #expect(postHealth.status == .methodNotAllowed)
+        }
+    }
+
+    /// The router skips empty path segments, so the gate does too: `//api/...` is the API and
+    /// needs its token like `/api/...` (a stranger could otherwise mint client tokens).
+    @Test func emptySegmentsDoNotBypassTheToken() async throws {
+        try await withRouter { client, _ in
+            for path in ["//api/hubs/chat/:generateToken", "/api//hubs/chat/:generateToken", "//api//hubs//chat//:closeConnections"] {
+                let response = try await client.execute(uri: path + "?api-version=1", method: .post)
+                #expect(response.status == .unauthorized, "\(path): \(response.status)")
+            }
+            let permission = "/api/hubs/chat/permissions/sendToGroup/connections/c1"
+            #expect(
+                try await client.execute(uri: permission + "?api-version=1", method: .get, headers: signed(permission)).status == .methodNotAllowed)
+            // A plain GET of the WebSocket endpoint says what it is, at any of its paths.
+            for path in ["/client", "/client/hubs/chat"] {
+                let response = try await client.execute(uri: path, method: .get)
+                #expect(response.status == .badRequest && String(buffer: response.body).contains("WebSocket endpoint"), "\(path)")
+            }
         }
     }
 

@@ -169,6 +169,7 @@ package struct ReconnectLoop: Sendable {
             var failure = Failure(problem: "the connection ended")
             do {
                 try await body(attempt)
+                if Task.isCancelled { return }
             } catch is CancellationError {
                 return
             } catch {
