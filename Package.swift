@@ -264,7 +264,7 @@ let package = Package(
         .testTarget(
             name: "BridgeCoreTests",
             dependencies: [
-                "BridgeObservability", "BridgeCore",
+                "BridgeTestSupport", "BridgeObservability", "BridgeCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),

@@ -40,19 +40,9 @@ package enum TestEnvironment {
 
     /// A loopback port that was free a moment ago (bound to port 0, then closed).
     package static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw TestEnvironmentError("socket() failed") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-        guard bound == 0 else { throw TestEnvironmentError("bind() failed") }
-        let named = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        guard named == 0 else { throw TestEnvironmentError("getsockname() failed") }
-        return Int(UInt16(bigEndian: address.sin_port))
+        let (port, socket) = try refusingPort()
+        close(socket)
+        return port
     }
 
     /// A loopback port that refuses connections for as long as the returned socket is open: it

@@ -1,31 +1,10 @@
 import BridgeCore
 import BridgeObservability
+import BridgeTestSupport
 import FoundationEssentials
 import Logging
 import Synchronization
 import Testing
-
-/// Log lines kept in memory, as "level message key=value ...".
-final class CapturedLog: Sendable {
-    let lines = Mutex<[String]>([])
-    var all: [String] { lines.withLock { $0 } }
-
-    struct Handler: LogHandler {
-        let sink: CapturedLog
-        var logLevel: Logger.Level = .trace
-        var metadata: Logger.Metadata = [:]
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(event: LogEvent) {
-            let fields = (event.metadata ?? [:]).map { "\($0.key)=\($0.value)" }.sorted().joined(separator: " ")
-            sink.lines.withLock { $0.append("\(event.level) \(event.message) \(fields)") }
-        }
-    }
-
-    var logger: Logger { Logger(label: "test") { _ in Handler(sink: self) } }
-}
 
 @Suite struct BackoffTests {
     @Test func doublesUpToTheMaximumAndResets() {

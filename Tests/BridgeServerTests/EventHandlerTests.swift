@@ -1,5 +1,6 @@
 import BridgeCore
 import BridgeJSON
+import BridgeTestSupport
 import Logging
 import NIOCore
 import Synchronization
@@ -238,32 +239,10 @@ func text(_ r: HandlerResponse) -> String { String(decoding: r.body, as: UTF8.se
     }
 }
 
-/// Log lines kept in memory.
-final class LogLines: Sendable {
-    let lines = Mutex<[String]>([])
-    var all: [String] { lines.withLock { $0 } }
-
-    struct Handler: LogHandler {
-        let sink: LogLines
-        var logLevel: Logger.Level = .trace
-        var metadata: Logger.Metadata = [:]
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(event: LogEvent) {
-            let fields = (event.metadata ?? [:]).map { "\($0.key)=\($0.value)" }.sorted().joined(separator: " ")
-            sink.lines.withLock { $0.append("\(event.level) \(event.message) \(fields)") }
-        }
-    }
-
-    var logger: Logger { Logger(label: "test") { _ in Handler(sink: self) } }
-}
-
 @Suite struct RefusalLogTests {
     /// A stranger sending forged events cannot flood the log: 10 lines a minute.
     @Test func refusedRequestsAreLoggedAtMostTenTimesAMinute() async {
-        let log = LogLines()
+        let log = CapturedLog()
         var config = EventHandlerConfiguration()
         config.accessKeys = [key]
         config.rules = [EventRule(hub: "chat", events: ["*"], sink: MemorySink(), reply: .empty)]
