@@ -1,0 +1,167 @@
+import AsyncHTTPClient
+import AzureIdentity
+import BridgeJSON
+import BridgeObservability
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import Synchronization
+import WebPubSubProtocol
+
+/// The plumbing under every operation: paths, URLs, authorization and the HTTP call with its retries.
+extension WebPubSubServiceClient {
+    struct Response {
+        var status: Int
+        var body: [UInt8]
+    }
+
+    /// One segment of a data-plane path: a fixed part of the API (`groups`, `:send`), written as
+    /// it is, or a name, which is checked against the service's rules and percent-encoded.
+    enum PathSegment: ExpressibleByStringLiteral {
+        case fixed(String)
+        case group(String)
+        case user(String)
+        case connection(String)
+
+        init(stringLiteral value: String) { self = .fixed(value) }
+    }
+
+    /// `/api/hubs/{hub}/...`. Every name is percent-encoded (`:` `/` `?` `#` `%` included), so a
+    /// name taken from a message can never become another path or a query; a name the service
+    /// cannot have (`..`, empty, too long) is refused before any request.
+    func hubPath(_ hub: String, _ segments: [PathSegment]) throws(WebPubSubError) -> String {
+        if let problem = WebPubSubNames.hubProblem(hub) { throw .invalidArgument(problem) }
+        var path = "/api/hubs/" + percentEncode(hub)
+        for segment in segments {
+            let problem: String?
+            let text: String
+            switch segment {
+            case .fixed(let value): (problem, text) = (nil, value)
+            case .group(let name): (problem, text) = (WebPubSubNames.groupProblem(name), percentEncode(name))
+            case .user(let name): (problem, text) = (WebPubSubNames.userProblem(name), percentEncode(name))
+            case .connection(let name): (problem, text) = (WebPubSubNames.connectionProblem(name), percentEncode(name))
+            }
+            if let problem { throw .invalidArgument(problem) }
+            path += "/" + text
+        }
+        return path
+    }
+
+    func permissionPath(_ hub: String, _ permission: Permission, _ connectionId: String) throws(WebPubSubError) -> String {
+        try hubPath(hub, ["permissions", .fixed(permission.rawValue), "connections", .connection(connectionId)])
+    }
+
+    func makeURL(_ path: String, query: [(String, String)]) throws(WebPubSubError) -> String {
+        var url = endpoint + path + "?api-version=" + percentEncode(configuration.apiVersion)
+        for (name, value) in query {
+            url += "&" + percentEncode(name) + "=" + percentEncode(value)
+        }
+        return url
+    }
+
+    func resolveNextLink(_ next: String) throws(WebPubSubError) -> String {
+        var url = next.hasPrefix("http://") || next.hasPrefix("https://") ? next : endpoint + (next.hasPrefix("/") ? "" : "/") + next
+        if !url.contains("api-version=") {
+            url += (url.contains("?") ? "&" : "?") + "api-version=" + percentEncode(configuration.apiVersion)
+        }
+        return url
+    }
+
+    func call(
+        _ operation: String, _ method: HTTPMethod, _ path: String, query: [(String, String)] = [], body: ByteBuffer? = nil,
+        contentType: String? = nil, expect: Set<Int>
+    ) async throws(WebPubSubError) {
+        let url = try makeURL(path, query: query)
+        _ = try await perform(operation, method, url: url, body: body, contentType: contentType, expect: expect)
+    }
+
+    func exists(_ operation: String, _ path: String, query: [(String, String)] = []) async throws(WebPubSubError) -> Bool {
+        let url = try makeURL(path, query: query)
+        let response = try await perform(operation, .HEAD, url: url, body: nil, contentType: nil, expect: [200, 404])
+        return response.status == 200
+    }
+
+    /// The Authorization header's bearer token for `url`.
+    func authorization(for url: String, operation: String) async throws(WebPubSubError) -> String {
+        switch authentication {
+        case .accessKey(let key):
+            return token(for: url, key: key)
+        case .entra:
+            do {
+                return try await entraTokens!.token()
+            } catch  where error.kind == .cancelled {
+                throw WebPubSubError(kind: .cancelled, message: "the request was cancelled", operation: operation)
+            } catch {
+                throw WebPubSubError(kind: .authentication, message: "no Entra ID token: \(error.message)", operation: operation)
+            }
+        }
+    }
+
+    /// An access-key token for `url`, from the cache while it has at least 10% of its life left.
+    func token(for url: String, key: AccessKey, now: Date = Date()) -> String {
+        if let cached = tokenCache.withLock({ $0[url] }), cached.renewAt > now { return cached.token }
+        let lifetime = Double(configuration.tokenLifetime.components.seconds)
+        let token = AccessKeyJWT.restToken(url: url, key: key, expiry: now.addingTimeInterval(lifetime))
+        tokenCache.withLock { cache in
+            // Sends to many distinct groups or users would grow the cache without end: start over.
+            if cache.count >= 10_000 { cache.removeAll(keepingCapacity: true) }
+            cache[url] = (token, now.addingTimeInterval(lifetime * 0.9))
+        }
+        return token
+    }
+
+    func perform(
+        _ operation: String, _ method: HTTPMethod, url: String, body: ByteBuffer?, contentType: String?, expect: Set<Int>
+    ) async throws(WebPubSubError) -> Response {
+        var request = HTTPClientRequest(url: url)
+        request.method = method
+        request.headers.add(name: "Authorization", value: "Bearer " + (try await authorization(for: url, operation: operation)))
+        request.headers.add(name: "User-Agent", value: "wps-bridge")
+        if let body {
+            request.headers.add(name: "Content-Type", value: contentType ?? "application/octet-stream")
+            request.body = .bytes(body)
+        } else if method == .POST || method == .PUT {
+            request.headers.add(name: "Content-Length", value: "0")
+        }
+        let response: HTTPClientResponse
+        let bytes: ByteBuffer
+        do {
+            response = try await httpClient.execute(request, timeout: timeAmount(configuration.requestTimeout), logger: logger)
+            bytes = try await response.body.collect(upTo: 4 * 1024 * 1024)
+        } catch is CancellationError {
+            throw WebPubSubError(kind: .cancelled, message: "the request was cancelled", operation: operation)
+        } catch let error as HTTPClientError where error == .cancelled {
+            throw WebPubSubError(kind: .cancelled, message: "the request was cancelled", operation: operation)
+        } catch {
+            throw WebPubSubError(kind: .transport, message: describeHTTPFailure(error), operation: operation)
+        }
+        let status = Int(response.status.code)
+        let body = Array(bytes.readableBytesView)
+        guard expect.contains(status) else {
+            throw WebPubSubError.fromResponse(
+                operation: operation, status: status, reason: response.status.reasonPhrase, body: body,
+                errorCodeHeader: response.headers.first(name: "x-ms-error-code"), retryAfter: Self.retryAfter(response.headers))
+        }
+        return Response(status: status, body: body)
+    }
+
+    /// `Retry-After` (delta seconds or HTTP date), `retry-after-ms`, `x-ms-retry-after-ms`.
+    static func retryAfter(_ headers: HTTPHeaders, now: Date = Date()) -> Duration? {
+        for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
+            if let v = headers.first(name: name), let ms = Double(v.trimmingASCIIWhitespace()), ms.isFinite, ms >= 0 {
+                return .milliseconds(Int64(min(ms, 86_400_000)))
+            }
+        }
+        guard let value = headers.first(name: "Retry-After")?.trimmingASCIIWhitespace() else { return nil }
+        if let seconds = Double(value), seconds.isFinite, seconds >= 0 { return .milliseconds(Int64(min(seconds, 86_400) * 1000)) }
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
+        if let date = formatter.date(from: value) {
+            return .milliseconds(Int64(max(0, date.timeIntervalSince(now)) * 1000))
+        }
+        return nil
+    }
+}
