@@ -25,6 +25,13 @@ package struct WebPubSubSettings: Sendable {
     /// The hub of targets that name none.
     package var defaultHub: String?
     package var client = WebPubSubServiceClient.Configuration()
+
+    /// The host the service names in the abuse-protection handshake (`WebHook-Request-Origin`):
+    /// the endpoint's host, or the embedded hub's.
+    package var origin: String? {
+        if let embedded { return embedded.host }
+        return (entra?.endpoint ?? connectionString?.endpoint).flatMap { URLComponents(string: $0)?.host }
+    }
 }
 
 extension WebPubSubSettings {
@@ -137,10 +144,13 @@ package struct BridgeConfiguration: Sendable {
             if server == nil && needsServer {
                 root.report("events and eventHandler need server: {listen: HOST:PORT}, where the hub sends events")
             }
-            if let e = webpubsub.embedded, var h = eventHandler, needsServer {
-                // The embedded hub sends to this bridge; its own origin is allowed.
-                if !h.allowedOrigins.contains("*") { h.allowedOrigins.append(e.host) }
+            if var h = eventHandler, let origin = webpubsub.origin, !h.allowedOrigins.contains("*") {
+                // The service this bridge sends to sends it events: its own origin is allowed, as the
+                // SDKs' handlers allow any origin when none is configured; allowedOrigins adds more.
+                if !h.allowedOrigins.contains(where: { $0.caseInsensitiveCompare(origin) == .orderedSame }) { h.allowedOrigins.append(origin) }
                 eventHandler = h
+            }
+            if webpubsub.embedded != nil, needsServer {
                 if server?.port == 0 {
                     root.value("server")?.report("with the embedded hub, server.listen needs a fixed port (the hub is told where to send)")
                 }

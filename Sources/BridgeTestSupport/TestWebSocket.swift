@@ -20,7 +20,7 @@ package final class TestWebSocket: Sendable {
     enum Command: Sendable {
         case text(String)
         case binary([UInt8])
-        case close
+        case close(UInt16)
     }
 
     final class Shared: Sendable {
@@ -76,8 +76,8 @@ package final class TestWebSocket: Sendable {
                                 switch command {
                                 case .text(let s): try await outbound.write(.text(s))
                                 case .binary(let b): try await outbound.write(.binary(ByteBuffer(bytes: b)))
-                                case .close:
-                                    try await outbound.close(.normalClosure, reason: nil)
+                                case .close(let code):
+                                    try await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: nil)
                                     return
                                 }
                             }
@@ -100,9 +100,9 @@ package final class TestWebSocket: Sendable {
     package func send(binary: [UInt8]) { commands.yield(.binary(binary)) }
     package func send(json: JSONValue) { commands.yield(.text(json.serialized)) }
 
-    /// Closes from our side and waits until the socket is gone.
-    package func close() async {
-        commands.yield(.close)
+    /// Closes from our side (1000, normal closure, unless told otherwise) and waits until the socket is gone.
+    package func close(code: UInt16 = 1000) async {
+        commands.yield(.close(code))
         commands.finish()
         await task.value
     }

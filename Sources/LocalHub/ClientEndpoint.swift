@@ -279,8 +279,9 @@ extension LocalHub {
                     // message over the limit): the connection ends with the RFC's code, reliable
                     // or not, as a session that sends such frames cannot be trusted to resume.
                     await terminate(c, reason: refusal.reason, notify: false, code: refusal.code)
-                } else if c.proto.isReliable {
-                    // Dropped without a close from us: keep the session for a reconnect.
+                } else if c.proto.isReliable && !socket.closedNormally {
+                    // Dropped, or closed with another code than 1000: keep the session for a reconnect
+                    // (as the service does; a client's `close()` sends 1000 and ends it below).
                     c.detach(generation: generation)
                     let grace = configuration.reconnectGrace
                     spawn {

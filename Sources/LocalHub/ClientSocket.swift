@@ -37,6 +37,11 @@ final class ClientSocket: Sendable {
     }
 
     let channel: any Channel
+    /// The status code of the client's close frame (1005 when it gave none); 0 until one came.
+    let clientCloseCode = Atomic<UInt16>(0)
+
+    /// The client closed with 1000 (normal closure), as the SDKs' `close()` does.
+    var closedNormally: Bool { clientCloseCode.load(ordering: .relaxed) == 1000 }
     private let state = Mutex(State())
     private let closes: AsyncStream<(code: UInt16, reason: String)>.Continuation
     private let closeStream: AsyncStream<(code: UInt16, reason: String)>
@@ -55,6 +60,7 @@ final class ClientSocket: Sendable {
                 try channel.syncOptions?.setOption(
                     ChannelOptions.writeBufferWaterMark, value: .init(low: Self.lowWaterMark, high: Self.highWaterMark))
                 try CloseGuard.install(in: channel)
+                try CloseFrameObserver.install(in: channel, for: self)
             } catch {
                 channel.close(promise: nil)
             }
@@ -203,5 +209,36 @@ struct DrainBatch {
                 for socket in sockets { socket.drain() }
             }
         }
+    }
+}
+
+/// Notes the status code of the client's close frame, which the WebSocket library answers
+/// itself: a reliable client that closes with 1000 ends its session, any other way out keeps it
+/// for a reconnect. Sits next to the frame decoder, so it sees every frame before the library.
+final class CloseFrameObserver: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias InboundOut = WebSocketFrame
+
+    /// Weak: the socket owns the channel, whose pipeline owns this handler.
+    private weak var socket: ClientSocket?
+
+    init(_ socket: ClientSocket) {
+        self.socket = socket
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        if frame.opcode == .connectionClose {
+            var payload = frame.unmaskedData
+            let code = payload.readInteger(as: UInt16.self) ?? 1005
+            socket?.clientCloseCode.store(code == 0 ? 1005 : code, ordering: .relaxed)
+        }
+        context.fireChannelRead(data)
+    }
+
+    static func install(in channel: any Channel, for socket: ClientSocket) throws {
+        let operations = channel.pipeline.syncOperations
+        let decoder = try operations.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
+        try operations.addHandler(CloseFrameObserver(socket), position: .after(decoder))
     }
 }

@@ -68,18 +68,21 @@ extension WebPubSubServiceClient {
         return url
     }
 
+    /// An operation that succeeds with any 2xx: the service's documented status (202 for sends,
+    /// 200 or 204 for the others) differs between API versions and examples.
     func call(
         _ operation: String, _ method: HTTPMethod, _ path: String, query: [(String, String)] = [], body: ByteBuffer? = nil,
-        contentType: String? = nil, expect: Set<Int>
+        contentType: String? = nil
     ) async throws(WebPubSubError) {
         let url = try makeURL(path, query: query)
-        _ = try await perform(operation, method, url: url, body: body, contentType: contentType, expect: expect)
+        _ = try await perform(operation, method, url: url, body: body, contentType: contentType)
     }
 
+    /// A `HEAD` that answers yes with any 2xx and no with 404.
     func exists(_ operation: String, _ path: String, query: [(String, String)] = []) async throws(WebPubSubError) -> Bool {
         let url = try makeURL(path, query: query)
-        let response = try await perform(operation, .HEAD, url: url, body: nil, contentType: nil, expect: [200, 404])
-        return response.status == 200
+        let response = try await perform(operation, .HEAD, url: url, body: nil, contentType: nil, alsoAnswers: [404])
+        return response.status != 404
     }
 
     /// The Authorization header's bearer token for `url`.
@@ -112,7 +115,7 @@ extension WebPubSubServiceClient {
     }
 
     func perform(
-        _ operation: String, _ method: HTTPMethod, url: String, body: ByteBuffer?, contentType: String?, expect: Set<Int>
+        _ operation: String, _ method: HTTPMethod, url: String, body: ByteBuffer?, contentType: String?, alsoAnswers: Set<Int> = []
     ) async throws(WebPubSubError) -> Response {
         var request = HTTPClientRequest(url: url)
         request.method = method
@@ -138,7 +141,8 @@ extension WebPubSubServiceClient {
         }
         let status = Int(response.status.code)
         let body = Array(bytes.readableBytesView)
-        guard expect.contains(status) else {
+        // Any 2xx is success; `alsoAnswers` are other statuses that are an answer (404: "no such").
+        guard (200..<300).contains(status) || alsoAnswers.contains(status) else {
             throw WebPubSubError.fromResponse(
                 operation: operation, status: status, reason: response.status.reasonPhrase, body: body,
                 errorCodeHeader: response.headers.first(name: "x-ms-error-code"), retryAfter: Self.retryAfter(response.headers))

@@ -109,7 +109,7 @@ package final class WebPubSubServiceClient: Sendable {
         var query = excluded.map { ("excluded", $0) }
         if let filter { query.append(("filter", filter)) }
         if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
-        try await call("sendToAll", .POST, try hubPath(hub, [":send"]), query: query, body: payload, contentType: contentType, expect: [202])
+        try await call("sendToAll", .POST, try hubPath(hub, [":send"]), query: query, body: payload, contentType: contentType)
     }
 
     /// `POST /api/hubs/{hub}/groups/{group}/:send`.
@@ -122,7 +122,7 @@ package final class WebPubSubServiceClient: Sendable {
         if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
         try await call(
             "sendToGroup", .POST, try hubPath(hub, ["groups", .group(group), ":send"]), query: query, body: payload,
-            contentType: contentType, expect: [202])
+            contentType: contentType)
     }
 
     /// `POST /api/hubs/{hub}/users/{userId}/:send`, to every connection of the user.
@@ -134,7 +134,7 @@ package final class WebPubSubServiceClient: Sendable {
         if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
         try await call(
             "sendToUser", .POST, try hubPath(hub, ["users", .user(userId), ":send"]), query: query, body: payload,
-            contentType: contentType, expect: [202])
+            contentType: contentType)
     }
 
     /// `POST /api/hubs/{hub}/connections/{connectionId}/:send`.
@@ -145,7 +145,7 @@ package final class WebPubSubServiceClient: Sendable {
         if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
         try await call(
             "sendToConnection", .POST, try hubPath(hub, ["connections", .connection(connectionId), ":send"]),
-            query: query, body: payload, contentType: contentType, expect: [202])
+            query: query, body: payload, contentType: contentType)
     }
 
     // MARK: Groups
@@ -154,43 +154,41 @@ package final class WebPubSubServiceClient: Sendable {
     package func addConnectionToGroup(hub: String, group: String, connectionId: String) async throws(WebPubSubError) {
         try await call(
             "addConnectionToGroup", .PUT,
-            try hubPath(hub, ["groups", .group(group), "connections", .connection(connectionId)]),
-            expect: [200])
+            try hubPath(hub, ["groups", .group(group), "connections", .connection(connectionId)]))
     }
 
     /// `DELETE /api/hubs/{hub}/groups/{group}/connections/{connectionId}`.
     package func removeConnectionFromGroup(hub: String, group: String, connectionId: String) async throws(WebPubSubError) {
         try await call(
             "removeConnectionFromGroup", .DELETE,
-            try hubPath(hub, ["groups", .group(group), "connections", .connection(connectionId)]),
-            expect: [204])
+            try hubPath(hub, ["groups", .group(group), "connections", .connection(connectionId)]))
     }
 
     /// `DELETE /api/hubs/{hub}/connections/{connectionId}/groups`.
     package func removeConnectionFromAllGroups(hub: String, connectionId: String) async throws(WebPubSubError) {
         try await call(
             "removeConnectionFromAllGroups", .DELETE,
-            try hubPath(hub, ["connections", .connection(connectionId), "groups"]), expect: [204])
+            try hubPath(hub, ["connections", .connection(connectionId), "groups"]))
     }
 
     /// `PUT /api/hubs/{hub}/users/{userId}/groups/{group}`.
     package func addUserToGroup(hub: String, group: String, userId: String) async throws(WebPubSubError) {
         try await call(
             "addUserToGroup", .PUT,
-            try hubPath(hub, ["users", .user(userId), "groups", .group(group)]), expect: [200])
+            try hubPath(hub, ["users", .user(userId), "groups", .group(group)]))
     }
 
     /// `DELETE /api/hubs/{hub}/users/{userId}/groups/{group}`.
     package func removeUserFromGroup(hub: String, group: String, userId: String) async throws(WebPubSubError) {
         try await call(
             "removeUserFromGroup", .DELETE,
-            try hubPath(hub, ["users", .user(userId), "groups", .group(group)]), expect: [204])
+            try hubPath(hub, ["users", .user(userId), "groups", .group(group)]))
     }
 
     /// `DELETE /api/hubs/{hub}/users/{userId}/groups`.
     package func removeUserFromAllGroups(hub: String, userId: String) async throws(WebPubSubError) {
         try await call(
-            "removeUserFromAllGroups", .DELETE, try hubPath(hub, ["users", .user(userId), "groups"]), expect: [204])
+            "removeUserFromAllGroups", .DELETE, try hubPath(hub, ["users", .user(userId), "groups"]))
     }
 
     /// `POST /api/hubs/{hub}/:addToGroups`: adds the connections matching `filter` to `groups`.
@@ -199,7 +197,7 @@ package final class WebPubSubServiceClient: Sendable {
         let body = JSONValue.object([("groups", .array(groups.map { .string($0) })), ("filter", .string(filter))]).serialized
         try await call(
             "addConnectionsToGroups", .POST, try hubPath(hub, [":addToGroups"]), body: ByteBuffer(string: body),
-            contentType: "application/json", expect: [200])
+            contentType: "application/json")
     }
 
     /// `POST /api/hubs/{hub}/:removeFromGroups`: removes the connections matching `filter` from `groups`.
@@ -208,7 +206,7 @@ package final class WebPubSubServiceClient: Sendable {
         let body = JSONValue.object([("groups", .array(groups.map { .string($0) })), ("filter", .string(filter))]).serialized
         try await call(
             "removeConnectionsFromGroups", .POST, try hubPath(hub, [":removeFromGroups"]), body: ByteBuffer(string: body),
-            contentType: "application/json", expect: [200])
+            contentType: "application/json")
     }
 
     private func checkGroups(_ groups: [String]) throws(WebPubSubError) {
@@ -230,7 +228,7 @@ package final class WebPubSubServiceClient: Sendable {
         if let top { query.append(("top", String(top))) }
         var url = try makeURL(try hubPath(hub, ["groups", .group(group), "connections"]), query: query)
         while true {
-            let response = try await perform("listConnections", .GET, url: url, body: nil, contentType: nil, expect: [200])
+            let response = try await perform("listConnections", .GET, url: url, body: nil, contentType: nil)
             guard let json = try? JSONValue.parse(response.body), case .array(let items) = json["value"] ?? .null else {
                 throw WebPubSubError(kind: .status, message: "listConnections: response is not a page of members", status: 200)
             }
@@ -250,7 +248,7 @@ package final class WebPubSubServiceClient: Sendable {
     package func closeAllConnections(hub: String, excluded: [String] = [], reason: String? = nil) async throws(WebPubSubError) {
         var query = excluded.map { ("excluded", $0) }
         if let reason { query.append(("reason", reason)) }
-        try await call("closeAllConnections", .POST, try hubPath(hub, [":closeConnections"]), query: query, expect: [204])
+        try await call("closeAllConnections", .POST, try hubPath(hub, [":closeConnections"]), query: query)
     }
 
     /// `POST /api/hubs/{hub}/groups/{group}/:closeConnections`.
@@ -258,8 +256,7 @@ package final class WebPubSubServiceClient: Sendable {
         var query = excluded.map { ("excluded", $0) }
         if let reason { query.append(("reason", reason)) }
         try await call(
-            "closeGroupConnections", .POST, try hubPath(hub, ["groups", .group(group), ":closeConnections"]), query: query,
-            expect: [204])
+            "closeGroupConnections", .POST, try hubPath(hub, ["groups", .group(group), ":closeConnections"]), query: query)
     }
 
     /// `POST /api/hubs/{hub}/users/{userId}/:closeConnections`.
@@ -267,8 +264,7 @@ package final class WebPubSubServiceClient: Sendable {
         var query = excluded.map { ("excluded", $0) }
         if let reason { query.append(("reason", reason)) }
         try await call(
-            "closeUserConnections", .POST, try hubPath(hub, ["users", .user(userId), ":closeConnections"]), query: query,
-            expect: [204])
+            "closeUserConnections", .POST, try hubPath(hub, ["users", .user(userId), ":closeConnections"]), query: query)
     }
 
     /// `DELETE /api/hubs/{hub}/connections/{connectionId}`.
@@ -276,8 +272,7 @@ package final class WebPubSubServiceClient: Sendable {
         var query: [(String, String)] = []
         if let reason { query.append(("reason", reason)) }
         try await call(
-            "closeConnection", .DELETE, try hubPath(hub, ["connections", .connection(connectionId)]), query: query,
-            expect: [204])
+            "closeConnection", .DELETE, try hubPath(hub, ["connections", .connection(connectionId)]), query: query)
     }
 
     /// `HEAD /api/hubs/{hub}/connections/{connectionId}`.
@@ -309,15 +304,14 @@ package final class WebPubSubServiceClient: Sendable {
     /// `PUT /api/hubs/{hub}/permissions/{permission}/connections/{connectionId}`; `targetName` is a group (all groups when nil).
     package func grantPermission(hub: String, permission: Permission, connectionId: String, targetName: String? = nil) async throws(WebPubSubError) {
         try await call(
-            "grantPermission", .PUT, try permissionPath(hub, permission, connectionId), query: targetName.map { [("targetName", $0)] } ?? [],
-            expect: [200])
+            "grantPermission", .PUT, try permissionPath(hub, permission, connectionId), query: targetName.map { [("targetName", $0)] } ?? [])
     }
 
     /// `DELETE /api/hubs/{hub}/permissions/{permission}/connections/{connectionId}`.
     package func revokePermission(hub: String, permission: Permission, connectionId: String, targetName: String? = nil) async throws(WebPubSubError) {
         try await call(
             "revokePermission", .DELETE, try permissionPath(hub, permission, connectionId),
-            query: targetName.map { [("targetName", $0)] } ?? [], expect: [204])
+            query: targetName.map { [("targetName", $0)] } ?? [])
     }
 
     /// `HEAD /api/hubs/{hub}/permissions/{permission}/connections/{connectionId}`.
@@ -340,7 +334,7 @@ package final class WebPubSubServiceClient: Sendable {
         query += groups.map { ("group", $0) }
         query.append(("minutesToExpire", String(minutesToExpire)))
         let url = try makeURL(try hubPath(hub, [":generateToken"]), query: query)
-        let response = try await perform("generateClientToken", .POST, url: url, body: nil, contentType: nil, expect: [200])
+        let response = try await perform("generateClientToken", .POST, url: url, body: nil, contentType: nil)
         guard let token = (try? JSONValue.parse(response.body))?["token"]?.stringValue else {
             throw WebPubSubError(
                 kind: .status, message: "generateClientToken: the response has no token", status: 200, operation: "generateClientToken")

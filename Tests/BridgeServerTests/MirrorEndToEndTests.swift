@@ -68,6 +68,43 @@ import FoundationNetworking
         await broker.stop()
     }
 
+    /// A Web PubSub service of its own (`wps-bridge hub` as a separate process, as Azure is)
+    /// sends its events to a bridge that names no `allowedOrigins`: the service's abuse-protection
+    /// handshake passes because its host is the configured endpoint's. The official Python client
+    /// (reliable subprotocol) closes normally, so its session ends at once: `disconnected`
+    /// arrives without the hub's 30 s reconnect grace.
+    @Test func aSeparateServiceReachesABridgeWithoutAllowedOriginsAndANormalCloseEndsTheSession() async throws {
+        let serverPort = try TestEnvironment.freePort()
+        let hub = try await HubProcess(arguments: ["--event-handler", "chat=http://127.0.0.1:\(serverPort)/eventhandler/{hub}"])
+        let dir = try TestEnvironment.temporaryDirectory()
+        let bridge = try BridgeProcess(
+            """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+            server:
+              listen: 127.0.0.1:\(serverPort)
+            events:
+              - {hub: chat, events: [chat, note, connected, disconnected], to: {type: file, path: events.ndjson}}
+            """, in: dir)
+        #expect(await eventually { TestEnvironment.isListening(serverPort) }, "\(bridge.logTail)")
+        let client = try await runProcess(
+            try TestEnvironment.python(),
+            [TestEnvironment.packageRoot + "/Tests/python/mirror_client.py", hub.connectionString, "chat", "carol", "2"],
+            timeout: 60)
+        #expect(client.status == 0, "\(client.stderr)\n\(bridge.logTail)")
+        func events() -> [String] {
+            let text = (try? String(contentsOfFile: dir + "/events.ndjson", encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").map { (try? JSONValue.parse(Array($0.utf8))["data"]?["eventname"]?.stringValue) ?? "?" }
+        }
+        // Well within the 30 s grace a dropped reliable session would be kept for.
+        #expect(await eventually(timeout: .seconds(15)) { events().last == "disconnected" }, "\(events())\n\(bridge.logTail)")
+        // `connected` is not blocking: the hub sends it beside the first user events, as the service does.
+        #expect(events().sorted() == ["chat", "chat", "connected", "disconnected", "note"], "\(events())")
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+        await hub.stop()
+    }
+
     @Test func forgedEventsOverHTTPAreRefused() async throws {
         let serverPort = try TestEnvironment.freePort()
         let dir = try TestEnvironment.temporaryDirectory()
@@ -103,6 +140,9 @@ import FoundationNetworking
         #expect(try await call("POST", "/eventhandler/chat", noType) == 400)
         #expect(try await call("OPTIONS", "/eventhandler/chat", ["WebHook-Request-Origin": "evil.example.com"]) == 403)
         #expect(try await call("OPTIONS", "/eventhandler/chat", ["WebHook-Request-Origin": "myhub.webpubsub.azure.com"]) == 200)
+        #expect(
+            try await call("OPTIONS", "/eventhandler/chat", ["WebHook-Request-Origin": "127.0.0.1"]) == 200,
+            "the host of the service the bridge sends to is allowed besides allowedOrigins")
         #expect(try await call("GET", "/healthz", [:]) == 200)
         // Nothing listens where webpubsub points: alive, but not ready.
         #expect(try await call("GET", "/readyz", [:]) == 503)

@@ -218,6 +218,28 @@ import WebPubSubProtocol
         }
     }
 
+    /// As the service: a reliable client that closes with 1000 ends its session at once; one that
+    /// closes with another code keeps it for a reconnect within the grace.
+    @Test func aReliableClientsNormalCloseEndsItsSessionAndOtherClosesKeepIt() async throws {
+        try await withHub({ $0.reconnectGrace = .seconds(60) }) { _, cs in
+            let client = WebPubSubServiceClient(connectionString: cs)
+            defer { Task { try? await client.shutdown() } }
+            let reliable = "json.reliable.webpubsub.azure.v1"
+            let (normal, normalId) = try await connectClient(cs, user: "n", subprotocol: reliable)
+            let (away, awayId) = try await connectClient(cs, user: "a", subprotocol: reliable)
+            let n = try #require(normalId)
+            let a = try #require(awayId)
+            await normal.close(code: 1000)
+            await away.close(code: 1001)
+            let ended = try await eventually(timeout: .seconds(10)) { try await !client.connectionExists(hub: "chat", connectionId: n) }
+            #expect(ended, "a close with 1000 ends the session")
+            #expect(try await client.connectionExists(hub: "chat", connectionId: a), "kept for a reconnect")
+            let aExists = try await client.userExists(hub: "chat", userId: "a")
+            let nExists = try await client.userExists(hub: "chat", userId: "n")
+            #expect(aExists && !nExists)
+        }
+    }
+
     @Test func unknownReconnectionIsAcceptedThenClosedWith1008() async throws {
         try await withHub { _, cs in
             let access = try ClientAccess.make(

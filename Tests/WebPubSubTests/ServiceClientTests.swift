@@ -100,6 +100,29 @@ import Glibc
         }
     }
 
+    /// The service answers 204 where older examples said 200 (`:addToGroups`, the health check),
+    /// and may answer 200 for a send: any 2xx is success; other statuses are not.
+    @Test func any2xxIsSuccessAndNothingElse() async throws {
+        try await withRecordingServer { server in
+            let c = try client(server)
+            server.enqueue(.init(status: 204), .init(status: 204), .init(status: 204), .init(status: 200), .init(status: 201))
+            try await c.addConnectionsToGroups(hub: "h", groups: ["g"], filter: "userId eq 'a'")
+            try await c.removeConnectionsFromGroups(hub: "h", groups: ["g"], filter: "userId eq 'a'")
+            #expect(try await c.serviceIsHealthy())
+            try await c.sendToAll(hub: "h", payload: ByteBuffer(string: "x"), contentType: "text/plain")
+            try await c.grantPermission(hub: "h", permission: .sendToGroup, connectionId: "c1")
+            server.enqueue(.init(status: 404), .init(status: 302), .init(status: 404))
+            #expect(try await c.serviceIsHealthy() == false)
+            await #expect(throws: WebPubSubError.self) {
+                try await c.addConnectionToGroup(hub: "h", group: "g", connectionId: "c1")
+            }
+            await #expect(throws: WebPubSubError.self, "404 answers only the HEAD checks") {
+                try await c.sendToAll(hub: "h", payload: ByteBuffer(string: "x"), contentType: "text/plain")
+            }
+            try await c.shutdown()
+        }
+    }
+
     @Test func refusedRequestCarriesStatusBodyAndRetryAfter() async throws {
         try await withRecordingServer { server in
             let c = try client(server)
