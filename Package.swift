@@ -42,7 +42,7 @@ let package = Package(
         // that has settings reads them with it.
         .target(
             name: "BridgeConfig",
-            dependencies: [.product(name: "Yams", package: "Yams")],
+            dependencies: ["BridgeJSON", .product(name: "Yams", package: "Yams")],
             swiftSettings: swiftSettings
         ),
         // What the Web PubSub service defines that every side of it checks: the name rules.
@@ -69,7 +69,7 @@ let package = Package(
         .target(
             name: "AzureIdentity",
             dependencies: [
-                "BridgeConfig", "BridgeConfig", "BridgeObservability", "BridgeJSON",
+                "BridgeConfig", "BridgeObservability", "BridgeJSON",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -136,7 +136,7 @@ let package = Package(
         .target(
             name: "HTTPGuards",
             dependencies: [
-                "BridgeConfig", "BridgeConfig", "BridgeObservability", .product(name: "HummingbirdCore", package: "hummingbird"),
+                "BridgeConfig", "BridgeObservability", .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -120,7 +120,7 @@ extension EventHandlerConfiguration {
             if names.contains("connect") {
                 rule.value("events")?.report("'connect' is answered by eventHandler.connect, not mirrored; use connected")
             }
-            let reply = rule.enumeration("reply", EventRule.Reply.self) ?? .empty
+            let reply = rule.value("reply").map(readReply) ?? .empty
             var sink: (any SinkAdapter)?
             if let to = rule.mapping("to", required: true) {
                 sink = CoreConfig.readSink(to, registry: registry, context: context)
@@ -135,6 +135,35 @@ extension EventHandlerConfiguration {
             if let eventHandler { eventHandler.report(message) } else { events?.first?.reader.report(message, path: "eventHandler") }
         }
         return config
+    }
+
+    /// `reply: ack`, `reply: empty`, `reply: {text: TEMPLATE}` or `reply: {json: VALUE}`.
+    static func readReply(_ v: ConfigValue) -> EventRule.Reply {
+        let usage =
+            "reply is ack, empty, {text: \"TEMPLATE\"} or {json: VALUE}, with \(ReplyTemplate.fields.sorted().map { "{\($0)}" }.joined(separator: " ")) filled"
+        if v.isScalar {
+            switch v.string() {
+            case "ack": return .ack
+            case "empty": return .empty
+            default:
+                v.report(usage)
+                return .empty
+            }
+        }
+        guard let m = v.mapping() else { return .empty }
+        m.checkKeys(["text", "json"], what: "a reply")
+        guard m.has("text") != m.has("json") else {
+            m.report(usage)
+            return .empty
+        }
+        if m.has("text") {
+            guard let template = m.string("text") else { return .empty }
+            if let problem = ReplyTemplate.problem(template) { m.value("text")?.report(problem) }
+            return .text(template)
+        }
+        guard let value = m.value("json"), let json = value.json() else { return .empty }
+        for problem in ReplyTemplate.problems(json) { value.report(problem) }
+        return .json(json)
     }
 
     static func readConnect(_ m: ConfigMapping) -> ConnectPolicy {

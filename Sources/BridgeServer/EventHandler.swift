@@ -302,10 +302,17 @@ package final class EventHandler: Sendable {
             return .text(500, "the event could not be written: \(failures.joined(separator: "; "))")
         }
         stats.written.add(1, ordering: .relaxed)
-        if isUserEvent, rules.contains(where: { $0.reply == .ack }) {
-            return .json(200, .object([("ack", .string(attributes.id)), ("event", .string(attributes.eventName))]))
+        guard isUserEvent, let reply = rules.lazy.map(\.reply).first(where: { $0 != .empty }) else { return HandlerResponse(204) }
+        let template = ReplyTemplate(values: [
+            "event": attributes.eventName, "userId": attributes.userId ?? "", "connectionId": attributes.connectionId, "hub": attributes.hub,
+            "id": attributes.id,
+        ])
+        switch reply {
+        case .empty: return HandlerResponse(204)
+        case .ack: return .json(200, .object([("ack", .string(attributes.id)), ("event", .string(attributes.eventName))]))
+        case .text(let text): return .text(200, template.render(text))
+        case .json(let json): return .json(200, template.render(json))
         }
-        return HandlerResponse(204)
     }
 
     /// Writes `record` to the sink of every rule at once; returns the rules whose sink failed,

@@ -1,4 +1,5 @@
 package import BridgeCore
+package import BridgeJSON
 import Foundation
 package import WebPubSub
 
@@ -25,11 +26,18 @@ package struct ConnectPolicy: Sendable {
 /// One `events:` rule: which events of which hub go to which sink, and what a user event is
 /// answered with.
 package struct EventRule: Sendable {
-    package enum Reply: String, Sendable, CaseIterable {
+    /// What a user event (or an `invoke`) is answered with, once its sink wrote it. The service
+    /// sends a 200's body back to the client: as a message for an `event`, as the
+    /// `invokeResponse` for an `invoke`.
+    package enum Reply: Sendable, Equatable {
         /// 204, nothing goes back to the client.
         case empty
-        /// 200 with `{"ack": "<event id>", "event": "<name>"}`, which the service sends back to the client.
+        /// 200 with `{"ack": "<event id>", "event": "<name>"}`.
         case ack
+        /// 200 with this text (`text/plain`), its fields (``ReplyTemplate``) filled.
+        case text(String)
+        /// 200 with this JSON, the fields of every string in it filled.
+        case json(JSONValue)
     }
 
     package var hub: String

@@ -37,6 +37,8 @@ final class ClientConnection: Sendable {
         var ackIdOrder = CircularBuffer<UInt64>()
         var connectionState: String?
         var ended = false
+        /// `invoke`s whose answer the client still waits for.
+        var invocations: Set<String> = []
     }
 
     private let state = Mutex(State())
@@ -178,6 +180,32 @@ final class ClientConnection: Sendable {
 
     /// Ack ids remembered per connection for `Duplicate` answers: the most recent ones.
     static let rememberedAckIds = 10_000
+
+    /// `invoke`s in progress on one connection, at most: each holds an upstream call.
+    static let maxInvocations = 64
+
+    enum InvocationStart: Equatable {
+        case started
+        /// One with this id is in progress.
+        case duplicate
+        /// `maxInvocations` are in progress.
+        case tooMany
+    }
+
+    func startInvocation(_ id: String) -> InvocationStart {
+        state.withLock { s in
+            if s.invocations.contains(id) { return .duplicate }
+            if s.invocations.count >= Self.maxInvocations { return .tooMany }
+            s.invocations.insert(id)
+            return .started
+        }
+    }
+
+    /// The invocation is over (answered or cancelled); true when the client still waited for it.
+    @discardableResult
+    func finishInvocation(_ id: String) -> Bool {
+        state.withLock { $0.invocations.remove(id) != nil }
+    }
 
     /// Records an `ackId`; false when it was seen before (a `Duplicate`).
     func firstUse(ackId: UInt64) -> Bool {

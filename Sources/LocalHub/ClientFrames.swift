@@ -15,12 +15,18 @@ enum InboundFrame: Equatable, Sendable {
     /// `sequenceId` is nil when it is not an unsigned integer (the frame is then ignored).
     case sequenceAck(sequenceId: UInt64?)
     case ping
+    /// `invoke` (`@azure/web-pubsub-client`'s `invokeEvent`): an upstream event whose reply comes
+    /// back as `invokeResponse`. `target` is as sent (only `event` is served); `data` is nil when
+    /// it does not match `dataType`, empty text when the frame has neither.
+    case invoke(invocationId: String, target: String?, event: String?, data: FrameData?)
+    /// The client no longer waits for this invocation.
+    case cancelInvocation(invocationId: String)
 
     /// The id of a frame that asks for an ack; acks are deduplicated by it.
     var ackId: UInt64? {
         switch self {
         case .joinGroup(_, let id), .leaveGroup(_, let id), .sendToGroup(_, _, _, let id), .event(_, _, let id): id
-        case .sequenceAck, .ping: nil
+        case .sequenceAck, .ping, .invoke, .cancelInvocation: nil
         }
     }
 }
@@ -42,11 +48,14 @@ enum OutboundFrame: Equatable, Sendable {
     case disconnected(reason: String)
     case ack(ackId: UInt64, error: AckError?)
     case pong
+    /// The answer to an `invoke`: the event handler's reply (nil: it had no body), or why none came.
+    case invokeResponse(invocationId: String, result: Result<FrameData?, AckError>)
 }
 
 /// Why an ack reports failure, with the names the service uses.
-struct AckError: Equatable, Sendable {
+struct AckError: Error, Equatable, Sendable {
     enum Name: String, Sendable {
+        case badRequest = "BadRequest"
         case forbidden = "Forbidden"
         case duplicate = "Duplicate"
         case internalServerError = "InternalServerError"
@@ -94,9 +103,25 @@ struct JSONFrameCodec: ClientFrameCodec {
             return .sequenceAck(sequenceId: id)
         case "ping":
             return .ping
+        case "invoke":
+            let id = try Self.invocationId(json)
+            let data = json["data"] == nil && json["dataType"] == nil ? FrameData(dataType: .text, payload: []) : Self.data(json)
+            return .invoke(invocationId: id, target: json["target"]?.stringValue, event: json["event"]?.stringValue, data: data)
+        case "cancelInvocation":
+            return .cancelInvocation(invocationId: try Self.invocationId(json))
         default:
             throw FrameDecodingError(reason: "Invalid message: unknown type '\(type)'")
         }
+    }
+
+    /// The longest `invocationId` taken: the client's own are "1", "2", ... or a UUID.
+    static let maxInvocationIdLength = 128
+
+    static func invocationId(_ json: JSONValue) throws(FrameDecodingError) -> String {
+        guard let id = json["invocationId"]?.stringValue, !id.isEmpty, id.utf8.count <= maxInvocationIdLength else {
+            throw FrameDecodingError(reason: "Invalid message: invocationId must be a string of 1 to \(maxInvocationIdLength) bytes")
+        }
+        return id
     }
 
     /// `data` by `dataType` (default json): JSON as written, text as a string, binary as base64.
@@ -133,6 +158,31 @@ struct JSONFrameCodec: ClientFrameCodec {
             return JSONValue.object(members).serialized
         case .pong:
             return #"{"type":"pong"}"#
+        case .invokeResponse(let invocationId, let result):
+            var members: [(String, JSONValue)] = [("type", .string("invokeResponse")), ("invocationId", .string(invocationId))]
+            switch result {
+            case .success(let data):
+                members.append(("success", .bool(true)))
+                if let data, let value = Self.value(data) {
+                    members.append(("dataType", .string(data.dataType.rawValue)))
+                    members.append(("data", value))
+                }
+            case .failure(let error):
+                members.append(("success", .bool(false)))
+                members.append(("error", .object([("name", .string(error.name.rawValue)), ("message", .string(error.message))])))
+            }
+            return JSONValue.object(members).serialized
+        }
+    }
+}
+
+extension JSONFrameCodec {
+    /// Data as a JSON frame carries it: JSON as itself, text as a string, binary as base64.
+    static func value(_ data: FrameData) -> JSONValue? {
+        switch data.dataType {
+        case .json: try? JSONValue.parse(data.payload)
+        case .text: .string(String(decoding: data.payload, as: UTF8.self))
+        case .binary: .string(Data(data.payload).base64EncodedString())
         }
     }
 }

@@ -59,8 +59,77 @@ extension LocalHub {
             if c.proto.isReliable, let sequenceId { c.acknowledge(upTo: sequenceId) }
         case .ping:
             c.sendRaw(codec.encode(.pong))
+        case .invoke(let id, let target, let event, let data):
+            invoke(id, target: target, event: event, data: data, from: c, codec: codec)
+        case .cancelInvocation(let id):
+            // The upstream call goes on (the event was sent); its answer is not.
+            c.finishInvocation(id)
         }
         return true
+    }
+
+    /// `invoke`: the event goes upstream as a user event, in the background so that the client's
+    /// next frames (a `cancelInvocation`, other invocations) are read meanwhile; the handler's
+    /// reply comes back as `invokeResponse`, or why there is none.
+    func invoke(_ id: String, target: String?, event: String?, data: FrameData?, from c: ClientConnection, codec: any ClientFrameCodec) {
+        let answer: @Sendable (Result<FrameData?, AckError>) -> Void = { result in
+            c.sendRaw(codec.encode(.invokeResponse(invocationId: id, result: result)))
+        }
+        switch c.startInvocation(id) {
+        case .started: break
+        case .duplicate:
+            return answer(.failure(AckError(name: .badRequest, message: "Invocation '\(id)' is in progress already")))
+        case .tooMany:
+            return answer(
+                .failure(
+                    AckError(
+                        name: .badRequest, message: "\(ClientConnection.maxInvocations) invocations are in progress, the most a connection may have"))
+            )
+        }
+        let refuse = { (message: String) in
+            c.finishInvocation(id)
+            answer(.failure(AckError(name: .badRequest, message: message)))
+        }
+        if let target, target != "event" { return refuse("Invoke target '\(target)' is not supported: only \"event\" is") }
+        guard let event else { return refuse("\"event\" is required") }
+        if let problem = WebPubSubNames.eventProblem(event) { return refuse(problem) }
+        guard let data else { return refuse("\"data\" does not match \"dataType\"") }
+        guard let handler = handler(for: c.hub, userEvent: event) else {
+            return refuse("No event handler for event '\(event)' in hub '\(c.hub)'")
+        }
+        Counter(label: MetricName.hubMessagesReceived, dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()
+        let upstreamEvent = UpstreamEvent(
+            kind: .user(event), hub: c.hub, connectionId: c.id, userId: c.userId, subprotocol: c.subprotocolHeader,
+            connectionState: c.connectionState, body: data.payload, contentType: data.dataType.contentType)
+        spawn { [upstream, logger] in
+            let result: Result<FrameData?, AckError>
+            do {
+                let response = try await upstream.call(handler, upstreamEvent)
+                if let state = response.connectionState { c.connectionState = state }
+                result = Self.invokeResult(response)
+            } catch {
+                logger.warning("invoke failed", metadata: [LogKey.hub: "\(c.hub)", LogKey.error: "\(error)"])
+                result = .failure(AckError(name: .internalServerError, message: "The event handler could not be reached"))
+            }
+            if c.finishInvocation(id) { answer(result) }
+        }
+    }
+
+    /// What an event handler's answer to an invoke becomes: its body with the data type of its
+    /// content type, nothing for an empty body, an error for a refusal or a body the protocol cannot carry.
+    static func invokeResult(_ response: UpstreamResponse) -> Result<FrameData?, AckError> {
+        guard (200..<300).contains(response.status) else {
+            return .failure(AckError(name: .internalServerError, message: "The event handler answered \(response.status)"))
+        }
+        guard !response.body.isEmpty else { return .success(nil) }
+        let contentType = response.contentType ?? "text/plain"
+        guard let type = HubDataType(contentType: contentType) else {
+            return .failure(AckError(name: .internalServerError, message: "The event handler answered with content type '\(contentType)'"))
+        }
+        guard type != .json || (try? JSONValue.parse(response.body)) != nil else {
+            return .failure(AckError(name: .internalServerError, message: "The event handler's JSON answer is not valid JSON"))
+        }
+        return .success(FrameData(dataType: type, payload: response.body))
     }
 
     /// `joinGroup` / `leaveGroup`: nil when done, else why not.

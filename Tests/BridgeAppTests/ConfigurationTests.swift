@@ -1,4 +1,5 @@
 import AzureIdentity
+import BridgeJSON
 import BridgeServer
 import BridgeTestSupport
 import Foundation
@@ -258,6 +259,40 @@ let valid = """
 @Suite struct ConnectionLimitConfigurationTests {
     let head =
         "webpubsub: {connectionString: \"Endpoint=http://h;AccessKey=k\", hub: c}\nsources: [{name: in, type: stdin}]\nroutes: [{from: in, to: [{all: true}]}]\n"
+
+    @Test func repliesAreReadAndTheirTemplatesChecked() throws {
+        func config(_ reply: String) -> String {
+            """
+            webpubsub: {connectionString: "Endpoint=http://127.0.0.1;Port=1;AccessKey=k0123456789;Version=1.0;", hub: chat}
+            server: {listen: 127.0.0.1:8081}
+            events:
+              - hub: chat
+                events: [order]
+                to: {type: stdout}
+                reply: \(reply)
+            """
+        }
+        let json = try load(config(#"{json: {received: "{event}", by: "{userId}", n: 2, ok: true, none: null, list: [1.5, "x"]}}"#))
+        #expect(
+            json.eventHandler?.rules.first?.reply
+                == .json(
+                    .object([
+                        ("received", .string("{event}")), ("by", .string("{userId}")), ("n", .number("2")), ("ok", .bool(true)), ("none", .null),
+                        ("list", .array([.number("1.5"), .string("x")])),
+                    ])))
+        #expect(try load(config(#"{text: "got {event}"}"#)).eventHandler?.rules.first?.reply == .text("got {event}"))
+        #expect(try load(config("ack")).eventHandler?.rules.first?.reply == .ack)
+        for (reply, message) in [
+            (#"{text: "hi {claim.sub}"}"#, "{claim.sub} is not known in a reply"),
+            (#"{json: {a: "{nope"}}"#, "has an unclosed {"),
+            (#"{text: a, json: b}"#, "reply is ack, empty"),
+            ("yes", "reply is ack, empty"),
+            (#"{txt: a}"#, "txt"),
+        ] {
+            let found = issues(config(reply))
+            #expect(found.contains { $0.message.contains(message) && $0.path.hasPrefix("events[0].reply") }, "\(reply): \(found)")
+        }
+    }
 
     @Test func serverAndHubLimitsAreRead() throws {
         let c = try load(head + "server: {listen: \"127.0.0.1:0\", headerTimeout: 2s, idleTimeout: 5s, maxConnections: 50}")

@@ -98,6 +98,25 @@ func text(_ r: HandlerResponse) -> String { String(decoding: r.body, as: UTF8.se
         #expect(sink.written.count == 1)
     }
 
+    /// `reply: {text: ...}` and `reply: {json: ...}` fill their fields per event; a field's value
+    /// is a JSON string, so a hostile user id cannot change the reply's shape.
+    @Test func templatedRepliesFillTheirFields() async throws {
+        let json: JSONValue = .object([
+            ("received", .string("{event}")), ("by", .string("{userId}")), ("n", .number("1")), ("at", .array([.string("{hub}/{connectionId}")])),
+        ])
+        let (h, _) = handler(rules: [("chat", ["order"], .json(json)), ("chat", ["note"], .text("got {event} ({id}) from {userId}"))])
+        let ordered = await h.handle(event("azure.webpubsub.user.order", name: "order", body: "{}"))
+        #expect(ordered.status == 200)
+        let reply = try JSONValue.parse(ordered.body)
+        #expect(reply["received"] == .string("order") && reply["n"] == .number("1"))
+        #expect(reply["by"] == .string("alice") && reply["at"] == .array([.string("chat/conn-1")]), "\(reply.serialized)")
+        let noted = await h.handle(event("azure.webpubsub.user.note", name: "note", body: "{}"))
+        #expect(text(noted) == "got note (evt-1) from alice")
+        #expect(noted.headers.contains { $0.0 == "Content-Type" && $0.1.hasPrefix("text/plain") })
+        let hostile = ReplyTemplate(values: ["userId": #"x", "admin": true, "y": ""#]).render(json)
+        #expect(hostile["by"] == .string(#"x", "admin": true, "y": ""#) && hostile["admin"] == nil)
+    }
+
     @Test func forgedOrMalformedRequestsAreRefusedAndWriteNothing() async {
         let (h, sink) = handler(token: "s3cret")
         let user = "azure.webpubsub.user.chat"

@@ -105,6 +105,50 @@ import FoundationNetworking
         await hub.stop()
     }
 
+    /// A raw client speaking `@azure/web-pubsub-client`'s invoke frames to the embedded hub, whose
+    /// upstream is the bridge: the event is mirrored, and the rule's templated reply comes back as
+    /// the `invokeResponse`; an `event` gets the same reply as a server message.
+    @Test func anInvokeIsMirroredAndAnsweredWithTheRulesReply() async throws {
+        let hubPort = try TestEnvironment.freePort()
+        let serverPort = try TestEnvironment.freePort()
+        let key = "invoke-test-key-0123456789ABCDEFGHIJ"
+        let dir = try TestEnvironment.temporaryDirectory()
+        let bridge = try BridgeProcess(
+            """
+            webpubsub:
+              embedded: {port: \(hubPort), accessKey: \(key)}
+              hub: chat
+            server:
+              listen: 127.0.0.1:\(serverPort)
+            events:
+              - hub: chat
+                events: [order]
+                to: {type: file, path: orders.ndjson}
+                reply: {json: {received: "{event}", by: "{userId}", ok: true}}
+            """, in: dir)
+        #expect(await eventually { TestEnvironment.isListening(hubPort) && TestEnvironment.isListening(serverPort) }, "\(bridge.logTail)")
+        let cs = try ConnectionString(parsing: "Endpoint=http://127.0.0.1;Port=\(hubPort);AccessKey=\(key);Version=1.0;")
+        let access = try ClientAccess.make(
+            endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "dave", roles: [], groups: [], expiresIn: .seconds(600))
+        let socket = try await TestWebSocket.connect(access.url, subprotocol: "json.webpubsub.azure.v1")
+        #expect(await socket.expect(type: "system", event: "connected") != nil)
+        socket.send(#"{"type":"invoke","invocationId":"1","target":"event","event":"order","dataType":"json","data":{"item":"tea"}}"#)
+        let response = await socket.expect(type: "invokeResponse")
+        #expect(
+            response?["success"] == .bool(true) && response?["dataType"] == .string("json"), "\(response?.serialized ?? "nil")\n\(bridge.logTail)")
+        #expect(response?["data"] == .object([("received", .string("order")), ("by", .string("dave")), ("ok", .bool(true))]))
+        socket.send(#"{"type":"event","event":"order","dataType":"text","data":"coffee","ackId":7}"#)
+        let message = await socket.expect(type: "message")
+        #expect(message?["from"] == .string("server") && message?["data"]?["by"] == .string("dave"))
+        #expect(await socket.expect(type: "ack")?["success"] == .bool(true))
+        let lines = try String(contentsOfFile: dir + "/orders.ndjson", encoding: .utf8).split(separator: "\n")
+        let data = try lines.map { try JSONValue.parse(Array($0.utf8))["data"]?["data"] ?? .null }
+        #expect(data == [.object([("item", .string("tea"))]), .string("coffee")], "both were mirrored before they were answered")
+        await socket.close()
+        bridge.terminate()
+        #expect(await bridge.exitStatus() == 0)
+    }
+
     @Test func forgedEventsOverHTTPAreRefused() async throws {
         let serverPort = try TestEnvironment.freePort()
         let dir = try TestEnvironment.temporaryDirectory()

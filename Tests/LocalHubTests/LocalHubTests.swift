@@ -320,6 +320,90 @@ import WebPubSubProtocol
         }
     }
 
+    /// `invoke` as `@azure/web-pubsub-client` sends it (`invokeEvent`): the event goes upstream as
+    /// a user event and its reply comes back as `invokeResponse`; refusals are `success: false`
+    /// with the service's error names; a cancelled invocation gets no answer; `ping` gets `pong`.
+    @Test func invokeIsAnsweredWithTheHandlersReply() async throws {
+        let handler = RecordingServer(verifyToken: false) { request in
+            if request.method == "OPTIONS" {
+                return .init(status: 200, headers: ["WebHook-Allowed-Origin": request.headers["webhook-request-origin"] ?? ""])
+            }
+            switch request.headers["ce-eventname"] {
+            case "echo":
+                return .init(status: 200, headers: ["Content-Type": "text/plain; charset=utf-8"], body: "echo: " + request.bodyText)
+            case "json":
+                return .init(status: 200, headers: ["Content-Type": "application/json"], body: #"{"got": \#(request.bodyText)}"#)
+            case "bytes":
+                return .init(status: 200, headers: ["Content-Type": "application/octet-stream"], body: String(request.bodyText.reversed()))
+            case "fail":
+                return .init(status: 500, body: "broken")
+            case "slow":
+                Thread.sleep(forTimeInterval: 0.5)
+                return .init(status: 200, headers: ["Content-Type": "text/plain"], body: "late")
+            default:
+                return .init(status: 204)
+            }
+        }
+        try await handler.start()
+        defer { Task { await handler.stop() } }
+        let url = "http://127.0.0.1:\(handler.port)/{event}"
+        try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: url, userEventPattern: "echo,json,bytes,fail,slow,empty")] }
+        ) {
+            _, cs in
+            let (socket, _) = try await connectClient(cs, user: "u", subprotocol: "json.reliable.webpubsub.azure.v1")
+            func invoke(_ frame: String) async -> JSONValue? {
+                socket.send(frame)
+                return await socket.expect(type: "invokeResponse")
+            }
+            socket.send(#"{"type":"ping"}"#)
+            #expect(await socket.expect(type: "pong") != nil)
+
+            let text = await invoke(#"{"type":"invoke","invocationId":"1","target":"event","event":"echo","dataType":"text","data":"hi"}"#)
+            #expect(
+                text
+                    == .object([
+                        ("type", .string("invokeResponse")), ("invocationId", .string("1")), ("success", .bool(true)),
+                        ("dataType", .string("text")), ("data", .string("echo: hi")),
+                    ]))
+            #expect(text?["sequenceId"] == nil, "not sequenced: the client would never acknowledge it")
+            let json = await invoke(#"{"type":"invoke","invocationId":"2","target":"event","event":"json","dataType":"json","data":{"n":[1,2]}}"#)
+            #expect(
+                json?["dataType"] == .string("json") && json?["data"] == .object([("got", .object([("n", .array([.number("1"), .number("2")]))]))]))
+            let bytes = await invoke(#"{"type":"invoke","invocationId":"3","event":"bytes","dataType":"binary","data":"YWJj"}"#)
+            #expect(bytes?["dataType"] == .string("binary") && bytes?["data"] == .string("Y2Jh"), "abc reversed, base64 both ways")
+            let empty = await invoke(#"{"type":"invoke","invocationId":"4","event":"empty"}"#)
+            #expect(empty?["success"] == .bool(true) && empty?["data"] == nil, "204: success without data")
+
+            let failed = await invoke(#"{"type":"invoke","invocationId":"5","event":"fail","dataType":"text","data":"x"}"#)
+            #expect(failed?["success"] == .bool(false) && failed?["error"]?["name"] == .string("InternalServerError"))
+            for (frame, why) in [
+                (#"{"type":"invoke","invocationId":"6","target":"group","event":"echo"}"#, "not supported"),
+                (#"{"type":"invoke","invocationId":"7","event":"nobody"}"#, "No event handler"),
+                (#"{"type":"invoke","invocationId":"8","event":"9bad name"}"#, "event"),
+                (#"{"type":"invoke","invocationId":"9","event":"echo","dataType":"binary","data":"not base64!"}"#, "dataType"),
+            ] {
+                let refused = await invoke(frame)
+                #expect(refused?["success"] == .bool(false) && refused?["error"]?["name"] == .string("BadRequest"), "\(frame)")
+                #expect(refused?["error"]?["message"]?.stringValue?.contains(why) == true, "\(refused?.serialized ?? "nil")")
+            }
+
+            // Invocations run beside the frames that follow: a duplicate is refused at once, a cancel is read at once.
+            socket.send(#"{"type":"invoke","invocationId":"slow-1","event":"slow","dataType":"text","data":"x"}"#)
+            let duplicate = await invoke(#"{"type":"invoke","invocationId":"slow-1","event":"echo","dataType":"text","data":"x"}"#)
+            #expect(duplicate?["success"] == .bool(false) && duplicate?["error"]?["message"]?.stringValue?.contains("in progress") == true)
+            socket.send(#"{"type":"cancelInvocation","invocationId":"slow-1"}"#)
+            try await Task.sleep(for: .seconds(1))
+            let after = await invoke(#"{"type":"invoke","invocationId":"10","event":"echo","dataType":"text","data":"still here"}"#)
+            #expect(after?["invocationId"] == .string("10"), "the cancelled invocation's answer was not sent")
+            #expect(handler.requests.filter { $0.headers["ce-eventname"] == "slow" }.count == 1)
+
+            // An invoke without an id cannot be answered: the connection ends.
+            socket.send(#"{"type":"invoke","event":"echo"}"#)
+            let bye = await socket.expect(type: "system", event: "disconnected")
+            #expect(bye?["message"]?.stringValue?.contains("invocationId") == true)
+        }
+    }
+
     @Test func connectRejectionRefusesTheSocket() async throws {
         let handler = handlerServer(rejectConnect: true)
         try await handler.start()
