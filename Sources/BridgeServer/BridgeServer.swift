@@ -121,9 +121,13 @@ package final class BridgeServer: Service, Sendable {
         }
         if let handler, endpoints.contains(.events) {
             // Every method: the handler answers OPTIONS (abuse protection) and POST, and refuses the rest.
+            // The hub is the segment after the path; what follows it (a URL template's `{event}`,
+            // `/eventhandler/{hub}/{event}`) is ignored, as the CloudEvents headers name the event.
             for method in [HTTPRequest.Method.options, .post, .get, .head, .put, .delete, .patch] {
-                router.on(RouterPath(handler.configuration.path + "/:hub"), method: method) { [self] request, context in
-                    await self.event(request, hub: percentDecode(try context.parameters.require("hub")), handler: handler)
+                for suffix in ["/:hub", "/:hub/**"] {
+                    router.on(RouterPath(handler.configuration.path + suffix), method: method) { [self] request, context in
+                        await self.event(request, hub: percentDecode(try context.parameters.require("hub")), handler: handler)
+                    }
                 }
             }
         }

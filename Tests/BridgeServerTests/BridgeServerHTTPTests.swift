@@ -57,6 +57,27 @@ import WebPubSub
         }
     }
 
+    /// The service's URL templates may put more after the hub (`/eventhandler/{hub}/{event}`):
+    /// the hub is the segment after the path, whatever follows.
+    @Test func pathsBelowTheHubReachTheHandler() async throws {
+        try await withServer { port, sink in
+            let body = Array(#"{"text":"hi"}"#.utf8)
+            for path in ["/eventhandler/chat/chat", "/eventhandler/chat/user/chat/more"] {
+                let socket = try RawSocket(port: port)
+                socket.write(head(path: path, length: body.count) + body)
+                #expect(await status(socket) == "HTTP/1.1 204", "\(path)")
+            }
+            #expect(sink.written.count == 2)
+            let other = try RawSocket(port: port)
+            other.write(head(path: "/eventhandler/other/chat", length: body.count) + body)
+            #expect(await status(other) == "HTTP/1.1 404", "the path names the hub: one no rule names")
+            let outside = try RawSocket(port: port)
+            outside.write(head(path: "/elsewhere/chat", length: body.count) + body)
+            #expect(await status(outside) == "HTTP/1.1 404")
+            #expect(sink.written.count == 2)
+        }
+    }
+
     @Test func aRequestWhoseHeadersTrickleInIsCutOff() async throws {
         var limits = ConnectionLimits()
         limits.headerTimeout = .seconds(1)
