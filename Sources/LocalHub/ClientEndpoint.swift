@@ -76,6 +76,14 @@ extension LocalHub {
         case 1 where segments[0] == "client":
             guard let h = query.first("hub") else { throw UpgradeRefusal(status: 400, message: "missing ?hub=") }
             hubName = h
+        case 4 where segments[0] == "clients" && segments[2] == "hubs":
+            // The service's MQTT and Socket.IO endpoints: refused by name, not as a missing page.
+            let kind = ClientType(parsing: segments[1])
+            throw UpgradeRefusal(
+                status: 400,
+                message:
+                    "this hub does not speak \(kind?.rawValue ?? segments[1]) clients: connect to /client/hubs/\(segments[3]) with a Web PubSub subprotocol (json.webpubsub.azure.v1)"
+            )
         default:
             return nil
         }

@@ -38,6 +38,7 @@ extension LocalHub {
         }
         router.get("client") { [self] _, context in clientEndpoint(context) }
         router.get("client/**") { [self] _, context in clientEndpoint(context) }
+        router.get("clients/**") { [self] _, context in clientEndpoint(context) }
         return router
     }
 
@@ -212,11 +213,14 @@ extension LocalHub {
     func generateToken(hub: String, query: Query) -> Response {
         let minutes = Int(query.first("minutesToExpire") ?? "60") ?? 0
         guard (1...525_600).contains(minutes) else { return errorResponse(400, "InvalidRequest", "minutesToExpire must be from 1 to 525600") }
+        guard let clientType = ClientType(parsing: query.first("clientType") ?? "Default") else {
+            return errorResponse(400, "InvalidRequest", "clientType must be one of \(ClientType.choices) (Parameter 'clientType')")
+        }
         let port = listening.current ?? configuration.port
         do {
             let access = try ClientAccess.make(
                 endpoint: "http://\(configuration.host):\(port)", hub: hub, key: configuration.accessKeys[0], userId: query.first("userId"),
-                roles: query.all("role"), groups: query.all("group"), expiresIn: .seconds(minutes * 60))
+                roles: query.all("role"), groups: query.all("group"), expiresIn: .seconds(minutes * 60), clientType: clientType)
             return json(.object([("token", .string(access.token))]))
         } catch {
             return errorResponse(400, "InvalidRequest", "\(error)")

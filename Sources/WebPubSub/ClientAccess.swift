@@ -1,7 +1,7 @@
 import BridgeCrypto
 import BridgeJSON
 package import Foundation
-import WebPubSubProtocol
+package import WebPubSubProtocol
 
 /// What a browser needs to connect: `wss://host/client/hubs/{hub}?access_token=...`.
 package struct ClientAccess: Sendable, Equatable {
@@ -12,18 +12,19 @@ package struct ClientAccess: Sendable, Equatable {
     package let url: String
 
     /// Signs a client token locally, with the claims the official SDKs write: `aud`
-    /// (`{endpoint}/client/hubs/{hub}`, endpoint lower-cased), `iat`, `exp`, and `sub`, `role`,
+    /// (`{endpoint}/client/hubs/{hub}`, endpoint lower-cased; `/clients/mqtt/hubs/` and
+    /// `/clients/socketio/hubs/` for those clients), `iat`, `exp`, and `sub`, `role`,
     /// `webpubsub.group` when given.
     package static func make(
         endpoint: String, hub: String, key: AccessKey, userId: String?, roles: [String], groups: [String], expiresIn: Duration,
-        now: Date = Date()
+        clientType: ClientType = .default, now: Date = Date()
     ) throws(WebPubSubError) -> ClientAccess {
         if let problem = WebPubSubNames.hubProblem(hub) { throw .invalidArgument(problem) }
         guard expiresIn > .zero, expiresIn <= .seconds(10 * 365 * 24 * 3600) else {
             throw .invalidArgument("token lifetime must be positive and at most 10 years")
         }
         let lower = endpoint.lowercased()
-        let audience = lower + "/client/hubs/" + hub
+        let audience = lower + clientType.hubsPath + hub
         let issued = Int(now.timeIntervalSince1970)
         var claims: [(String, JSONValue)] = [
             ("aud", .string(audience)),
@@ -33,15 +34,15 @@ package struct ClientAccess: Sendable, Equatable {
         if let userId { claims.append(("sub", .string(userId))) }
         if !roles.isEmpty { claims.append(("role", .array(roles.map { .string($0) }))) }
         if !groups.isEmpty { claims.append(("webpubsub.group", .array(groups.map { .string($0) }))) }
-        return try ClientAccess(endpoint: endpoint, hub: hub, token: AccessKeyJWT.sign(claims: claims, key: key))
+        return try ClientAccess(endpoint: endpoint, hub: hub, token: AccessKeyJWT.sign(claims: claims, key: key), clientType: clientType)
     }
 
     /// The URL for a token obtained elsewhere (the service's `:generateToken`).
-    package init(endpoint: String, hub: String, token: String) throws(WebPubSubError) {
+    package init(endpoint: String, hub: String, token: String, clientType: ClientType = .default) throws(WebPubSubError) {
         if let problem = WebPubSubNames.hubProblem(hub) { throw .invalidArgument(problem) }
         let lower = endpoint.lowercased()
         let wsEndpoint = (lower.hasPrefix("https://") ? "wss://" + lower.dropFirst(8) : "ws://" + lower.dropFirst(7))
-        let base = wsEndpoint + "/client/hubs/" + percentEncode(hub)
+        let base = wsEndpoint + clientType.hubsPath + percentEncode(hub)
         self.init(baseURL: base, token: token, url: base + "?access_token=" + token)
     }
 

@@ -326,9 +326,10 @@ package final class WebPubSubServiceClient: Sendable {
 
     /// `POST /api/hubs/{hub}/:generateToken`: a client token issued by the service.
     package func generateClientToken(
-        hub: String, userId: String? = nil, roles: [String] = [], groups: [String] = [], minutesToExpire: Int = 60
+        hub: String, userId: String? = nil, roles: [String] = [], groups: [String] = [], minutesToExpire: Int = 60, clientType: ClientType = .default
     ) async throws(WebPubSubError) -> String {
         var query: [(String, String)] = []
+        if clientType != .default { query.append(("clientType", clientType.rawValue)) }
         if let userId { query.append(("userId", userId)) }
         query += roles.map { ("role", $0) }
         query += groups.map { ("group", $0) }
@@ -345,17 +346,19 @@ package final class WebPubSubServiceClient: Sendable {
     /// A client access URL, as the SDKs' `get_client_access_token`: signed here with the access
     /// key, or (with Entra ID) issued by the service's `:generateToken`.
     package func clientAccess(
-        hub: String, userId: String? = nil, roles: [String] = [], groups: [String] = [], expiresIn: Duration = .seconds(3600)
+        hub: String, userId: String? = nil, roles: [String] = [], groups: [String] = [], expiresIn: Duration = .seconds(3600),
+        clientType: ClientType = .default
     ) async throws(WebPubSubError) -> ClientAccess {
         switch authentication {
         case .accessKey(let key):
             return try ClientAccess.make(
-                endpoint: endpoint, hub: hub, key: key, userId: userId, roles: roles, groups: groups, expiresIn: expiresIn)
+                endpoint: endpoint, hub: hub, key: key, userId: userId, roles: roles, groups: groups, expiresIn: expiresIn, clientType: clientType)
         case .entra:
             guard expiresIn > .zero else { throw .invalidArgument("token lifetime must be positive") }
             let minutes = Int((Double(expiresIn.components.seconds) / 60).rounded(.up))
-            let token = try await generateClientToken(hub: hub, userId: userId, roles: roles, groups: groups, minutesToExpire: max(1, minutes))
-            return try ClientAccess(endpoint: endpoint, hub: hub, token: token)
+            let token = try await generateClientToken(
+                hub: hub, userId: userId, roles: roles, groups: groups, minutesToExpire: max(1, minutes), clientType: clientType)
+            return try ClientAccess(endpoint: endpoint, hub: hub, token: token, clientType: clientType)
         }
     }
 }

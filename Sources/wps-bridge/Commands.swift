@@ -87,15 +87,21 @@ struct Token: AsyncParsableCommand {
     @Option(name: .customLong("role"), help: "A role, e.g. webpubsub.joinLeaveGroup (repeatable).") var roles: [String] = []
     @Option(name: .customLong("group"), help: "A group to join on connect (repeatable).") var groups: [String] = []
     @Option(help: "Minutes until the token expires.") var expires: Int = 60
+    @Option(help: "The kind of client: default (Web PubSub), mqtt or socketio; their tokens name their own endpoint.")
+    var clientProtocol: String = "default"
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var log: LogOptions
 
     func run() async throws {
         guard expires > 0 else { throw ValidationError("--expires must be at least 1 minute") }
+        guard let clientType = ClientType(parsing: clientProtocol) else {
+            throw ValidationError("--client-protocol: '\(clientProtocol)' is not one of \(ClientType.choices) (case does not matter)")
+        }
         let logger = log.bootstrap()
         let client = try connection.makeClient(logger: logger)
         do {
-            let access = try await client.clientAccess(hub: hub, userId: user, roles: roles, groups: groups, expiresIn: .seconds(expires * 60))
+            let access = try await client.clientAccess(
+                hub: hub, userId: user, roles: roles, groups: groups, expiresIn: .seconds(expires * 60), clientType: clientType)
             try? await client.shutdown()
             print(access.url)
         } catch {

@@ -293,6 +293,19 @@ extension RunCommandTests {
         #expect(!result.stdout.contains("secretkey"))
     }
 
+    @Test func tokenForAnotherClientProtocolNamesItsEndpoint() async throws {
+        let cs = "Endpoint=http://localhost;Port=8080;AccessKey=secretkey;Version=1.0;"
+        let mqtt = try await runProcess(
+            try TestEnvironment.bridgeBinary(), ["token", "--hub", "chat", "--client-protocol", "MQTT"],
+            environment: ["WEBPUBSUB_CONNECTION_STRING": cs])
+        #expect(mqtt.status == 0, "\(mqtt.stderr)")
+        #expect(mqtt.stdout.hasPrefix("ws://localhost:8080/clients/mqtt/hubs/chat?access_token="))
+        let bad = try await runProcess(
+            try TestEnvironment.bridgeBinary(), ["token", "--hub", "chat", "--client-protocol", "stomp"],
+            environment: ["WEBPUBSUB_CONNECTION_STRING": cs])
+        #expect(bad.status != 0 && bad.stderr.contains("--client-protocol: 'stomp' is not one of Default, MQTT, SocketIO"), "\(bad.stderr)")
+    }
+
     @Test func sendReachesTheService() async throws {
         try await withRecordingServer { server in
             let result = try await runProcess(

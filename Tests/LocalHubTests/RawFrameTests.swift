@@ -3,6 +3,7 @@ import Foundation
 import LocalHub
 import Testing
 import WebPubSub
+import WebPubSubProtocol
 
 #if canImport(Glibc)
 import Glibc
@@ -23,6 +24,36 @@ import Glibc
         let head = try #require(await socket.readHead())
         try #require(head.hasPrefix("HTTP/1.1 101"), "\(head)")
         return socket
+    }
+
+    /// The service's MQTT and Socket.IO endpoints are refused with the reason, not a bare 404:
+    /// this hub speaks the Web PubSub subprotocols only. Their tokens are issued all the same.
+    @Test func mqttAndSocketIOClientsAreRefusedWithAReason() async throws {
+        try await withHub { _, cs in
+            let client = WebPubSubServiceClient(connectionString: cs)
+            defer { Task { try? await client.shutdown() } }
+            for (type, name) in [(ClientType.mqtt, "MQTT"), (.socketIO, "SocketIO")] {
+                let token = try await client.generateClientToken(hub: "chat", userId: "u", clientType: type)
+                let claims = try AccessKeyJWT.verify(token, keys: [cs.accessKey])
+                #expect(claims.audience?.hasSuffix(type.hubsPath + "chat") == true, "\(claims.audience ?? "nil")")
+                let access = try ClientAccess.make(
+                    endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "u", roles: [], groups: [], expiresIn: .seconds(60),
+                    clientType: type)
+                let url = try #require(URL(string: access.url))
+                #expect(url.path == type.hubsPath + "chat")
+                let socket = try RawSocket(port: try #require(url.port))
+                socket.write(
+                    Array(
+                        ("GET \(url.path)?\(try #require(url.query)) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n").utf8
+                    ))
+                let head = try #require(await socket.readHead())
+                #expect(head.hasPrefix("HTTP/1.1 400"), "\(head)")
+                _ = await socket.fill(socket.buffer.count + 40)
+                let body = String(decoding: socket.buffer, as: UTF8.self)
+                #expect(body.contains("does not speak \(name) clients"), "\(body)")
+            }
+        }
     }
 
     /// The close code of the first close frame, skipping data frames before it.

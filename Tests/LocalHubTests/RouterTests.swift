@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import BridgeJSON
 import Foundation
 import HTTPGuards
 import HTTPTypes
@@ -90,6 +91,23 @@ import WebPubSub
             }
             let page = try await client.execute(uri: "/nothing", method: .get)
             #expect(page.status == .notFound && String(buffer: page.body).contains("no such resource"))
+        }
+    }
+
+    @Test func generateTokenTakesTheClientTypesTheServiceKnows() async throws {
+        try await withRouter { client, _ in
+            let path = "/api/hubs/chat/:generateToken"
+            for (type, audience) in [
+                ("mqtt", "/clients/mqtt/hubs/chat"), ("SocketIO", "/clients/socketio/hubs/chat"), ("Default", "/client/hubs/chat"),
+            ] {
+                let response = try await client.execute(
+                    uri: path + "?api-version=2024-12-01&clientType=\(type)", method: .post, headers: signed(path))
+                #expect(response.status == .ok, "\(type)")
+                let token = try #require(try JSONValue.parse(response.body.readableBytesView)["token"]?.stringValue)
+                #expect(try AccessKeyJWT.verify(token, keys: [Self.key]).audience?.hasSuffix(audience) == true, "\(type)")
+            }
+            let bad = try await client.execute(uri: path + "?api-version=2024-12-01&clientType=stomp", method: .post, headers: signed(path))
+            #expect(bad.status == .badRequest && String(buffer: bad.body).contains("clientType must be one of Default, MQTT, SocketIO"))
         }
     }
 

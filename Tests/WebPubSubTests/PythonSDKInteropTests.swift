@@ -2,6 +2,7 @@ import BridgeJSON
 import BridgeTestSupport
 import Foundation
 import Testing
+import WebPubSubProtocol
 
 @testable import WebPubSub
 
@@ -10,11 +11,14 @@ import Testing
 @Suite struct PythonSDKInteropTests {
     static let script = TestEnvironment.packageRoot + "/Tests/python/sdk_conformance.py"
 
-    @Test func clientTokenIsTheSDKsToken() async throws {
+    /// For every client protocol: the Python SDK's `client_protocol` and our `clientType` give
+    /// the same token bytes and URL (`/client/hubs/`, `/clients/mqtt/hubs/`, `/clients/socketio/hubs/`).
+    @Test(arguments: [(ClientType.default, "Default"), (.mqtt, "mqtt"), (.socketIO, "SocketIO")])
+    func clientTokenIsTheSDKsToken(clientType: ClientType, sdkName: String) async throws {
         let python = try TestEnvironment.python()
         let key = AccessKey("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH")
         let cs = "Endpoint=https://Contoso.webpubsub.azure.com;AccessKey=\(key.value);Version=1.0;"
-        let result = try await runProcess(python, [Self.script, "token", cs, "chat"])
+        let result = try await runProcess(python, [Self.script, "token", cs, "chat", sdkName])
         #expect(result.status == 0, "\(result.stderr)")
         let sdk = try JSONValue(parsing: result.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
         let sdkToken = try #require(sdk["token"]?.stringValue)
@@ -24,11 +28,12 @@ import Testing
         let ours = try ClientAccess.make(
             endpoint: try ConnectionString(parsing: cs).endpoint, hub: "chat", key: key, userId: "user 1",
             roles: ["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup.chat"], groups: ["chat", "news"],
-            expiresIn: .seconds(Int64(expiry.timeIntervalSince(issued))), now: issued)
+            expiresIn: .seconds(Int64(expiry.timeIntervalSince(issued))), clientType: clientType, now: issued)
         // Same header, claims, order and signature: the same bytes.
         #expect(ours.token == sdkToken)
         #expect(ours.baseURL == sdk["baseUrl"]?.stringValue)
         #expect(ours.url == sdk["url"]?.stringValue)
+        #expect(ours.baseURL.hasSuffix(clientType.hubsPath + "chat"))
     }
 
     @Test func everyOperationMatchesTheSDKsRequest() async throws {

@@ -1,6 +1,6 @@
 """Drives the official Azure Web PubSub Python SDK for the Swift tests.
 
-  sdk_conformance.py token CONNECTION_STRING HUB   -> prints get_client_access_token(...) as JSON
+  sdk_conformance.py token CONNECTION_STRING HUB [CLIENT_PROTOCOL] -> prints get_client_access_token(...) as JSON
   sdk_conformance.py operations CONNECTION_STRING HUB -> calls every data-plane operation once, in a
                                                         fixed order (the Swift test makes the same calls)
   sdk_conformance.py names CONNECTION_STRING HUB NAMES_JSON -> for each name, the operations that put a
@@ -19,7 +19,8 @@ def main():
     if mode == "token":
         token = client.get_client_access_token(
             user_id="user 1", roles=["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup.chat"],
-            groups=["chat", "news"], minutes_to_expire=90)
+            groups=["chat", "news"], minutes_to_expire=90,
+            client_protocol=sys.argv[4] if len(sys.argv) > 4 else "Default")
         print(json.dumps(token))
         return
     if mode == "names":
