@@ -168,7 +168,8 @@ extension EventHandlerConfiguration {
 
     static func readConnect(_ m: ConfigMapping) -> ConnectPolicy {
         m.checkKeys(
-            ["allow", "rejectStatus", "rejectReason", "requireUser", "userId", "groups", "roles", "subprotocol"], what: "eventHandler.connect")
+            ["allow", "rejectStatus", "rejectReason", "requireUser", "userId", "groups", "roles", "subprotocol", "state"],
+            what: "eventHandler.connect")
         var policy = ConnectPolicy()
         policy.allow = m.bool("allow") ?? true
         if let status = m.int("rejectStatus") {
@@ -191,6 +192,7 @@ extension EventHandlerConfiguration {
         policy.groups = (m.stringList("groups") ?? []).compactMap { template("groups", $0) }
         policy.roles = (m.stringList("roles") ?? []).compactMap { template("roles", $0) }
         policy.subprotocol = m.nonEmptyString("subprotocol")
+        if let s = m.nonEmptyString("state") { policy.state = template("state", s) }
         return policy
     }
 }

@@ -175,6 +175,8 @@ package final class EventHandler: Sendable {
         let eventName: String
         let userId: String?
         let subprotocol: String?
+        /// `ce-connectionState`: what a handler set for the connection, as the service sends it.
+        let connectionState: String?
     }
 
     /// The CloudEvents attributes of an event, checked: all there, the hub the path's, and
@@ -194,7 +196,7 @@ package final class EventHandler: Sendable {
         let attributes = Attributes(
             id: required("ce-id"), type: required("ce-type"), source: required("ce-source"), time: h["ce-time"], hub: required("ce-hub"),
             connectionId: required("ce-connectionid"), eventName: required("ce-eventname"), userId: h["ce-userid"].flatMap { $0.isEmpty ? nil : $0 },
-            subprotocol: h["ce-subprotocol"])
+            subprotocol: h["ce-subprotocol"], connectionState: h["ce-connectionstate"].flatMap { $0.isEmpty ? nil : $0 })
         guard missing.isEmpty else { return refuse(400, "missing CloudEvents headers: \(missing.joined(separator: ", "))") }
         guard attributes.hub.caseInsensitiveCompare(request.hub) == .orderedSame else {
             return refuse(400, "ce-hub '\(attributes.hub)' does not match the path's hub '\(request.hub)'")
@@ -261,7 +263,13 @@ package final class EventHandler: Sendable {
         if let wanted = policy.subprotocol, case .array(let offered)? = body["subprotocols"], offered.contains(.string(wanted)) {
             members.append(("subprotocol", .string(wanted)))
         }
-        return .json(200, .object(members))
+        var response = HandlerResponse.json(200, .object(members))
+        // Base64, as the service recommends for any value that is not a plain token: claims and
+        // query values may hold anything, and a header may not.
+        if let template = policy.state, let state = resolved.render(template), !state.isEmpty {
+            response.headers.append(("ce-connectionState", Data(state.utf8).base64EncodedString()))
+        }
+        return response
     }
 
     // MARK: - Mirroring
@@ -365,6 +373,7 @@ package final class EventHandler: Sendable {
         members.append(("connectionid", .string(a.connectionId)))
         members.append(("eventname", .string(a.eventName)))
         if let subprotocol = a.subprotocol, !subprotocol.isEmpty { members.append(("subprotocol", .string(subprotocol))) }
+        if let state = a.connectionState { members.append(("connectionstate", .string(state))) }
         if let groups { members.append(("groups", .array(groups.map { .string($0) }))) }
         return .success(.object(members))
     }

@@ -19,6 +19,9 @@ package struct ConnectPolicy: Sendable {
     package var roles: [String] = []
     /// Chosen when the client offered it.
     package var subprotocol: String?
+    /// The connection state (`ce-connectionState`) the service keeps for the connection and
+    /// sends with each of its later events: this template's text, base64-encoded (UTF-8).
+    package var state: String?
 
     package init() {}
 }

@@ -1,6 +1,7 @@
 import BridgeCore
 import BridgeJSON
 import BridgeTestSupport
+import Foundation
 import Logging
 import NIOCore
 import Synchronization
@@ -181,6 +182,30 @@ func text(_ r: HandlerResponse) -> String { String(decoding: r.body, as: UTF8.se
         _ = await h.handle(event("azure.webpubsub.sys.connected", name: "connected", user: "bob", body: "{}"))
         let envelope = try JSONValue.parse(try #require(sink.written.first).payload.readableBytesView)
         #expect(envelope["groups"] == .array([.string("room-42"), .string("team-blue")]))
+    }
+
+    /// `state:` sets the connection state from templates, base64-encoded so that a value from a
+    /// claim or the query cannot break the header; later events carry it into the envelope.
+    @Test func connectPolicySetsTheConnectionStateAndTheEnvelopeCarriesIt() async throws {
+        var policy = ConnectPolicy()
+        policy.state = "team {claim.team} room {query.room}"
+        let (h, sink) = handler(connect: policy)
+        let body = #"{"claims":{"team":["blue"]},"query":{"room":["42\r\nX-Evil: 1"]},"headers":{}}"#
+        let r = await h.handle(event("azure.webpubsub.sys.connect", name: "connect", body: body))
+        #expect(r.status == 200)
+        let header = try #require(r.headers.first { $0.0 == "ce-connectionState" }?.1)
+        #expect(Data(base64Encoded: header).map { String(decoding: $0, as: UTF8.self) } == "team blue room 42\r\nX-Evil: 1")
+        var later = event("azure.webpubsub.user.chat", name: "chat", body: "{}")
+        later.headers["ce-connectionstate"] = header
+        _ = await h.handle(later)
+        let envelope = try JSONValue.parse(try #require(sink.written.first).payload.readableBytesView)
+        #expect(envelope["connectionstate"] == .string(header))
+        // Without a state, the answer has no header and the envelope no field.
+        let (plain, plainSink) = handler(connect: ConnectPolicy())
+        let none = await plain.handle(event("azure.webpubsub.sys.connect", name: "connect", body: body))
+        #expect(!none.headers.contains { $0.0 == "ce-connectionState" })
+        _ = await plain.handle(event("azure.webpubsub.user.chat", name: "chat", body: "{}"))
+        #expect(try JSONValue.parse(try #require(plainSink.written.first).payload.readableBytesView)["connectionstate"] == nil)
     }
 
     @Test func connectPolicyRejects() async {

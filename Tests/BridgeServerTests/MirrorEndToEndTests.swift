@@ -28,6 +28,7 @@ import FoundationNetworking
             eventHandler:
               connect:
                 groups: ["room-{query.room}"]
+                state: "room {query.room}"
             events:
               - hub: chat
                 events: [chat]
@@ -63,6 +64,9 @@ import FoundationNetworking
         #expect(fileEnvelopes.map { $0["eventname"]?.stringValue ?? "?" } == ["connected", "note", "disconnected"], "\(lines)")
         #expect(fileEnvelopes[1]["data"] == .string("hello text") && fileEnvelopes[1]["datacontenttype"] == .string("text/plain"))
         #expect(fileEnvelopes[0]["type"] == .string("azure.webpubsub.sys.connected"))
+        // The state the connect policy set comes back with each later event, as the service sends it.
+        let state = Data("room 42".utf8).base64EncodedString()
+        #expect(fileEnvelopes.map { $0["connectionstate"] } == Array(repeating: .string(state), count: 3), "\(fileEnvelopes)")
         bridge.terminate()
         #expect(await bridge.exitStatus() == 0)
         await broker.stop()
