@@ -54,6 +54,7 @@ package enum LogKey {
     package static let received = "wps.received"
     package static let reclaimed = "wps.reclaimed"
     package static let retryIn = "wps.retry_in"
+    package static let role = "wps.role"
     package static let route = "wps.route"
     package static let routes = "wps.routes"
     package static let server = "wps.server"

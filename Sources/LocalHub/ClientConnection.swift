@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import Synchronization
+import WebPubSubProtocol
 
 /// One client connection. For the reliable protocol it outlives its socket: after an unexpected
 /// drop the session waits `reconnectGrace` for the client to come back with its reconnection
@@ -19,6 +20,8 @@ final class ClientConnection: Sendable {
     let proto: ClientProtocol
     let plainMode: PlainMode
     let roles: Set<String>
+    /// The wildcard roles (`webpubsub.sendToGroups.{pattern}`), read once.
+    let roleGrants: RoleGrants
     let reconnectionToken: String?
     /// Claims, query and headers of the connect request, for upstream events.
     let subprotocolHeader: String?
@@ -56,6 +59,7 @@ final class ClientConnection: Sendable {
         self.proto = proto
         self.plainMode = plainMode
         self.roles = roles
+        self.roleGrants = RoleGrants(roles: roles)
         self.subprotocolHeader = subprotocolHeader
         self.reconnectionToken = proto.isReliable ? UUID().uuidString + UUID().uuidString : nil
         state.withLock { $0.connectionState = connectionState }

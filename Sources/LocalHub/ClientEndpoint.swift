@@ -193,6 +193,11 @@ extension LocalHub {
             id: connectionId, hub: hub, userId: admission.userId, proto: proto, plainMode: mode, roles: admission.roles,
             subprotocolHeader: proto.isJSON ? proto.rawValue : handshake.responseHeaders[.secWebSocketProtocol],
             connectionState: admission.connectionState, replayBudget: replayBudget)
+        for (role, reason) in c.roleGrants.skipped {
+            // As the service: the token still works, the role grants nothing.
+            logger.warning(
+                "role skipped", metadata: [LogKey.hub: "\(hub)", LogKey.connection: "\(c.id)", LogKey.role: "\(role)", LogKey.reason: "\(reason)"])
+        }
         let greeting = proto.codec?.encode(.connected(connectionId: c.id, userId: admission.userId, reconnectionToken: c.reconnectionToken))
         return .upgrade(handshake.responseHeaders) { inbound, outbound, _ in
             let (socket, generation) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))

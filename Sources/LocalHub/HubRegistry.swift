@@ -243,6 +243,7 @@ final class HubRegistry: Sendable {
     /// from its roles (`webpubsub.P`, `webpubsub.P.group`) or from REST grants.
     func isAllowed(_ c: ClientConnection, _ permission: Permission, group: String) -> Bool {
         if c.roles.contains(permission.role) || c.roles.contains(permission.role(group: group)) { return true }
+        if c.roleGrants.allows(permission, group: group) { return true }
         return state.withLock { s in
             let grants = s.grants[c.id] ?? []
             return grants.contains(Grant(permission: permission, target: nil)) || grants.contains(Grant(permission: permission, target: group))

@@ -218,6 +218,29 @@ import WebPubSubProtocol
         }
     }
 
+    /// `webpubsub.joinLeaveGroups.{pattern}` and `webpubsub.sendToGroups.{pattern}` in a token:
+    /// the hub checks groups against them; an invalid pattern grants nothing.
+    @Test func wildcardRolesGrantTheGroupsTheyMatch() async throws {
+        try await withHub { _, cs in
+            let roles = ["webpubsub.joinLeaveGroups.room.*", "webpubsub.sendToGroups.room.**", "webpubsub.joinLeaveGroups.bad\\x"]
+            let (socket, _) = try await connectClient(cs, user: "w", roles: roles)
+            func ack(_ frame: String) async -> JSONValue? {
+                socket.send(frame)
+                return await socket.expect(type: "ack")
+            }
+            #expect(await ack(#"{"type":"joinGroup","group":"room.1","ackId":1}"#)?["success"] == .bool(true))
+            #expect(await ack(#"{"type":"joinGroup","group":"room.1.2","ackId":2}"#)?["error"]?["name"] == .string("Forbidden"), "* stops at a dot")
+            #expect(await ack(#"{"type":"joinGroup","group":"lobby","ackId":3}"#)?["error"]?["name"] == .string("Forbidden"))
+            #expect(await ack(#"{"type":"joinGroup","group":"badx","ackId":4}"#)?["error"]?["name"] == .string("Forbidden"), "invalid: skipped")
+            #expect(
+                await ack(#"{"type":"sendToGroup","group":"room.1.2","dataType":"text","data":"hi","ackId":5}"#)?["success"] == .bool(true),
+                "** crosses dots")
+            #expect(
+                await ack(#"{"type":"sendToGroup","group":"Room.1","dataType":"text","data":"hi","ackId":6}"#)?["error"]?["name"]
+                    == .string("Forbidden"), "case-sensitive")
+        }
+    }
+
     /// As the service: a reliable client that closes with 1000 ends its session at once; one that
     /// closes with another code keeps it for a reconnect within the grace.
     @Test func aReliableClientsNormalCloseEndsItsSessionAndOtherClosesKeepIt() async throws {
