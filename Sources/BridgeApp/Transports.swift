@@ -2,6 +2,7 @@ package import BridgeCore
 import Foundation
 package import NIOCore
 package import WebPubSub
+import WebPubSubProtocol
 
 /// Sends through the Web PubSub REST client; maps its errors onto the retry policy's classes.
 package struct WebPubSubTransport: DeliveryTransport {
@@ -18,19 +19,19 @@ package struct WebPubSubTransport: DeliveryTransport {
             case .all:
                 try await client.sendToAll(
                     hub: target.hub, payload: payload, contentType: contentType, excluded: target.excluded, filter: target.filter,
-                    messageTTLSeconds: target.messageTTLSeconds)
+                    messageTTLSeconds: target.messageTTLSeconds, metadata: target.metadata)
             case .group(let group):
                 try await client.sendToGroup(
                     hub: target.hub, group: group, payload: payload, contentType: contentType, excluded: target.excluded,
-                    filter: target.filter, messageTTLSeconds: target.messageTTLSeconds)
+                    filter: target.filter, messageTTLSeconds: target.messageTTLSeconds, metadata: target.metadata)
             case .user(let user):
                 try await client.sendToUser(
                     hub: target.hub, userId: user, payload: payload, contentType: contentType, filter: target.filter,
-                    messageTTLSeconds: target.messageTTLSeconds)
+                    messageTTLSeconds: target.messageTTLSeconds, metadata: target.metadata)
             case .connection(let connection):
                 try await client.sendToConnection(
                     hub: target.hub, connectionId: connection, payload: payload, contentType: contentType,
-                    messageTTLSeconds: target.messageTTLSeconds)
+                    messageTTLSeconds: target.messageTTLSeconds, metadata: target.metadata)
             }
         } catch {
             if error.kind == .cancelled { throw CancellationError() }
@@ -70,6 +71,7 @@ package struct DryRunTransport: DeliveryTransport {
         if let filter = target.filter { query.append("filter=\(percentEncode(filter))") }
         if let ttl = target.messageTTLSeconds { query.append("messageTtlSeconds=\(ttl)") }
         if !query.isEmpty { path += "?" + query.joined(separator: "&") }
+        for entry in target.metadata { path += " [\(entry.headerName): \(entry.value)]" }
         let bytes = Array(payload.readableBytesView)
         let body = type == .binary ? "base64:" + Data(bytes).base64EncodedString() : String(decoding: bytes, as: UTF8.self)
         output("would send: POST \(path) [\(type.contentType), \(bytes.count) bytes] \(body)")

@@ -8,6 +8,7 @@ package import Logging
 import NIOCore
 package import Synchronization
 package import WebPubSub
+import WebPubSubProtocol
 
 /// A request to the event handler, independent of the HTTP server.
 package struct HandlerRequest: Sendable {
@@ -177,6 +178,8 @@ package final class EventHandler: Sendable {
         let subprotocol: String?
         /// `ce-connectionState`: what a handler set for the connection, as the service sends it.
         let connectionState: String?
+        /// `X-WebPubSub-Metadata-<key>`: the message's metadata, keys lower-cased, in key order.
+        var metadata: [(String, String)] = []
     }
 
     /// The CloudEvents attributes of an event, checked: all there, the hub the path's, and
@@ -193,11 +196,13 @@ package final class EventHandler: Sendable {
             }
             return v
         }
-        let attributes = Attributes(
+        var attributes = Attributes(
             id: required("ce-id"), type: required("ce-type"), source: required("ce-source"), time: h["ce-time"], hub: required("ce-hub"),
             connectionId: required("ce-connectionid"), eventName: required("ce-eventname"), userId: h["ce-userid"].flatMap { $0.isEmpty ? nil : $0 },
             subprotocol: h["ce-subprotocol"], connectionState: h["ce-connectionstate"].flatMap { $0.isEmpty ? nil : $0 })
         guard missing.isEmpty else { return refuse(400, "missing CloudEvents headers: \(missing.joined(separator: ", "))") }
+        attributes.metadata = h.filter { $0.key.lowercased().hasPrefix(MessageMetadata.headerPrefix) }
+            .map { (String($0.key.lowercased().dropFirst(MessageMetadata.headerPrefix.count)), $0.value) }.sorted { $0.0 < $1.0 }
         guard attributes.hub.caseInsensitiveCompare(request.hub) == .orderedSame else {
             return refuse(400, "ce-hub '\(attributes.hub)' does not match the path's hub '\(request.hub)'")
         }
@@ -374,6 +379,7 @@ package final class EventHandler: Sendable {
         members.append(("eventname", .string(a.eventName)))
         if let subprotocol = a.subprotocol, !subprotocol.isEmpty { members.append(("subprotocol", .string(subprotocol))) }
         if let state = a.connectionState { members.append(("connectionstate", .string(state))) }
+        if !a.metadata.isEmpty { members.append(("metadata", .object(a.metadata.map { ($0.0, .string($0.1)) }))) }
         if let groups { members.append(("groups", .array(groups.map { .string($0) }))) }
         return .success(.object(members))
     }

@@ -1,6 +1,7 @@
 import BridgeJSON
 import Foundation
 import HummingbirdWebSocket
+import WebPubSubProtocol
 
 /// What a client sends on a JSON subprotocol, read once by its subprotocol's codec
 /// (``ClientFrameCodec``). Names and permissions are the hub's to check, so a frame carries
@@ -9,9 +10,9 @@ enum InboundFrame: Equatable, Sendable {
     case joinGroup(group: String?, ackId: UInt64?)
     case leaveGroup(group: String?, ackId: UInt64?)
     /// `data` is nil when it does not match `dataType`.
-    case sendToGroup(group: String?, data: FrameData?, noEcho: Bool, ackId: UInt64?)
+    case sendToGroup(group: String?, data: FrameData?, noEcho: Bool, ackId: UInt64?, metadata: FrameMetadata = .success([]))
     /// `data` is nil when it does not match `dataType`.
-    case event(name: String?, data: FrameData?, ackId: UInt64?)
+    case event(name: String?, data: FrameData?, ackId: UInt64?, metadata: FrameMetadata = .success([]))
     /// `sequenceId` is nil when it is not an unsigned integer (the frame is then ignored).
     case sequenceAck(sequenceId: UInt64?)
     case ping
@@ -25,11 +26,14 @@ enum InboundFrame: Equatable, Sendable {
     /// The id of a frame that asks for an ack; acks are deduplicated by it.
     var ackId: UInt64? {
         switch self {
-        case .joinGroup(_, let id), .leaveGroup(_, let id), .sendToGroup(_, _, _, let id), .event(_, _, let id): id
+        case .joinGroup(_, let id), .leaveGroup(_, let id), .sendToGroup(_, _, _, let id, _), .event(_, _, let id, _): id
         case .sequenceAck, .ping, .invoke, .cancelInvocation: nil
         }
     }
 }
+
+/// A frame's `metadata`, checked as REST metadata is; none when the frame has none.
+typealias FrameMetadata = Result<[MetadataEntry], MetadataError>
 
 /// A message's data with its type: JSON as written, text as UTF-8, binary as it is.
 struct FrameData: Equatable, Sendable {
@@ -95,9 +99,11 @@ struct JSONFrameCodec: ClientFrameCodec {
         case "leaveGroup":
             return .leaveGroup(group: json["group"]?.stringValue, ackId: ackId)
         case "sendToGroup":
-            return .sendToGroup(group: json["group"]?.stringValue, data: Self.data(json), noEcho: json["noEcho"] == .bool(true), ackId: ackId)
+            return .sendToGroup(
+                group: json["group"]?.stringValue, data: Self.data(json), noEcho: json["noEcho"] == .bool(true), ackId: ackId,
+                metadata: Self.metadata(json))
         case "event":
-            return .event(name: json["event"]?.stringValue, data: Self.data(json), ackId: ackId)
+            return .event(name: json["event"]?.stringValue, data: Self.data(json), ackId: ackId, metadata: Self.metadata(json))
         case "sequenceAck":
             guard case .number(let n) = json["sequenceId"] ?? .null, let id = UInt64(n) else { return .sequenceAck(sequenceId: nil) }
             return .sequenceAck(sequenceId: id)
@@ -112,6 +118,18 @@ struct JSONFrameCodec: ClientFrameCodec {
         default:
             throw FrameDecodingError(reason: "Invalid message: unknown type '\(type)'")
         }
+    }
+
+    /// `metadata`: an object of string values, checked as REST metadata is.
+    static func metadata(_ json: JSONValue) -> FrameMetadata {
+        guard let value = json["metadata"], value != .null else { return .success([]) }
+        guard case .object(let members) = value else { return .failure(MetadataError("metadata must be an object of string values")) }
+        var pairs: [(String, String)] = []
+        for (key, member) in members {
+            guard let text = member.stringValue else { return .failure(MetadataError("metadata value of '\(key.prefix(64))' must be a string")) }
+            pairs.append((key, text))
+        }
+        return MessageMetadata.validated(pairs)
     }
 
     /// The longest `invocationId` taken: the client's own are "1", "2", ... or a UUID.

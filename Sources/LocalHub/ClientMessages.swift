@@ -37,9 +37,19 @@ extension LocalHub {
             ack(joinOrLeave(group, join: true, c))
         case .leaveGroup(let group, _):
             ack(joinOrLeave(group, join: false, c))
-        case .sendToGroup(let group, let data, let noEcho, _):
-            ack(sendToGroup(group, data, noEcho: noEcho, from: c))
-        case .event(let name, let data, _):
+        case .sendToGroup(let group, let data, let noEcho, _, let metadata):
+            switch metadata {
+            case .success(let entries): ack(sendToGroup(group, data, noEcho: noEcho, metadata: entries, from: c))
+            case .failure(let error): ack(AckError(name: .badRequest, message: error.description))
+            }
+        case .event(let name, let data, _, let metadata):
+            let entries: [MetadataEntry]
+            switch metadata {
+            case .success(let e): entries = e
+            case .failure(let error):
+                ack(AckError(name: .badRequest, message: error.description))
+                return true
+            }
             guard let name else {
                 ack(.forbidden("\"event\" is required"))
                 return true
@@ -54,7 +64,7 @@ extension LocalHub {
                 return true
             }
             Counter(label: MetricName.hubMessagesReceived, dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()
-            return await userEvent(name, dataType: data.dataType, payload: data.payload, from: c, ack: ack)
+            return await userEvent(name, dataType: data.dataType, payload: data.payload, metadata: entries, from: c, ack: ack)
         case .sequenceAck(let sequenceId):
             if c.proto.isReliable, let sequenceId { c.acknowledge(upTo: sequenceId) }
         case .ping:
@@ -149,13 +159,13 @@ extension LocalHub {
     }
 
     /// `sendToGroup`: nil when sent, else why not.
-    func sendToGroup(_ group: String?, _ data: FrameData?, noEcho: Bool, from c: ClientConnection) -> AckError? {
+    func sendToGroup(_ group: String?, _ data: FrameData?, noEcho: Bool, metadata: [MetadataEntry] = [], from c: ClientConnection) -> AckError? {
         guard let group, WebPubSubNames.groupProblem(group) == nil else { return .forbidden("\"group\" must be a non-empty group name") }
         guard registry.isAllowed(c, .sendToGroup, group: group) else {
             return .forbidden("The connection has no permission to send to group \(group)")
         }
         guard let data else { return .forbidden("\"data\" does not match \"dataType\"") }
-        let out = Outgoing(source: .group(group, fromUserId: c.userId), dataType: data.dataType, payload: data.payload)
+        let out = Outgoing(source: .group(group, fromUserId: c.userId), dataType: data.dataType, payload: data.payload, metadata: metadata)
         Counter(label: MetricName.hubMessagesReceived, dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()
         fanOut(out, to: registry.targets(hub: c.hub, scope: .group(group), excluded: noEcho ? [c.id] : [], filter: nil))
         return nil
@@ -163,7 +173,8 @@ extension LocalHub {
 
     /// A user event to the upstream; its response body goes back to the client.
     func userEvent(
-        _ name: String, dataType: HubDataType, payload: [UInt8], from c: ClientConnection, ack: (AckError?) -> Void
+        _ name: String, dataType: HubDataType, payload: [UInt8], metadata: [MetadataEntry] = [], from c: ClientConnection,
+        ack: (AckError?) -> Void
     ) async -> Bool {
         guard let handler = handler(for: c.hub, userEvent: name) else {
             // Nobody listens: a plain client's frames have nowhere to go, so the service drops it.
@@ -176,7 +187,7 @@ extension LocalHub {
         }
         let event = UpstreamEvent(
             kind: .user(name), hub: c.hub, connectionId: c.id, userId: c.userId, subprotocol: c.subprotocolHeader,
-            connectionState: c.connectionState, body: payload, contentType: dataType.contentType)
+            connectionState: c.connectionState, body: payload, contentType: dataType.contentType, metadata: metadata)
         do {
             let response = try await upstream.call(handler, event)
             guard (200..<300).contains(response.status) else {
@@ -188,7 +199,10 @@ extension LocalHub {
             if response.status == 200, !response.body.isEmpty {
                 let type = HubDataType(contentType: response.contentType ?? "") ?? .binary
                 if type != .json || (try? JSONValue.parse(response.body)) != nil {
-                    fanOut(Outgoing(source: .server, dataType: type, payload: type == .json ? compactJSON(response.body) : response.body), to: [c])
+                    fanOut(
+                        Outgoing(
+                            source: .server, dataType: type, payload: type == .json ? compactJSON(response.body) : response.body,
+                            metadata: response.metadata), to: [c])
                 }
             }
             ack(nil)

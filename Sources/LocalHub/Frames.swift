@@ -1,6 +1,7 @@
 import BridgeJSON
 import Foundation
 import NIOCore
+import WebPubSubProtocol
 
 /// The client protocol of a connection.
 package enum ClientProtocol: String, Sendable {
@@ -55,7 +56,7 @@ struct Outgoing: Sendable {
     /// UTF-8 (an upstream reply may declare another charset), binary as it is.
     let payloadBytes: ByteBuffer
 
-    init(source: Source, dataType: HubDataType, payload: [UInt8]) {
+    init(source: Source, dataType: HubDataType, payload: [UInt8], metadata: [MetadataEntry] = []) {
         self.source = source
         self.dataType = dataType
         self.payload = payload
@@ -72,6 +73,9 @@ struct Outgoing: Sendable {
         case .json: s += String(decoding: payload, as: UTF8.self)
         case .text: s += JSONValue.quoted(String(decoding: payload, as: UTF8.self))
         case .binary: s += JSONValue.quoted(Data(payload).base64EncodedString())
+        }
+        if !metadata.isEmpty {
+            s += #","metadata":"# + JSONValue.object(metadata.map { ($0.key, .string($0.value)) }).serialized
         }
         jsonPrefix = s
         jsonFrameBytes = ByteBuffer(string: s + "}")

@@ -76,12 +76,29 @@ extension LocalHub {
         if dataType == .text, String(validating: body, as: UTF8.self) == nil {
             return errorResponse(400, "InvalidRequest", "the body is not valid UTF-8 text")
         }
+        let metadata: [MetadataEntry]
+        switch Self.metadata(request.headers) {
+        case .success(let entries): metadata = entries
+        case .failure(let error): return errorResponse(400, "InvalidRequest", "\(error) (headers X-WebPubSub-Metadata-*)")
+        }
         let source: Outgoing.Source
         if case .group(let group) = scope { source = .group(group, fromUserId: nil) } else { source = .server }
-        let message = Outgoing(source: source, dataType: dataType, payload: dataType == .json ? compactJSON(body) : body)
+        let message = Outgoing(source: source, dataType: dataType, payload: dataType == .json ? compactJSON(body) : body, metadata: metadata)
         Counter(label: MetricName.hubMessagesReceived, dimensions: [("hub", hubLabels.label(hub)), ("from", "rest")]).increment()
         fanOut(message, to: registry.targets(hub: hub, scope: scope, excluded: excluded, filter: filter))
         return Response(status: .accepted)
+    }
+
+    /// The `X-WebPubSub-Metadata-<key>` headers of a send or an upstream answer, as the service
+    /// reads them: the key lower-cased, a repeated header's last value (after its last comma).
+    static func metadata(_ headers: HTTPFields) -> Result<[MetadataEntry], MetadataError> {
+        var pairs: [(String, String)] = []
+        for field in headers where field.name.canonicalName.hasPrefix(MessageMetadata.headerPrefix) {
+            let key = String(field.name.canonicalName.dropFirst(MessageMetadata.headerPrefix.count))
+            let value = field.value.split(separator: ",", omittingEmptySubsequences: false).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+            if let index = pairs.firstIndex(where: { $0.0 == key }) { pairs[index].1 = value } else { pairs.append((key, value)) }
+        }
+        return MessageMetadata.validated(pairs)
     }
 
     /// JSON text without surrounding white space (a frame's `data` must not carry a newline).

@@ -1,11 +1,13 @@
 import AsyncHTTPClient
 import BridgeObservability
 import Foundation
+import HTTPTypes
 import Logging
 import NIOCore
 import NIOHTTP1
 import Synchronization
 import WebPubSub
+import WebPubSubProtocol
 
 /// One upstream event handler of a hub, as in the service's hub settings.
 package struct EventHandlerSettings: Sendable, Equatable {
@@ -69,6 +71,8 @@ struct UpstreamEvent: Sendable {
     var connectionState: String?
     var body: [UInt8]
     var contentType: String
+    /// Sent as `X-WebPubSub-Metadata-*` headers.
+    var metadata: [MetadataEntry] = []
 }
 
 struct UpstreamResponse: Sendable {
@@ -76,6 +80,8 @@ struct UpstreamResponse: Sendable {
     var body: [UInt8]
     var contentType: String?
     var connectionState: String?
+    /// `X-WebPubSub-Metadata-*` of the answer: the reply's metadata (invalid ones are dropped).
+    var metadata: [MetadataEntry] = []
 }
 
 /// Calls event handlers: the abuse-protection `OPTIONS` handshake once per URL, then `POST`
@@ -162,13 +168,19 @@ final class UpstreamCaller: Sendable {
         if let userId = event.userId { request.headers.add(name: "ce-userId", value: userId) }
         if let subprotocol = event.subprotocol, !subprotocol.isEmpty { request.headers.add(name: "ce-subprotocol", value: subprotocol) }
         if let state = event.connectionState { request.headers.add(name: "ce-connectionState", value: state) }
+        for entry in event.metadata { request.headers.add(name: entry.headerName, value: entry.value) }
         request.body = .bytes(ByteBuffer(bytes: event.body))
         do {
             let response = try await httpClient.execute(request, timeout: .milliseconds(Int64(timeout.components.seconds * 1000)), logger: logger)
             let body = try await response.body.collect(upTo: 4 * 1024 * 1024)
+            var fields = HTTPFields()
+            for header in response.headers where header.name.lowercased().hasPrefix(MessageMetadata.headerPrefix) {
+                if let name = HTTPField.Name(header.name) { fields.append(HTTPField(name: name, value: header.value)) }
+            }
+            let metadata = (try? LocalHub.metadata(fields).get()) ?? []
             return UpstreamResponse(
                 status: Int(response.status.code), body: Array(body.readableBytesView), contentType: response.headers.first(name: "Content-Type"),
-                connectionState: response.headers.first(name: "ce-connectionState"))
+                connectionState: response.headers.first(name: "ce-connectionState"), metadata: metadata)
         } catch {
             throw Failure(
                 description: "event handler \(EventHandlerSettings.redacted(url)) could not be reached: \(error)", mayPass: Self.mayPass(error))

@@ -72,10 +72,10 @@ extension WebPubSubServiceClient {
     /// 200 or 204 for the others) differs between API versions and examples.
     func call(
         _ operation: String, _ method: HTTPMethod, _ path: String, query: [(String, String)] = [], body: ByteBuffer? = nil,
-        contentType: String? = nil
+        contentType: String? = nil, headers: [(String, String)] = []
     ) async throws(WebPubSubError) {
         let url = try makeURL(path, query: query)
-        _ = try await perform(operation, method, url: url, body: body, contentType: contentType)
+        _ = try await perform(operation, method, url: url, body: body, contentType: contentType, headers: headers)
     }
 
     /// A `HEAD` that answers yes with any 2xx and no with 404.
@@ -115,10 +115,12 @@ extension WebPubSubServiceClient {
     }
 
     func perform(
-        _ operation: String, _ method: HTTPMethod, url: String, body: ByteBuffer?, contentType: String?, alsoAnswers: Set<Int> = []
+        _ operation: String, _ method: HTTPMethod, url: String, body: ByteBuffer?, contentType: String?, alsoAnswers: Set<Int> = [],
+        headers: [(String, String)] = []
     ) async throws(WebPubSubError) -> Response {
         var request = HTTPClientRequest(url: url)
         request.method = method
+        for (name, value) in headers { request.headers.add(name: name, value: value) }
         request.headers.add(name: "Authorization", value: "Bearer " + (try await authorization(for: url, operation: operation)))
         request.headers.add(name: "User-Agent", value: "wps-bridge")
         if let body {

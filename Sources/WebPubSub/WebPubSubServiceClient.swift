@@ -104,48 +104,52 @@ package final class WebPubSubServiceClient: Sendable {
     /// `POST /api/hubs/{hub}/:send`, to every connection of the hub.
     package func sendToAll(
         hub: String, payload: ByteBuffer, contentType: String, excluded: [String] = [], filter: String? = nil,
-        messageTTLSeconds: Int? = nil
+        messageTTLSeconds: Int? = nil, metadata: [MetadataEntry] = []
     ) async throws(WebPubSubError) {
         var query = excluded.map { ("excluded", $0) }
         if let filter { query.append(("filter", filter)) }
         if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
-        try await call("sendToAll", .POST, try hubPath(hub, [":send"]), query: query, body: payload, contentType: contentType)
+        try await call(
+            "sendToAll", .POST, try hubPath(hub, [":send"]), query: query, body: payload, contentType: contentType,
+            headers: metadata.map { ($0.headerName, $0.value) })
     }
 
     /// `POST /api/hubs/{hub}/groups/{group}/:send`.
     package func sendToGroup(
         hub: String, group: String, payload: ByteBuffer, contentType: String, excluded: [String] = [], filter: String? = nil,
-        messageTTLSeconds: Int? = nil
+        messageTTLSeconds: Int? = nil, metadata: [MetadataEntry] = []
     ) async throws(WebPubSubError) {
         var query = excluded.map { ("excluded", $0) }
         if let filter { query.append(("filter", filter)) }
         if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
         try await call(
             "sendToGroup", .POST, try hubPath(hub, ["groups", .group(group), ":send"]), query: query, body: payload,
-            contentType: contentType)
+            contentType: contentType, headers: metadata.map { ($0.headerName, $0.value) })
     }
 
     /// `POST /api/hubs/{hub}/users/{userId}/:send`, to every connection of the user.
     package func sendToUser(
-        hub: String, userId: String, payload: ByteBuffer, contentType: String, filter: String? = nil, messageTTLSeconds: Int? = nil
+        hub: String, userId: String, payload: ByteBuffer, contentType: String, filter: String? = nil, messageTTLSeconds: Int? = nil,
+        metadata: [MetadataEntry] = []
     ) async throws(WebPubSubError) {
         var query: [(String, String)] = []
         if let filter { query.append(("filter", filter)) }
         if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
         try await call(
             "sendToUser", .POST, try hubPath(hub, ["users", .user(userId), ":send"]), query: query, body: payload,
-            contentType: contentType)
+            contentType: contentType, headers: metadata.map { ($0.headerName, $0.value) })
     }
 
     /// `POST /api/hubs/{hub}/connections/{connectionId}/:send`.
     package func sendToConnection(
-        hub: String, connectionId: String, payload: ByteBuffer, contentType: String, messageTTLSeconds: Int? = nil
+        hub: String, connectionId: String, payload: ByteBuffer, contentType: String, messageTTLSeconds: Int? = nil,
+        metadata: [MetadataEntry] = []
     ) async throws(WebPubSubError) {
         var query: [(String, String)] = []
         if let messageTTLSeconds { query.append(("messageTtlSeconds", String(messageTTLSeconds))) }
         try await call(
             "sendToConnection", .POST, try hubPath(hub, ["connections", .connection(connectionId), ":send"]),
-            query: query, body: payload, contentType: contentType)
+            query: query, body: payload, contentType: contentType, headers: metadata.map { ($0.headerName, $0.value) })
     }
 
     // MARK: Groups

@@ -260,6 +260,28 @@ let valid = """
     let head =
         "webpubsub: {connectionString: \"Endpoint=http://h;AccessKey=k\", hub: c}\nsources: [{name: in, type: stdin}]\nroutes: [{from: in, to: [{all: true}]}]\n"
 
+    @Test func targetMetadataIsReadAndChecked() throws {
+        func config(_ metadata: String) -> String {
+            """
+            webpubsub: {connectionString: "Endpoint=http://127.0.0.1;Port=1;AccessKey=k0123456789;Version=1.0;", hub: chat}
+            sources: [{name: in, type: stdin}]
+            routes:
+              - from: in
+                to: [{group: g, metadata: \(metadata)}]
+            deadLetter: {type: stdout}
+            """
+        }
+        let c = try load(config(#"{Trace: "{header.traceparent}", src: stdin}"#))
+        #expect(c.core.routes.first?.targets.first?.metadata.map(\.key) == ["trace", "src"])
+        for (metadata, message) in [
+            (#"{"a b": x}"#, "header names may not"), (#"{t: "{header}"}"#, "{header}"), (#"{t: "caf\u00e9"}"#, "printable ASCII"),
+            (#"{T: a, t: b}"#, "differ only in case"),
+        ] {
+            let found = issues(config(metadata))
+            #expect(found.contains { $0.message.contains(message) && $0.path.contains("metadata") }, "\(metadata): \(found)")
+        }
+    }
+
     @Test func repliesAreReadAndTheirTemplatesChecked() throws {
         func config(_ reply: String) -> String {
             """

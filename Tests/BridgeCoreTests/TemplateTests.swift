@@ -1,6 +1,7 @@
 import BridgeConfig
 import NIOCore
 import Testing
+import WebPubSubProtocol
 
 @testable import BridgeCore
 
@@ -52,6 +53,19 @@ func message(
         let target = TargetSpec(hub: Template(literal: "h"), recipient: .all, filter: try Template("userId ne '{key}'"))
         let resolved = try target.resolve(MessageContext(message("{}", key: "o'brien")))
         #expect(resolved.filter == "userId ne 'o''brien'")
+    }
+
+    /// `metadata: {trace: "{header.traceparent}"}` on a target: rendered per message and checked as
+    /// the service checks it; a value it would refuse fails the message (dead letter) with the reason.
+    @Test func metadataIsRenderedAndChecked() throws {
+        let target = TargetSpec(
+            hub: Template(literal: "h"), recipient: .all,
+            metadata: [("trace", try Template("{header.traceparent}")), ("src", Template(literal: "kafka"))])
+        let resolved = try target.resolve(MessageContext(message("{}", headers: ["traceparent": "00-abc-01"])))
+        #expect(resolved.metadata == [MetadataEntry(key: "trace", value: "00-abc-01"), MetadataEntry(key: "src", value: "kafka")])
+        #expect(throws: TargetResolutionError.self) { try target.resolve(MessageContext(message("{}", headers: ["traceparent": "caf\u{E9}"]))) }
+        let long = String(repeating: "x", count: 1025)
+        #expect(throws: TargetResolutionError.self) { try target.resolve(MessageContext(message("{}", headers: ["traceparent": long]))) }
     }
 
     @Test func resolvedNamesAreChecked() throws {

@@ -427,6 +427,65 @@ import WebPubSubProtocol
         }
     }
 
+    /// Metadata as the service carries it: REST `X-WebPubSub-Metadata-*` headers and client frames'
+    /// `metadata` reach JSON clients (plain ones get the payload alone), go upstream as headers,
+    /// and come back from the handler's answer; what the service would refuse is refused.
+    @Test func metadataTravelsWithMessagesAndEvents() async throws {
+        let handler = RecordingServer(verifyToken: false) { request in
+            if request.method == "OPTIONS" {
+                return .init(status: 200, headers: ["WebHook-Allowed-Origin": request.headers["webhook-request-origin"] ?? ""])
+            }
+            if request.headers["ce-eventname"] == "echo" {
+                return .init(status: 200, headers: ["Content-Type": "text/plain", "X-WebPubSub-Metadata-Result": "handled"], body: "ok")
+            }
+            return .init(status: 204)
+        }
+        try await handler.start()
+        defer { Task { await handler.stop() } }
+        let url = "http://127.0.0.1:\(handler.port)/{event}"
+        try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: url, userEventPattern: "echo", systemEvents: [])] }) {
+            _, cs in
+            let client = WebPubSubServiceClient(connectionString: cs)
+            defer { Task { try? await client.shutdown() } }
+            let (json, _) = try await connectClient(cs, user: "j", roles: ["webpubsub.sendToGroup"], groups: ["room"])
+            let (reliable, _) = try await connectClient(cs, user: "r", groups: ["room"], subprotocol: "json.reliable.webpubsub.azure.v1")
+            let (plain, _) = try await connectClient(cs, user: "p", groups: ["room"], subprotocol: nil)
+
+            try await client.sendToGroup(
+                hub: "chat", group: "room", payload: ByteBuffer(string: "hi"), contentType: "text/plain",
+                metadata: [MetadataEntry(key: "TraceId", value: "abc-123")])
+            let expected: JSONValue = .object([("traceid", .string("abc-123"))])
+            #expect(await json.expect(type: "message")?["metadata"] == expected, "the key lower-cased, as the service does")
+            #expect(await reliable.expect(type: "message")?["metadata"] == expected)
+            #expect(await plain.next() == .text("hi"))
+
+            await #expect(throws: WebPubSubError.self, "a value over 1,024 characters") {
+                try await client.sendToAll(
+                    hub: "chat", payload: ByteBuffer(string: "x"), contentType: "text/plain",
+                    metadata: [MetadataEntry(key: "k", value: String(repeating: "v", count: 1025))])
+            }
+            await #expect(throws: WebPubSubError.self, "over 8 KiB in all") {
+                try await client.sendToAll(
+                    hub: "chat", payload: ByteBuffer(string: "x"), contentType: "text/plain",
+                    metadata: (0..<9).map { MetadataEntry(key: "k\($0)", value: String(repeating: "v", count: 1000)) })
+            }
+
+            json.send(#"{"type":"sendToGroup","group":"room","dataType":"text","data":"x","metadata":{"Tag":"v1"},"noEcho":true,"ackId":1}"#)
+            #expect(await json.expect(type: "ack")?["success"] == .bool(true))
+            #expect(await reliable.expect(type: "message")?["metadata"] == .object([("tag", .string("v1"))]))
+            json.send(#"{"type":"sendToGroup","group":"room","dataType":"text","data":"x","metadata":{"tag":1},"ackId":2}"#)
+            let refused = await json.expect(type: "ack")
+            #expect(
+                refused?["error"]?["name"] == .string("BadRequest")
+                    && refused?["error"]?["message"]?.stringValue?.contains("must be a string") == true)
+
+            json.send(#"{"type":"event","event":"echo","dataType":"text","data":"x","metadata":{"TraceId":"t-9"},"ackId":3}"#)
+            let reply = await json.expect(type: "message")
+            #expect(reply?["from"] == .string("server") && reply?["metadata"] == .object([("result", .string("handled"))]))
+            #expect(handler.requests.first { $0.headers["ce-eventname"] == "echo" }?.headers["x-webpubsub-metadata-traceid"] == "t-9")
+        }
+    }
+
     @Test func connectRejectionRefusesTheSocket() async throws {
         let handler = handlerServer(rejectConnect: true)
         try await handler.start()

@@ -100,6 +100,18 @@ import Glibc
         }
     }
 
+    @Test func metadataGoesInHeaders() async throws {
+        try await withRecordingServer { server in
+            let c = try client(server)
+            try await c.sendToGroup(
+                hub: "h", group: "g", payload: ByteBuffer(string: "x"), contentType: "text/plain",
+                metadata: [MetadataEntry(key: "traceparent", value: "00-abc-01"), MetadataEntry(key: "src", value: "kafka")])
+            let request = try #require(server.requests.first)
+            #expect(request.headers["x-webpubsub-metadata-traceparent"] == "00-abc-01" && request.headers["x-webpubsub-metadata-src"] == "kafka")
+            try await c.shutdown()
+        }
+    }
+
     /// The service answers 204 where older examples said 200 (`:addToGroups`, the health check),
     /// and may answer 200 for a send: any 2xx is success; other statuses are not.
     @Test func any2xxIsSuccessAndNothingElse() async throws {

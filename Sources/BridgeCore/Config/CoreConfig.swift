@@ -231,7 +231,7 @@ package struct CoreConfig: Sendable {
     static let targetFilterIdentifiers: Set<String> = ["userid", "connectionid", "groups"]
 
     static func readTarget(_ t: ConfigMapping, defaultHub: String?) -> TargetSpec? {
-        t.checkKeys(["hub", "all", "group", "user", "connection", "filter", "excluded", "dataType", "ttl"], what: "a target")
+        t.checkKeys(["hub", "all", "group", "user", "connection", "filter", "excluded", "dataType", "ttl", "metadata"], what: "a target")
         var ok = true
         var hub: Template?
         if t.has("hub") {
@@ -308,8 +308,22 @@ package struct CoreConfig: Sendable {
         }
         let dataType = t.enumeration("dataType", DataType.self)
         let ttl = t.int("ttl", range: 0...300)
+        var metadata: [(key: String, value: Template)] = []
+        if let m = t.mapping("metadata") {
+            for key in m.keys {
+                if let problem = MessageMetadata.keyProblem(key) {
+                    m.value(key)?.report(problem)
+                    continue
+                }
+                guard let value = m.template(key) else { continue }
+                if value.isConstant, let problem = MessageMetadata.valueProblem(value.text) { m.value(key)?.report(problem) }
+                metadata.append((key.lowercased(), value))
+            }
+            if Set(metadata.map(\.key)).count != metadata.count { m.report("metadata keys differ only in case; they are one key") }
+        }
         guard ok, let hub, let recipient else { return nil }
-        return TargetSpec(hub: hub, recipient: recipient, filter: filter, excluded: excluded, dataType: dataType, messageTTLSeconds: ttl)
+        return TargetSpec(
+            hub: hub, recipient: recipient, filter: filter, excluded: excluded, dataType: dataType, messageTTLSeconds: ttl, metadata: metadata)
     }
 }
 

@@ -1,5 +1,5 @@
 package import ODataFilter
-import WebPubSubProtocol
+package import WebPubSubProtocol
 
 /// Who receives a message within a hub.
 package enum Recipient: Sendable, Hashable {
@@ -18,10 +18,12 @@ package struct ResolvedTarget: Sendable, Hashable, CustomStringConvertible {
     /// Overrides the message's data type when set.
     package var dataType: DataType?
     package var messageTTLSeconds: Int?
+    /// `X-WebPubSub-Metadata-*`: passed to JSON-subprotocol clients with the message.
+    package var metadata: [MetadataEntry]
 
     package init(
         hub: String, recipient: Recipient, filter: String? = nil, excluded: [String] = [], dataType: DataType? = nil,
-        messageTTLSeconds: Int? = nil
+        messageTTLSeconds: Int? = nil, metadata: [MetadataEntry] = []
     ) {
         self.hub = hub
         self.recipient = recipient
@@ -29,6 +31,7 @@ package struct ResolvedTarget: Sendable, Hashable, CustomStringConvertible {
         self.excluded = excluded
         self.dataType = dataType
         self.messageTTLSeconds = messageTTLSeconds
+        self.metadata = metadata
     }
 
     package var description: String {
@@ -60,10 +63,12 @@ package struct TargetSpec: Sendable {
     package var excluded: [Template]
     package var dataType: DataType?
     package var messageTTLSeconds: Int?
+    /// Metadata keys (checked) and the templates of their values.
+    package var metadata: [(key: String, value: Template)]
 
     package init(
         hub: Template, recipient: RecipientSpec, filter: Template? = nil, excluded: [Template] = [], dataType: DataType? = nil,
-        messageTTLSeconds: Int? = nil
+        messageTTLSeconds: Int? = nil, metadata: [(key: String, value: Template)] = []
     ) {
         self.hub = hub
         self.recipient = recipient
@@ -71,10 +76,11 @@ package struct TargetSpec: Sendable {
         self.excluded = excluded
         self.dataType = dataType
         self.messageTTLSeconds = messageTTLSeconds
+        self.metadata = metadata
     }
 
     var templates: [Template] {
-        var all = [hub] + excluded
+        var all = [hub] + excluded + metadata.map(\.value)
         switch recipient {
         case .all: break
         case .group(let t), .user(let t), .connection(let t): all.append(t)
@@ -109,9 +115,16 @@ package struct TargetSpec: Sendable {
             // Values substituted into a filter are string-literal content: double the quotes.
             let filter = try self.filter?.render(context) { $0.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "''") }
             let excluded = try self.excluded.map { template throws(TemplateResolutionError) in try template.render(context) }.filter { !$0.isEmpty }
+            var pairs: [(String, String)] = []
+            for (key, value) in metadata { pairs.append((key, try value.render(context))) }
+            let metadata: [MetadataEntry]
+            switch MessageMetadata.validated(pairs) {
+            case .success(let entries): metadata = entries
+            case .failure(let error): throw TargetResolutionError(message: error.description)
+            }
             return ResolvedTarget(
                 hub: hub, recipient: recipient, filter: filter, excluded: excluded, dataType: dataType,
-                messageTTLSeconds: messageTTLSeconds)
+                messageTTLSeconds: messageTTLSeconds, metadata: metadata)
         } catch let error as TemplateResolutionError {
             throw TargetResolutionError(message: error.description)
         } catch let error as TargetResolutionError {
