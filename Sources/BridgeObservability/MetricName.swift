@@ -49,4 +49,7 @@ package enum MetricName {
     package static let hubMessagesReceived = "wps_hub_messages_received_total"
     /// Counter; `hub`. Frames delivered to clients.
     package static let hubMessagesSent = "wps_hub_messages_sent_total"
+    /// Counter; `hub`. Messages kept for a reliable client's replay and dropped because their
+    /// TTL (`messageTtlSeconds`, `ttlSeconds`) passed before the client came back.
+    package static let hubMessagesExpired = "wps_hub_messages_expired_total"
 }

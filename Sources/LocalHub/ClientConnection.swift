@@ -34,7 +34,7 @@ final class ClientConnection: Sendable {
         var socket: ClientSocket?
         var socketGeneration = 0
         var nextSequenceId: UInt64 = 1
-        var unacked = CircularBuffer<(id: UInt64, frame: String)>()
+        var unacked = CircularBuffer<(id: UInt64, frame: String, expiresAt: ContinuousClock.Instant?)>()
         var unackedBytes = 0
         var seenAckIds: Set<UInt64> = []
         var ackIdOrder = CircularBuffer<UInt64>()
@@ -73,22 +73,47 @@ final class ClientConnection: Sendable {
     var isEnded: Bool { state.withLock { $0.ended } }
 
     /// Attaches a new socket on `channel`; returns it and its generation. For a reconnect, the
-    /// messages not yet acknowledged are queued first, with their original sequence ids. A
-    /// socket attached before is closed after what was queued for it.
-    func attach(channel: any Channel, greeting: SocketFrame?, onSlow: @escaping @Sendable () -> Void) -> (ClientSocket, Int) {
+    /// messages not yet acknowledged are queued first, with their original sequence ids, but
+    /// those whose TTL passed (`expired` counts them). A socket attached before is closed after
+    /// what was queued for it.
+    func attach(
+        channel: any Channel, greeting: SocketFrame?, onSlow: @escaping @Sendable () -> Void
+    ) -> (socket: ClientSocket, generation: Int, expired: Int) {
         let socket = ClientSocket(channel: channel, onSlow: onSlow)
+        var expired = 0
         let (previous, generation, ended): (ClientSocket?, Int, Bool) = state.withLock { s in
             let previous = s.socket
             s.socketGeneration += 1
             if s.ended { return (nil, s.socketGeneration, true) }  // a reconnect that lost the race with the end
             s.socket = socket
             if let greeting { _ = socket.enqueue(greeting) }
+            expired = dropExpired(&s, now: .now)
             for entry in s.unacked { _ = socket.enqueue(.text(entry.frame)) }
             return (previous, s.socketGeneration, false)
         }
         previous?.finish()
         if ended { socket.finish() } else { socket.drainSoon() }
-        return (socket, generation)
+        return (socket, generation, expired)
+    }
+
+    /// Removes the messages kept for a replay whose TTL passed; returns how many. The client
+    /// sees a gap in the sequence ids, which the reliable protocol allows (it acknowledges the highest).
+    private func dropExpired(_ s: inout State, now: ContinuousClock.Instant) -> Int {
+        guard s.unacked.contains(where: { $0.expiresAt.map { $0 <= now } ?? false }) else { return 0 }
+        let before = s.unacked.count
+        var kept = CircularBuffer<(id: UInt64, frame: String, expiresAt: ContinuousClock.Instant?)>()
+        var freed = 0
+        for entry in s.unacked {
+            if let expiry = entry.expiresAt, expiry <= now {
+                freed += entry.frame.utf8.count
+            } else {
+                kept.append(entry)
+            }
+        }
+        s.unacked = kept
+        s.unackedBytes -= freed
+        replayBudget.add(-freed)
+        return before - kept.count
     }
 
     /// Detaches the socket of `generation` (if it is still the current one); it closes after
@@ -141,7 +166,7 @@ final class ClientConnection: Sendable {
                 let id = s.nextSequenceId
                 s.nextSequenceId += 1
                 let text = message.jsonFrame(sequenceId: id)
-                s.unacked.append((id, text))
+                s.unacked.append((id, text, message.expiresAt))
                 s.unackedBytes += text.utf8.count
                 replayBudget.add(text.utf8.count)
                 if s.unacked.count > Self.maxUnackedMessages || s.unackedBytes > Self.maxUnackedBytes { return .bufferFull }

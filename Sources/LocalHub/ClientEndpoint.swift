@@ -115,7 +115,10 @@ extension LocalHub {
                 // Attached only once the socket is open: a client that left during the
                 // handshake does not pin the session.
                 let greeting = c.proto.codec?.encode(.connected(connectionId: c.id, userId: c.userId, reconnectionToken: c.reconnectionToken))
-                let (socket, generation) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))
+                let (socket, generation, expired) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))
+                if expired > 0 {
+                    Counter(label: MetricName.hubMessagesExpired, dimensions: [("hub", self.hubLabels.label(c.hub))]).increment(by: expired)
+                }
                 self.logger.debug("connection recovered", metadata: [LogKey.connection: "\(c.id)"])
                 try await self.serve(c, socket: socket, generation: generation, inbound: inbound, outbound: outbound)
             }
@@ -200,7 +203,7 @@ extension LocalHub {
         }
         let greeting = proto.codec?.encode(.connected(connectionId: c.id, userId: admission.userId, reconnectionToken: c.reconnectionToken))
         return .upgrade(handshake.responseHeaders) { inbound, outbound, _ in
-            let (socket, generation) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))
+            let (socket, generation, _) = c.attach(channel: channel, greeting: greeting, onSlow: self.slowClient(c))
             self.registry.add(c, groups: admission.groups)
             self.logger.debug(
                 "connection opened", metadata: [LogKey.hub: "\(hub)", LogKey.connection: "\(c.id)", LogKey.`protocol`: "\(proto.rawValue)"])

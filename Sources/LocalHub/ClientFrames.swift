@@ -10,7 +10,8 @@ enum InboundFrame: Equatable, Sendable {
     case joinGroup(group: String?, ackId: UInt64?)
     case leaveGroup(group: String?, ackId: UInt64?)
     /// `data` is nil when it does not match `dataType`.
-    case sendToGroup(group: String?, data: FrameData?, noEcho: Bool, ackId: UInt64?, metadata: FrameMetadata = .success([]))
+    /// `ttlSeconds` is 0 (never expires) when absent, -1 when it is not an integer from 0 to 300.
+    case sendToGroup(group: String?, data: FrameData?, noEcho: Bool, ackId: UInt64?, metadata: FrameMetadata = .success([]), ttlSeconds: Int = 0)
     /// `data` is nil when it does not match `dataType`.
     case event(name: String?, data: FrameData?, ackId: UInt64?, metadata: FrameMetadata = .success([]))
     /// `sequenceId` is nil when it is not an unsigned integer (the frame is then ignored).
@@ -26,7 +27,7 @@ enum InboundFrame: Equatable, Sendable {
     /// The id of a frame that asks for an ack; acks are deduplicated by it.
     var ackId: UInt64? {
         switch self {
-        case .joinGroup(_, let id), .leaveGroup(_, let id), .sendToGroup(_, _, _, let id, _), .event(_, _, let id, _): id
+        case .joinGroup(_, let id), .leaveGroup(_, let id), .sendToGroup(_, _, _, let id, _, _), .event(_, _, let id, _): id
         case .sequenceAck, .ping, .invoke, .cancelInvocation: nil
         }
     }
@@ -101,7 +102,7 @@ struct JSONFrameCodec: ClientFrameCodec {
         case "sendToGroup":
             return .sendToGroup(
                 group: json["group"]?.stringValue, data: Self.data(json), noEcho: json["noEcho"] == .bool(true), ackId: ackId,
-                metadata: Self.metadata(json))
+                metadata: Self.metadata(json), ttlSeconds: Self.ttl(json))
         case "event":
             return .event(name: json["event"]?.stringValue, data: Self.data(json), ackId: ackId, metadata: Self.metadata(json))
         case "sequenceAck":
@@ -118,6 +119,13 @@ struct JSONFrameCodec: ClientFrameCodec {
         default:
             throw FrameDecodingError(reason: "Invalid message: unknown type '\(type)'")
         }
+    }
+
+    /// `ttlSeconds`: 0 when absent, -1 when not an integer from 0 to 300.
+    static func ttl(_ json: JSONValue) -> Int {
+        guard let value = json["ttlSeconds"], value != .null else { return 0 }
+        guard case .number(let n) = value, let seconds = Int(n), (0...300).contains(seconds) else { return -1 }
+        return seconds
     }
 
     /// `metadata`: an object of string values, checked as REST metadata is.

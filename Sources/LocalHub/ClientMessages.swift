@@ -37,9 +37,13 @@ extension LocalHub {
             ack(joinOrLeave(group, join: true, c))
         case .leaveGroup(let group, _):
             ack(joinOrLeave(group, join: false, c))
-        case .sendToGroup(let group, let data, let noEcho, _, let metadata):
+        case .sendToGroup(let group, let data, let noEcho, _, let metadata, let ttl):
+            guard ttl >= 0 else {
+                ack(AckError(name: .badRequest, message: "ttlSeconds must be an integer from 0 to 300"))
+                return true
+            }
             switch metadata {
-            case .success(let entries): ack(sendToGroup(group, data, noEcho: noEcho, metadata: entries, from: c))
+            case .success(let entries): ack(sendToGroup(group, data, noEcho: noEcho, metadata: entries, ttlSeconds: ttl, from: c))
             case .failure(let error): ack(AckError(name: .badRequest, message: error.description))
             }
         case .event(let name, let data, _, let metadata):
@@ -159,13 +163,16 @@ extension LocalHub {
     }
 
     /// `sendToGroup`: nil when sent, else why not.
-    func sendToGroup(_ group: String?, _ data: FrameData?, noEcho: Bool, metadata: [MetadataEntry] = [], from c: ClientConnection) -> AckError? {
+    func sendToGroup(
+        _ group: String?, _ data: FrameData?, noEcho: Bool, metadata: [MetadataEntry] = [], ttlSeconds: Int = 0, from c: ClientConnection
+    ) -> AckError? {
         guard let group, WebPubSubNames.groupProblem(group) == nil else { return .forbidden("\"group\" must be a non-empty group name") }
         guard registry.isAllowed(c, .sendToGroup, group: group) else {
             return .forbidden("The connection has no permission to send to group \(group)")
         }
         guard let data else { return .forbidden("\"data\" does not match \"dataType\"") }
-        let out = Outgoing(source: .group(group, fromUserId: c.userId), dataType: data.dataType, payload: data.payload, metadata: metadata)
+        let out = Outgoing(
+            source: .group(group, fromUserId: c.userId), dataType: data.dataType, payload: data.payload, metadata: metadata, ttlSeconds: ttlSeconds)
         Counter(label: MetricName.hubMessagesReceived, dimensions: [("hub", hubLabels.label(c.hub)), ("from", "client")]).increment()
         fanOut(out, to: registry.targets(hub: c.hub, scope: .group(group), excluded: noEcho ? [c.id] : [], filter: nil))
         return nil

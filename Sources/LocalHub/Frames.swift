@@ -56,7 +56,12 @@ struct Outgoing: Sendable {
     /// UTF-8 (an upstream reply may declare another charset), binary as it is.
     let payloadBytes: ByteBuffer
 
-    init(source: Source, dataType: HubDataType, payload: [UInt8], metadata: [MetadataEntry] = []) {
+    /// Past this, a message still kept for a client (a reliable session's replay) is dropped
+    /// (`messageTtlSeconds`, `ttlSeconds`); nil: it never expires.
+    let expiresAt: ContinuousClock.Instant?
+
+    init(source: Source, dataType: HubDataType, payload: [UInt8], metadata: [MetadataEntry] = [], ttlSeconds: Int = 0) {
+        self.expiresAt = ttlSeconds > 0 ? .now + .seconds(ttlSeconds) : nil
         self.source = source
         self.dataType = dataType
         self.payload = payload

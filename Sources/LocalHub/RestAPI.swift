@@ -83,7 +83,10 @@ extension LocalHub {
         }
         let source: Outgoing.Source
         if case .group(let group) = scope { source = .group(group, fromUserId: nil) } else { source = .server }
-        let message = Outgoing(source: source, dataType: dataType, payload: dataType == .json ? compactJSON(body) : body, metadata: metadata)
+        // Checked by HubScopeMiddleware (0 to 300).
+        let ttl = Query(request.uri.query).first("messageTtlSeconds").flatMap { Int($0) } ?? 0
+        let message = Outgoing(
+            source: source, dataType: dataType, payload: dataType == .json ? compactJSON(body) : body, metadata: metadata, ttlSeconds: ttl)
         Counter(label: MetricName.hubMessagesReceived, dimensions: [("hub", hubLabels.label(hub)), ("from", "rest")]).increment()
         fanOut(message, to: registry.targets(hub: hub, scope: scope, excluded: excluded, filter: filter))
         return Response(status: .accepted)

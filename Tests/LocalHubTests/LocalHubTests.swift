@@ -241,6 +241,39 @@ import WebPubSubProtocol
         }
     }
 
+    /// `messageTtlSeconds`: a message kept for a reliable client that is away is dropped once its
+    /// TTL passed, and the others are replayed when it comes back; `ttlSeconds` out of range is refused.
+    @Test func expiredMessagesAreNotReplayed() async throws {
+        try await withHub({ $0.reconnectGrace = .seconds(60) }) { _, cs in
+            let client = WebPubSubServiceClient(connectionString: cs)
+            defer { Task { try? await client.shutdown() } }
+            let access = try ClientAccess.make(
+                endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "r", roles: ["webpubsub.sendToGroup"], groups: ["g"],
+                expiresIn: .seconds(600))
+            let first = try await TestWebSocket.connect(access.url, subprotocol: "json.reliable.webpubsub.azure.v1")
+            let connected = try #require(await first.expect(type: "system", event: "connected"))
+            let id = try #require(connected["connectionId"]?.stringValue)
+            let token = try #require(connected["reconnectionToken"]?.stringValue)
+            first.send(#"{"type":"sendToGroup","group":"g","dataType":"text","data":"x","ttlSeconds":301,"ackId":1}"#)
+            #expect(await first.expect(type: "ack")?["error"]?["message"]?.stringValue?.contains("ttlSeconds") == true)
+            await first.close(code: 1001)  // away: the session waits
+
+            try await client.sendToUser(
+                hub: "chat", userId: "r", payload: ByteBuffer(string: "short"), contentType: "text/plain", messageTTLSeconds: 1)
+            try await client.sendToUser(hub: "chat", userId: "r", payload: ByteBuffer(string: "kept"), contentType: "text/plain")
+            try await client.sendToUser(
+                hub: "chat", userId: "r", payload: ByteBuffer(string: "long"), contentType: "text/plain", messageTTLSeconds: 300)
+            try await Task.sleep(for: .milliseconds(1500))
+
+            let again = try await TestWebSocket.connect(
+                access.url + "&awps_connection_id=\(id)&awps_reconnection_token=\(token)", subprotocol: "json.reliable.webpubsub.azure.v1")
+            var replayed: [String] = []
+            while let m = await again.expect(type: "message", timeout: .seconds(2)) { replayed.append(m["data"]?.stringValue ?? "?") }
+            #expect(replayed == ["kept", "long"], "the expired one is dropped, the others come in order")
+            await again.close()
+        }
+    }
+
     /// As the service: a reliable client that closes with 1000 ends its session at once; one that
     /// closes with another code keeps it for a reconnect within the grace.
     @Test func aReliableClientsNormalCloseEndsItsSessionAndOtherClosesKeepIt() async throws {
