@@ -32,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
+        // The protobuf client subprotocols (LocalHub/Protobuf): the runtime only; the generated code is committed.
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
     ],
     targets: [
         // OData filter expressions: parsed once, evaluated against any set of fields.
@@ -159,7 +161,9 @@ let package = Package(
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
+            exclude: ["Protobuf/webpubsub_v1.proto"],
             swiftSettings: swiftSettings
         ),
         // The bridge's HTTP listener: the upstream event handler (client events mirrored into sinks), health.

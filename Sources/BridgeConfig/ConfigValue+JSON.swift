@@ -11,7 +11,12 @@ extension ConfigValue {
             switch Tag.Name(rawValue: node.tag.rawValue) {
             case .null: return .null
             case .bool: return node.bool.map(JSONValue.bool)
-            case .int: return node.int.map { .number(String($0)) }
+            case .int:
+                guard let n = node.int else {
+                    report("'\(scalar.string)' is too large a number; quote it to keep it as text")
+                    return nil
+                }
+                return .number(String(n))
             case .float:
                 guard let d = node.float, d.isFinite else {
                     report("'\(scalar.string)' is not a number JSON can hold")

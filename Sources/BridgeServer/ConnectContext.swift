@@ -38,8 +38,8 @@ struct ConnectContext {
         }
     }
 
-    /// The template with every field filled, or nil when one cannot be.
-    func render(_ template: String) -> String? {
+    /// The template with every field filled (each value through `escape`), or nil when one cannot be.
+    func render(_ template: String, escape: (String) -> String = { $0 }) -> String? {
         var out = ""
         var rest = Substring(template)
         while let open = rest.firstIndex(of: "{") {
@@ -47,7 +47,7 @@ struct ConnectContext {
             guard let close = rest[open...].firstIndex(of: "}") else { return nil }
             let field = String(rest[rest.index(after: open)..<close])
             guard let v = value(field) else { return nil }
-            out += v
+            out += escape(v)
             rest = rest[rest.index(after: close)...]
         }
         return out + rest

@@ -254,7 +254,12 @@ package final class EventHandler: Sendable {
         }
         let resolved = ConnectContext(body: body, userId: userId, connectionId: attributes.connectionId)
         let groups = policy.groups.compactMap { resolved.render($0) }.filter { !$0.isEmpty }
-        let roles = policy.roles.compactMap { resolved.render($0) }.filter { !$0.isEmpty }
+        // A value filled into a wildcard role (webpubsub.sendToGroups.room-{query.r}) is escaped:
+        // ?r=** must not grant every group.
+        let roles = policy.roles.compactMap { template in
+            let isPattern = Permission.allCases.contains { template.hasPrefix($0.patternRolePrefix) }
+            return resolved.render(template, escape: isPattern ? GroupPattern.escape : { $0 })
+        }.filter { !$0.isEmpty }
         var members: [(String, JSONValue)] = []
         if let userId { members.append(("userId", .string(userId))) }
         if !groups.isEmpty {

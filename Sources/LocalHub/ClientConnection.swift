@@ -30,18 +30,29 @@ final class ClientConnection: Sendable {
     static let maxUnackedMessages = 1000
     static let maxUnackedBytes = 16 * 1024 * 1024
 
+    /// A message kept for a reliable client until it acknowledges it.
+    struct Kept {
+        let id: UInt64
+        let frame: SocketFrame
+        let bytes: Int
+        let expiresAt: ContinuousClock.Instant?
+    }
+
     private struct State {
         var socket: ClientSocket?
         var socketGeneration = 0
         var nextSequenceId: UInt64 = 1
-        var unacked = CircularBuffer<(id: UInt64, frame: String, expiresAt: ContinuousClock.Instant?)>()
+        var unacked = CircularBuffer<Kept>()
         var unackedBytes = 0
         var seenAckIds: Set<UInt64> = []
         var ackIdOrder = CircularBuffer<UInt64>()
         var connectionState: String?
         var ended = false
-        /// `invoke`s whose answer the client still waits for.
-        var invocations: Set<String> = []
+        /// `invoke`s whose answer the client still waits for, each with the token of its start.
+        var invocations: [String: UInt64] = [:]
+        /// Upstream calls of invocations still running, cancelled or not: what the limit counts.
+        var invocationsRunning = 0
+        var nextInvocationToken: UInt64 = 0
     }
 
     private let state = Mutex(State())
@@ -88,7 +99,7 @@ final class ClientConnection: Sendable {
             s.socket = socket
             if let greeting { _ = socket.enqueue(greeting) }
             expired = dropExpired(&s, now: .now)
-            for entry in s.unacked { _ = socket.enqueue(.text(entry.frame)) }
+            for entry in s.unacked { _ = socket.enqueue(entry.frame) }
             return (previous, s.socketGeneration, false)
         }
         previous?.finish()
@@ -101,11 +112,11 @@ final class ClientConnection: Sendable {
     private func dropExpired(_ s: inout State, now: ContinuousClock.Instant) -> Int {
         guard s.unacked.contains(where: { $0.expiresAt.map { $0 <= now } ?? false }) else { return 0 }
         let before = s.unacked.count
-        var kept = CircularBuffer<(id: UInt64, frame: String, expiresAt: ContinuousClock.Instant?)>()
+        var kept = CircularBuffer<Kept>()
         var freed = 0
         for entry in s.unacked {
             if let expiry = entry.expiresAt, expiry <= now {
-                freed += entry.frame.utf8.count
+                freed += entry.bytes
             } else {
                 kept.append(entry)
             }
@@ -160,20 +171,32 @@ final class ClientConnection: Sendable {
             }
         case .json:
             frame = .textBytes(message.jsonFrameBytes)
-        case .reliableJSON:
+        case .protobuf:
+            // Rendered per connection: protobuf clients are few, and JSON fan-outs pay nothing for them.
+            frame = .binary(ProtobufFrameCodec.message(message, sequenceId: nil))
+        case .reliableJSON, .reliableProtobuf:
             return state.withLock { s in
                 if s.ended { return .noSocket }
                 let id = s.nextSequenceId
                 s.nextSequenceId += 1
-                let text = message.jsonFrame(sequenceId: id)
-                s.unacked.append((id, text, message.expiresAt))
-                s.unackedBytes += text.utf8.count
-                replayBudget.add(text.utf8.count)
+                let kept: Kept
+                if proto == .reliableJSON {
+                    let text = message.jsonFrame(sequenceId: id)
+                    kept = Kept(id: id, frame: .text(text), bytes: text.utf8.count, expiresAt: message.expiresAt)
+                } else {
+                    let bytes = ProtobufFrameCodec.message(message, sequenceId: id)
+                    kept = Kept(id: id, frame: .binary(bytes), bytes: bytes.count, expiresAt: message.expiresAt)
+                }
+                s.unacked.append(kept)
+                s.unackedBytes += kept.bytes
+                replayBudget.add(kept.bytes)
+                // Messages past their TTL do not hold the session's room (they would not be replayed).
+                if s.unacked.count > Self.maxUnackedMessages || s.unackedBytes > Self.maxUnackedBytes { _ = dropExpired(&s, now: .now) }
                 if s.unacked.count > Self.maxUnackedMessages || s.unackedBytes > Self.maxUnackedBytes { return .bufferFull }
                 // Without a socket the message is kept for the replay.
                 guard let socket = s.socket else { return .noSocket }
                 // Queued under the lock, so that the socket gets the sequence ids in order.
-                return Self.queue(.text(text), on: socket, drains: &drains)
+                return Self.queue(kept.frame, on: socket, drains: &drains)
             }
         }
         return state.withLock { s in
@@ -196,12 +219,17 @@ final class ClientConnection: Sendable {
     /// Bytes kept for this connection's replay.
     var replayBytes: Int { state.withLock { $0.unackedBytes } }
 
+    /// Drops the kept messages whose TTL passed; returns how many.
+    func dropExpiredReplays() -> Int {
+        state.withLock { s in dropExpired(&s, now: .now) }
+    }
+
     /// `sequenceAck`: drops what the client confirmed (every id up to `sequenceId`).
     func acknowledge(upTo sequenceId: UInt64) {
         state.withLock { s in
             while let first = s.unacked.first, first.id <= sequenceId {
-                s.unackedBytes -= first.frame.utf8.count
-                replayBudget.add(-first.frame.utf8.count)
+                s.unackedBytes -= first.bytes
+                replayBudget.add(-first.bytes)
                 s.unacked.removeFirst()
             }
         }
@@ -214,26 +242,39 @@ final class ClientConnection: Sendable {
     static let maxInvocations = 64
 
     enum InvocationStart: Equatable {
-        case started
+        /// With the token that tells this start's answer from that of an earlier one of the same id.
+        case started(token: UInt64)
         /// One with this id is in progress.
         case duplicate
-        /// `maxInvocations` are in progress.
+        /// `maxInvocations` upstream calls are running (cancelled ones count until they end).
         case tooMany
     }
 
     func startInvocation(_ id: String) -> InvocationStart {
         state.withLock { s in
-            if s.invocations.contains(id) { return .duplicate }
-            if s.invocations.count >= Self.maxInvocations { return .tooMany }
-            s.invocations.insert(id)
-            return .started
+            if s.invocations[id] != nil { return .duplicate }
+            if s.invocationsRunning >= Self.maxInvocations { return .tooMany }
+            s.nextInvocationToken += 1
+            s.invocations[id] = s.nextInvocationToken
+            s.invocationsRunning += 1
+            return .started(token: s.nextInvocationToken)
         }
     }
 
-    /// The invocation is over (answered or cancelled); true when the client still waited for it.
-    @discardableResult
-    func finishInvocation(_ id: String) -> Bool {
-        state.withLock { $0.invocations.remove(id) != nil }
+    /// The client no longer waits for `id`: its answer is not sent. Its call still counts until it ends.
+    func cancelInvocation(_ id: String) {
+        _ = state.withLock { $0.invocations.removeValue(forKey: id) }
+    }
+
+    /// The invocation started with `token` is over; true when its answer is still wanted (not
+    /// cancelled, and the id not reused since).
+    func finishInvocation(_ id: String, token: UInt64) -> Bool {
+        state.withLock { s in
+            s.invocationsRunning -= 1
+            guard s.invocations[id] == token else { return false }
+            s.invocations[id] = nil
+            return true
+        }
     }
 
     /// Records an `ackId`; false when it was seen before (a `Duplicate`).

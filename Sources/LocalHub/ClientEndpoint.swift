@@ -91,10 +91,10 @@ extension LocalHub {
             $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         }
         let proto: ClientProtocol =
-            offered.first { ClientProtocol(rawValue: $0.lowercased())?.isJSON == true }.flatMap { ClientProtocol(rawValue: $0.lowercased()) }
+            offered.first { ClientProtocol(rawValue: $0.lowercased())?.hasFrames == true }.flatMap { ClientProtocol(rawValue: $0.lowercased()) }
             ?? .plain
         var responseHeaders: HTTPFields = [:]
-        if proto.isJSON {
+        if proto.hasFrames {
             responseHeaders[.secWebSocketProtocol] = proto.rawValue
         } else if let custom = offered.first(where: { !$0.lowercased().hasSuffix(".webpubsub.azure.v1") }) {
             // Browsers fail a handshake that ignores the protocols they offered; the predefined
@@ -194,7 +194,7 @@ extension LocalHub {
             handshake.query.first("webpubsub_mode") == "sendToGroup" ? .sendToGroup(handshake.query.first("group") ?? "") : .sendEvent
         let c = ClientConnection(
             id: connectionId, hub: hub, userId: admission.userId, proto: proto, plainMode: mode, roles: admission.roles,
-            subprotocolHeader: proto.isJSON ? proto.rawValue : handshake.responseHeaders[.secWebSocketProtocol],
+            subprotocolHeader: proto.hasFrames ? proto.rawValue : handshake.responseHeaders[.secWebSocketProtocol],
             connectionState: admission.connectionState, replayBudget: replayBudget)
         for (role, reason) in c.roleGrants.skipped {
             // As the service: the token still works, the role grants nothing.

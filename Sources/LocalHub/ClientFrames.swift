@@ -137,7 +137,7 @@ struct JSONFrameCodec: ClientFrameCodec {
             guard let text = member.stringValue else { return .failure(MetadataError("metadata value of '\(key.prefix(64))' must be a string")) }
             pairs.append((key, text))
         }
-        return MessageMetadata.validated(pairs)
+        return MessageMetadata.validated(pairs, keepCase: true)
     }
 
     /// The longest `invocationId` taken: the client's own are "1", "2", ... or a UUID.
@@ -219,6 +219,7 @@ extension ClientProtocol {
     var codec: (any ClientFrameCodec)? {
         switch self {
         case .json, .reliableJSON: JSONFrameCodec()
+        case .protobuf, .reliableProtobuf: ProtobufFrameCodec()
         case .plain: nil
         }
     }

@@ -77,7 +77,7 @@ extension LocalHub {
             invoke(id, target: target, event: event, data: data, from: c, codec: codec)
         case .cancelInvocation(let id):
             // The upstream call goes on (the event was sent); its answer is not.
-            c.finishInvocation(id)
+            c.cancelInvocation(id)
         }
         return true
     }
@@ -89,8 +89,9 @@ extension LocalHub {
         let answer: @Sendable (Result<FrameData?, AckError>) -> Void = { result in
             c.sendRaw(codec.encode(.invokeResponse(invocationId: id, result: result)))
         }
+        let token: UInt64
         switch c.startInvocation(id) {
-        case .started: break
+        case .started(let started): token = started
         case .duplicate:
             return answer(.failure(AckError(name: .badRequest, message: "Invocation '\(id)' is in progress already")))
         case .tooMany:
@@ -101,7 +102,7 @@ extension LocalHub {
             )
         }
         let refuse = { (message: String) in
-            c.finishInvocation(id)
+            _ = c.finishInvocation(id, token: token)
             answer(.failure(AckError(name: .badRequest, message: message)))
         }
         if let target, target != "event" { return refuse("Invoke target '\(target)' is not supported: only \"event\" is") }
@@ -125,7 +126,7 @@ extension LocalHub {
                 logger.warning("invoke failed", metadata: [LogKey.hub: "\(c.hub)", LogKey.error: "\(error)"])
                 result = .failure(AckError(name: .internalServerError, message: "The event handler could not be reached"))
             }
-            if c.finishInvocation(id) { answer(result) }
+            if c.finishInvocation(id, token: token) { answer(result) }
         }
     }
 
@@ -185,7 +186,7 @@ extension LocalHub {
     ) async -> Bool {
         guard let handler = handler(for: c.hub, userEvent: name) else {
             // Nobody listens: a plain client's frames have nowhere to go, so the service drops it.
-            if !c.proto.isJSON {
+            if !c.proto.hasFrames {
                 await terminate(c, reason: "No event handler for user event '\(name)'", notify: false)
                 return false
             }

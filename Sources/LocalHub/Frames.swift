@@ -7,11 +7,14 @@ import WebPubSubProtocol
 package enum ClientProtocol: String, Sendable {
     case json = "json.webpubsub.azure.v1"
     case reliableJSON = "json.reliable.webpubsub.azure.v1"
+    case protobuf = "protobuf.webpubsub.azure.v1"
+    case reliableProtobuf = "protobuf.reliable.webpubsub.azure.v1"
     /// No (or an unknown) subprotocol: raw frames only.
     case plain = ""
 
-    var isJSON: Bool { self != .plain }
-    var isReliable: Bool { self == .reliableJSON }
+    /// A Web PubSub subprotocol: frames of its own (`joinGroup`, acks, ...), not raw messages.
+    var hasFrames: Bool { self != .plain }
+    var isReliable: Bool { self == .reliableJSON || self == .reliableProtobuf }
 }
 
 /// The data types of Web PubSub messages.
@@ -60,7 +63,10 @@ struct Outgoing: Sendable {
     /// (`messageTtlSeconds`, `ttlSeconds`); nil: it never expires.
     let expiresAt: ContinuousClock.Instant?
 
+    let metadata: [MetadataEntry]
+
     init(source: Source, dataType: HubDataType, payload: [UInt8], metadata: [MetadataEntry] = [], ttlSeconds: Int = 0) {
+        self.metadata = metadata
         self.expiresAt = ttlSeconds > 0 ? .now + .seconds(ttlSeconds) : nil
         self.source = source
         self.dataType = dataType

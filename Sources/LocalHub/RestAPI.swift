@@ -136,6 +136,12 @@ extension LocalHub {
     /// The replay memory of all reliable sessions is over its limit: ends the sessions that
     /// hold the most until it is not.
     func trimReplays() {
+        guard replayBudget.bytes > replayBudget.limit else { return }
+        // What is past its TTL goes first: it would not be replayed anyway.
+        for c in registry.all(hub: nil) where c.proto.isReliable {
+            let expired = c.dropExpiredReplays()
+            if expired > 0 { Counter(label: MetricName.hubMessagesExpired, dimensions: [("hub", hubLabels.label(c.hub))]).increment(by: expired) }
+        }
         var excess = replayBudget.bytes - replayBudget.limit
         guard excess > 0 else { return }
         let holders = registry.all(hub: nil).filter { $0.proto.isReliable }.map { ($0, $0.replayBytes) }.sorted { $0.1 > $1.1 }

@@ -22,6 +22,17 @@ package struct GroupPattern: Sendable, Equatable, CustomStringConvertible {
     let tokens: [Token]
     package let description: String
 
+    /// `text` as a pattern that matches it alone: `\`, `*` and `?` escaped. For values filled
+    /// into a wildcard role, so that a value cannot widen it.
+    package static func escape(_ text: String) -> String {
+        var out = ""
+        for c in text.unicodeScalars {
+            if c == "\\" || c == "*" || c == "?" { out.unicodeScalars.append("\\") }
+            out.unicodeScalars.append(c)
+        }
+        return out
+    }
+
     /// Why `text` is not a pattern, or nil.
     package static func problem(_ text: String) -> String? {
         switch parse(text) {
@@ -103,8 +114,9 @@ package struct GroupPattern: Sendable, Equatable, CustomStringConvertible {
         return .success(tokens)
     }
 
-    /// Whether `group` matches. Tokens against positions, each pair visited once: at most
-    /// (2 × wildcards + 1) × (characters + 1) steps.
+    /// Whether `group` matches. Tokens against positions, one pass per token; a literal run costs
+    /// its length at each reachable position. Group names are at most 1,024 UTF-16 units
+    /// (``WebPubSubNames/groupProblem(_:)``), so a check stays small whatever the pattern.
     package func matches(_ group: String) -> Bool {
         let s = Array(group.unicodeScalars)
         // reachable[i]: the tokens so far can end at position i.

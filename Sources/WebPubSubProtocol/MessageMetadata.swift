@@ -29,8 +29,9 @@ package enum MessageMetadata {
         return nil
     }
 
-    /// The entries with lower-cased keys, or why they cannot be metadata.
-    package static func validated(_ entries: [(String, String)]) -> Result<[MetadataEntry], MetadataError> {
+    /// The entries (keys lower-cased unless `keepCase`: headers' are, frames' keep theirs, as in
+    /// the service), or why they cannot be metadata. Keys differing only in case are one key.
+    package static func validated(_ entries: [(String, String)], keepCase: Bool = false) -> Result<[MetadataEntry], MetadataError> {
         var seen: Set<String> = []
         var total = 0
         var out: [MetadataEntry] = []
@@ -39,7 +40,7 @@ package enum MessageMetadata {
             let lower = key.lowercased()
             guard seen.insert(lower).inserted else { return .failure(MetadataError("metadata key '\(lower)' is given twice")) }
             total += lower.utf8.count + value.utf8.count
-            out.append(MetadataEntry(key: lower, value: value))
+            out.append(MetadataEntry(key: keepCase ? key : lower, value: value))
         }
         guard total <= maxTotalBytes else { return .failure(MetadataError("metadata is at most \(maxTotalBytes) bytes of keys and values in all")) }
         return .success(out)

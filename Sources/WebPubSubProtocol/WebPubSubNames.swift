@@ -15,7 +15,9 @@ package enum WebPubSubNames {
     /// Not empty, not only white space, not `.` or `..` (a path would lose its segment), at most
     /// 1,024 characters.
     package static func groupProblem(_ group: String) -> String? {
-        if group.count > 1024 { return "group name is longer than 1024 characters" }
+        // UTF-16 units, as the service counts (.NET's Length): a "character" of many combining
+        // marks must not make a name, and the patterns matched against it, unbounded.
+        if group.utf16.count > 1024 { return "group name is longer than 1024 characters" }
         return nameProblem(group, kind: "group name")
     }
 

@@ -7,6 +7,7 @@ import NIOCore
 import Synchronization
 import Testing
 import WebPubSub
+import WebPubSubProtocol
 
 @testable import BridgeServer
 
@@ -206,6 +207,19 @@ func text(_ r: HandlerResponse) -> String { String(decoding: r.body, as: UTF8.se
         #expect(!none.headers.contains { $0.0 == "ce-connectionState" })
         _ = await plain.handle(event("azure.webpubsub.user.chat", name: "chat", body: "{}"))
         #expect(try JSONValue.parse(try #require(plainSink.written.first).payload.readableBytesView)["connectionstate"] == nil)
+    }
+
+    /// A value filled into a wildcard role is escaped: `?r=**` must not grant every group.
+    @Test func valuesInWildcardRolesAreEscaped() async throws {
+        var policy = ConnectPolicy()
+        policy.roles = ["webpubsub.sendToGroups.room-{query.r}", "webpubsub.sendToGroup.room-{query.r}"]
+        let (h, _) = handler(connect: policy)
+        let body = #"{"claims":{},"query":{"r":["**"]},"headers":{}}"#
+        let r = await h.handle(event("azure.webpubsub.sys.connect", name: "connect", body: body))
+        let roles = try JSONValue.parse(r.body)["roles"]
+        #expect(roles == .array([.string(#"webpubsub.sendToGroups.room-\*\*"#), .string("webpubsub.sendToGroup.room-**")]))
+        let grants = RoleGrants(roles: [#"webpubsub.sendToGroups.room-\*\*"#])
+        #expect(grants.allows(.sendToGroup, group: "room-**") && !grants.allows(.sendToGroup, group: "room-1"))
     }
 
     @Test func connectPolicyRejects() async {

@@ -505,7 +505,7 @@ import WebPubSubProtocol
 
             json.send(#"{"type":"sendToGroup","group":"room","dataType":"text","data":"x","metadata":{"Tag":"v1"},"noEcho":true,"ackId":1}"#)
             #expect(await json.expect(type: "ack")?["success"] == .bool(true))
-            #expect(await reliable.expect(type: "message")?["metadata"] == .object([("tag", .string("v1"))]))
+            #expect(await reliable.expect(type: "message")?["metadata"] == .object([("Tag", .string("v1"))]), "a frame's keys keep their case")
             json.send(#"{"type":"sendToGroup","group":"room","dataType":"text","data":"x","metadata":{"tag":1},"ackId":2}"#)
             let refused = await json.expect(type: "ack")
             #expect(
@@ -516,6 +516,61 @@ import WebPubSubProtocol
             let reply = await json.expect(type: "message")
             #expect(reply?["from"] == .string("server") && reply?["metadata"] == .object([("result", .string("handled"))]))
             #expect(handler.requests.first { $0.headers["ce-eventname"] == "echo" }?.headers["x-webpubsub-metadata-traceid"] == "t-9")
+        }
+    }
+
+    /// A protobuf client built from the hub's .proto (protoc and Python's `protobuf`) on both
+    /// protobuf subprotocols: join, send to a group with metadata, an event answered by the
+    /// handler, an invoke, a ping, and a message type the hub does not serve.
+    @Test(arguments: ["protobuf.webpubsub.azure.v1", "protobuf.reliable.webpubsub.azure.v1"])
+    func aProtobufClientSpeaksTheSameProtocol(subprotocol: String) async throws {
+        let handler = RecordingServer(verifyToken: false) { request in
+            if request.method == "OPTIONS" {
+                return .init(status: 200, headers: ["WebHook-Allowed-Origin": request.headers["webhook-request-origin"] ?? ""])
+            }
+            if request.headers["ce-eventname"] == "echo" {
+                return .init(status: 200, headers: ["Content-Type": "text/plain"], body: "echo: " + request.headers["content-type", default: "?"])
+            }
+            return .init(status: 204)
+        }
+        try await handler.start()
+        defer { Task { await handler.stop() } }
+        let url = "http://127.0.0.1:\(handler.port)/{event}"
+        try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: url, userEventPattern: "echo", systemEvents: [])] }) {
+            _, cs in
+            let access = try ClientAccess.make(
+                endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "pb",
+                roles: ["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"], groups: [], expiresIn: .seconds(600))
+            let result = try await runProcess(
+                try TestEnvironment.python(),
+                [
+                    TestEnvironment.packageRoot + "/Tests/python/protobuf_client.py", TestEnvironment.packageRoot + "/Sources/LocalHub/Protobuf",
+                    access.url, subprotocol,
+                ],
+                timeout: 60)
+            #expect(result.status == 0, "\(result.stderr)")
+            let lines = result.stdout.split(separator: "\n").map(String.init)
+            let messages = lines.compactMap { try? JSONValue.parse(Array($0.utf8)) }
+            let reliable = subprotocol.contains("reliable")
+            #expect(messages.first?["systemMessage"]?["connectedMessage"]?["connectionId"] != nil, "\(lines)")
+            #expect((messages.first?["systemMessage"]?["connectedMessage"]?["reconnectionToken"] != nil) == reliable)
+            let acks = messages.compactMap { $0["ackMessage"] }
+            #expect(acks.map { $0["ackId"]?.stringValue ?? "?" } == ["1", "2", "3"] && acks.allSatisfy { $0["success"] == .bool(true) }, "\(lines)")
+            let data = messages.compactMap { $0["dataMessage"] }
+            #expect(data.count == 2, "\(lines)")
+            if data.count == 2 {
+                #expect(data[0]["from"] == .string("group") && data[0]["group"] == .string("g") && data[0]["data"]?["textData"] == .string("hi"))
+                #expect(data[0]["metadata"] == .object([("trace", .string("t1"))]))
+                #expect((data[0]["sequenceId"] != nil) == reliable, "sequenced on the reliable protocol only")
+                #expect(data[1]["from"] == .string("server") && data[1]["data"]?["textData"] == .string("echo: application/json"))
+            }
+            let invoked = messages.compactMap { $0["invokeResponseMessage"] }.first
+            #expect(invoked?["invocationId"] == .string("i1") && invoked?["success"] == .bool(true))
+            #expect(invoked?["data"]?["textData"] == .string("echo: application/octet-stream"), "binary data went up as bytes")
+            #expect(messages.contains { $0["pongMessage"] != nil })
+            let bye = messages.compactMap { $0["systemMessage"]?["disconnectedMessage"]?["reason"]?.stringValue }.first
+            #expect(bye?.contains("does not serve") == true, "\(lines)")
+            #expect(lines.last?.hasPrefix("closed") == true)
         }
     }
 

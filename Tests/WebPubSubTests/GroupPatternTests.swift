@@ -34,6 +34,16 @@ import WebPubSubProtocol
         #expect(p.matches(String(repeating: "a", count: 1023) + "b"))
     }
 
+    /// Names are counted in UTF-16 units, as the service counts them: one "character" of many
+    /// combining marks is not one.
+    @Test func groupNamesAreBoundedInUTF16Units() {
+        let marks = "a" + String(repeating: "\u{0301}", count: 1100)
+        #expect(marks.count == 1)
+        #expect(WebPubSubNames.groupProblem(marks) != nil)
+        #expect(WebPubSubNames.groupProblem(String(repeating: "a", count: 1024)) == nil)
+        #expect(GroupPattern.escape(#"a*b?c\"#) == #"a\*b\?c\\"#)
+    }
+
     @Test func rolesGrantPerPermissionAndSkipWhatIsNotValid() {
         var roles = ["webpubsub.sendToGroups.room.*", "webpubsub.joinLeaveGroups.lobby?", "webpubsub.sendToGroups.a\\b", "webpubsub.other.*"]
         roles += (0..<11).map { "webpubsub.joinLeaveGroups.team\($0).*" }
