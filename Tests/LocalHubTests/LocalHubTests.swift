@@ -308,12 +308,19 @@ import WebPubSubProtocol
 }
 
 @Suite struct UpstreamTests {
-    /// An event handler that accepts the handshake, names the user on connect, echoes `echo` events.
-    func handlerServer(rejectConnect: Bool = false) -> RecordingServer {
+    /// An event handler that passes the abuse-protection handshake and answers each event with `answer`.
+    func upstream(_ answer: @escaping @Sendable (RecordingServer.RecordedRequest) -> RecordingServer.ScriptedResponse) -> RecordingServer {
         RecordingServer(verifyToken: false) { request in
             if request.method == "OPTIONS" {
                 return .init(status: 200, headers: ["WebHook-Allowed-Origin": request.headers["webhook-request-origin"] ?? ""])
             }
+            return answer(request)
+        }
+    }
+
+    /// An event handler that accepts the handshake, names the user on connect, echoes `echo` events.
+    func handlerServer(rejectConnect: Bool = false) -> RecordingServer {
+        upstream { request in
             switch request.headers["ce-eventname"] {
             case "connect":
                 if rejectConnect { return .init(status: 401, body: "go away") }
@@ -380,10 +387,7 @@ import WebPubSubProtocol
     /// a user event and its reply comes back as `invokeResponse`; refusals are `success: false`
     /// with the service's error names; a cancelled invocation gets no answer; `ping` gets `pong`.
     @Test func invokeIsAnsweredWithTheHandlersReply() async throws {
-        let handler = RecordingServer(verifyToken: false) { request in
-            if request.method == "OPTIONS" {
-                return .init(status: 200, headers: ["WebHook-Allowed-Origin": request.headers["webhook-request-origin"] ?? ""])
-            }
+        let handler = upstream { request in
             switch request.headers["ce-eventname"] {
             case "echo":
                 return .init(status: 200, headers: ["Content-Type": "text/plain; charset=utf-8"], body: "echo: " + request.bodyText)
@@ -464,10 +468,7 @@ import WebPubSubProtocol
     /// `metadata` reach JSON clients (plain ones get the payload alone), go upstream as headers,
     /// and come back from the handler's answer; what the service would refuse is refused.
     @Test func metadataTravelsWithMessagesAndEvents() async throws {
-        let handler = RecordingServer(verifyToken: false) { request in
-            if request.method == "OPTIONS" {
-                return .init(status: 200, headers: ["WebHook-Allowed-Origin": request.headers["webhook-request-origin"] ?? ""])
-            }
+        let handler = upstream { request in
             if request.headers["ce-eventname"] == "echo" {
                 return .init(status: 200, headers: ["Content-Type": "text/plain", "X-WebPubSub-Metadata-Result": "handled"], body: "ok")
             }
@@ -524,10 +525,7 @@ import WebPubSubProtocol
     /// handler, an invoke, a ping, and a message type the hub does not serve.
     @Test(arguments: ["protobuf.webpubsub.azure.v1", "protobuf.reliable.webpubsub.azure.v1"])
     func aProtobufClientSpeaksTheSameProtocol(subprotocol: String) async throws {
-        let handler = RecordingServer(verifyToken: false) { request in
-            if request.method == "OPTIONS" {
-                return .init(status: 200, headers: ["WebHook-Allowed-Origin": request.headers["webhook-request-origin"] ?? ""])
-            }
+        let handler = upstream { request in
             if request.headers["ce-eventname"] == "echo" {
                 return .init(status: 200, headers: ["Content-Type": "text/plain"], body: "echo: " + request.headers["content-type", default: "?"])
             }
@@ -608,10 +606,7 @@ import WebPubSubProtocol
     /// (a 5xx is, `upstreamRetries` times).
     @Test func onlyFailuresThatMayPassAreRetried() async throws {
         let big = String(repeating: "x", count: 5 * 1024 * 1024)
-        let handler = RecordingServer(verifyToken: false) { request in
-            if request.method == "OPTIONS" {
-                return .init(status: 200, headers: ["WebHook-Allowed-Origin": request.headers["webhook-request-origin"] ?? ""])
-            }
+        let handler = upstream { request in
             switch request.headers["ce-eventname"] {
             case "big": return .init(status: 200, headers: ["Content-Type": "text/plain"], body: big)
             case "flaky": return .init(status: 503)
