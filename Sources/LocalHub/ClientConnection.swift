@@ -53,6 +53,9 @@ final class ClientConnection: Sendable {
         /// Upstream calls of invocations still running, cancelled or not: what the limit counts.
         var invocationsRunning = 0
         var nextInvocationToken: UInt64 = 0
+        /// Those waiting for the connection to end or a socket to attach (``waitWhileAway``).
+        var awayWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextAwayWaiter = 0
     }
 
     private let state = Mutex(State())
@@ -97,6 +100,7 @@ final class ClientConnection: Sendable {
             s.socketGeneration += 1
             if s.ended { return (nil, s.socketGeneration, true) }  // a reconnect that lost the race with the end
             s.socket = socket
+            Self.wakeAway(&s)
             if let greeting { _ = socket.enqueue(greeting) }
             expired = dropExpired(&s, now: .now)
             for entry in s.unacked { _ = socket.enqueue(entry.frame) }
@@ -139,6 +143,42 @@ final class ClientConnection: Sendable {
     }
 
     var hasSocket: Bool { state.withLock { $0.socket != nil } }
+
+    /// Waits, after the socket of `generation` dropped, until the connection ends, a socket
+    /// attaches (a reconnect), or `timeout` passes; whichever comes first. No polling: `attach`
+    /// and `end` wake it.
+    func waitWhileAway(generation: Int, timeout: Duration) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await Task.sleep(for: timeout) }
+            group.addTask { await self.awayChange(after: generation) }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func awayChange(after generation: Int) async {
+        let key = state.withLock { s -> Int in
+            s.nextAwayWaiter += 1
+            return s.nextAwayWaiter
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { s -> Bool in
+                    if s.ended || s.socket != nil || s.socketGeneration != generation || Task.isCancelled { return true }
+                    s.awayWaiters[key] = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            state.withLock { $0.awayWaiters.removeValue(forKey: key) }?.resume()
+        }
+    }
+
+    private static func wakeAway(_ s: inout State) {
+        for waiter in s.awayWaiters.values { waiter.resume() }
+        s.awayWaiters.removeAll()
+    }
 
     /// Counts the sockets attached so far.
     var currentGeneration: Int { state.withLock { $0.socketGeneration } }
@@ -294,6 +334,7 @@ final class ClientConnection: Sendable {
     func end(closing frames: [SocketFrame]) {
         let socket: ClientSocket? = state.withLock { s in
             s.ended = true
+            Self.wakeAway(&s)
             defer { s.socket = nil }
             replayBudget.add(-s.unackedBytes)
             s.unacked.removeAll()

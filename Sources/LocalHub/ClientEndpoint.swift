@@ -301,12 +301,9 @@ extension LocalHub {
                     c.detach(generation: generation)
                     let grace = configuration.reconnectGrace
                     spawn {
-                        // Checked often, so that a session ended meanwhile (REST close, hub
-                        // shutdown) does not keep this task, and the hub's shutdown, waiting.
-                        let deadline = ContinuousClock.now + grace
-                        while ContinuousClock.now < deadline, !c.isEnded, c.currentGeneration == generation {
-                            do { try await Task.sleep(for: min(.milliseconds(100), deadline - ContinuousClock.now)) } catch { break }
-                        }
+                        // Woken by a reconnect or the session's end (REST close, hub shutdown), so
+                        // that neither waits for the grace to pass.
+                        await c.waitWhileAway(generation: generation, timeout: grace)
                         if !c.hasSocket && !c.isEnded && c.currentGeneration == generation {
                             await self.terminate(c, reason: "The client did not reconnect in time", notify: false)
                         }

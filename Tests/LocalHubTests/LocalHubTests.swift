@@ -241,6 +241,21 @@ import WebPubSubProtocol
         }
     }
 
+    /// A reliable client that does not come back within the grace is ended then; one that comes
+    /// back in time keeps its connection id.
+    @Test func anAwaySessionEndsWhenTheGracePasses() async throws {
+        try await withHub({ $0.reconnectGrace = .seconds(1) }) { _, cs in
+            let client = WebPubSubServiceClient(connectionString: cs)
+            defer { Task { try? await client.shutdown() } }
+            let (away, awayId) = try await connectClient(cs, user: "a", subprotocol: "json.reliable.webpubsub.azure.v1")
+            let id = try #require(awayId)
+            await away.close(code: 1001)
+            #expect(try await client.connectionExists(hub: "chat", connectionId: id), "kept for the grace")
+            let ended = try await eventually(timeout: .seconds(10)) { try await !client.connectionExists(hub: "chat", connectionId: id) }
+            #expect(ended, "ended once the grace passed")
+        }
+    }
+
     /// `messageTtlSeconds`: a message kept for a reliable client that is away is dropped once its
     /// TTL passed, and the others are replayed when it comes back; `ttlSeconds` out of range is refused.
     @Test func expiredMessagesAreNotReplayed() async throws {
