@@ -201,8 +201,9 @@ package final class EventHandler: Sendable {
             connectionId: required("ce-connectionid"), eventName: required("ce-eventname"), userId: h["ce-userid"].flatMap { $0.isEmpty ? nil : $0 },
             subprotocol: h["ce-subprotocol"], connectionState: h["ce-connectionstate"].flatMap { $0.isEmpty ? nil : $0 })
         guard missing.isEmpty else { return refuse(400, "missing CloudEvents headers: \(missing.joined(separator: ", "))") }
-        attributes.metadata = h.filter { $0.key.lowercased().hasPrefix(MessageMetadata.headerPrefix) }
-            .map { (String($0.key.lowercased().dropFirst(MessageMetadata.headerPrefix.count)), $0.value) }.sorted { $0.0 < $1.0 }
+        // Header names are lower-cased already (HandlerRequest).
+        attributes.metadata = h.filter { $0.key.hasPrefix(MessageMetadata.headerPrefix) }
+            .map { (String($0.key.dropFirst(MessageMetadata.headerPrefix.count)), $0.value) }.sorted { $0.0 < $1.0 }
         guard attributes.hub.caseInsensitiveCompare(request.hub) == .orderedSame else {
             return refuse(400, "ce-hub '\(attributes.hub)' does not match the path's hub '\(request.hub)'")
         }

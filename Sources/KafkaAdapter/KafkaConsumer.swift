@@ -181,8 +181,6 @@ final class KafkaConsumer: @unchecked Sendable {
         }
     }
 
-    var isDraining: Bool { state.withLock { $0.machine.phase != .consuming } }
-
     // MARK: - The poll thread
 
     private func pollLoop() {

@@ -47,9 +47,6 @@ package struct GroupPattern: Sendable, Equatable, CustomStringConvertible {
         self.description = text
     }
 
-    /// Whether the pattern has a wildcard at all (one without is a plain group name).
-    package var hasWildcard: Bool { tokens.contains { if case .literal = $0 { false } else { true } } }
-
     struct Problem: Error {
         let message: String
     }

@@ -44,8 +44,6 @@ package struct RoleGrants: Sendable {
         }
     }
 
-    package var isEmpty: Bool { patterns.isEmpty }
-
     package func allows(_ permission: Permission, group: String) -> Bool {
         patterns[permission]?.contains { $0.matches(group) } ?? false
     }

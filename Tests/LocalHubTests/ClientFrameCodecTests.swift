@@ -80,3 +80,33 @@ import Testing
         #expect(ClientProtocol.plain.codec == nil)
     }
 }
+
+/// The protobuf subprotocols' codec with frames no client library would send.
+@Suite struct ProtobufFrameCodecTests {
+    let codec = ProtobufFrameCodec()
+
+    func reason(_ message: WebSocketMessage) -> String? {
+        do {
+            _ = try codec.decode(message)
+            return nil
+        } catch {
+            return error.reason
+        }
+    }
+
+    @Test func refusesWhatIsNotAnUpstreamMessage() throws {
+        #expect(reason(.text("{}"))?.contains("binary frames only") == true)
+        #expect(reason(.binary(ByteBuffer(bytes: [0x0A, 0xFF, 0xFF, 0xFF])))?.contains("not a protobuf UpstreamMessage") == true)
+        #expect(reason(.binary(ByteBuffer(bytes: [])))?.contains("does not serve") == true, "an empty message names no type")
+        // Written byte by byte: invoke_event_message (field 10) with event "e" and no invocation id;
+        // send_to_group_message (field 1) to "g" with ttl_seconds (field 5) 301.
+        #expect(reason(.binary(ByteBuffer(bytes: [0x52, 0x03, 0x0A, 0x01, 0x65])))?.contains("invocationId") == true)
+        let ttl: [UInt8] = [0x0A, 0x06, 0x0A, 0x01, 0x67, 0x28, 0xAD, 0x02]
+        let frame = try codec.decode(.binary(ByteBuffer(bytes: ttl)))
+        guard case .sendToGroup(_, let data, _, _, _, let seconds) = frame else {
+            Issue.record("\(frame)")
+            return
+        }
+        #expect(seconds == -1 && data == nil, "out of range, and no data: both refused by the hub with an ack")
+    }
+}

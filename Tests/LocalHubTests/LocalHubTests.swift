@@ -323,6 +323,18 @@ import WebPubSubProtocol
 }
 
 @Suite struct UpstreamTests {
+    /// Starts `handler`, then a hub whose hub `chat` sends it `userEvents` (a pattern) and `systemEvents`.
+    func withUpstreamHub(
+        sendingTo handler: RecordingServer, userEvents: String, systemEvents: Set<String> = [], _ body: (ConnectionString) async throws -> Void
+    ) async throws {
+        try await handler.start()
+        defer { Task { await handler.stop() } }
+        let url = "http://127.0.0.1:\(handler.port)/{event}"
+        try await withHub({
+            $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: url, userEventPattern: userEvents, systemEvents: systemEvents)]
+        }) { _, cs in try await body(cs) }
+    }
+
     /// An event handler that passes the abuse-protection handshake and answers each event with `answer`.
     func upstream(_ answer: @escaping @Sendable (RecordingServer.RecordedRequest) -> RecordingServer.ScriptedResponse) -> RecordingServer {
         RecordingServer(verifyToken: false) { request in
@@ -419,12 +431,10 @@ import WebPubSubProtocol
                 return .init(status: 204)
             }
         }
-        try await handler.start()
-        defer { Task { await handler.stop() } }
-        let url = "http://127.0.0.1:\(handler.port)/{event}"
-        try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: url, userEventPattern: "echo,json,bytes,fail,slow,empty")] }
+        try await withUpstreamHub(
+            sendingTo: handler, userEvents: "echo,json,bytes,fail,slow,empty", systemEvents: ["connect", "connected", "disconnected"]
         ) {
-            _, cs in
+            cs in
             let (socket, _) = try await connectClient(cs, user: "u", subprotocol: "json.reliable.webpubsub.azure.v1")
             func invoke(_ frame: String) async -> JSONValue? {
                 socket.send(frame)
@@ -489,11 +499,7 @@ import WebPubSubProtocol
             }
             return .init(status: 204)
         }
-        try await handler.start()
-        defer { Task { await handler.stop() } }
-        let url = "http://127.0.0.1:\(handler.port)/{event}"
-        try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: url, userEventPattern: "echo", systemEvents: [])] }) {
-            _, cs in
+        try await withUpstreamHub(sendingTo: handler, userEvents: "echo") { cs in
             let client = WebPubSubServiceClient(connectionString: cs)
             defer { Task { try? await client.shutdown() } }
             let (json, _) = try await connectClient(cs, user: "j", roles: ["webpubsub.sendToGroup"], groups: ["room"])
@@ -546,11 +552,7 @@ import WebPubSubProtocol
             }
             return .init(status: 204)
         }
-        try await handler.start()
-        defer { Task { await handler.stop() } }
-        let url = "http://127.0.0.1:\(handler.port)/{event}"
-        try await withHub({ $0.eventHandlers["chat"] = [EventHandlerSettings(urlTemplate: url, userEventPattern: "echo", systemEvents: [])] }) {
-            _, cs in
+        try await withUpstreamHub(sendingTo: handler, userEvents: "echo") { cs in
             let access = try ClientAccess.make(
                 endpoint: cs.endpoint, hub: "chat", key: cs.accessKey, userId: "pb",
                 roles: ["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"], groups: [], expiresIn: .seconds(600))
