@@ -93,6 +93,32 @@ package struct ConfigMapping {
         }
     }
 
+    /// A size in bytes: `512`, `64KB`, `1MB` (KB and MB are 1,024 and 1,048,576 bytes; KiB and
+    /// MiB are accepted too).
+    package func byteSize(_ key: String, range: ClosedRange<Int>) -> Int? {
+        guard let v = value(key), let s = v.string() else { return nil }
+        guard let n = Self.parseByteSize(s) else {
+            v.report("'\(s)' is not a size (write e.g. 512, 64KB, 1MB)")
+            return nil
+        }
+        guard range.contains(n) else {
+            v.report("\(s) is out of range \(range.lowerBound)...\(range.upperBound) bytes")
+            return nil
+        }
+        return n
+    }
+
+    static func parseByteSize(_ text: String) -> Int? {
+        let s = text.trimmingCharacters(in: .whitespaces).uppercased()
+        let units: [(String, Int)] = [("KIB", 1024), ("MIB", 1 << 20), ("KB", 1024), ("MB", 1 << 20), ("K", 1024), ("M", 1 << 20), ("B", 1)]
+        for (suffix, factor) in units where s.hasSuffix(suffix) {
+            guard let n = Int(s.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), n >= 0, n <= Int.max / factor else { return nil }
+            return n * factor
+        }
+        guard let n = Int(s), n >= 0 else { return nil }
+        return n
+    }
+
     /// `250ms`, `10s`, `5m`, `1h`, or a number of seconds.
     package func duration(_ key: String) -> Duration? {
         guard let v = value(key), let s = v.string() else { return nil }

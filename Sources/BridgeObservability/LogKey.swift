@@ -9,6 +9,8 @@ package enum LogKey {
     package static let acked = "wps.acked"
     package static let attempt = "wps.attempt"
     package static let attempts = "wps.attempts"
+    /// Messages in the batch a send carried.
+    package static let batchSize = "wps.batch_size"
     package static let bytes = "wps.bytes"
     package static let channel = "wps.channel"
     package static let channels = "wps.channels"

@@ -26,6 +26,12 @@ package enum MetricName {
     package static let sendsInFlight = "wps_bridge_sends_in_flight"
     /// Timer (histogram); `route`, `target`. Source timestamp until the service accepted the send.
     package static let deliveryLatency = "wps_bridge_delivery_latency_seconds"
+    /// Counter; `route`, `target`. Messages a newer one of the same `conflate.key` replaced in its batch.
+    package static let messagesConflated = "wps_bridge_messages_conflated_total"
+    /// Histogram; `route`, `target`. Messages per batched send.
+    package static let batchMessages = "wps_bridge_batch_messages"
+    /// Histogram; `route`, `target`. Bytes of a batched send's payload.
+    package static let batchBytes = "wps_bridge_batch_bytes"
     /// Counter. 429 answers of the service.
     package static let sendsThrottled = "wps_bridge_sends_throttled_total"
     /// Gauge. The paced send rate, 0 while not pacing.

@@ -89,6 +89,8 @@ package struct CoreConfig: Sendable {
         var config = CoreConfig()
         var sourceTypes: [String: any SourceFactory] = [:]
         var sourceNames: Set<String> = []
+        /// Sources whose messages are binary (`dataType: binary`): a batch cannot carry them.
+        var binarySources: Set<String> = []
 
         if let items = root.list("sources", required: requireSources) {
             if items.isEmpty && requireSources { root.value("sources")?.report("at least one source is needed") }
@@ -107,6 +109,7 @@ package struct CoreConfig: Sendable {
                 }
                 let settings = m.without(["name", "type"])
                 guard let name else { continue }
+                if let v = m.value("dataType"), v.isScalar, v.string() == DataType.binary.rawValue { binarySources.insert(name) }
                 sourceTypes[name] = factory
                 if let adapter = factory.makeSource(name: name, settings: settings, context: context) {
                     config.sources.append(SourceEntry(name: name, type: type, adapter: adapter, fingerprint: item.fingerprint))
@@ -137,8 +140,8 @@ package struct CoreConfig: Sendable {
             for (index, item) in items.enumerated() {
                 guard let m = item.mapping() else { continue }
                 if let route = readRoute(
-                    m, index: index, sourceNames: sourceNames, sourceTypes: sourceTypes, registry: registry, context: context,
-                    defaultHub: defaultHub)
+                    m, index: index, sourceNames: sourceNames, sourceTypes: sourceTypes, binarySources: binarySources, registry: registry,
+                    context: context, defaultHub: defaultHub)
                 {
                     if !names.insert(route.name).inserted { m.value("name")?.report("duplicate route name '\(route.name)'") }
                     if route.deadLetter == nil, config.deadLetter == nil, let factory = sourceTypes[route.source], factory.isAtLeastOnce {
@@ -146,6 +149,11 @@ package struct CoreConfig: Sendable {
                             "route '\(route.name)' reads '\(route.source)' (\(factory.typeName), at least once) but has no deadLetter sink: "
                                 + "a message that cannot be delivered would be dropped and acknowledged. Add deadLetter: {type: file, path: ...} "
                                 + "(here or at the top level), or deadLetter: {type: drop} to drop such messages on purpose")
+                    }
+                    if let batch = route.batch, batch.maxMessages > config.delivery.maxInFlight {
+                        m.value("batch")?.warn(
+                            "batch.maxMessages (\(batch.maxMessages)) is above delivery.maxInFlight (\(config.delivery.maxInFlight)): "
+                                + "batches never fill and go after maxDelay; raise delivery.maxInFlight")
                     }
                     config.routes.append(route)
                 }
@@ -176,10 +184,10 @@ package struct CoreConfig: Sendable {
     }
 
     static func readRoute(
-        _ m: ConfigMapping, index: Int, sourceNames: Set<String>, sourceTypes: [String: any SourceFactory], registry: AdapterRegistry,
-        context: AdapterContext, defaultHub: String?
+        _ m: ConfigMapping, index: Int, sourceNames: Set<String>, sourceTypes: [String: any SourceFactory], binarySources: Set<String> = [],
+        registry: AdapterRegistry, context: AdapterContext, defaultHub: String?
     ) -> Route? {
-        m.checkKeys(["name", "from", "where", "to", "ordering", "deadLetter", "forwardMirrored"], what: "a route")
+        m.checkKeys(["name", "from", "where", "to", "ordering", "deadLetter", "forwardMirrored", "batch", "conflate"], what: "a route")
         let from = m.nonEmptyString("from", required: true)
         let factory = from.flatMap { sourceTypes[$0] }
         if let from, !sourceNames.contains(from), let v = m.value("from") {
@@ -225,7 +233,50 @@ package struct CoreConfig: Sendable {
         let name = m.nonEmptyString("name") ?? "\(from)#\(index)"
         var route = Route(name: name, source: from, condition: condition, targets: targets, ordering: ordering, deadLetter: deadLetter)
         route.forwardMirrored = m.bool("forwardMirrored") ?? false
+        route.batch = readBatch(m, from: from, binarySources: binarySources, targets: targets)
+        if let c = m.mapping("conflate") {
+            c.checkKeys(["key"], what: "conflate")
+            if let key = c.template("key", required: true) {
+                if route.batch == nil {
+                    m.value("conflate")?.report("conflate works within a batch: add batch: {maxDelay: 10ms} (or other limits) to the route")
+                } else if key.isConstant {
+                    c.value("key")?.report(
+                        "conflate.key '\(key.text)' is the same for every message; use a field, e.g. \"{json.symbol}\" or \"{key}\"")
+                } else {
+                    route.conflate = key
+                }
+            }
+        }
         return route
+    }
+
+    /// A route's `batch:`; binary payloads cannot be carried in a batch's JSON array.
+    static func readBatch(_ m: ConfigMapping, from: String, binarySources: Set<String>, targets: [TargetSpec]) -> BatchSettings? {
+        guard let b = m.mapping("batch") else { return nil }
+        b.checkKeys(["maxMessages", "maxBytes", "maxDelay"], what: "batch")
+        var batch = BatchSettings.defaults
+        batch.maxMessages = b.int("maxMessages", range: 1...10_000) ?? batch.maxMessages
+        batch.maxBytes = b.byteSize("maxBytes", range: 1024...BatchSettings.maxBytesLimit) ?? batch.maxBytes
+        if let delay = b.duration("maxDelay") {
+            if delay > .seconds(1) {
+                b.value("maxDelay")?.report("maxDelay \(delay) is above 1s: a message would wait that long for company; use at most 1s")
+            } else {
+                batch.maxDelay = delay
+            }
+        }
+        if binarySources.contains(from) {
+            m.value("batch")?.report(
+                "source '\(from)' reads binary messages (dataType: binary); a batch is a JSON array of JSON and text messages. "
+                    + "Remove batch:, or read the source as text or json")
+            return nil
+        }
+        if targets.contains(where: { $0.dataType == .binary }) {
+            m.value("batch")?.report(
+                "a target of this route sends binary (dataType: binary); a batch is a JSON array of JSON and text messages. "
+                    + "Remove batch:, or the target's dataType")
+            return nil
+        }
+        return batch
     }
 
     static let targetFilterIdentifiers: Set<String> = ["userid", "connectionid", "groups"]

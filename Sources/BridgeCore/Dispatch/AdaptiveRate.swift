@@ -111,15 +111,17 @@ package final class AdaptiveRate: Sendable {
     }
 
     /// The service answered 429. Returns the rate when this answer started the pacing.
+    /// - Parameter cut: false for a batch that had room: the lane waits for the retry, so its
+    ///   next batches carry more, and the rate is cut only once batches are full.
     @discardableResult
-    func throttledResponse() -> Double? {
+    func throttledResponse(cut: Bool = true) -> Double? {
         throttled.add(1, ordering: .relaxed)
         throttledCounter.increment()
         return state.withLock { s -> Double? in
             let now = ContinuousClock.now
             roll(&s, now)
             s.lastThrottle = now
-            guard now - s.lastDecrease >= settings.decreaseInterval else { return nil }
+            guard cut, now - s.lastDecrease >= settings.decreaseInterval else { return nil }
             let started = s.rate == nil
             // What the service took over the last quarter second to second and a half: its limit, or a bit over while its bucket drained.
             let window = max(0.25, ((now - s.bucketStart) + s.beforeLength) / .seconds(1))

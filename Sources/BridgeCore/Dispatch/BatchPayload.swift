@@ -1,6 +1,6 @@
 import BridgeJSON
 
-/// The payload of a batch (issue 20; not wired yet): a JSON array of the messages, JSON payloads
+/// The payload of a batch: a JSON array of the messages, JSON payloads
 /// as values, text as JSON strings. Binary payloads cannot be batched.
 enum BatchPayload {
     /// One message as an array element; nil for binary. JSON payloads are taken as they are:

@@ -1,16 +1,28 @@
-/// Groups one lane's messages into batches for issue 20's `batch:` routes (not wired into the
-/// dispatcher yet): messages of the same key (a resolved target and data type) are sent together,
+/// A route's `batch:`: how many messages one REST send may carry, and how long the first waits.
+package struct BatchSettings: Sendable, Equatable {
+    package var maxMessages: Int
+    package var maxBytes: Int
+    package var maxDelay: Duration
+
+    package static let defaults = BatchSettings(maxMessages: 100, maxBytes: 256 * 1024, maxDelay: .milliseconds(10))
+    /// The service takes messages up to 1 MB.
+    package static let maxBytesLimit = 1024 * 1024
+
+    package init(maxMessages: Int, maxBytes: Int, maxDelay: Duration) {
+        self.maxMessages = maxMessages
+        self.maxBytes = maxBytes
+        self.maxDelay = maxDelay
+    }
+}
+
+/// Groups one lane's messages into batches for `batch:` routes: messages of the same key (a resolved target and data type) are sent together,
 /// in the order they came, until `maxMessages`, `maxBytes` or `maxDelay` says the batch goes.
 /// With a conflation key, a message replaces the older one of the same key in the batch still
 /// filling (the older one is "superseded": delivered by the newer).
 ///
 /// Pure: the caller passes the time and owns the locking; the tests drive it step by step.
 struct Batcher<Item, Key: Hashable> {
-    struct Limits: Equatable {
-        var maxMessages: Int
-        var maxBytes: Int
-        var maxDelay: Duration
-    }
+    typealias Limits = BatchSettings
 
     /// A batch ready to send: `items` in the order they came; `superseded` were replaced by a
     /// newer item of their conflation key and go with the batch's outcome.
@@ -141,3 +153,5 @@ struct Batcher<Item, Key: Hashable> {
         return Batch(key: group.key, items: group.entries.map(\.item), superseded: group.superseded, bytes: group.bytes)
     }
 }
+
+extension Batcher.Batch: Sendable where Item: Sendable, Key: Sendable {}

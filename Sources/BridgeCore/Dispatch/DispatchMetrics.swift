@@ -11,6 +11,9 @@ struct TargetMetrics: Sendable {
     let unsettled: Counter
     let retried: Counter
     let inFlight: Meter
+    let conflated: Counter
+    let batchMessages: Recorder
+    let batchBytes: Recorder
     /// From the message's source timestamp until the service accepted the send.
     let latency: CoreMetrics.Timer
 
@@ -23,6 +26,9 @@ struct TargetMetrics: Sendable {
         unsettled = sends("unsettled")
         retried = Counter(label: MetricName.sendRetries, dimensions: labels)
         inFlight = Meter(label: MetricName.sendsInFlight, dimensions: labels)
+        conflated = Counter(label: MetricName.messagesConflated, dimensions: labels)
+        batchMessages = Recorder(label: MetricName.batchMessages, dimensions: labels)
+        batchBytes = Recorder(label: MetricName.batchBytes, dimensions: labels)
         latency = CoreMetrics.Timer(label: MetricName.deliveryLatency, dimensions: labels)
     }
 

@@ -6,6 +6,10 @@ package final class DispatchStats: Sendable {
     package let received = Atomic<Int>(0)
     /// Sends that reached Web PubSub (one per message and target).
     package let delivered = Atomic<Int>(0)
+    /// REST requests Web PubSub accepted: one per delivered message, or one per batch.
+    package let sends = Atomic<Int>(0)
+    /// Messages a newer one of the same `conflate.key` replaced in its batch (settled with it).
+    package let conflated = Atomic<Int>(0)
     /// Retries after a retryable failure.
     package let retried = Atomic<Int>(0)
     /// Sends given up and written to a dead-letter sink.
@@ -22,7 +26,8 @@ package final class DispatchStats: Sendable {
     package init() {}
 
     package var summary: String {
-        "received \(received.load(ordering: .relaxed)), delivered \(delivered.load(ordering: .relaxed)), "
+        "received \(received.load(ordering: .relaxed)), delivered \(delivered.load(ordering: .relaxed)) "
+            + "in \(sends.load(ordering: .relaxed)) sends, conflated \(conflated.load(ordering: .relaxed)), "
             + "retried \(retried.load(ordering: .relaxed)), dead-lettered \(deadLettered.load(ordering: .relaxed)), "
             + "dropped \(dropped.load(ordering: .relaxed)), unacknowledged \(unsettled.load(ordering: .relaxed)), "
             + "unrouted \(unrouted.load(ordering: .relaxed)), loops prevented \(loopsPrevented.load(ordering: .relaxed))"

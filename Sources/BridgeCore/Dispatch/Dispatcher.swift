@@ -21,6 +21,8 @@ package final class Dispatcher: Sendable {
         let payload: ByteBuffer
         let dataType: DataType
         let metrics: TargetMetrics
+        /// Its element of a batch's JSON array (`batch:` routes; nil when it cannot be batched).
+        let element: [UInt8]?
     }
 
     /// Routes with their metrics and dead-letter sinks: swapped whole by a reload.
@@ -114,6 +116,8 @@ package final class Dispatcher: Sendable {
             }
             // Before the drain's end: a reload from now on is refused, and one under way ends first.
             self.sources.cancelAll()
+            // Nothing more comes: batches go without waiting for company.
+            scheduler.hurry()
             let drained = await drain()
             if !drained {
                 logger.warning(
@@ -269,7 +273,7 @@ package final class Dispatcher: Sendable {
                         lane: "\(table.routes[routeIndex].name)/rejected/\(message.laneKey)", routeIndex: routeIndex,
                         targetIndex: table.routes[routeIndex].targets.count,
                         targetLabel: "none (rejected input)", resolved: .failure(DeliveryFailure(.permanent, message: rejection)),
-                        dataType: message.dataType))
+                        dataType: message.dataType, batch: nil))
             }
         } else {
             sends = plan(message, context: context, source: source, table: table, metrics: sourceMetrics)
@@ -287,21 +291,21 @@ package final class Dispatcher: Sendable {
         }
         let tracker = DeliveryTracker(delivery, sends: sends.count)
         let jobs = sends.map { send in
-            (
+            LaneScheduler<Job>.Entry(
                 lane: send.lane,
                 job: Job(
                     tracker: tracker, table: table, route: table.routes[send.routeIndex], fallbackDeadLetter: table.deadLetter,
                     targetLabel: send.targetLabel,
                     resolved: send.resolved, payload: message.payload, dataType: send.dataType,
-                    metrics: table.targetMetrics[send.routeIndex][send.targetIndex])
-            )
+                    metrics: table.targetMetrics[send.routeIndex][send.targetIndex], element: send.batch?.element),
+                batch: send.batch?.placement)
         }
-        for (_, job) in jobs { job.metrics.inFlight.increment() }
+        for entry in jobs { entry.job.metrics.inFlight.increment() }
         table.jobs.enter(jobs.count)
         do {
             try await scheduler.enqueue(jobs)
         } catch {
-            for (_, job) in jobs { job.metrics.inFlight.decrement() }
+            for entry in jobs { entry.job.metrics.inFlight.decrement() }
             table.jobs.leave(jobs.count)
             stats.unsettled.add(1, ordering: .relaxed)
             delivery.nack("shutting down before it was queued")
@@ -317,6 +321,8 @@ package final class Dispatcher: Sendable {
         let targetLabel: String
         let resolved: Result<ResolvedTarget, DeliveryFailure>
         let dataType: DataType
+        /// Its place in a batch, and its element of the batch's array, on a `batch:` route.
+        let batch: (placement: BatchPlacement, element: [UInt8]?)?
     }
 
     /// The sends a message makes: one per target of each matching route.
@@ -348,30 +354,45 @@ package final class Dispatcher: Sendable {
                         resolved = .failure(DeliveryFailure(.permanent, message: "target wants JSON but the payload is not JSON (\(error))"))
                     }
                 }
-                let lane: String
+                let batch = route.batch.map {
+                    placement(in: $0, route: route, message: message, context: context, resolved: resolved, dataType: dataType)
+                }
+                var lane: String
                 switch route.ordering {
                 case .strict: lane = "\(route.name)/\(targetIndex)/\(message.laneKey)"
                 case .key: lane = "\(route.name)/\(targetIndex)/" + (message.key.map { "k" + $0 } ?? message.laneKey)
-                case .none: lane = "#\(laneCounter.wrappingAdd(1, ordering: .relaxed).newValue)"
+                case .none:
+                    if let key = batch?.placement.key {
+                        // Batches of one target share a lane, so that they fill; targets spread over the lanes.
+                        lane = "\(route.name)/\(targetIndex)/u\(UInt(bitPattern: key.hashValue) % UInt(settings.concurrency))"
+                    } else {
+                        lane = "#\(laneCounter.wrappingAdd(1, ordering: .relaxed).newValue)"
+                    }
                 }
+                // A batched lane never shares a name with a plain one (a reload may turn batching on).
+                if batch != nil { lane += "/b" }
                 sends.append(
                     PlannedSend(
                         lane: lane, routeIndex: routeIndex, targetIndex: targetIndex, targetLabel: target.description, resolved: resolved,
-                        dataType: dataType))
+                        dataType: dataType, batch: batch))
             }
         }
         return sends
     }
 
     private func work() async {
-        while let (lane, job) = await scheduler.next() {
-            let outcome = await process(job)
-            settle(job, outcome)
-            scheduler.complete(lane: lane)
+        while let (lane, work) = await scheduler.next() {
+            switch work {
+            case .one(let job):
+                settle(job, await process(job))
+            case .batch(let batch):
+                await process(batch)
+            }
+            scheduler.complete(lane: lane, count: work.count)
         }
     }
 
-    private func settle(_ job: Job, _ outcome: DeliveryOutcome) {
+    func settle(_ job: Job, _ outcome: DeliveryOutcome) {
         job.table.jobs.leave()
         job.metrics.inFlight.decrement()
         if case .failed = outcome { job.metrics.unsettled.increment() }

@@ -212,6 +212,10 @@ package struct Route: Sendable {
     /// to that same hub. Off by default, so that chat mirrored into Kafka and routed from Kafka
     /// to the hub does not echo forever.
     package var forwardMirrored = false
+    /// Many messages per send (`batch:`), nil for one per send.
+    package var batch: BatchSettings?
+    /// Within one batch only the newest message per rendered key is sent (`conflate.key`).
+    package var conflate: Template?
 
     package init(
         name: String, source: String, condition: RouteCondition? = nil, targets: [TargetSpec], ordering: Ordering = .strict,
