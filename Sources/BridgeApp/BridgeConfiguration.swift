@@ -368,6 +368,11 @@ package struct BridgeConfiguration: Sendable {
             lines.append(
                 "  \(r.name): from \(r.source)\(condition)" + (r.ordering == .none ? " (unordered)" : r.ordering == .key ? " (ordered per key)" : ""))
             for t in r.targets { lines.append("    -> \(t.description)") }
+            if let b = r.batch {
+                lines.append(
+                    "    batched: up to \(b.maxMessages) messages, \(b.maxBytes / 1024) KB, waiting \(Int(b.maxDelay / .milliseconds(1))) ms"
+                        + (r.conflate.map { "; conflated by \($0.text)" } ?? "") + " (one JSON array per send)")
+            }
             if let d = r.deadLetter { lines.append("    dead letters: \(d.description)") }
         }
         lines.append("Dead letters: \(core.deadLetter?.description ?? "none (logged and dropped)")")

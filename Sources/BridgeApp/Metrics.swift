@@ -1,3 +1,4 @@
+import BridgeObservability
 import CoreMetrics
 package import Prometheus
 
@@ -12,6 +13,10 @@ package enum BridgeMetrics {
         factory.defaultDurationHistogramBuckets = [
             .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(20), .milliseconds(50),
             .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5), .seconds(10), .seconds(30),
+        ]
+        factory.valueHistogramBuckets = [
+            MetricName.batchMessages: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000],
+            MetricName.batchBytes: [1024, 4096, 16384, 65536, 262_144, 524_288, 1_048_576],
         ]
         MetricsSystem.bootstrap(factory)
     }

@@ -37,7 +37,16 @@ struct ProgressReporter: Service {
 
     static func line(stats: DispatchStats, inFlight: Int, rate: Double) -> String {
         let received = stats.received.load(ordering: .relaxed)
-        return "wps-bridge: \(received) in (\(Int(rate.rounded()))/s), \(stats.delivered.load(ordering: .relaxed)) delivered, "
+        let delivered = stats.delivered.load(ordering: .relaxed)
+        let sends = stats.sends.load(ordering: .relaxed)
+        let conflated = stats.conflated.load(ordering: .relaxed)
+        // Batching shows as messages per send.
+        var batching = ""
+        if sends > 0, sends < delivered {
+            batching = " in \(sends) sends (\((Double(delivered) / Double(sends)).formatted(.number.precision(.fractionLength(1)))) msg/send)"
+        }
+        if conflated > 0 { batching += ", \(conflated) conflated" }
+        return "wps-bridge: \(received) in (\(Int(rate.rounded()))/s), \(delivered) delivered\(batching), "
             + "\(stats.retried.load(ordering: .relaxed)) retried, \(stats.deadLettered.load(ordering: .relaxed)) dead-lettered, "
             + "\(inFlight) in flight"
     }

@@ -282,6 +282,54 @@ let valid = """
         }
     }
 
+    @Test func batchAndConflateAreReadAndChecked() throws {
+        func config(_ route: String, source: String = "{name: in, type: stdin}", target: String = "{group: g}") -> String {
+            """
+            webpubsub: {connectionString: "Endpoint=http://127.0.0.1;Port=1;AccessKey=k0123456789;Version=1.0;", hub: chat}
+            sources: [\(source)]
+            routes:
+              - from: in
+                to: [\(target)]
+                \(route)
+            deadLetter: {type: stdout}
+            """
+        }
+        let c = try load(config("batch: {maxMessages: 500, maxBytes: 64KB, maxDelay: 5ms}\n    conflate: {key: \"{json.symbol}\"}"))
+        let r = try #require(c.core.routes.first)
+        #expect(r.batch == BatchSettings(maxMessages: 500, maxBytes: 65536, maxDelay: .milliseconds(5)))
+        #expect(r.conflate?.text == "{json.symbol}")
+        #expect(c.summary.contains("batched: up to 500 messages, 64 KB, waiting 5 ms; conflated by {json.symbol}"))
+        #expect(try load(config("batch: {}")).core.routes.first?.batch == .defaults)
+        #expect(try load(config("")).core.routes.first?.batch == nil)
+        let tooMany = try load(config("batch: {maxMessages: 5000}"))
+        #expect(tooMany.warnings.contains { $0.message.contains("above delivery.maxInFlight") && $0.path.hasSuffix("batch") })
+        for (route, message, path) in [
+            ("batch: {maxMessages: 0}", "out of range 1...10000", "maxMessages"), ("batch: {maxBytes: 2MB}", "out of range 1024...1048576", "maxBytes"),
+            ("batch: {maxBytes: lots}", "is not a size", "maxBytes"), ("batch: {maxDelay: 5s}", "above 1s", "maxDelay"),
+            ("batch: {size: 5}", "unknown key 'size' in batch", "size"), ("batch: true", "mapping", "batch"),
+            ("conflate: {key: \"{json.symbol}\"}", "works within a batch", "conflate"),
+            ("batch: {}\n    conflate: {key: fixed}", "same for every message", "key"),
+            ("batch: {}\n    conflate: {key: \"{json.\"}", "unclosed", "key"), ("batch: {}\n    conflate: {}", "key", "conflate"),
+        ] {
+            let found = issues(config(route))
+            #expect(found.contains { $0.message.contains(message) && $0.path.hasSuffix(path) }, "\(route): \(found)")
+        }
+        let binarySource = issues(config("batch: {}", source: "{name: in, type: stdin, dataType: binary}"))
+        #expect(binarySource.contains { $0.message.contains("reads binary messages") && $0.path.hasSuffix("batch") }, "\(binarySource)")
+        let binaryTarget = issues(config("batch: {}", target: "{group: g, dataType: binary}"))
+        #expect(binaryTarget.contains { $0.message.contains("sends binary") && $0.path.hasSuffix("batch") }, "\(binaryTarget)")
+    }
+
+    @Test(arguments: [("512", 512), ("64KB", 65536), ("64 kb", 65536), ("1MB", 1 << 20), ("2KiB", 2048), ("1m", 1 << 20)])
+    func byteSizesAreRead(text: String, bytes: Int) {
+        #expect(ConfigMapping.parseByteSize(text) == bytes)
+    }
+
+    @Test(arguments: ["", "KB", "-1KB", "1.5MB", "1GB", "99999999999999999999MB", "12 parsecs"])
+    func badByteSizesAreRefused(text: String) {
+        #expect(ConfigMapping.parseByteSize(text) == nil)
+    }
+
     @Test func repliesAreReadAndTheirTemplatesChecked() throws {
         func config(_ reply: String) -> String {
             """
@@ -463,6 +511,17 @@ let valid = """
         #expect(
             ProgressReporter.line(stats: stats, inFlight: 8, rate: 249.6)
                 == "wps-bridge: 1200 in (250/s), 1190 delivered, 3 retried, 2 dead-lettered, 8 in flight")
+    }
+
+    @Test func showsMessagesPerSendWhenBatching() {
+        let stats = DispatchStats()
+        stats.received.add(1000, ordering: .relaxed)
+        stats.delivered.add(900, ordering: .relaxed)
+        stats.sends.add(12, ordering: .relaxed)
+        stats.conflated.add(100, ordering: .relaxed)
+        #expect(
+            ProgressReporter.line(stats: stats, inFlight: 0, rate: 0)
+                == "wps-bridge: 1000 in (0/s), 900 delivered in 12 sends (75.0 msg/send), 100 conflated, 0 retried, 0 dead-lettered, 0 in flight")
     }
 }
 
