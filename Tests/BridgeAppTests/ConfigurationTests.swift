@@ -304,7 +304,8 @@ let valid = """
         let tooMany = try load(config("batch: {maxMessages: 5000}"))
         #expect(tooMany.warnings.contains { $0.message.contains("above delivery.maxInFlight") && $0.path.hasSuffix("batch") })
         for (route, message, path) in [
-            ("batch: {maxMessages: 0}", "out of range 1...10000", "maxMessages"), ("batch: {maxBytes: 2MB}", "out of range 1024...1048576", "maxBytes"),
+            ("batch: {maxMessages: 0}", "out of range 1...10000", "maxMessages"),
+            ("batch: {maxBytes: 2MB}", "out of range 1024...1048576", "maxBytes"),
             ("batch: {maxBytes: lots}", "is not a size", "maxBytes"), ("batch: {maxDelay: 5s}", "above 1s", "maxDelay"),
             ("batch: {size: 5}", "unknown key 'size' in batch", "size"), ("batch: true", "mapping", "batch"),
             ("conflate: {key: \"{json.symbol}\"}", "works within a batch", "conflate"),
