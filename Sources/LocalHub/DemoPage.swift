@@ -65,7 +65,13 @@ enum DemoPage {
               status.dataset.joined = "true";
               status.textContent = status.textContent.replace(/ · joined.*$/, "") + ` · joined ${group}`;
             } else if (m.type === "message") {
-              show(m.from === "group" ? `group ${m.group}${m.fromUserId ? " from " + m.fromUserId : ""}` : "server", m.dataType, m.data);
+              const from = m.from === "group" ? `group ${m.group}${m.fromUserId ? " from " + m.fromUserId : ""}` : "server";
+              if (m.dataType === "json" && Array.isArray(m.data) && m.metadata && m.metadata.batch) {
+                // A batch of the bridge (route batch:): one array, each element a message of its own.
+                m.data.forEach((item, i) => show(`${from} · batch ${i + 1}/${m.data.length}`, typeof item === "string" ? "text" : "json", item));
+              } else {
+                show(from, m.dataType, m.data);
+              }
             } else if (m.type === "system" && m.event === "disconnected") {
               status.textContent = "disconnected: " + m.message;
             }

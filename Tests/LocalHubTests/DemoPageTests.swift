@@ -5,6 +5,7 @@ import LocalHub
 import NIOCore
 import Testing
 import WebPubSub
+import WebPubSubProtocol
 
 /// The demo page in headless Chromium: it negotiates, joins its group, and shows what the REST
 /// API sends, as a person sees it; and what the person types reaches the group.
@@ -25,6 +26,16 @@ import WebPubSub
                 #expect(types == .string("json,text"))
                 let meta = try await browser.evaluate("document.querySelector('#messages li .meta').textContent")
                 #expect(meta.stringValue?.contains("group demo") == true)
+
+                // A batch of the bridge shows as its messages, one by one.
+                try await client.sendToGroup(
+                    hub: "chat", group: "demo", payload: ByteBuffer(string: #"[{"px":1},"tick two"]"#), contentType: "application/json",
+                    metadata: [MetadataEntry(key: "batch", value: "2")])
+                #expect(try await browser.waitFor("document.body.innerText.includes('tick two')"))
+                let batch = try await browser.evaluate(
+                    "[...document.querySelectorAll('#messages li')].slice(0, 2).map(li => li.dataset.type + ' ' + li.textContent).join('|')")
+                #expect(batch.stringValue?.contains("batch 2/2 · texttick two|") == true, "\(batch)")
+                #expect(batch.stringValue?.contains(#"batch 1/2 · json{"px":1}"#) == true, "\(batch)")
 
                 // What the person sends reaches the group.
                 let (listener, _) = try await connectClient(cs, user: "listener", groups: ["demo"])
