@@ -8,7 +8,8 @@ Environment:
   BENCH_MESSAGES=N           kafka-drain / stdin / memory messages (200000; quick 10000)
   BENCH_BASELINE_MESSAGES=N  messages for the Python baseline (20000; quick 1500): its rate is
                              measured on fewer messages, since it is far slower
-  BENCH_SCENARIOS=a,b        run only these (kafka-drain keyed unordered baseline ceiling latency latency-stdin fan-out stdin throttled)
+  BENCH_SCENARIOS=a,b        run only these (kafka-drain kafka-drain-batched keyed unordered baseline ceiling latency latency-stdin
+                             latency-stdin-batched fan-out stdin throttled throttled-batched)
   BENCH_LINGER_MS=N          the latency producer's linger.ms (5: batches of ~5 messages; 0 makes Tansu the bottleneck)
   BENCH_ORDERING=key|none    the routes' ordering where a scenario does not set one (default: strict, the bridge's default)
   BENCH_LIBRDKAFKA="k: v"    librdkafka properties for the bridge's Kafka source
@@ -53,7 +54,12 @@ CONCURRENCY = 64
 KEY = "bench-key-0123456789ABCDEFGHIJKLMNOPQRSTUV"
 HUB = "bench"
 GROUP = "bench"
-ALL = ["kafka-drain", "keyed", "unordered", "baseline", "ceiling", "latency", "latency-stdin", "fan-out", "stdin", "throttled"]
+ALL = ["kafka-drain", "kafka-drain-batched", "keyed", "unordered", "baseline", "ceiling", "latency", "latency-stdin", "latency-stdin-batched",
+       "fan-out", "stdin", "throttled", "throttled-batched"]
+# A batched route (issue 20): 100 messages per send at most, the first waiting up to 10 ms.
+BATCH = "    batch: {maxMessages: 100, maxDelay: 10ms}\n"
+BATCHED_RATE_LIMIT = 1000
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # The quick run leaves out the unordered drain (keyed makes the same point) to stay under 3 minutes.
 DEFAULT = [s for s in ALL if not (QUICK and s == "unordered")]
 SCENARIOS = [s for s in os.environ.get("BENCH_SCENARIOS", ",".join(DEFAULT)).split(",") if s]
@@ -167,9 +173,9 @@ class Env:
 class Subscribers:
     """`wps-bench subscribe`: started and connected before the work, read when it is done."""
 
-    def __init__(self, env, expect, clients=SUBSCRIBERS, latency=False, port=None, timeout=900):
+    def __init__(self, env, expect, clients=SUBSCRIBERS, latency=False, port=None, timeout=900, lanes=0):
         args = [BENCH, "subscribe", "--connection-string", env.connection_string(port), "--hub", HUB, "--group", GROUP,
-                "--clients", str(clients), "--expect", str(expect), "--timeout", str(timeout)]
+                "--clients", str(clients), "--expect", str(expect), "--timeout", str(timeout), "--lanes", str(lanes)]
         if latency:
             args.append("--latency")
         self.p = start(args, "subscribe", stdout=subprocess.PIPE)
@@ -215,7 +221,22 @@ class RSS(threading.Thread):
         return self.samples
 
 
-def bridge_config(env, sources, port=None, extra="", ordering=None):
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (also of one that exited and was not reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def cpu_us(seconds, messages):
+    """CPU microseconds per delivered message."""
+    return round(seconds * 1e6 / messages) if messages and seconds == seconds else None
+
+
+def bridge_config(env, sources, port=None, extra="", ordering=None, route=""):
     ordering = ordering or os.environ.get("BENCH_ORDERING", "strict")
     path = os.path.join(work, f"bridge-{uuid.uuid4().hex[:6]}.yaml")
     metrics_port = free_port()
@@ -231,7 +252,7 @@ routes:
     to:
       - {{group: {GROUP}}}
     ordering: {ordering}
-deadLetter: {{type: file, path: {os.path.join(work, "dead-letters.ndjson")}}}
+{route}deadLetter: {{type: file, path: {os.path.join(work, "dead-letters.ndjson")}}}
 delivery:
   concurrency: {CONCURRENCY}
 server:
@@ -271,11 +292,13 @@ def row(name, figures, note=""):
     print(f"| {name:<12} | {cells} | {note}", flush=True)
 
 
-def drain(env, messages, port=None, name="kafka-drain", ordering=None):
+def drain(env, messages, port=None, name="kafka-drain", ordering=None, route=""):
+    """Returns the subscribers' result, the start time, RSS samples, the bridge's metrics and its
+    CPU seconds."""
     topic = env.topic()
     env.produce(topic, messages)
-    subs = Subscribers(env, messages, port=port)
-    config, metrics_port = bridge_config(env, kafka_source(env, topic), port=port, ordering=ordering)
+    subs = Subscribers(env, messages, port=port, lanes=PARTITIONS)
+    config, metrics_port = bridge_config(env, kafka_source(env, topic), port=port, ordering=ordering, route=route)
     t0 = time.time()
     bridge = start([BRIDGE, "run", "--config", config, "--quiet", "--log-format", "json"], name)
     rss = RSS(bridge.pid)
@@ -283,9 +306,11 @@ def drain(env, messages, port=None, name="kafka-drain", ordering=None):
     samples = rss.stop()
     anon = rss.anon
     m = metrics(metrics_port)
+    cpu = cpu_seconds(bridge.pid)
     stop(bridge)
     if bridge.returncode != 0:
         print(f"bench: the bridge exited with {bridge.returncode}; see {work}/{name}.log", file=sys.stderr)
+    r["cpu"] = cpu
     return r, t0, (samples, anon), m
 
 
@@ -296,7 +321,8 @@ def scenario_kafka_drain(env):
     half = len(samples) // 2
     row("kafka-drain", {
         "msg/s": round(rate), "steady msg/s": round(steady), "complete": r["complete"],
-        "per-subscriber": f'{r["minReceived"]}..{r["maxReceived"]}',
+        "per-subscriber": f'{r["minReceived"]}..{r["maxReceived"]}', "out of order": r["outOfOrder"],
+        "CPU µs/msg": cpu_us(r["cpu"], MESSAGES),
     })
     row("memory", {
         "messages": MESSAGES, "RSS peak MB": round(max(samples), 1),
@@ -305,11 +331,21 @@ def scenario_kafka_drain(env):
     })
 
 
+def scenario_kafka_drain_batched(env):
+    r, t0, (samples, _), m = drain(env, MESSAGES, name="kafka-drain-batched", ordering="strict", route=BATCH)
+    sends = metric_sum(m, "wps_bridge_batch_messages_count")
+    row("kafka-drain-batched", {
+        "msg/s": round(MESSAGES / (r["last"] - t0)), "steady msg/s": round(MESSAGES / (r["last"] - r["first"])),
+        "complete": r["complete"], "out of order": r["outOfOrder"], "msg/send": round(MESSAGES / max(sends, 1), 1),
+        "CPU µs/msg": cpu_us(r["cpu"], MESSAGES), "RSS peak MB": round(max(samples or [0]), 1),
+    }, "kafka-drain with `batch: {maxMessages: 100, maxDelay: 10ms}`, strict order")
+
+
 def scenario_kafka_drain_keyed(env):
     r, t0, (samples, _), _ = drain(env, MESSAGES, name="kafka-drain-keyed", ordering="key")
     row("keyed", {
         "msg/s": round(MESSAGES / (r["last"] - t0)), "steady msg/s": round(MESSAGES / (r["last"] - r["first"])),
-        "complete": r["complete"], "RSS peak MB": round(max(samples or [0]), 1),
+        "complete": r["complete"], "CPU µs/msg": cpu_us(r["cpu"], MESSAGES), "RSS peak MB": round(max(samples or [0]), 1),
     }, f"kafka-drain with `ordering: key` ({KEYS} keys)")
 
 
@@ -317,7 +353,7 @@ def scenario_kafka_drain_unordered(env):
     r, t0, (samples, _), _ = drain(env, MESSAGES, name="kafka-drain-unordered", ordering="none")
     row("unordered", {
         "msg/s": round(MESSAGES / (r["last"] - t0)), "steady msg/s": round(MESSAGES / (r["last"] - r["first"])),
-        "complete": r["complete"], "RSS peak MB": round(max(samples or [0]), 1),
+        "complete": r["complete"], "CPU µs/msg": cpu_us(r["cpu"], MESSAGES), "RSS peak MB": round(max(samples or [0]), 1),
     }, "kafka-drain with `ordering: none`")
 
 
@@ -329,10 +365,11 @@ def scenario_baseline(env):
     p = start([PYTHON, os.path.join(ROOT, "bench", "baseline.py"), env.brokers, topic, "baseline-" + uuid.uuid4().hex[:6],
                env.connection_string(), HUB, GROUP, str(BASELINE_MESSAGES)], "baseline")
     r = subs.result()
+    cpu = cpu_seconds(p.pid)
     p.wait(60)
     row("baseline", {"msg/s": round(BASELINE_MESSAGES / (r["last"] - t0)),
                      "steady msg/s": round(BASELINE_MESSAGES / (r["last"] - r["first"])), "complete": r["complete"],
-                     "messages": BASELINE_MESSAGES})
+                     "messages": BASELINE_MESSAGES, "CPU µs/msg": cpu_us(cpu, BASELINE_MESSAGES)})
 
 
 def scenario_ceiling(env):
@@ -376,9 +413,10 @@ def scenario_latency(env):
         producer.poll(0)
     producer.flush(30)
     r = subs.result()
+    cpu = cpu_seconds(bridge.pid)
     stop(bridge)
     row("latency", {"msg/s": LATENCY_RATE, "seconds": LATENCY_SECONDS, "p50 ms": r["p50ms"], "p99 ms": r["p99ms"],
-                    "max ms": r["maxms"], "stamped": r["latencyCount"], "complete": r["complete"]})
+                    "max ms": r["maxms"], "stamped": r["latencyCount"], "complete": r["complete"], "CPU µs/msg": cpu_us(cpu, count + 1)})
 
 
 def wait_delivered(metrics_port, count, seconds=60):
@@ -393,7 +431,7 @@ def wait_delivered(metrics_port, count, seconds=60):
     raise SystemExit(f"bench: the bridge did not deliver {count} message(s) within {seconds} s")
 
 
-def scenario_latency_stdin(env):
+def scenario_latency_stdin(env, name="latency-stdin", ordering=None, route="", note="stdin -> bridge -> hub -> WebSocket (no Kafka)"):
     """The latency scenario without Kafka: lines written to the bridge's stdin at 1,000 a second,
     stamped when written; what the bridge, the hub and the WebSocket add."""
     count = LATENCY_RATE * LATENCY_SECONDS
@@ -401,8 +439,8 @@ def scenario_latency_stdin(env):
     # stdin records have no key: with `strict` they are one lane, which cannot do 1,000 sends a
     # second one at a time (BENCHMARKS.md); BENCH_ORDERING=strict measures that.
     config, metrics_port = bridge_config(env, "  - name: in\n    type: stdin\n    format: json\n",
-                                         ordering=os.environ.get("BENCH_ORDERING", "none"))
-    bridge = start([BRIDGE, "run", "--config", config, "--quiet", "--log-format", "json"], "latency-stdin", stdin=subprocess.PIPE)
+                                         ordering=ordering or os.environ.get("BENCH_ORDERING", "none"), route=route)
+    bridge = start([BRIDGE, "run", "--config", config, "--quiet", "--log-format", "json"], name, stdin=subprocess.PIPE)
     bridge.stdin.write((payload(-1) + "\n").encode())
     bridge.stdin.flush()
     wait_delivered(metrics_port, 1)
@@ -414,11 +452,17 @@ def scenario_latency_stdin(env):
         bridge.stdin.write((payload(i, time.time_ns()) + "\n").encode())
         bridge.stdin.flush()
     r = subs.result()
+    cpu = cpu_seconds(bridge.pid)
     bridge.stdin.close()
     bridge.wait(60)
-    row("latency-stdin", {"msg/s": LATENCY_RATE, "seconds": LATENCY_SECONDS, "p50 ms": r["p50ms"], "p99 ms": r["p99ms"],
-                          "max ms": r["maxms"], "stamped": r["latencyCount"], "complete": r["complete"]},
-        "stdin -> bridge -> hub -> WebSocket (no Kafka)")
+    row(name, {"msg/s": LATENCY_RATE, "seconds": LATENCY_SECONDS, "p50 ms": r["p50ms"], "p99 ms": r["p99ms"],
+               "max ms": r["maxms"], "stamped": r["latencyCount"], "complete": r["complete"], "frames": r["frames"],
+               "CPU µs/msg": cpu_us(cpu, count + 1)}, note)
+
+
+def scenario_latency_stdin_batched(env):
+    scenario_latency_stdin(env, name="latency-stdin-batched", ordering="strict", route="    batch: {maxDelay: 5ms}\n",
+                           note="latency-stdin with `batch: {maxDelay: 5ms}`, one strict lane")
 
 
 def scenario_fanout(env):
@@ -444,9 +488,10 @@ def scenario_stdin(env):
         rss = RSS(bridge.pid)
         r = subs.result()
     samples = rss.stop()
+    cpu = cpu_seconds(bridge.pid)
     bridge.wait(120)
     row("stdin", {"msg/s": round(MESSAGES / (r["last"] - t0)), "steady msg/s": round(MESSAGES / (r["last"] - r["first"])),
-                  "complete": r["complete"], "RSS peak MB": round(max(samples or [0]), 1)})
+                  "complete": r["complete"], "CPU µs/msg": cpu_us(cpu, MESSAGES), "RSS peak MB": round(max(samples or [0]), 1)})
 
 
 def scenario_throttled(env):
@@ -462,7 +507,22 @@ def scenario_throttled(env):
     requests = delivered + throttled
     row("throttled", {"limit": RATE_LIMIT, "msg/s": round(rate), "steady msg/s": round(steady),
                       "steady/limit": f"{steady / RATE_LIMIT:.0%}", "429 share": f"{throttled / max(requests, 1):.2%}",
-                      "complete": r["complete"], "delivered": int(delivered)})
+                      "complete": r["complete"], "delivered": int(delivered), "CPU µs/msg": cpu_us(r["cpu"], messages)})
+
+
+def scenario_throttled_batched(env):
+    """A hub that accepts 1,000 requests a second, and a batched strict route: messages per
+    request is what gets through."""
+    port, hub = env.start_hub("hub-throttled-batched", rate_limit=BATCHED_RATE_LIMIT)
+    r, t0, _, m = drain(env, MESSAGES, port=port, name="throttled-batched", ordering="strict", route=BATCH)
+    stop(hub)
+    throttled = metric_sum(m, "wps_bridge_sends_throttled_total")
+    sends = metric_sum(m, "wps_bridge_batch_messages_count")
+    requests = sends + throttled
+    row("throttled-batched", {"limit req/s": BATCHED_RATE_LIMIT, "msg/s": round(MESSAGES / (r["last"] - t0)),
+                              "steady msg/s": round(MESSAGES / (r["last"] - r["first"])), "429 share": f"{throttled / max(requests, 1):.2%}",
+                              "msg/send": round(MESSAGES / max(sends, 1), 1), "complete": r["complete"], "out of order": r["outOfOrder"],
+                              "CPU µs/msg": cpu_us(r["cpu"], MESSAGES)})
 
 
 def main():
@@ -474,9 +534,11 @@ def main():
     env = Env()
     try:
         for name in SCENARIOS:
-            fn = {"kafka-drain": scenario_kafka_drain, "keyed": scenario_kafka_drain_keyed, "unordered": scenario_kafka_drain_unordered, "baseline": scenario_baseline, "ceiling": scenario_ceiling,
-                  "latency": scenario_latency, "latency-stdin": scenario_latency_stdin, "fan-out": scenario_fanout, "stdin": scenario_stdin,
-                  "throttled": scenario_throttled}.get(name)
+            fn = {"kafka-drain": scenario_kafka_drain, "kafka-drain-batched": scenario_kafka_drain_batched, "keyed": scenario_kafka_drain_keyed,
+                  "unordered": scenario_kafka_drain_unordered, "baseline": scenario_baseline, "ceiling": scenario_ceiling,
+                  "latency": scenario_latency, "latency-stdin": scenario_latency_stdin, "latency-stdin-batched": scenario_latency_stdin_batched,
+                  "fan-out": scenario_fanout, "stdin": scenario_stdin, "throttled": scenario_throttled,
+                  "throttled-batched": scenario_throttled_batched}.get(name)
             if fn is None:
                 raise SystemExit(f"bench: unknown scenario {name}; known: {', '.join(ALL)}")
             fn(env)
@@ -488,6 +550,11 @@ def main():
         print(f"bridge/baseline: {drain_rate / results['baseline']['msg/s']:.1f}x")
     if drain_rate and "ceiling" in results:
         print(f"bridge/ceiling: {drain_rate / results['ceiling']['msg/s']:.0%}")
+    batched = results.get("kafka-drain-batched", {}).get("msg/s")
+    if batched and "baseline" in results:
+        print(f"batched/baseline: {batched / results['baseline']['msg/s']:.1f}x")
+    if batched and drain_rate:
+        print(f"batched/kafka-drain: {batched / drain_rate:.1f}x")
     keyed = results.get("keyed", {}).get("msg/s")
     if keyed and "baseline" in results:
         print(f"bridge/baseline with ordering: key: {keyed / results['baseline']['msg/s']:.1f}x")

@@ -10,10 +10,16 @@ import WebPubSub
 /// WebSocket clients of one group, on `json.webpubsub.azure.v1`, that count what they get.
 ///
 /// Each frame is a JSON object; the bench's payloads carry `"i"` (a sequence number) and may carry
-/// `"t"` (the producer's wall clock in nanoseconds), from which the latency is taken.
+/// `"t"` (the producer's wall clock in nanoseconds), from which the latency is taken. A frame whose
+/// data is an array (a batch of the bridge) counts as its elements.
 final class Subscribers: Sendable {
     struct Tally {
         var received: [Int]
+        /// Frames of the first client (fewer than its messages when they come in batches).
+        var frames = 0
+        /// Messages of the first client that came after a later one of their lane (`i % lanes`).
+        var outOfOrder = 0
+        var lastOfLane: [Int: Int] = [:]
         var complete = 0
         var first: Date?
         var last: Date?
@@ -26,11 +32,14 @@ final class Subscribers: Sendable {
     let clients: Int
     let expect: Int
     let measureLatency: Bool
+    /// Lanes whose order is checked (`i % lanes`); 0: none.
+    let lanes: Int
     private let tally: Mutex<Tally>
     private let finished: AsyncStream<Void>.Continuation
     let finishedStream: AsyncStream<Void>
 
-    init(clients: Int, expect: Int, measureLatency: Bool) {
+    init(clients: Int, expect: Int, measureLatency: Bool, lanes: Int = 0) {
+        self.lanes = lanes
         self.clients = clients
         self.expect = expect
         self.measureLatency = measureLatency
@@ -99,19 +108,36 @@ final class Subscribers: Sendable {
             if text.contains("\"connected\"") { tally.withLock { $0.connected += 1 } }
             return
         }
-        let data = frame["data"]
-        var latency: Int64?
-        if measureLatency, index == 0, let stamp = data?["t"]?.int64Value {
+        let items: [JSONValue]
+        switch frame["data"] {
+        case .array(let elements)?: items = elements
+        case let data?: items = [data]
+        case nil: items = []
+        }
+        var latencies: [Int64] = []
+        var sequence: [Int] = []
+        if index == 0 {
             let now = Int64(Date().timeIntervalSince1970 * 1e9)
-            latency = (now - stamp) / 1000
+            for item in items {
+                if measureLatency, let stamp = item["t"]?.int64Value { latencies.append((now - stamp) / 1000) }
+                if lanes > 0, let i = item["i"]?.intValue { sequence.append(i) }
+            }
         }
         let now = Date()
         let done: Bool = tally.withLock { t in
-            t.received[index] += 1
+            let before = t.received[index]
+            t.received[index] += items.count
             if t.first == nil { t.first = now }
             t.last = now
-            if let latency { t.latencies.append(latency) }
-            guard t.received[index] == expect else { return false }
+            if index == 0 {
+                t.frames += 1
+                t.latencies += latencies
+                for i in sequence {
+                    if let last = t.lastOfLane[i % lanes], i <= last { t.outOfOrder += 1 }
+                    t.lastOfLane[i % lanes] = i
+                }
+            }
+            guard before < expect, t.received[index] >= expect else { return false }
             t.complete += 1
             return t.complete == clients
         }

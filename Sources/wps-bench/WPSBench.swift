@@ -44,9 +44,10 @@ struct Subscribe: AsyncParsableCommand {
     @Option(help: "Messages each client must get.") var expect: Int
     @Option(help: "Seconds to wait for them.") var timeout = 600
     @Flag(help: "Take each message's latency from its \"t\" field (ns since the epoch).") var latency = false
+    @Option(help: "Check the order of lanes i % N (the bench's records of partition i % 4); 0: no check.") var lanes = 0
 
     func run() async throws {
-        let subscribers = Subscribers(clients: clients, expect: expect, measureLatency: latency)
+        let subscribers = Subscribers(clients: clients, expect: expect, measureLatency: latency, lanes: lanes)
         let hubOptions = self.hubOptions
         try await withThrowingTaskGroup(of: Void.self) { group in
             try await subscribers.connect(url: { try hubOptions.clientURL(user: "sub-\($0)") }, group: &group)
@@ -59,6 +60,7 @@ struct Subscribe: AsyncParsableCommand {
                 ("minReceived", .number(String(t.received.min() ?? 0))),
                 ("maxReceived", .number(String(t.received.max() ?? 0))),
                 ("first", number(t.first?.timeIntervalSince1970 ?? .nan)), ("last", number(t.last?.timeIntervalSince1970 ?? .nan)),
+                ("frames", .number(String(t.frames))), ("outOfOrder", .number(String(t.outOfOrder))),
             ]
             if latency {
                 let sorted = t.latencies.map { Double($0) / 1000 }.sorted()
