@@ -32,6 +32,7 @@ struct Run: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() async throws {
+        runTasksOnEventLoops()
         tuneMalloc()
         raiseOpenFileLimit()
         try checkLibcrypto()

@@ -44,6 +44,7 @@ struct Hub: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() async throws {
+        runTasksOnEventLoops()
         tuneMalloc()
         raiseOpenFileLimit()
         try checkLibcrypto()

@@ -26,8 +26,8 @@ package final class DispatchStats: Sendable {
     package init() {}
 
     package var summary: String {
-        "received \(received.load(ordering: .relaxed)), delivered \(delivered.load(ordering: .relaxed)) "
-            + "in \(sends.load(ordering: .relaxed)) sends, conflated \(conflated.load(ordering: .relaxed)), "
+        "received \(received.load(ordering: .relaxed)), delivered \(delivered.load(ordering: .relaxed)), "
+            + "sends \(sends.load(ordering: .relaxed)), conflated \(conflated.load(ordering: .relaxed)), "
             + "retried \(retried.load(ordering: .relaxed)), dead-lettered \(deadLettered.load(ordering: .relaxed)), "
             + "dropped \(dropped.load(ordering: .relaxed)), unacknowledged \(unsettled.load(ordering: .relaxed)), "
             + "unrouted \(unrouted.load(ordering: .relaxed)), loops prevented \(loopsPrevented.load(ordering: .relaxed))"
