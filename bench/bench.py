@@ -18,6 +18,7 @@ Environment:
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -43,7 +44,7 @@ SIZE = 256
 PARTITIONS = 4
 # Records carry one of KEYS keys (as user or entity ids would); a key always goes to one partition.
 KEYS = 256
-SUBSCRIBERS = 10
+SUBSCRIBERS = int(os.environ.get("BENCH_SUBSCRIBERS", "10"))
 LATENCY_RATE = 1000
 LATENCY_SECONDS = 5 if QUICK else 30
 FANOUT_CLIENTS = 1000
@@ -57,7 +58,7 @@ GROUP = "bench"
 ALL = ["kafka-drain", "kafka-drain-batched", "keyed", "unordered", "baseline", "ceiling", "latency", "latency-stdin", "latency-stdin-batched",
        "fan-out", "stdin", "throttled", "throttled-batched"]
 # A batched route (issue 20): 100 messages per send at most, the first waiting up to 10 ms.
-BATCH = "    batch: {maxMessages: 100, maxDelay: 10ms}\n"
+BATCH = "    batch: " + os.environ.get("BENCH_BATCH", "{maxMessages: 100, maxDelay: 10ms}") + "\n"
 BATCHED_RATE_LIMIT = 1000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # The quick run leaves out the unordered drain (keyed makes the same point) to stay under 3 minutes.
@@ -255,6 +256,7 @@ routes:
 {route}deadLetter: {{type: file, path: {os.path.join(work, "dead-letters.ndjson")}}}
 delivery:
   concurrency: {CONCURRENCY}
+  maxInFlight: {os.environ.get("BENCH_MAX_IN_FLIGHT", "1024")}
 server:
   listen: 127.0.0.1:{metrics_port}
 {extra}""")
@@ -375,13 +377,18 @@ def scenario_baseline(env):
 def scenario_ceiling(env):
     subs = Subscribers(env, MESSAGES)
     t0 = time.time()
+    # The load generator's CPU (AsyncHTTPClient and the REST client alone, no bridge): the child's rusage.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([BENCH, "ceiling", "--connection-string", env.connection_string(), "--hub", HUB, "--group", GROUP,
                           "--messages", str(MESSAGES), "--concurrency", str(CONCURRENCY), "--size", str(SIZE)],
                          capture_output=True, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     sent = json.loads(out.stdout.decode().strip().splitlines()[-1])
     r = subs.result()
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     row("ceiling", {"msg/s": round(MESSAGES / (r["last"] - t0)), "accepted msg/s": round(sent["perSecond"]),
-                    "failed": sent["failed"], "complete": r["complete"]})
+                    "failed": sent["failed"], "complete": r["complete"], "client CPU µs/request": cpu_us(cpu, MESSAGES)},
+        "wps-bench's REST client alone (AsyncHTTPClient, 64 at once)")
 
 
 def scenario_latency(env):

@@ -55,12 +55,16 @@ final class KafkaConsumer: @unchecked Sendable {
         var waiter: CheckedContinuation<KafkaRecord?, Never>?
         /// Whoever waits in `close` (a reload and the shutdown may both).
         var closeWaiters: [CheckedContinuation<Void, Never>] = []
+        /// `pollQueue` is not destroyed yet.
+        var pollQueueAlive = true
     }
 
     let settings: Settings
     let logger: Logger
     let context: KafkaClientContext
     let rk: OpaquePointer
+    /// The consumer queue the poll thread waits on, to wake it (`rd_kafka_queue_yield`).
+    let pollQueue: OpaquePointer
     let state: Mutex<Locked>
     /// Signalled when the last in-flight record of partitions being revoked settles.
     let revokeSettled = DispatchSemaphore(value: 0)
@@ -89,6 +93,7 @@ final class KafkaConsumer: @unchecked Sendable {
         }
         self.rk = rk
         rd_kafka_poll_set_consumer(rk)
+        self.pollQueue = rd_kafka_queue_get_consumer(rk)
         KafkaConsumer.register(self, for: rk)
     }
 
@@ -123,8 +128,17 @@ final class KafkaConsumer: @unchecked Sendable {
     /// Frees a consumer whose `start` failed (no poll thread runs).
     func destroyUnstarted() {
         KafkaConsumer.unregister(rk)
+        destroyPollQueue()
         rd_kafka_destroy(rk)
         state.withLock { $0.machine.threadEnded() }
+    }
+
+    private func destroyPollQueue() {
+        let alive = state.withLock { s in
+            defer { s.pollQueueAlive = false }
+            return s.pollQueueAlive
+        }
+        if alive { rd_kafka_queue_destroy(pollQueue) }
     }
 
     /// The next record, or nil once the consumer is draining or the task is cancelled.
@@ -133,7 +147,10 @@ final class KafkaConsumer: @unchecked Sendable {
             await withCheckedContinuation { (continuation: CheckedContinuation<KafkaRecord?, Never>) in
                 let immediate: KafkaRecord?? = state.withLock { s in
                     if Task.isCancelled { return .some(nil) }
-                    switch s.machine.next() {
+                    let next = s.machine.next()
+                    // Under the lock, so that the queue is not destroyed meanwhile.
+                    if s.machine.takeWakePoll(), s.pollQueueAlive { rd_kafka_queue_yield(pollQueue) }
+                    switch next {
                     case .record(let record): return .some(record)
                     case .end: return .some(nil)
                     case .empty:
@@ -214,6 +231,7 @@ final class KafkaConsumer: @unchecked Sendable {
             logger.warning("kafka consumer close failed", metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(err)))"])
         }
         KafkaConsumer.unregister(rk)
+        destroyPollQueue()
         rd_kafka_destroy(rk)
         let waiters = state.withLock { s in
             s.machine.threadEnded()
@@ -260,6 +278,8 @@ final class KafkaConsumer: @unchecked Sendable {
             guard received != .dropped, let waiter = s.waiter, case .record(let record) = s.machine.next() else {
                 return (received, nil as (CheckedContinuation<KafkaRecord?, Never>, KafkaRecord)?)
             }
+            // This thread polls next anyway: no need to wake it.
+            _ = s.machine.takeWakePoll()
             s.waiter = nil
             return (received, (waiter, record))
         }

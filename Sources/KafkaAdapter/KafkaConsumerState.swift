@@ -73,6 +73,7 @@ struct KafkaConsumerState {
     /// Counts assignments and rewinds: a record's generation tells whether its partition was
     /// assigned again or read again since it was handed out.
     private var generation = 0
+    private var wakePoll = false
     /// Every assigned partition was paused for draining (new ones are paused as they come).
     private(set) var pausedAll = false
     /// An asynchronous commit was started and its callback has not come yet.
@@ -88,9 +89,12 @@ struct KafkaConsumerState {
 
     var queuedCount: Int { queue.count }
 
-    /// A partition's share of `highWater`; it is resumed at a quarter of it.
+    /// A partition's share of `highWater`; it is resumed at three quarters of it: a pause drops
+    /// what librdkafka fetched ahead for the partition, and the records still queued must last
+    /// until the fetch after the resume comes back (a quarter left the lane idle for most of it:
+    /// a batched drain on Tansu went from 7,600 to 8,900 msg/s).
     private var partitionHighWater: Int { max(32, highWater / max(1, partitions.count)) }
-    private var partitionLowWater: Int { partitionHighWater / 4 }
+    private var partitionLowWater: Int { partitionHighWater * 3 / 4 }
 
     // MARK: - Records
 
@@ -118,8 +122,18 @@ struct KafkaConsumerState {
         guard phase == .consuming else { return .end }
         guard let record = queue.popFirst() else { return .empty }
         let tp = record.partition
-        if partitions[tp]?.paused == true, queue.count(of: tp) <= partitionLowWater { partitions[tp]!.resumeWanted = true }
+        if partitions[tp]?.paused == true, partitions[tp]?.resumeWanted == false, queue.count(of: tp) <= partitionLowWater {
+            partitions[tp]!.resumeWanted = true
+            wakePoll = true
+        }
         return .record(record)
+    }
+
+    /// A resume became wanted since the last call: the poll thread should stop waiting for
+    /// records (with every partition paused it would wait its whole poll timeout) and resume it.
+    mutating func takeWakePoll() -> Bool {
+        defer { wakePoll = false }
+        return wakePoll
     }
 
     /// A record was settled. Returns whether a revoke waiting for its partition may look again.

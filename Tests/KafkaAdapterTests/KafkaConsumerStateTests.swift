@@ -42,17 +42,25 @@ import Testing
         #expect(s.inFlight(of: [p0, p1]) == 3)
     }
 
-    @Test func aPartitionThatPilesUpIsPausedAndResumedAtAQuarter() {
-        var s = State(highWater: 64)  // two partitions: 32 each, resumed at 8
+    /// Resumed at three quarters: a pause drops what librdkafka fetched ahead, and the records
+    /// still queued must last until the next fetch comes back.
+    @Test func aPartitionThatPilesUpIsPausedAndResumedAtThreeQuarters() {
+        var s = State(highWater: 64)  // two partitions: 32 each, resumed at 24
         _ = s.assigned([p0, p1])
         var said: [State.Received] = []
         for o in Int64(0)..<32 { said.append(receive(&s, p0, o)) }
         #expect(said.dropLast().allSatisfy { $0 == .queued } && said.last == .queuedPause)
         #expect(s.partitions[p0]?.paused == true && s.partitions[p1]?.paused == false)
         #expect(receive(&s, p0, 32) == .queued, "paused once")
-        for _ in 0..<24 { _ = next(&s) }
-        #expect(s.pollStep() == .poll, "9 left: above a quarter")
+        for _ in 0..<8 { _ = next(&s) }
+        #expect(s.pollStep() == .poll, "25 left: above three quarters")
+        var wakes = [s.takeWakePoll()]
         _ = next(&s)
+        wakes += [s.takeWakePoll(), s.takeWakePoll()]
+        _ = next(&s)
+        wakes.append(s.takeWakePoll())
+        // The poll thread is woken once for the resume, not again while it is pending.
+        #expect(wakes == [false, true, false, false])
         #expect(s.pollStep() == .resume([p0]))
         #expect(s.pollStep() == .poll, "asked once")
         s.resumed([p0])
