@@ -22,6 +22,18 @@ import Testing
         #expect(pacer.throttled.load(ordering: .relaxed) == 2)
     }
 
+    /// A 429 to a batch that had room: the lane waits for the retry and its next batches carry
+    /// more, so the rate is not cut; once a full batch is refused, it is.
+    @Test func a429ToABatchWithRoomDoesNotCutTheRate() {
+        let pacer = AdaptiveRate()
+        for _ in 0..<100 { pacer.accepted() }
+        #expect(pacer.throttledResponse(cut: false) == nil)
+        #expect(pacer.rate == nil, "not paced: batches grow first")
+        #expect(pacer.throttled.load(ordering: .relaxed) == 1, "counted all the same")
+        #expect(pacer.throttledResponse(cut: true) != nil)
+        #expect(pacer.rate != nil)
+    }
+
     @Test func aFirst429WithNothingAcceptedDoesNotPace() {
         let pacer = AdaptiveRate()
         #expect(pacer.throttledResponse() == nil)

@@ -10,6 +10,8 @@ package final class DispatchStats: Sendable {
     package let sends = Atomic<Int>(0)
     /// Messages a newer one of the same `conflate.key` replaced in its batch (settled with it).
     package let conflated = Atomic<Int>(0)
+    /// Sends Web PubSub answered 429 (too many requests).
+    package let throttled = Atomic<Int>(0)
     /// Retries after a retryable failure.
     package let retried = Atomic<Int>(0)
     /// Sends given up and written to a dead-letter sink.
@@ -28,6 +30,7 @@ package final class DispatchStats: Sendable {
     package var summary: String {
         "received \(received.load(ordering: .relaxed)), delivered \(delivered.load(ordering: .relaxed)), "
             + "sends \(sends.load(ordering: .relaxed)), conflated \(conflated.load(ordering: .relaxed)), "
+            + "429s \(throttled.load(ordering: .relaxed)), "
             + "retried \(retried.load(ordering: .relaxed)), dead-lettered \(deadLettered.load(ordering: .relaxed)), "
             + "dropped \(dropped.load(ordering: .relaxed)), unacknowledged \(unsettled.load(ordering: .relaxed)), "
             + "unrouted \(unrouted.load(ordering: .relaxed)), loops prevented \(loopsPrevented.load(ordering: .relaxed))"

@@ -72,6 +72,7 @@ extension Dispatcher {
             } catch {
                 failure = DeliveryFailure(.retryable(retryAfter: nil), message: "\(error)")
             }
+            if failure.status == 429 { stats.throttled.add(1, ordering: .relaxed) }
             if failure.status == 429, let rate = pacer.throttledResponse(cut: !canGrow) {
                 logger.notice(
                     "Web PubSub answers 429 (too many requests): sends are paced from now on, adapting to what it accepts",
