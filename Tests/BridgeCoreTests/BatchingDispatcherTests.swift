@@ -166,17 +166,7 @@ import WebPubSubProtocol
         let d = Dispatcher(
             routes: [try batched([groupTarget("g")], maxMessages: 3, conflate: "{json}")], transport: transport, deadLetter: nil,
             settings: settings(), logger: quietLogger)
-        try await testGracefulShutdown { trigger in
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await d.run(sources: [source]) }
-                let deadline = ContinuousClock.now + .seconds(30)
-                while source.emitted < 6 || transport.attempts.withLock({ $0.isEmpty }), ContinuousClock.now < deadline {
-                    try await Task.sleep(for: .milliseconds(10))
-                }
-                trigger.triggerGracefulShutdown()
-                try await group.waitForAll()
-            }
-        }
+        try await shutDownWhileSending(d, source, transport)
         let outcomes = source.outcomes.withLock { $0 }
         #expect(outcomes.count == 6)
         #expect(outcomes.values.allSatisfy { if case .failed = $0 { true } else { false } }, "nothing acknowledged that was not sent")

@@ -90,6 +90,22 @@ func settings(maxInFlight: Int = 64, concurrency: Int = 8, attempts: Int = 5) ->
 
 let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
+/// Runs `d` on `source` and shuts it down gracefully once every message was taken and a send
+/// began (and hangs: the transport's sends never end).
+func shutDownWhileSending(_ d: Dispatcher, _ source: ListSource, _ transport: ScriptedTransport) async throws {
+    try await testGracefulShutdown { trigger in
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await d.run(sources: [source]) }
+            let deadline = ContinuousClock.now + .seconds(30)
+            while source.emitted < source.messages.count || transport.attempts.withLock({ $0.isEmpty }), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            trigger.triggerGracefulShutdown()
+            try await group.waitForAll()
+        }
+    }
+}
+
 @Suite struct DispatcherTests {
     @Test func keepsOrderPerLaneAndRunsLanesInParallel() async throws {
         // 4 keys x 25 messages; each send sleeps a little so lanes overlap.
@@ -290,18 +306,8 @@ let quietLogger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
         let source = ListSource((0..<3).map { message("\($0)", dataType: .text) })
         let d = Dispatcher(
             routes: [route([groupTarget("g")])], transport: transport, deadLetter: nil, settings: settings(), logger: quietLogger)
-        try await testGracefulShutdown { trigger in
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await d.run(sources: [source]) }
-                // Shut down once all three were taken and the first send is stuck.
-                let deadline = ContinuousClock.now + .seconds(30)
-                while source.emitted < 3 || transport.attempts.withLock({ $0.isEmpty }), ContinuousClock.now < deadline {
-                    try await Task.sleep(for: .milliseconds(10))
-                }
-                trigger.triggerGracefulShutdown()
-                try await group.waitForAll()
-            }
-        }
+        // Shut down once all three were taken and the first send is stuck.
+        try await shutDownWhileSending(d, source, transport)
         let outcomes = source.outcomes.withLock { $0 }
         #expect(outcomes.count == 3)
         #expect(outcomes.values.allSatisfy { if case .failed = $0 { true } else { false } })

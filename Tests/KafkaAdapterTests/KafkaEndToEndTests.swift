@@ -45,6 +45,32 @@ import Testing
         """
     }
 
+    /// Answers what a `RecordingServer` refuses or takes: every send is refused with one status
+    /// until `open()`, then recorded.
+    final class Gate: Sendable {
+        let refusing = Atomic<Bool>(true)
+        let refused = Atomic<Int>(0)
+        let accepted = Lines()
+        func open() { refusing.store(false, ordering: .relaxed) }
+    }
+
+    /// A REST endpoint that refuses every request (or every send, `postsOnly`) with `status`
+    /// and `body` until its gate opens.
+    func gatedServer(status: Int, _ body: String, postsOnly: Bool = false) async throws -> (RecordingServer, Gate) {
+        let gate = Gate()
+        let server = RecordingServer(responder: { request in
+            if postsOnly, request.method != "POST" { return nil }
+            if gate.refusing.load(ordering: .relaxed) {
+                gate.refused.add(1, ordering: .relaxed)
+                return .init(status: status, body: body)
+            }
+            gate.accepted.append(request.bodyText)
+            return nil
+        })
+        try await server.start()
+        return (server, gate)
+    }
+
     /// Web PubSub refusing the bridge's key (401) is the route's condition: while it lasts
     /// nothing is committed, nothing dead-lettered; once the key is taken every message is
     /// delivered once and the offsets are committed after delivery.
@@ -56,14 +82,8 @@ import Testing
         let count = 40
         try await KafkaTool.produce(
             broker.brokers, topic: topic, (0..<count).map { i in ["value": #"{"p":\#(i % 2),"n":\#(i)}"#, "partition": i % 2] })
-        let refusing = Atomic<Bool>(true)
-        let accepted = Lines()
-        let server = RecordingServer(responder: { request in
-            if refusing.load(ordering: .relaxed) { return .init(status: 401, body: #"{"code":"Unauthorized","message":"invalid token"}"#) }
-            accepted.append(request.bodyText)
-            return nil
-        })
-        try await server.start()
+        let (server, gate) = try await gatedServer(status: 401, #"{"code":"Unauthorized","message":"invalid token"}"#)
+        let accepted = gate.accepted
         let bridge = try startBridge(
             """
             webpubsub:
@@ -82,7 +102,7 @@ import Testing
         try await Task.sleep(for: .seconds(3))
         let during = try await KafkaTool.committed(broker.brokers, group: "g-refused", topic: topic, partitions: 2)
         #expect(during.values.allSatisfy { $0 <= 0 }, "committed while refused: \(during)")
-        refusing.store(false, ordering: .relaxed)
+        gate.open()
         #expect(await eventually(timeout: .seconds(60)) { accepted.all.count >= count }, "\(bridge.logTail)")
         #expect(
             await eventually(timeout: .seconds(30)) {
@@ -201,19 +221,8 @@ import Testing
         try await KafkaTool.create(broker.brokers, topic: topic, partitions: 4)
         try await KafkaTool.produce(
             broker.brokers, topic: topic, (0..<count).map { i in ["value": #"{"p":\#(i % 4),"n":\#(i)}"#, "partition": i % 4] })
-        let refusing = Atomic<Bool>(true)
-        let refused = Atomic<Int>(0)
-        let accepted = Lines()
-        let server = RecordingServer(responder: { request in
-            guard request.method == "POST" else { return nil }
-            if refusing.load(ordering: .relaxed) {
-                refused.add(1, ordering: .relaxed)
-                return .init(status: 503, body: #"{"code":"ServiceUnavailable","message":"try later"}"#)
-            }
-            accepted.append(request.bodyText)
-            return nil
-        })
-        try await server.start()
+        let (server, gate) = try await gatedServer(status: 503, #"{"code":"ServiceUnavailable","message":"try later"}"#, postsOnly: true)
+        let accepted = gate.accepted
         let yaml = """
             webpubsub:
               connectionString: "\(server.connectionString)"
@@ -229,13 +238,13 @@ import Testing
                 batch: {maxMessages: 25, maxDelay: 5ms}
             """
         let first = try startBridge(yaml, in: dir)
-        #expect(await eventually(timeout: .seconds(60)) { refused.load(ordering: .relaxed) >= 8 }, "\(first.logTail)")
+        #expect(await eventually(timeout: .seconds(60)) { gate.refused.load(ordering: .relaxed) >= 8 }, "\(first.logTail)")
         let during = try await KafkaTool.committed(broker.brokers, group: "g-batched", topic: topic, partitions: 4)
         #expect(during.values.allSatisfy { $0 <= 0 }, "committed before any batch was accepted: \(during)")
         // SIGKILL while batches are in flight, being retried.
         first.kill()
         _ = await first.exitStatus()
-        refusing.store(false, ordering: .relaxed)
+        gate.open()
         let second = try startBridge(yaml, in: dir)
         func elements() -> [[(p: Int, n: Int)]] {
             accepted.all.map { body in
