@@ -1,6 +1,5 @@
 import Foundation
 import NIOCore
-import ServiceLifecycleTestKit
 import Synchronization
 import Testing
 import WebPubSubProtocol

@@ -1,0 +1,77 @@
+import BridgeJSON
+import BridgeTestSupport
+import Foundation
+import Testing
+
+/// Scale-out (issue 21): replicas of the bridge in one consumer group split a topic's partitions.
+extension KafkaEndToEndTests {
+    /// Three replicas on a topic of 12 partitions; one is killed (SIGKILL) mid-stream and another
+    /// started. Every message arrives, each partition in order (a partition of the killed replica
+    /// is read again from its last commit: its redelivered records are duplicates, counted and
+    /// printed), and each replica had partitions of its own.
+    @Test func replicasSplitThePartitionsAndAKilledOneLosesNothing() async throws {
+        let broker = try await KafkaBroker()
+        let hub = try await HubProcess()
+        let topic = "replicas"
+        let partitions = 12
+        let count = 3000
+        try await KafkaTool.create(broker.brokers, topic: topic, partitions: partitions)
+        try await KafkaTool.produce(
+            broker.brokers, topic: topic, (0..<count).map { i in ["value": #"{"p":\#(i % partitions),"n":\#(i)}"#, "partition": i % partitions] })
+        let subscriber = try await hub.subscriber(hub: "chat", group: "stream")
+        // Slow replicas (one send at a time, 4 in flight), so that the kill comes mid-stream.
+        let yaml = """
+            webpubsub:
+              connectionString: "\(hub.connectionString)"
+            sources:
+            \(kafkaSource(broker, topic: topic, group: "g-replicas"))
+            deadLetter: {type: file, path: dead.ndjson}
+            routes:
+              - from: events
+                to:
+                  - {hub: chat, group: stream}
+            delivery:
+              concurrency: 1
+              maxInFlight: 4
+            """
+        var replicas: [(dir: String, bridge: BridgeProcess)] = []
+        for _ in 0..<3 {
+            let dir = try TestEnvironment.temporaryDirectory()
+            replicas.append((dir, try startBridge(yaml, in: dir)))
+        }
+        var got = await collect(subscriber, count: 600)
+        let killed = replicas[0]
+        killed.bridge.kill()
+        _ = await killed.bridge.exitStatus()
+        let beforeKill = got.count
+        let dir = try TestEnvironment.temporaryDirectory()
+        replicas.append((dir, try startBridge(yaml, in: dir)))
+        while Set(numbers(got).map(\.n)).count < count, let m = await subscriber.expect(type: "message", timeout: .seconds(60)) {
+            got.append(m)
+        }
+        let received = numbers(got)
+        let distinct = Set(received.map(\.n))
+        #expect(distinct.count == count, "missing: \(Set(0..<count).subtracting(distinct).sorted().prefix(20))")
+        // Order per partition: the first arrival of each record, partition by partition.
+        var seen: Set<Int> = []
+        let firsts = received.filter { seen.insert($0.n).inserted }
+        for (p, items) in Dictionary(grouping: firsts, by: \.p) {
+            #expect(items.map(\.n) == Array(stride(from: p, to: count, by: partitions)), "partition \(p): \(items.map(\.n).prefix(20))")
+        }
+        // Each replica that ran had partitions assigned to it: the group split the topic.
+        for (dir, _) in replicas {
+            let log = (try? String(contentsOfFile: dir + "/bridge.log", encoding: .utf8)) ?? ""
+            #expect(log.contains("kafka partitions assigned"), "a replica got no partition:\n\(log.suffix(3000))")
+        }
+        let duplicates = received.count - distinct.count
+        print(
+            "kafka replica test: 3 replicas, 12 partitions; \(beforeKill) delivered before SIGKILL, \(received.count) in all, \(duplicates) duplicates of \(count)"
+        )
+        for (_, bridge) in replicas.dropFirst() {
+            bridge.terminate()
+            #expect(await bridge.exitStatus() == 0)
+        }
+        await broker.stop()
+        await hub.stop()
+    }
+}
