@@ -219,7 +219,6 @@ let package = Package(
                 "BridgeConfig", "WebPubSubProtocol", "BridgeObservability", "CMalloc",
                 "BridgeApp", "BridgeCore", "BridgeCrypto", "WebPubSub", "AzureIdentity", "LocalHub", "KafkaAdapter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

@@ -13,8 +13,4 @@ static inline int wps_malloc_arena_max(int arenas) { (void)arenas; return 0; }
 static inline int wps_malloc_mmap_threshold(int bytes) { (void)bytes; return 0; }
 static inline int wps_malloc_trim_threshold(int bytes) { (void)bytes; return 0; }
 #endif
-/* Swift concurrency's global-executor hook (the runtime's, resolved at link time: a binary with
-   the standard library linked in statically does not export it for dlsym). */
-extern void *swift_task_enqueueGlobal_hook;
-static inline void wps_set_enqueue_global_hook(void *hook) { swift_task_enqueueGlobal_hook = hook; }
 #endif

@@ -32,7 +32,6 @@ struct Run: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() async throws {
-        runTasksOnEventLoops()
         tuneMalloc()
         raiseOpenFileLimit()
         try checkLibcrypto()

@@ -44,7 +44,6 @@ struct Hub: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
 
     func run() async throws {
-        runTasksOnEventLoops()
         tuneMalloc()
         raiseOpenFileLimit()
         try checkLibcrypto()

@@ -11,7 +11,6 @@ import KafkaAdapter
 import LocalHub
 import Logging
 import NIOCore
-import NIOPosix
 import ServiceLifecycle
 import Synchronization
 import UnixSignals
@@ -47,26 +46,6 @@ func tuneMalloc() {
     if environment["MALLOC_ARENA_MAX"] == nil { _ = wps_malloc_arena_max(2) }
     if environment["MALLOC_MMAP_THRESHOLD_"] == nil { _ = wps_malloc_mmap_threshold(128 * 1024) }
     if environment["MALLOC_TRIM_THRESHOLD_"] == nil { _ = wps_malloc_trim_threshold(512 * 1024) }
-}
-
-/// Swift concurrency's jobs run on NIO's event loops (one thread per core) instead of a pool of
-/// their own: a send's task, its HTTP request and the response's continuation then stay on one
-/// thread, where before every message crossed between the pool and the event loop several times
-/// (a thread wake-up each, most of the CPU a message cost; measured in BENCHMARKS.md). Nothing
-/// in the bridge blocks a task: librdkafka, hiredis and stdin have threads of their own.
-/// `WPS_EXECUTOR=default` keeps Swift's own pool.
-func runTasksOnEventLoops() {
-    guard ProcessInfo.processInfo.environment["WPS_EXECUTOR"] != "default" else { return }
-    typealias Hook = @convention(thin) (UnownedJob, @convention(thin) (UnownedJob) -> Void) -> Void
-    // What NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
-    // does, without its dlsym: each job goes to an event loop of the singleton group, the
-    // current one when it runs on one.
-    withUnsafeTemporaryAllocation(of: Hook.self, capacity: 1) { hook in
-        hook.baseAddress!.initialize(to: { job, _ in
-            MultiThreadedEventLoopGroup.singleton.any().enqueue(ExecutorJob(job))
-        })
-        hook.baseAddress!.withMemoryRebound(to: UnsafeMutableRawPointer?.self, capacity: 1) { wps_set_enqueue_global_hook($0.pointee) }
-    }
 }
 
 /// A server holds a file descriptor per connection: the soft limit (1,024 in a new Debian shell)
