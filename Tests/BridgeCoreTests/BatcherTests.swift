@@ -75,6 +75,18 @@ import Testing
         #expect(b.takeDue(now: at(30))?.superseded == [])
     }
 
+    /// A replaced message does not count towards maxMessages, and a key replaced many times is
+    /// found at once (no search through the batch).
+    @Test func replacedMessagesLeaveRoom() {
+        var b = B(limits: limits(2))
+        for i in 0..<1000 { b.append("x\(i)", key: "A", bytes: 1, conflationKey: "x", now: at(0)) }
+        #expect(b.takeDue(now: at(0)) == nil, "one live message: still filling")
+        b.append("y", key: "A", bytes: 1, conflationKey: "y", now: at(0))
+        let batch = b.takeDue(now: at(0))
+        #expect(batch?.items == ["x999", "y"] && batch?.superseded.count == 999 && batch?.bytes == 2)
+        #expect(b.isEmpty && b.count == 0)
+    }
+
     /// A newer message that does not fit the filling batch takes what it replaced along: the
     /// older one is settled by the send that carries the newer.
     @Test func whatIsSupersededGoesWithTheNewerMessage() {

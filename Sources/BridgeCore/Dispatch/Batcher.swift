@@ -42,7 +42,12 @@ struct Batcher<Item, Key: Hashable> {
     private struct Group {
         let id: Int
         let key: Key?
-        var entries: [Entry] = []
+        /// In the order they came; nil where a newer entry of the same conflation key replaced one.
+        var entries: [Entry?] = []
+        /// Entries not replaced.
+        var live = 0
+        /// Where each conflation key's entry is, so that a replacement costs no search.
+        var byConflationKey: [String: Int] = [:]
         var superseded: [Item] = []
         var bytes = 0
         let firstAt: ContinuousClock.Instant
@@ -64,7 +69,7 @@ struct Batcher<Item, Key: Hashable> {
 
     var isEmpty: Bool { groups.isEmpty }
     /// Items held, superseded ones included.
-    var count: Int { groups.reduce(0) { $0 + $1.entries.count + $1.superseded.count } }
+    var count: Int { groups.reduce(0) { $0 + $1.live + $1.superseded.count } }
 
     /// Adds an item. `key` nil: it cannot be batched (its target did not resolve) and goes alone,
     /// at once. `bytes` is what it adds to the batch's payload.
@@ -72,13 +77,17 @@ struct Batcher<Item, Key: Hashable> {
         guard let key else {
             groups.append(
                 Group(
-                    id: takeId(), key: nil, entries: [Entry(item: item, bytes: bytes, conflationKey: nil)], bytes: bytes, firstAt: now, sealed: true))
+                    id: takeId(), key: nil, entries: [Entry(item: item, bytes: bytes, conflationKey: nil)], live: 1, bytes: bytes, firstAt: now,
+                    sealed: true))
             return
         }
         var replaced: Item?
         if let id = open[key], let index = groups.firstIndex(where: { $0.id == id }) {
-            if let conflationKey, let older = groups[index].entries.firstIndex(where: { $0.conflationKey == conflationKey }) {
-                let entry = groups[index].entries.remove(at: older)
+            if let conflationKey, let older = groups[index].byConflationKey.removeValue(forKey: conflationKey),
+                let entry = groups[index].entries[older]
+            {
+                groups[index].entries[older] = nil
+                groups[index].live -= 1
                 groups[index].bytes -= entry.bytes
                 replaced = entry.item
             }
@@ -98,6 +107,7 @@ struct Batcher<Item, Key: Hashable> {
         if bytes > limits.maxBytes {
             // Too big for any batch: it goes alone.
             groups[index].entries = [Entry(item: item, bytes: bytes, conflationKey: conflationKey)]
+            groups[index].live = 1
             groups[index].bytes = bytes
             groups[index].sealed = true
             return
@@ -108,8 +118,10 @@ struct Batcher<Item, Key: Hashable> {
 
     private mutating func add(_ entry: Entry, to index: Int, key: Key) {
         groups[index].entries.append(entry)
+        groups[index].live += 1
+        if let conflationKey = entry.conflationKey { groups[index].byConflationKey[conflationKey] = groups[index].entries.count - 1 }
         groups[index].bytes += entry.bytes
-        if groups[index].entries.count >= limits.maxMessages {
+        if groups[index].live >= limits.maxMessages {
             groups[index].sealed = true
             open[key] = nil
         }
@@ -150,7 +162,7 @@ struct Batcher<Item, Key: Hashable> {
     private mutating func take(at index: Int) -> Batch {
         let group = groups.remove(at: index)
         if let key = group.key, open[key] == group.id { open[key] = nil }
-        return Batch(key: group.key, items: group.entries.map(\.item), superseded: group.superseded, bytes: group.bytes)
+        return Batch(key: group.key, items: group.entries.compactMap { $0?.item }, superseded: group.superseded, bytes: group.bytes)
     }
 }
 
