@@ -11,6 +11,13 @@ import Testing
         return Int(out.split(separator: "\n").last ?? "") ?? 0
     }
 
+    /// `count` entries `{"n": i}` on stream `events`.
+    func addEntries(_ redis: RedisServer, count: Int) async throws {
+        let commands = (0..<count).map { "XADD events * data '{\"n\":\($0)}'" }.joined(separator: "\n") + "\n"
+        let added = try await runProcess("/usr/bin/redis-cli", ["-p", String(redis.port)], input: commands)
+        #expect(added.status == 0)
+    }
+
     func numbers(_ messages: [JSONValue]) -> [Int] {
         messages.compactMap { m in
             guard case .number(let n)? = m["data"]?["n"] else { return nil }
@@ -106,9 +113,7 @@ import Testing
         let redis = try await RedisServer()
         let hub = try await HubProcess()
         let count = 1000
-        let commands = (0..<count).map { "XADD events * data '{\"n\":\($0)}'" }.joined(separator: "\n") + "\n"
-        let added = try await runProcess("/usr/bin/redis-cli", ["-p", String(redis.port)], input: commands)
-        #expect(added.status == 0)
+        try await addEntries(redis, count: count)
         let subscriber = try await hub.subscriber(hub: "chat", group: "stream")
         let dir = try TestEnvironment.temporaryDirectory()
         let yaml = """

@@ -13,9 +13,7 @@ extension RedisEndToEndTests {
         let redis = try await RedisServer()
         let hub = try await HubProcess()
         let count = 3000
-        let commands = (0..<count).map { "XADD events * data '{\"n\":\($0)}'" }.joined(separator: "\n") + "\n"
-        let added = try await runProcess("/usr/bin/redis-cli", ["-p", String(redis.port)], input: commands)
-        #expect(added.status == 0)
+        try await addEntries(redis, count: count)
         let subscriber = try await hub.subscriber(hub: "chat", group: "stream")
         func yaml(_ consumer: String) -> String {
             """
