@@ -81,9 +81,14 @@ final class LaneScheduler<Job: Sendable>: Sendable {
 
     private let state = Mutex(State())
     let capacity: Int
+    /// Sources waiting for room are woken once this many jobs are in flight or fewer: a quarter of
+    /// the capacity free, not one place. At full capacity, waking the source for every completed
+    /// job made a thread switch per message (the source enqueues one, waits again).
+    let wakeSourcesAt: Int
 
     init(capacity: Int) {
         self.capacity = capacity
+        wakeSourcesAt = capacity - max(1, capacity / 4)
     }
 
     /// Jobs queued or running, batched ones waiting for company included.
@@ -232,7 +237,8 @@ final class LaneScheduler<Job: Sendable>: Sendable {
         return work.map { ($0.0, $0.1) }
     }
 
-    /// Marks the running work of `lane` done (`count` jobs), freeing its lane and places in the queue.
+    /// Marks the running work of `lane` done (`count` jobs), freeing its lane and places in the
+    /// queue. The caller (a worker) must call ``next()`` next.
     func complete(lane: String, count: Int = 1) {
         var waiters: [CheckedContinuation<Void, any Error>] = []
         var idle: [CheckedContinuation<Bool, Never>] = []
@@ -250,10 +256,11 @@ final class LaneScheduler<Job: Sendable>: Sendable {
                     } else {
                         s.ready.append(lane)
                     }
-                    Self.wakeIdle(&s, now: now, effects: &effects)
+                    // No idle worker is woken for the lane: the caller asks for its next work
+                    // right away and takes it (on its own thread, next to its connection).
                 }
             }
-            if s.inFlight < capacity, !s.capacityWaiters.isEmpty {
+            if s.inFlight <= wakeSourcesAt, !s.capacityWaiters.isEmpty {
                 waiters = Array(s.capacityWaiters.values)
                 s.capacityWaiters.removeAll()
             }
