@@ -203,11 +203,22 @@ package struct BridgeConfiguration: Sendable {
         return read
     }
 
+    /// Why `path` cannot serve as `webpubsub.caFile`, or nil.
+    static func caFileProblem(_ path: String) -> String? {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            return "cannot read the CA file '\(path)' (give a readable PEM file of the certificate authorities to trust)"
+        }
+        guard String(decoding: data, as: UTF8.self).contains("-----BEGIN CERTIFICATE-----") else {
+            return "the CA file '\(path)' holds no PEM certificate ('-----BEGIN CERTIFICATE-----')"
+        }
+        return nil
+    }
+
     static func readWebPubSub(_ m: ConfigMapping, required: Bool) -> WebPubSubSettings {
         m.checkKeys(
             [
                 "connectionString", "endpoint", "accessKey", "accessKeyFile", "credential", "embedded", "hub", "apiVersion", "requestTimeout",
-                "connectTimeout", "maxConnections",
+                "connectTimeout", "maxConnections", "caFile",
             ],
             what: "webpubsub")
         var settings = WebPubSubSettings()
@@ -218,6 +229,9 @@ package struct BridgeConfiguration: Sendable {
         settings.client.requestTimeout = m.duration("requestTimeout") ?? settings.client.requestTimeout
         settings.client.connectTimeout = m.duration("connectTimeout") ?? settings.client.connectTimeout
         settings.client.maxConnections = m.int("maxConnections", range: 1...4096) ?? settings.client.maxConnections
+        if let caFile = m.nonEmptyString("caFile").map(m.reader.absolutePath) {
+            if let problem = Self.caFileProblem(caFile) { m.value("caFile")?.report(problem) } else { settings.client.caFile = caFile }
+        }
         if let e = m.value("embedded") {
             if m.has("connectionString") || m.has("endpoint") || m.has("credential") {
                 m.report("give 'embedded' or a connection ('connectionString' / 'endpoint'), not both")

@@ -16,7 +16,7 @@ package struct BridgeService: Service {
         self.logger = logger
         dispatcher = Dispatcher(
             routes: configuration.core.routes, transport: transport, deadLetter: configuration.core.deadLetter,
-            settings: configuration.core.delivery, logger: logger)
+            settings: configuration.core.delivery, workerExecutors: transport.workerExecutors, logger: logger)
     }
 
     package func run() async throws {

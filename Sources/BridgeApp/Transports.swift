@@ -8,6 +8,8 @@ import WebPubSubProtocol
 package struct WebPubSubTransport: DeliveryTransport {
     package let client: WebPubSubServiceClient
 
+    package var workerExecutors: [any TaskExecutor] { client.taskExecutors }
+
     package init(client: WebPubSubServiceClient) {
         self.client = client
     }

@@ -116,31 +116,28 @@ extension WebPubSubServiceClient {
 
     func perform(
         _ operation: String, _ method: HTTPMethod, url: String, body: ByteBuffer?, contentType: String?, alsoAnswers: Set<Int> = [],
-        headers: [(String, String)] = []
+        headers extraHeaders: [(String, String)] = []
     ) async throws(WebPubSubError) -> Response {
-        var request = HTTPClientRequest(url: url)
-        request.method = method
-        for (name, value) in headers { request.headers.add(name: name, value: value) }
-        request.headers.add(name: "Authorization", value: "Bearer " + (try await authorization(for: url, operation: operation)))
-        request.headers.add(name: "User-Agent", value: "wps-bridge")
-        if let body {
-            request.headers.add(name: "Content-Type", value: contentType ?? "application/octet-stream")
-            request.body = .bytes(body)
-        } else if method == .POST || method == .PUT {
-            request.headers.add(name: "Content-Length", value: "0")
+        var headers = HTTPHeaders()
+        for (name, value) in extraHeaders { headers.add(name: name, value: value) }
+        headers.add(name: "Authorization", value: "Bearer " + (try await authorization(for: url, operation: operation)))
+        headers.add(name: "User-Agent", value: "wps-bridge")
+        if body != nil { headers.add(name: "Content-Type", value: contentType ?? "application/octet-stream") }
+        let answer: HTTP1ConnectionPool.Response
+        if let pool, let target = poolTarget(url) {
+            do {
+                answer = try await pool.execute(method: method, target: target, headers: headers, body: body, timeout: configuration.requestTimeout)
+            } catch {
+                if error.kind == .cancelled || Task.isCancelled {
+                    throw WebPubSubError(kind: .cancelled, message: "the request was cancelled", operation: operation)
+                }
+                throw WebPubSubError(kind: .transport, message: error.description, operation: operation)
+            }
+        } else {
+            answer = try await performElsewhere(operation, method, url: url, headers: headers, body: body)
         }
-        let response: HTTPClientResponse
-        let bytes: ByteBuffer
-        do {
-            response = try await httpClient.execute(request, timeout: timeAmount(configuration.requestTimeout), logger: logger)
-            bytes = try await response.body.collect(upTo: 4 * 1024 * 1024)
-        } catch is CancellationError {
-            throw WebPubSubError(kind: .cancelled, message: "the request was cancelled", operation: operation)
-        } catch let error as HTTPClientError where error == .cancelled {
-            throw WebPubSubError(kind: .cancelled, message: "the request was cancelled", operation: operation)
-        } catch {
-            throw WebPubSubError(kind: .transport, message: describeHTTPFailure(error), operation: operation)
-        }
+        let response = answer.head
+        let bytes = answer.body
         let status = Int(response.status.code)
         let body = Array(bytes.readableBytesView)
         // Any 2xx is success; `alsoAnswers` are other statuses that are an answer (404: "no such").
@@ -150,6 +147,39 @@ extension WebPubSubServiceClient {
                 errorCodeHeader: response.headers.first(name: "x-ms-error-code"), retryAfter: Self.retryAfter(response.headers))
         }
         return Response(status: status, body: body)
+    }
+
+    /// The path and query of `url` when it is on the endpoint (every URL this client builds);
+    /// nil for another origin (a `nextLink` may name one).
+    func poolTarget(_ url: String) -> String? {
+        guard url.hasPrefix(endpoint) else { return nil }
+        let rest = url.dropFirst(endpoint.count)
+        return rest.first == "/" ? String(rest) : nil
+    }
+
+    /// A request to another origin than the endpoint, through AsyncHTTPClient.
+    func performElsewhere(
+        _ operation: String, _ method: HTTPMethod, url: String, headers: HTTPHeaders, body: ByteBuffer?
+    ) async throws(WebPubSubError) -> HTTP1ConnectionPool.Response {
+        var request = HTTPClientRequest(url: url)
+        request.method = method
+        request.headers = headers
+        if let body {
+            request.body = .bytes(body)
+        } else if method == .POST || method == .PUT {
+            request.headers.add(name: "Content-Length", value: "0")
+        }
+        do {
+            let response = try await httpClient.execute(request, timeout: timeAmount(configuration.requestTimeout), logger: logger)
+            let bytes = try await response.body.collect(upTo: 4 * 1024 * 1024)
+            return .init(head: .init(version: .http1_1, status: response.status, headers: response.headers), body: bytes)
+        } catch is CancellationError {
+            throw WebPubSubError(kind: .cancelled, message: "the request was cancelled", operation: operation)
+        } catch let error as HTTPClientError where error == .cancelled {
+            throw WebPubSubError(kind: .cancelled, message: "the request was cancelled", operation: operation)
+        } catch {
+            throw WebPubSubError(kind: .transport, message: describeHTTPFailure(error), operation: operation)
+        }
     }
 
     /// `Retry-After` (delta seconds or HTTP date), `retry-after-ms`, `x-ms-retry-after-ms`.

@@ -6,13 +6,15 @@ import Foundation
 package import Logging
 package import NIOCore
 import NIOHTTP1
+import NIOSSL
 import Synchronization
 package import WebPubSubProtocol
 
 /// The Web PubSub data-plane REST API: every operation of api-version 2024-12-01.
 ///
 /// Requests carry access-key JWTs (cached per URL until shortly before they expire) or Entra ID
-/// tokens (scope `https://webpubsub.azure.com/.default`, renewed before expiry); connections are pooled and kept alive (HTTP/2 where the endpoint offers it over TLS).
+/// tokens (scope `https://webpubsub.azure.com/.default`, renewed before expiry); requests go
+/// over pooled keep-alive HTTP/1.1 connections (``HTTP1ConnectionPool``).
 /// Operations throw ``WebPubSubError``, carrying the status code and body of a refused request.
 package final class WebPubSubServiceClient: Sendable {
     package struct Configuration: Sendable {
@@ -22,8 +24,11 @@ package final class WebPubSubServiceClient: Sendable {
         package var connectTimeout: Duration = .seconds(10)
         /// Lifetime of the access-key JWTs this client signs; renewed with 10% left.
         package var tokenLifetime: Duration = .seconds(3600)
-        /// Keep-alive HTTP/1.1 connections to the endpoint (HTTP/2 multiplexes on one).
+        /// Keep-alive HTTP/1.1 connections to the endpoint.
         package var maxConnections = 64
+        /// A PEM file of certificate authorities trusted for `https` besides the system's (a
+        /// private endpoint behind a proxy with its own CA, a test server).
+        package var caFile: String?
 
         package init() {}
     }
@@ -43,6 +48,9 @@ package final class WebPubSubServiceClient: Sendable {
     package let endpoint: String
     package let authentication: Authentication
     package let configuration: Configuration
+    /// Every request to the endpoint.
+    let pool: HTTP1ConnectionPool?
+    /// Requests elsewhere (a `nextLink` to another origin).
     let httpClient: HTTPClient
     let ownsHTTPClient: Bool
     let logger: Logger
@@ -80,6 +88,13 @@ package final class WebPubSubServiceClient: Sendable {
         }
         self.configuration = configuration
         self.logger = logger
+        pool = HTTP1ConnectionPool.Origin(endpoint: validEndpoint).map {
+            HTTP1ConnectionPool(
+                origin: $0, caFile: configuration.caFile, maxConnections: configuration.maxConnections,
+                connectTimeout: configuration.connectTimeout)
+        }
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let caFile = configuration.caFile { tls.additionalTrustRoots = [.file(caFile)] }
         if let httpClient {
             self.httpClient = httpClient
             ownsHTTPClient = false
@@ -89,6 +104,7 @@ package final class WebPubSubServiceClient: Sendable {
                 connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.maxConnections))
             config.httpVersion = .automatic
             config.redirectConfiguration = .disallow
+            config.tlsConfiguration = tls
             // No spans: with the default (no-op) tracer AsyncHTTPClient still parses each URL again
             // for the span's attributes, about 5% of a send's CPU.
             config.tracing.tracer = nil
@@ -97,8 +113,13 @@ package final class WebPubSubServiceClient: Sendable {
         }
     }
 
+    /// Task executors on the event loops that carry this client's connections: a task that runs
+    /// on one finds a connection on its own loop, so a request and its answer cause no thread hop.
+    package var taskExecutors: [any TaskExecutor] { EventLoopTaskExecutor.all }
+
     /// Closes pooled connections (when the client created its own HTTP client).
     package func shutdown() async throws {
+        await pool?.shutdown()
         if ownsHTTPClient { try await httpClient.shutdown() }
     }
 

@@ -376,6 +376,24 @@ let valid = """
         #expect(hub.webpubsub.embedded?.limits.idleTimeout == .seconds(60))
     }
 
+    @Test func caFileIsReadRelativeToTheConfigAndChecked() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("wps-cafile-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".write(toFile: folder + "/ca.pem", atomically: true, encoding: .utf8)
+        try "not a certificate\n".write(toFile: folder + "/key.txt", atomically: true, encoding: .utf8)
+        func yaml(_ caFile: String) -> String {
+            "webpubsub: {connectionString: \"Endpoint=https://h;AccessKey=k\", hub: c, caFile: \(caFile)}\n"
+                + "sources: [{name: in, type: stdin}]\nroutes: [{from: in, to: [{all: true}]}]\n"
+        }
+        let c = try load(yaml("ca.pem"), baseDirectory: folder)
+        #expect(c.webpubsub.client.caFile == folder + "/ca.pem")
+        let missing = issues(yaml("/nonexistent/ca.pem"))
+        #expect(missing.contains { $0.message.contains("cannot read the CA file '/nonexistent/ca.pem'") && $0.line == 1 }, "\(missing)")
+        let notPEM = issues(yaml(folder + "/key.txt"))
+        #expect(notPEM.contains { $0.message.contains("holds no PEM certificate") }, "\(notPEM)")
+    }
+
     @Test func adminListenIsReadAndMustBeAnotherPort() throws {
         let c = try load(head + "server: {listen: \"127.0.0.1:8081\", adminListen: \"127.0.0.1:9090\"}")
         #expect(c.server?.admin?.host == "127.0.0.1" && c.server?.admin?.port == 9090)

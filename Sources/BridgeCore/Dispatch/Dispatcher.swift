@@ -70,10 +70,15 @@ package final class Dispatcher: Sendable {
     /// Routes that wait for Web PubSub to take the bridge's credentials or to come back.
     package let conditions = RouteConditions()
 
+    /// Where workers run: the transport's event loops, so that a send and its answer stay on one
+    /// thread. Empty: Swift's global pool.
+    let workerExecutors: [any TaskExecutor]
+
     package init(
         routes: [Route], transport: any DeliveryTransport, deadLetter: (any SinkAdapter)?, settings: DeliverySettings,
-        logger: Logger
+        workerExecutors: [any TaskExecutor] = [], logger: Logger
     ) {
+        self.workerExecutors = workerExecutors
         self.table = Mutex(RoutingTable(routes: routes, deadLetter: deadLetter))
         self.transport = transport
         self.settings = settings
@@ -103,8 +108,9 @@ package final class Dispatcher: Sendable {
     package func run(sources: [any SourceAdapter]) async throws {
         var intakeError: (any Error)?
         await withDiscardingTaskGroup { workers in
-            for _ in 0..<settings.concurrency {
-                workers.addTask { await self.work() }
+            for index in 0..<settings.concurrency {
+                let executor = workerExecutors.isEmpty ? nil : workerExecutors[index % workerExecutors.count]
+                workers.addTask(executorPreference: executor) { await self.work() }
             }
             do {
                 try await cancelWhenGracefulShutdown {

@@ -35,4 +35,10 @@ package struct DeliveryFailure: Error, Sendable, CustomStringConvertible {
 package protocol DeliveryTransport: Sendable {
     /// - Throws: ``DeliveryFailure``; anything else counts as a retryable network error.
     func send(_ payload: ByteBuffer, dataType: DataType, to target: ResolvedTarget) async throws
+    /// Where the dispatcher's workers should run (the transport's event loops), or none.
+    var workerExecutors: [any TaskExecutor] { get }
+}
+
+extension DeliveryTransport {
+    package var workerExecutors: [any TaskExecutor] { [] }
 }
