@@ -58,10 +58,13 @@ extension KafkaEndToEndTests {
         for (p, items) in Dictionary(grouping: firsts, by: \.p) {
             #expect(items.map(\.n) == Array(stride(from: p, to: count, by: partitions)), "partition \(p): \(items.map(\.n).prefix(20))")
         }
-        // Each replica that ran had partitions assigned to it: the group split the topic.
+        // Each replica that ran had partitions assigned to it: the group split the topic. The one
+        // started last may join after the others drained everything: it is waited for.
         for (dir, _) in replicas {
-            let log = (try? String(contentsOfFile: dir + "/bridge.log", encoding: .utf8)) ?? ""
-            #expect(log.contains("kafka partitions assigned"), "a replica got no partition:\n\(log.suffix(3000))")
+            func log() -> String { (try? String(contentsOfFile: dir + "/bridge.log", encoding: .utf8)) ?? "" }
+            #expect(
+                await eventually(timeout: .seconds(60)) { log().contains("kafka partitions assigned") },
+                "a replica got no partition:\n\(log().suffix(3000))")
         }
         let duplicates = received.count - distinct.count
         print(
