@@ -335,6 +335,7 @@ let package = Package(
             name: "RedisAdapterTests",
             dependencies: [
                 "RedisAdapter", "BridgeCore", "BridgeTestSupport", "BridgeJSON", "WebPubSub",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

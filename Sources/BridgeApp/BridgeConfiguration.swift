@@ -65,15 +65,18 @@ package struct BridgeConfiguration: Sendable {
     package var server: ServerSettings?
     /// `eventHandler:` and `events:`: client events mirrored into sinks.
     package var eventHandler: EventHandlerConfiguration?
+    /// `coordination:`: the lease that elects the replica forwarding `replicas: many` sources
+    /// every replica hears. Made at reading, campaigning once the bridge runs.
+    package var leadership: (any Leadership)?
     /// Things that are allowed but probably not meant.
     package var warnings: [ConfigIssue]
     /// The sections a reload does not apply, as written (see ``restartSections``).
     package var fingerprints: [String: String] = [:]
 
     /// What a reload leaves as it is: changing these needs a restart.
-    package static let restartSections = ["webpubsub", "server", "eventHandler", "events", "delivery"]
+    package static let restartSections = ["webpubsub", "server", "eventHandler", "events", "delivery", "coordination"]
 
-    package static let topLevelKeys = ["webpubsub", "server", "eventHandler", "events"] + CoreConfig.keys
+    package static let topLevelKeys = ["webpubsub", "server", "eventHandler", "events", "coordination"] + CoreConfig.keys
 
     /// The adapters this build knows.
     package static func defaultRegistry() -> AdapterRegistry {
@@ -157,6 +160,12 @@ package struct BridgeConfiguration: Sendable {
             }
         }
         core.warnUnreadSources(root, readElsewhere: readByEvents)
+        let leadership = root.mapping("coordination").flatMap { readCoordination($0, logger: logger) }
+        if leadership != nil, !core.sources.contains(where: \.leaderOnly) {
+            reader.warn(
+                "coordination is set, but no source has 'replicas: many' and is heard by every replica (redis, webpubsub): nothing is led",
+                path: "coordination")
+        }
         if core.deadLetter == nil, !core.routes.isEmpty, core.routes.contains(where: { $0.deadLetter == nil }) {
             reader.warn(
                 "no deadLetter sink: messages that cannot be delivered are logged and dropped (add deadLetter: {type: file, path: ...})",
@@ -164,7 +173,7 @@ package struct BridgeConfiguration: Sendable {
         }
         let issues = reader.issues.sorted { ($0.line ?? 0, $0.column ?? 0) < ($1.line ?? 0, $1.column ?? 0) }
         guard issues.isEmpty else { throw ConfigError(file: file, issues: issues) }
-        var configuration = BridgeConfiguration(webpubsub: webpubsub, core: core, warnings: reader.warnings)
+        var configuration = BridgeConfiguration(webpubsub: webpubsub, core: core, leadership: leadership, warnings: reader.warnings)
         for section in restartSections { configuration.fingerprints[section] = root.value(section)?.fingerprint ?? "" }
         configuration.server = server
         configuration.eventHandler = eventHandler
@@ -201,6 +210,14 @@ package struct BridgeConfiguration: Sendable {
             }
         }
         return read
+    }
+
+    /// `coordination: {redis: {url, key, ttl}, id}`.
+    static func readCoordination(_ m: ConfigMapping, logger: Logger) -> (any Leadership)? {
+        m.checkKeys(["redis", "id"], what: "coordination")
+        let id = m.nonEmptyString("id") ?? "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier)"
+        guard let redis = m.mapping("redis", required: true) else { return nil }
+        return RedisLeadership.Settings.read(redis, id: id).map { RedisLeadership(settings: $0, logger: logger) }
     }
 
     /// Why `path` cannot serve as `webpubsub.caFile`, or nil.
@@ -354,6 +371,7 @@ package struct BridgeConfiguration: Sendable {
         var result: [(String, any HealthReporting)] = []
         for s in core.sources { if let h = s.adapter as? any HealthReporting { result.append(("source \(s.name)", h)) } }
         if let h = core.deadLetter as? any HealthReporting { result.append(("deadLetter", h)) }
+        if let h = leadership as? any HealthReporting { result.append(("coordination", h)) }
         for r in core.routes { if let h = r.deadLetter as? any HealthReporting { result.append(("route \(r.name) deadLetter", h)) } }
         for rule in eventHandler?.rules ?? [] {
             if let h = rule.sink as? any HealthReporting { result.append(("events \(rule.sink.description)", h)) }
@@ -375,7 +393,8 @@ package struct BridgeConfiguration: Sendable {
             lines.append("Web PubSub: embedded hub on http://\(e.host):\(e.port)" + (webpubsub.defaultHub.map { " (default hub \($0))" } ?? ""))
         }
         lines.append("Sources (\(core.sources.count)):")
-        for s in core.sources { lines.append("  \(s.name): \(s.type)") }
+        for s in core.sources { lines.append("  \(s.name): \(s.type)" + (s.leaderOnly ? " (replicas: many, forwarded by the leader)" : "")) }
+        if let leadership { lines.append("Coordination: \(leadership.description)") }
         lines.append("Routes (\(core.routes.count)):")
         for r in core.routes {
             let condition = r.condition.map { " where \($0.filter.text)" } ?? ""

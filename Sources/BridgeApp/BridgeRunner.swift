@@ -1,4 +1,5 @@
 import BridgeCore
+import BridgeJSON
 import BridgeObservability
 import BridgeServer
 import CoreMetrics
@@ -54,6 +55,10 @@ package enum BridgeRunner {
                 .init(
                     service: ProgressReporter(stats: dispatcher.stats, inFlight: { dispatcher.inFlight }), successTerminationBehavior: .ignore,
                     serviceName: "progress"))
+        }
+        // Before the bridge: shut down after it, so the lease is released once its sources stopped.
+        if let leadership = configuration.leadership {
+            services.append(.init(service: LeadershipService(leadership: leadership), serviceName: "leadership"))
         }
         // The bridge returning (stdin at EOF) ends the run, and the hub and the server (health,
         // metrics) stop after it; unless the server is the event handler, which goes on until a signal.
@@ -151,6 +156,10 @@ package enum BridgeRunner {
             }
         }
         let readiness: @Sendable () -> [String] = { watched().compactMap { name, adapter in adapter.healthProblem.map { "\(name): \($0)" } } }
+        // Whether this replica leads the `replicas: many` sources (`coordination`).
+        let readyDetails: @Sendable () -> [(String, JSONValue)] = { [leadership = configuration.leadership] in
+            leadership.map { [("leader", .bool($0.isLeader)), ("coordination", .string($0.description))] } ?? []
+        }
         let metrics: @Sendable () -> [UInt8] = {
             // Gauges read at scrape time; the counters are kept up as things happen.
             let components = watched()
@@ -170,12 +179,12 @@ package enum BridgeRunner {
         // With adminListen the port the service reaches serves the event handler alone.
         let bridgeServer = BridgeServer(
             host: server.host, port: server.port, handler: handler, readiness: readiness, metrics: metrics, reload: reloadEndpoint,
-            limits: server.limits, endpoints: server.admin == nil ? .all : .events, logger: logger)
+            limits: server.limits, endpoints: server.admin == nil ? .all : .events, readyDetails: readyDetails, logger: logger)
         services.append(.init(service: bridgeServer, serviceName: "server"))
         if let admin = server.admin {
             let adminServer = BridgeServer(
                 host: admin.host, port: admin.port, handler: nil, readiness: readiness, metrics: metrics, reload: reloadEndpoint,
-                limits: server.limits, endpoints: .operations, logger: logger)
+                limits: server.limits, endpoints: .operations, readyDetails: readyDetails, logger: logger)
             services.append(.init(service: adminServer, serviceName: "admin"))
         }
         return services
@@ -242,5 +251,14 @@ package struct WhenListening: Service {
 
     package func run() async throws {
         await action(try await hub.endpoint(), try await hub.connectionString())
+    }
+}
+
+/// Campaigns for the coordination lease until a graceful shutdown, then releases it.
+struct LeadershipService: Service {
+    let leadership: any Leadership
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown { try await leadership.run() }
     }
 }

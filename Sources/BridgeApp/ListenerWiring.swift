@@ -8,7 +8,8 @@ import WebPubSub
 /// group, then handed to the dispatcher for the routes that read the source (none: counted as
 /// unrouted and settled).
 struct MirroringSource: SourceAdapter {
-    let inner: any GroupListening
+    /// A group listener, or one inside a ``LeaderOnlySource`` (which then decides what is mirrored too).
+    let inner: any SourceAdapter
     let mirror: GroupMessageMirror
 
     var name: String { inner.name }
@@ -42,12 +43,15 @@ extension BridgeConfiguration {
     func runnable(_ entries: [SourceEntry], logger: Logger) -> [any SourceAdapter] {
         let mirror = GroupMessageMirror(rules: eventHandler?.rules ?? [], logger: logger)
         return entries.map { entry in
-            guard let listener = entry.adapter as? any GroupListening else { return entry.adapter }
+            // Inside the mirror: a follower neither forwards nor mirrors what it hears.
+            let gated: any SourceAdapter =
+                if entry.leaderOnly, let leadership { LeaderOnlySource(inner: entry.adapter, leadership: leadership) } else { entry.adapter }
+            guard let listener = entry.adapter as? any GroupListening else { return gated }
             let mirrored = listener.listenedGroups.contains { group in
                 mirror.rules.contains { $0.matches(hub: listener.listenedHub, event: "group:\(group)") }
             }
-            guard mirrored else { return listener }
-            return MirroringSource(inner: listener, mirror: mirror)
+            guard mirrored else { return gated }
+            return MirroringSource(inner: gated, mirror: mirror)
         }
     }
 

@@ -96,6 +96,12 @@ package final class Reloader: Sendable {
         let newSources = Dictionary(new.core.sources.map { ($0.name, $0) }) { a, _ in a }
         let removed = old.core.sources.filter { newSources[$0.name]?.fingerprint != $0.fingerprint }.map(\.name)
         let added = new.core.sources.filter { oldSources[$0.name]?.fingerprint != $0.fingerprint }
+        if old.leadership == nil, let led = added.first(where: \.leaderOnly) {
+            await discard()
+            let reason = "source '\(led.name)' has 'replicas: many', and this bridge started without 'coordination': restart to apply"
+            logger.error("config reload refused; the running config stays", metadata: [LogKey.reason: "\(reason)"])
+            return Outcome(kind: .refused, report: "refused, the running config stays: \(reason)")
+        }
         prepare(new)
         let result = await dispatcher.reload(
             removing: removed, routes: new.core.routes, deadLetter: new.core.deadLetter, adding: old.runnable(added, logger: logger))

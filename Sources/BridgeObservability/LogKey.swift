@@ -6,6 +6,9 @@ package enum LogKey {
     package static let error = "error"
     /// Why something was refused, dropped or ended.
     package static let reason = "reason"
+    /// The coordination lease (`coordination:`), and this replica's name in it.
+    package static let lease = "wps.lease"
+    package static let replica = "wps.replica"
     package static let acked = "wps.acked"
     package static let attempt = "wps.attempt"
     package static let attempts = "wps.attempts"

@@ -13,6 +13,10 @@ package enum MetricName {
     package static let sourceReconnects = "wps_bridge_source_reconnects_total"
     /// Counter; `source`. Gaps in which messages were lost (Redis pub/sub, group listeners).
     package static let sourceGaps = "wps_bridge_source_gaps_total"
+    /// Counter; `source`. Messages a follower heard and left to the leader (`replicas: many`).
+    package static let messagesNotLeader = "wps_bridge_messages_not_leader_total"
+    /// Gauge; `lease`. 1 while this replica leads (holds the coordination lease), else 0.
+    package static let leader = "wps_bridge_leader"
     /// Gauge; `source`, `topic`, `partition`. High watermark minus the position not yet done.
     package static let kafkaConsumerLag = "wps_bridge_kafka_consumer_lag"
 

@@ -1,6 +1,6 @@
 import BridgeCore
 import BridgeCrypto
-import BridgeJSON
+package import BridgeJSON
 import BridgeObservability
 import Foundation
 package import HTTPGuards
@@ -36,6 +36,8 @@ package final class BridgeServer: Service, Sendable {
     }
 
     let reload: ReloadEndpoint?
+    /// More of `/readyz`'s answer (`leader`), beside `ready` and `problems`.
+    let readyDetails: @Sendable () -> [(String, JSONValue)]
     let limits: ConnectionLimits
     /// What this listener serves besides `/healthz`: the event handler, the operator's
     /// endpoints (`/readyz`, `/metrics`, `/-/reload`), or both (`server.adminListen` splits them).
@@ -56,8 +58,9 @@ package final class BridgeServer: Service, Sendable {
     package init(
         host: String, port: Int, handler: EventHandler?, readiness: @escaping @Sendable () -> [String],
         metrics: (@Sendable () -> [UInt8])? = nil, reload: ReloadEndpoint? = nil, limits: ConnectionLimits = .init(),
-        endpoints: Endpoints = .all, logger: Logger
+        endpoints: Endpoints = .all, readyDetails: @escaping @Sendable () -> [(String, JSONValue)] = { [] }, logger: Logger
     ) {
+        self.readyDetails = readyDetails
         self.reload = reload
         self.limits = limits
         self.endpoints = endpoints
@@ -136,7 +139,9 @@ package final class BridgeServer: Service, Sendable {
 
     func ready() -> Response {
         let problems = readiness()
-        let body = JSONValue.object([("ready", .bool(problems.isEmpty)), ("problems", .array(problems.map { .string($0) }))]).serialized + "\n"
+        let body =
+            JSONValue.object([("ready", .bool(problems.isEmpty)), ("problems", .array(problems.map { .string($0) }))] + readyDetails()).serialized
+            + "\n"
         return Response(
             status: problems.isEmpty ? .ok : .serviceUnavailable, headers: [.contentType: "application/json"],
             body: .init(byteBuffer: ByteBuffer(string: body)))

@@ -78,6 +78,7 @@ package final class KafkaSource: SourceAdapter, HealthReporting {
 
 /// `type: kafka` sources.
 package struct KafkaSourceFactory: SourceFactory {
+    package var replicaMode: ReplicaMode { .consumerGroup }
     package init() {}
     package var isAtLeastOnce: Bool { true }
     package var typeName: String { "kafka" }

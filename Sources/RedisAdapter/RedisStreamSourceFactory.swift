@@ -10,6 +10,7 @@ import Synchronization
 
 /// `type: redis-stream` sources.
 package struct RedisStreamSourceFactory: SourceFactory {
+    package var replicaMode: ReplicaMode { .consumerGroup }
     package init() {}
     package var isAtLeastOnce: Bool { true }
     package var typeName: String { "redis-stream" }

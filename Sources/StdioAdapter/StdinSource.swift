@@ -232,6 +232,7 @@ package struct NDJSONEnvelope: Sendable {
 
 /// `type: stdin`.
 package struct StdinSourceFactory: SourceFactory {
+    package var replicaMode: ReplicaMode { .processLocal }
     package init() {}
     package var typeName: String { "stdin" }
     package var summary: String { "standard input, one message per line (format: ndjson | json | lines)" }

@@ -594,3 +594,100 @@ let valid = """
         #expect(after["in"] == before["in"])
     }
 }
+
+/// `replicas:` and `coordination:` (issue 21).
+@Suite struct CoordinationConfigurationTests {
+    let webpubsub = "webpubsub: {connectionString: \"Endpoint=http://h;AccessKey=k\", hub: c}\n"
+    let route = "routes: [{from: live, to: [{all: true}]}]\ndeadLetter: {type: drop}\n"
+
+    @Test func aSourceEveryReplicaHearsIsLedThroughTheLease() throws {
+        let c = try load(
+            webpubsub + "coordination: {redis: {url: \"redis://127.0.0.1:6379\", key: k1, ttl: 3s}, id: a}\n"
+                + "sources: [{name: live, type: redis, url: \"redis://127.0.0.1:6379\", channels: [x], replicas: many}]\n" + route)
+        #expect(c.core.sources.first?.leaderOnly == true)
+        let leadership = try #require(c.leadership)
+        #expect(leadership.description.contains("lease 'k1'") && leadership.description.contains("as a"), "\(leadership.description)")
+        #expect(!leadership.isLeader, "nothing is led before the bridge runs")
+        // Wrapped for the dispatcher; a source of one replica is not.
+        #expect(c.runnableSources(logger: Logger(label: "t")).first is LeaderOnlySource)
+        let single = try load(webpubsub + "sources: [{name: live, type: redis, url: \"redis://h\", channels: [x]}]\n" + route)
+        #expect(single.core.sources.first?.leaderOnly == false)
+        #expect(!(single.runnableSources(logger: Logger(label: "t")).first is LeaderOnlySource))
+    }
+
+    @Test func manyReplicasOfAPubSubSourceNeedCoordination() {
+        let found = issues(webpubsub + "sources:\n  - {name: live, type: redis, url: \"redis://h\", channels: [x], replicas: many}\n" + route)
+        #expect(found.contains { $0.message.contains("needs a top-level 'coordination'") && $0.line == 3 }, "\(found)")
+        let listener = issues(webpubsub + "sources:\n  - {name: live, type: webpubsub, hub: c, groups: [g], replicas: many}\n" + route)
+        #expect(listener.contains { $0.message.contains("every replica hears all of source 'live' (webpubsub)") }, "\(listener)")
+    }
+
+    @Test func consumerGroupsNeedNoLeaseAndStdinHasNoReplicas() throws {
+        let kafka = try load(
+            webpubsub + "sources: [{name: live, type: kafka, brokers: \"k:9092\", topics: [t], group: g, replicas: many}]\n" + route)
+        #expect(kafka.core.sources.first?.leaderOnly == false)
+        #expect(kafka.leadership == nil)
+        let stdin = issues(webpubsub + "sources: [{name: live, type: stdin, replicas: many}]\n" + route)
+        #expect(stdin.contains { $0.message.contains("does not apply to a stdin source") }, "\(stdin)")
+        let bad = issues(webpubsub + "sources: [{name: live, type: stdin, replicas: 3}]\n" + route)
+        #expect(bad.contains { $0.message.contains("replicas must be 'one'") }, "\(bad)")
+    }
+
+    @Test func coordinationIsChecked() throws {
+        let source = "sources: [{name: live, type: redis, url: \"redis://h\", channels: [x], replicas: many}]\n"
+        let noBackend = issues(webpubsub + "coordination: {id: a}\n" + source + route)
+        #expect(noBackend.contains { $0.path == "coordination.redis" || $0.message.contains("redis") }, "\(noBackend)")
+        let badTTL = issues(webpubsub + "coordination: {redis: {url: \"redis://h\", ttl: 500ms}}\n" + source + route)
+        #expect(badTTL.contains { $0.message.contains("ttl must be from 1s to 60s") }, "\(badTTL)")
+        let badURL = issues(webpubsub + "coordination: {redis: {url: \"http://h\"}}\n" + source + route)
+        #expect(!badURL.isEmpty)
+        let unknown = issues(webpubsub + "coordination: {redis: {url: \"redis://h\"}, zookeeper: {}}\n" + source + route)
+        #expect(unknown.contains { $0.message.contains("zookeeper") }, "\(unknown)")
+        let unused = try load(
+            webpubsub + "coordination: {redis: {url: \"redis://h\"}}\nsources: [{name: live, type: redis, url: \"redis://h\", channels: [x]}]\n"
+                + route)
+        #expect(unused.warnings.contains { $0.message.contains("nothing is led") }, "\(unused.warnings)")
+    }
+}
+
+/// A source that emits `count` messages and returns.
+struct CountingSource: SourceAdapter {
+    let name = "counting"
+    let count: Int
+    let outcomes: Outcomes
+
+    func run(emit: DeliveryEmitter) async throws {
+        for i in 0..<count {
+            let message = Message(payload: ByteBuffer(string: "\(i)"), dataType: .text, origin: Origin(source: name))
+            try await emit.emit(Delivery(message: message) { outcome in outcomes.list.withLock { $0.append(outcome) } })
+        }
+    }
+}
+
+final class Outcomes: Sendable {
+    let list = Mutex<[DeliveryOutcome]>([])
+    var count: Int { list.withLock { $0.count } }
+}
+
+final class SwitchedLeadership: Leadership {
+    let leads = Atomic<Bool>(false)
+    var isLeader: Bool { leads.load(ordering: .relaxed) }
+    var description: String { "switched" }
+    func run() async throws {}
+}
+
+extension CoordinationConfigurationTests {
+    @Test func aFollowerSettlesWhatItHearsAndForwardsNothing() async throws {
+        let leadership = SwitchedLeadership()
+        let outcomes = Outcomes()
+        let forwarded = Atomic<Int>(0)
+        let emit = DeliveryEmitter { _ in forwarded.add(1, ordering: .relaxed) }
+        try await LeaderOnlySource(inner: CountingSource(count: 3, outcomes: outcomes), leadership: leadership).run(emit: emit)
+        #expect(forwarded.load(ordering: .relaxed) == 0)
+        #expect(outcomes.count == 3, "each is settled as done")
+        leadership.leads.store(true, ordering: .relaxed)
+        try await LeaderOnlySource(inner: CountingSource(count: 3, outcomes: outcomes), leadership: leadership).run(emit: emit)
+        #expect(forwarded.load(ordering: .relaxed) == 3)
+        #expect(outcomes.count == 3, "the leader's go to the dispatcher, which settles them")
+    }
+}

@@ -121,10 +121,13 @@ package protocol SourceFactory: Sendable {
     /// dead-lettered, and read again otherwise (Kafka, Redis Streams, the group listener). A
     /// route from such a source needs a dead-letter sink, or `deadLetter: {type: drop}`.
     var isAtLeastOnce: Bool { get }
+    /// How several replicas running this source share its input.
+    var replicaMode: ReplicaMode { get }
 }
 
 extension SourceFactory {
     package var isAtLeastOnce: Bool { false }
+    package var replicaMode: ReplicaMode { .everyReplica }
 }
 
 /// Builds sinks of one `type` (dead letters; mirrored events).

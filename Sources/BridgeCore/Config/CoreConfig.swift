@@ -63,6 +63,8 @@ package struct SourceEntry: Sendable {
     package var adapter: any SourceAdapter
     /// Its settings as written, to tell on a reload whether it changed.
     package var fingerprint: String = ""
+    /// `replicas: many` of a source every replica hears: only the leader forwards it.
+    package var leaderOnly = false
 }
 
 /// The parts of `bridge.yaml` that the core owns: sources, routes, dead letters, delivery.
@@ -82,6 +84,31 @@ package struct CoreConfig: Sendable {
     ///   - requireSources: false when the bridge has other work (mirroring client events).
     ///   - warnUnread: warn about sources no route reads; false when the caller knows of other
     ///     readers and calls ``warnUnreadSources(_:readElsewhere:)`` itself.
+    /// `replicas: one | many`; true when the source must run on the leader only. A source that
+    /// every replica hears needs `coordination` for `many`; stdin is each process's own.
+    static func readReplicas(_ m: ConfigMapping, name: String, type: String, mode: ReplicaMode, root: ConfigMapping) -> Bool {
+        guard let value = m.value("replicas"), let text = m.nonEmptyString("replicas") else { return false }
+        guard let replicas = Replicas(rawValue: text) else {
+            value.report("replicas must be 'one' (this process is the only one) or 'many' (several replicas run this config), not '\(text)'")
+            return false
+        }
+        guard replicas == .many else { return false }
+        switch mode {
+        case .consumerGroup:
+            return false
+        case .processLocal:
+            value.report("'replicas: many' does not apply to a \(type) source: each process reads its own input")
+            return false
+        case .everyReplica:
+            if !root.has("coordination") {
+                value.report(
+                    "every replica hears all of source '\(name)' (\(type)): with 'replicas: many' it needs a top-level 'coordination' "
+                        + "(redis: {url: ...} or kafka: {brokers: ...}) so that one replica at a time forwards it")
+            }
+            return true
+        }
+    }
+
     package static func read(
         _ root: ConfigMapping, registry: AdapterRegistry, context: AdapterContext, defaultHub: String?, requireSources: Bool = true,
         warnUnread: Bool = true
@@ -107,12 +134,14 @@ package struct CoreConfig: Sendable {
                     m.value("type")?.report("unknown source type '\(type)'; known types: \(known)")
                     continue
                 }
-                let settings = m.without(["name", "type"])
+                let settings = m.without(["name", "type", "replicas"])
                 guard let name else { continue }
+                let leaderOnly = readReplicas(m, name: name, type: type, mode: factory.replicaMode, root: root)
                 if let v = m.value("dataType"), v.isScalar, v.string() == DataType.binary.rawValue { binarySources.insert(name) }
                 sourceTypes[name] = factory
                 if let adapter = factory.makeSource(name: name, settings: settings, context: context) {
-                    config.sources.append(SourceEntry(name: name, type: type, adapter: adapter, fingerprint: item.fingerprint))
+                    config.sources.append(
+                        SourceEntry(name: name, type: type, adapter: adapter, fingerprint: item.fingerprint, leaderOnly: leaderOnly))
                 }
             }
         }

@@ -1,0 +1,155 @@
+package import BridgeConfig
+import BridgeCore
+import BridgeObservability
+import Foundation
+package import Logging
+import Metrics
+import Synchronization
+
+/// Leadership through a Redis key: `SET key token NX PX ttl` takes it, a script that checks the
+/// token renews it (`PEXPIRE` only while the key still holds this replica's token: the fencing
+/// check) and deletes it at shutdown.
+///
+/// The leader stops leading on its own once `ttl` minus a fifth has passed since the start of its
+/// last successful renewal, before the key can expire in Redis: a leader cut off from Redis stops
+/// forwarding before another can take over, so two never forward at once. A follower tries to
+/// take the key every fifth of `ttl`; after a leader's death (no release) the key expires and one
+/// follower leads within `ttl` and a fifth.
+package final class RedisLeadership: Leadership, HealthReporting {
+    package struct Settings: Sendable, Equatable {
+        package var url: RedisURL
+        package var key = "wps-bridge:leader"
+        package var ttl: Duration = .seconds(5)
+        /// This replica's name in the key's value (and the logs): `host:pid` by default.
+        package var id: String
+
+        package init(url: RedisURL, id: String) {
+            self.url = url
+            self.id = id
+        }
+    }
+
+    package let settings: Settings
+    private let token: String
+    private let logger: Logger
+    private let state = Mutex(State())
+    private let gauge: Gauge
+
+    private struct State {
+        /// Leading until then (a local deadline shorter than the key's life in Redis).
+        var leadsUntil: ContinuousClock.Instant?
+        var problem: String?
+    }
+
+    package init(settings: Settings, logger: Logger) {
+        self.settings = settings
+        self.logger = logger
+        token = settings.id + "/" + UUID().uuidString
+        gauge = Gauge(label: MetricName.leader, dimensions: [("lease", "redis \(settings.key)")])
+        gauge.record(0)
+    }
+
+    package var isLeader: Bool {
+        state.withLock { s in s.leadsUntil.map { $0 > .now } ?? false }
+    }
+
+    package var description: String {
+        "lease '\(settings.key)' in Redis \(settings.url) (ttl \(settings.ttl)) as \(settings.id)"
+    }
+
+    package var healthProblem: String? { state.withLock { $0.problem } }
+
+    /// Takes the key when free, renews it when this replica holds it (the fencing check); 1 when
+    /// this replica holds it afterwards.
+    static let claimScript = """
+        if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+        if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end
+        return 0
+        """
+    static let releaseScript = """
+        if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
+        """
+
+    package func run() async throws {
+        let client = RedisCommandClient(url: settings.url)
+        defer { client.close() }
+        let ttlMs = String(Int64(settings.ttl / .milliseconds(1)))
+        // Leading for 4/5 of the ttl after a renewal began: the key lives a full ttl after Redis ran it.
+        let leadFor = settings.ttl * 4 / 5
+        logger.info("campaigning for leadership", metadata: [LogKey.lease: "\(settings.key)", LogKey.replica: "\(settings.id)"])
+        while !Task.isCancelled {
+            let started = ContinuousClock.now
+            let wasLeader = isLeader
+            do {
+                let reply = try await client.command(["EVAL", Self.claimScript, "1", settings.key, token, ttlMs])
+                if case .integer(1) = reply {
+                    lead(until: started + leadFor)
+                } else if case .error(let message) = reply {
+                    throw RedisError(.reply, message)
+                } else if wasLeader {
+                    follow(because: "the lease is held by another replica (it expired before it was renewed)")
+                }
+                state.withLock { $0.problem = nil }
+            } catch {
+                let problem = "Redis \(settings.url): \(error)"
+                if state.withLock({ s in
+                    defer { s.problem = problem }
+                    return s.problem != problem
+                }) {
+                    logger.warning("the leadership lease cannot be reached", metadata: [LogKey.error: "\(problem)"])
+                }
+                if wasLeader, !isLeader { follow(because: "the lease was not renewed in time") }
+            }
+            try? await Task.sleep(until: started + (isLeader ? settings.ttl / 3 : settings.ttl / 5), clock: .continuous)
+        }
+        // Stop leading first, then free the key: the next leader starts after this one stopped.
+        let led = state.withLock { s in
+            defer { s.leadsUntil = nil }
+            return s.leadsUntil != nil
+        }
+        gauge.record(0)
+        if led {
+            // Not cancelled with this task: the key is freed even when the run ends by cancellation.
+            let (key, token) = (settings.key, token)
+            let released = await Task.detached { try? await client.command(["EVAL", Self.releaseScript, "1", key, token]) }.value
+            logger.info(
+                "leadership released",
+                metadata: [LogKey.lease: "\(settings.key)", LogKey.detail: "\(released == .integer(1) ? "key deleted" : "key no longer held")"])
+        }
+    }
+
+    private func lead(until deadline: ContinuousClock.Instant) {
+        let became = state.withLock { s in
+            defer { s.leadsUntil = deadline }
+            return s.leadsUntil == nil || s.leadsUntil! <= .now
+        }
+        if became {
+            gauge.record(1)
+            logger.notice("this replica leads", metadata: [LogKey.lease: "\(settings.key)", LogKey.replica: "\(settings.id)"])
+        }
+    }
+
+    private func follow(because reason: String) {
+        state.withLock { $0.leadsUntil = nil }
+        gauge.record(0)
+        logger.warning("this replica no longer leads", metadata: [LogKey.lease: "\(settings.key)", LogKey.reason: "\(reason)"])
+    }
+}
+
+extension RedisLeadership.Settings {
+    /// `coordination.redis`: `url` (and `passwordFile`), `key`, `ttl` (1s to 60s).
+    package static func read(_ m: ConfigMapping, id: String) -> Self? {
+        m.checkKeys(["url", "passwordFile", "key", "ttl"], what: "coordination.redis")
+        guard let url = readRedisURL(m) else { return nil }
+        var settings = Self(url: url, id: id)
+        if let key = m.nonEmptyString("key") { settings.key = key }
+        if let ttl = m.duration("ttl") {
+            if ttl < .seconds(1) || ttl > .seconds(60) {
+                m.value("ttl")?.report("ttl must be from 1s to 60s: a leader renews every third of it and a dead one is replaced after it")
+            } else {
+                settings.ttl = ttl
+            }
+        }
+        return settings
+    }
+}
