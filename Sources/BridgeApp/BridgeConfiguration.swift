@@ -212,12 +212,22 @@ package struct BridgeConfiguration: Sendable {
         return read
     }
 
-    /// `coordination: {redis: {url, key, ttl}, id}`.
+    /// `coordination: {redis: {url, key, ttl}} or {kafka: {brokers, topic, group, ttl}}, id`.
     static func readCoordination(_ m: ConfigMapping, logger: Logger) -> (any Leadership)? {
-        m.checkKeys(["redis", "id"], what: "coordination")
+        m.checkKeys(["redis", "kafka", "id"], what: "coordination")
         let id = m.nonEmptyString("id") ?? "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier)"
-        guard let redis = m.mapping("redis", required: true) else { return nil }
-        return RedisLeadership.Settings.read(redis, id: id).map { RedisLeadership(settings: $0, logger: logger) }
+        switch (m.has("redis"), m.has("kafka")) {
+        case (true, true):
+            m.report("give one of 'redis' and 'kafka' for the lease, not both")
+            return nil
+        case (false, false):
+            m.report("coordination needs 'redis: {url: ...}' or 'kafka: {brokers: ...}': where the replicas hold their lease")
+            return nil
+        case (true, false):
+            return m.mapping("redis").flatMap { RedisLeadership.Settings.read($0, id: id) }.map { RedisLeadership(settings: $0, logger: logger) }
+        case (false, true):
+            return m.mapping("kafka").flatMap { KafkaLeadership.Settings.read($0, id: id) }.map { KafkaLeadership(settings: $0, logger: logger) }
+        }
     }
 
     /// Why `path` cannot serve as `webpubsub.caFile`, or nil.

@@ -636,7 +636,13 @@ let valid = """
     @Test func coordinationIsChecked() throws {
         let source = "sources: [{name: live, type: redis, url: \"redis://h\", channels: [x], replicas: many}]\n"
         let noBackend = issues(webpubsub + "coordination: {id: a}\n" + source + route)
-        #expect(noBackend.contains { $0.path == "coordination.redis" || $0.message.contains("redis") }, "\(noBackend)")
+        #expect(noBackend.contains { $0.message.contains("coordination needs 'redis: {url: ...}' or 'kafka: {brokers: ...}'") }, "\(noBackend)")
+        let both = issues(webpubsub + "coordination: {redis: {url: \"redis://h\"}, kafka: {brokers: \"k:9092\"}}\n" + source + route)
+        #expect(both.contains { $0.message.contains("not both") }, "\(both)")
+        let kafka = try load(webpubsub + "coordination: {kafka: {brokers: \"k:9092\", topic: lease, ttl: 8s}, id: b}\n" + source + route)
+        #expect(kafka.leadership?.description.contains("partition 0 of Kafka topic 'lease'") == true, "\(kafka.leadership?.description ?? "none")")
+        let noBrokers = issues(webpubsub + "coordination: {kafka: {topic: lease}}\n" + source + route)
+        #expect(noBrokers.contains { $0.message.contains("brokers") }, "\(noBrokers)")
         let badTTL = issues(webpubsub + "coordination: {redis: {url: \"redis://h\", ttl: 500ms}}\n" + source + route)
         #expect(badTTL.contains { $0.message.contains("ttl must be from 1s to 60s") }, "\(badTTL)")
         let badURL = issues(webpubsub + "coordination: {redis: {url: \"http://h\"}}\n" + source + route)
