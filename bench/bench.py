@@ -9,7 +9,7 @@ Environment:
   BENCH_BASELINE_MESSAGES=N  messages for the Python baseline (20000; quick 1500): its rate is
                              measured on fewer messages, since it is far slower
   BENCH_SCENARIOS=a,b        run only these (kafka-drain kafka-drain-batched keyed unordered baseline ceiling latency latency-stdin
-                             latency-stdin-batched fan-out stdin throttled throttled-batched)
+                             latency-stdin-batched fan-out stdin throttled throttled-batched throttled-replicas)
   BENCH_LINGER_MS=N          the latency producer's linger.ms (5: batches of ~5 messages; 0 makes Tansu the bottleneck)
   BENCH_ORDERING=key|none    the routes' ordering where a scenario does not set one (default: strict, the bridge's default)
   BENCH_LIBRDKAFKA="k: v"    librdkafka properties for the bridge's Kafka source
@@ -59,7 +59,7 @@ KEY = "bench-key-0123456789ABCDEFGHIJKLMNOPQRSTUV"
 HUB = "bench"
 GROUP = "bench"
 ALL = ["kafka-drain", "kafka-drain-batched", "keyed", "unordered", "baseline", "ceiling", "latency", "latency-stdin", "latency-stdin-batched",
-       "fan-out", "stdin", "throttled", "throttled-batched"]
+       "fan-out", "stdin", "throttled", "throttled-batched", "throttled-replicas"]
 # A batched route (issue 20): 100 messages per send at most, the first waiting up to 10 ms.
 BATCH = "    batch: " + os.environ.get("BENCH_BATCH", "{maxMessages: 100, maxDelay: 10ms}") + "\n"
 BATCHED_RATE_LIMIT = 1000
@@ -552,6 +552,39 @@ def scenario_throttled_batched(env):
         "stdin, one strict lane, `batch: {maxMessages: 100, maxDelay: 10ms}`, hub at --rate-limit 1000")
 
 
+def scenario_throttled_replicas(env):
+    """Two replicas in one Kafka consumer group against one hub at `--rate-limit`: each paces
+    itself on the 429s it gets; together they should stay near the limit, as one does."""
+    port, hub = env.start_hub("hub-throttled-replicas", rate_limit=RATE_LIMIT)
+    messages = RATE_LIMIT * THROTTLED_SECONDS
+    topic = env.topic()
+    env.produce(topic, messages)
+    subs = Subscribers(env, messages, port=port, lanes=PARTITIONS)
+    source = kafka_source(env, topic)  # one group for both
+    bridges = []
+    t0 = time.time()
+    for i in range(2):
+        config, metrics_port = bridge_config(env, source, port=port, ordering="none")
+        bridges.append((start([BRIDGE, "run", "--config", config, "--quiet", "--log-format", "json"], f"throttled-replica-{i}"), metrics_port))
+    r = subs.result()
+    figures = [metrics(mp) for _, mp in bridges]
+    cpu = sum(cpu_seconds(b.pid) for b, _ in bridges)
+    for b, _ in bridges:
+        stop(b)
+    stop(hub)
+    rate = messages / (r["last"] - t0)
+    steady = messages / (r["last"] - r["first"])
+    throttled = [metric_sum(m, "wps_bridge_sends_throttled_total") for m in figures]
+    delivered = [metric_sum(m, "wps_bridge_sends_total", 'outcome="delivered"') for m in figures]
+    requests = sum(delivered) + sum(throttled)
+    row("throttled-replicas", {"limit": RATE_LIMIT, "msg/s": round(rate), "steady msg/s": round(steady),
+                               "steady/limit": f"{steady / RATE_LIMIT:.0%}", "429 share": f"{sum(throttled) / max(requests, 1):.2%}",
+                               "delivered per replica": "/".join(str(int(d)) for d in delivered),
+                               "429s per replica": "/".join(str(int(t)) for t in throttled),
+                               "complete": r["complete"], "CPU µs/msg": cpu_us(cpu, messages)},
+        "2 replicas, one consumer group, `ordering: none`, hub at --rate-limit 2000")
+
+
 def main():
     for path in (BRIDGE, BENCH):
         if not os.access(path, os.X_OK):
@@ -565,7 +598,7 @@ def main():
                   "unordered": scenario_kafka_drain_unordered, "baseline": scenario_baseline, "ceiling": scenario_ceiling,
                   "latency": scenario_latency, "latency-stdin": scenario_latency_stdin, "latency-stdin-batched": scenario_latency_stdin_batched,
                   "fan-out": scenario_fanout, "stdin": scenario_stdin, "throttled": scenario_throttled,
-                  "throttled-batched": scenario_throttled_batched}.get(name)
+                  "throttled-batched": scenario_throttled_batched, "throttled-replicas": scenario_throttled_replicas}.get(name)
             if fn is None:
                 raise SystemExit(f"bench: unknown scenario {name}; known: {', '.join(ALL)}")
             fn(env)

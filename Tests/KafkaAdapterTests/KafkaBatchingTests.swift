@@ -66,10 +66,15 @@ extension KafkaEndToEndTests {
         #expect(batches.count < count && batches.contains { $0.count > 1 }, "\(batches.count) sends for \(count) messages")
         #expect(batches.allSatisfy { $0.count <= 25 })
         // The second bridge read every partition from offset 0 (nothing was committed): each
-        // partition arrives complete and in order, batch after batch.
-        for (p, items) in Dictionary(grouping: batches.joined(), by: \.p) {
+        // partition arrives complete and in order, batch after batch. (The killed bridge stays in
+        // the group until its session ends; the rebalance then may hand partitions over again,
+        // and what was read since the last commit comes again: the first arrivals are in order.)
+        var seen: Set<Int> = []
+        let firsts = batches.joined().filter { seen.insert($0.n).inserted }
+        for (p, items) in Dictionary(grouping: firsts, by: \.p) {
             #expect(items.map(\.n) == Array(stride(from: p, to: count, by: 4)), "partition \(p): \(items.map(\.n).prefix(30))")
         }
+        print("kafka batching test: \(batches.count) sends, \(batches.joined().count - count) messages delivered again after the rebalance")
         #expect(!FileManager.default.fileExists(atPath: dir + "/dead.ndjson"), "nothing dead-lettered")
         await server.stop()
         await broker.stop()
