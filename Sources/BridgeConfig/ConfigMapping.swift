@@ -129,6 +129,22 @@ package struct ConfigMapping {
         return d
     }
 
+    /// A duration within `range`; outside it, reported with `why` and dropped (the default stays).
+    package func duration(_ key: String, within range: ClosedRange<Duration>, why: String) -> Duration? {
+        guard let d = duration(key) else { return nil }
+        guard range.contains(d) else {
+            value(key)?.report("\(key) must be from \(Self.words(range.lowerBound)) to \(Self.words(range.upperBound)): \(why)")
+            return nil
+        }
+        return d
+    }
+
+    /// `500ms`, `1s`, `60s`: a duration as it is written in the config.
+    static func words(_ d: Duration) -> String {
+        let ms = d / .milliseconds(1)
+        return ms < 1000 || ms.truncatingRemainder(dividingBy: 1000) != 0 ? "\(Int(ms))ms" : "\(Int(ms / 1000))s"
+    }
+
     package func enumeration<E: RawRepresentable & CaseIterable>(_ key: String, _ type: E.Type) -> E? where E.RawValue == String {
         guard let v = value(key), let s = v.string() else { return nil }
         guard let e = E(rawValue: s) else {

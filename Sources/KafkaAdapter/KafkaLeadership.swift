@@ -179,13 +179,8 @@ extension KafkaLeadership.Settings {
         var settings = Self(brokers: brokers, id: id)
         if let topic = m.nonEmptyString("topic") { settings.topic = topic }
         if let group = m.nonEmptyString("group") { settings.group = group }
-        if let ttl = m.duration("ttl") {
-            if ttl < .seconds(1) || ttl > .seconds(60) {
-                m.value("ttl")?.report("ttl must be from 1s to 60s (the group session; brokers often refuse less than 6s)")
-            } else {
-                settings.ttl = ttl
-            }
-        }
+        settings.ttl =
+            m.duration("ttl", within: .seconds(1) ... .seconds(60), why: "the group session (brokers often refuse less than 6s)") ?? settings.ttl
         return settings
     }
 }

@@ -143,13 +143,9 @@ extension RedisLeadership.Settings {
         guard let url = readRedisURL(m) else { return nil }
         var settings = Self(url: url, id: id)
         if let key = m.nonEmptyString("key") { settings.key = key }
-        if let ttl = m.duration("ttl") {
-            if ttl < .seconds(1) || ttl > .seconds(60) {
-                m.value("ttl")?.report("ttl must be from 1s to 60s: a leader renews every third of it and a dead one is replaced after it")
-            } else {
-                settings.ttl = ttl
-            }
-        }
+        settings.ttl =
+            m.duration("ttl", within: .seconds(1) ... .seconds(60), why: "a leader renews every third of it and a dead one is replaced after it")
+            ?? settings.ttl
         return settings
     }
 }

@@ -28,10 +28,25 @@ import WebPubSubProtocol
             endpoint: "\(scheme)://\(host):\(server.port)", authentication: .accessKey(AccessKey("pool-test-key")), configuration: configuration)
     }
 
+    static func post(_ c: WebPubSubServiceClient) async throws(WebPubSubError) {
+        try await c.sendToAll(hub: "h", payload: send, contentType: "application/json")
+    }
+
+    /// The error of one send that must fail; nil, recorded as an issue, when it went through.
+    static func failure(_ c: WebPubSubServiceClient, sourceLocation: SourceLocation = #_sourceLocation) async -> WebPubSubError? {
+        do {
+            try await post(c)
+            Issue.record("expected a failure", sourceLocation: sourceLocation)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
     @Test func aConnectionIsKeptAliveAndReused() async throws {
         let server = try await ScriptedHTTPServer { _ in .answer() }
         let c = try client(server)
-        for _ in 0..<5 { try await c.sendToAll(hub: "h", payload: Self.send, contentType: "application/json") }
+        for _ in 0..<5 { try await Self.post(c) }
         #expect(server.requests == 5)
         #expect(server.connections == 1)
         try await c.shutdown()
@@ -41,7 +56,7 @@ import WebPubSubProtocol
     @Test func anAnswerWithConnectionCloseIsHonoured() async throws {
         let server = try await ScriptedHTTPServer { _ in .answer(close: true) }
         let c = try client(server)
-        for _ in 0..<3 { try await c.sendToAll(hub: "h", payload: Self.send, contentType: "application/json") }
+        for _ in 0..<3 { try await Self.post(c) }
         #expect(server.requests == 3)
         #expect(server.connections == 3)
         try await c.shutdown()
@@ -53,8 +68,8 @@ import WebPubSubProtocol
         // idle keep-alive connection as the request goes out.
         let server = try await ScriptedHTTPServer { request in request.index == 1 ? .close : .answer() }
         let c = try client(server)
-        try await c.sendToAll(hub: "h", payload: Self.send, contentType: "application/json")
-        try await c.sendToAll(hub: "h", payload: Self.send, contentType: "application/json")
+        try await Self.post(c)
+        try await Self.post(c)
         #expect(server.requests == 3)
         #expect(server.connections == 2)
         try await c.shutdown()
@@ -64,10 +79,7 @@ import WebPubSubProtocol
     @Test func aNewConnectionClosedWithoutAnAnswerIsATransportError() async throws {
         let server = try await ScriptedHTTPServer { _ in .close }
         let c = try client(server)
-        do {
-            try await c.sendToAll(hub: "h", payload: Self.send, contentType: "application/json")
-            Issue.record("expected a failure")
-        } catch {
+        if let error = await Self.failure(c) {
             #expect(error.kind == .transport)
             #expect(error.isRetryable)
             #expect(error.message.contains("connection closed by the remote end"), "\(error.message)")
@@ -81,10 +93,7 @@ import WebPubSubProtocol
     @Test func anAnswerThatNeverComesTimesOut() async throws {
         let server = try await ScriptedHTTPServer { _ in .hang }
         let c = try client(server) { $0.requestTimeout = .milliseconds(300) }
-        do {
-            try await c.sendToAll(hub: "h", payload: Self.send, contentType: "application/json")
-            Issue.record("expected a failure")
-        } catch {
+        if let error = await Self.failure(c) {
             #expect(error.kind == .transport)
             #expect(error.message == "request timeout")
         }
@@ -97,10 +106,7 @@ import WebPubSubProtocol
     @Test func anAnswerLargerThanAllowedIsRefused() async throws {
         let server = try await ScriptedHTTPServer { _ in .answer(status: 400, body: String(repeating: "x", count: 5 * 1024 * 1024)) }
         let c = try client(server)
-        do {
-            try await c.sendToAll(hub: "h", payload: Self.send, contentType: "application/json")
-            Issue.record("expected a failure")
-        } catch {
+        if let error = await Self.failure(c) {
             #expect(error.kind == .transport)
             #expect(error.message.contains("larger than 4194304 bytes"), "\(error.message)")
         }
@@ -113,7 +119,7 @@ import WebPubSubProtocol
         let c = try client(server) { $0.maxConnections = 2 }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<20 {
-                group.addTask { try await c.sendToAll(hub: "h", payload: Self.send, contentType: "application/json") }
+                group.addTask { try await Self.post(c) }
             }
             try await group.waitForAll()
         }
@@ -126,7 +132,7 @@ import WebPubSubProtocol
     @Test func aCancelledRequestEndsAtOnceAsCancelled() async throws {
         let server = try await ScriptedHTTPServer { _ in .hang }
         let c = try client(server)
-        let task = Task { try await c.sendToAll(hub: "h", payload: Self.send, contentType: "application/json") }
+        let task = Task { try await Self.post(c) }
         #expect(await server.waitUntilRequests(1))
         task.cancel()
         do {
@@ -165,7 +171,7 @@ import WebPubSubProtocol
         for host in ["localhost", "127.0.0.1"] {
             let trusting = try client(server, scheme: "https", host: host) { $0.caFile = pki.caFile }
             do {
-                try await trusting.sendToAll(hub: "h", payload: Self.send, contentType: "application/json")
+                try await Self.post(trusting)
             } catch {
                 Issue.record("\(host): \(error)")
             }
@@ -174,10 +180,7 @@ import WebPubSubProtocol
         #expect(server.requests == 2)
 
         let untrusting = try client(server, scheme: "https", host: "localhost")
-        do {
-            try await untrusting.sendToAll(hub: "h", payload: Self.send, contentType: "application/json")
-            Issue.record("expected a failure")
-        } catch {
+        if let error = await Self.failure(untrusting) {
             #expect(error.kind == .transport)
             #expect(error.message.contains("not trusted"), "\(error.message)")
             #expect(error.message.contains("caFile"), "\(error.message)")
@@ -191,10 +194,7 @@ import WebPubSubProtocol
         let pki = try TestPKI(names: ["DNS:elsewhere.example"])
         let server = try await ScriptedHTTPServer(tls: try pki.serverContext()) { _ in .answer() }
         let c = try client(server, scheme: "https", host: "localhost") { $0.caFile = pki.caFile }
-        do {
-            try await c.sendToAll(hub: "h", payload: Self.send, contentType: "application/json")
-            Issue.record("expected a failure")
-        } catch {
+        if let error = await Self.failure(c) {
             #expect(error.kind == .transport)
             #expect(error.message.contains("not valid for localhost"), "\(error.message)")
         }
@@ -206,10 +206,7 @@ import WebPubSubProtocol
     @Test func aMissingCAFileIsNamedInTheError() async throws {
         let server = try await ScriptedHTTPServer { _ in .answer() }
         let c = try client(server, scheme: "https") { $0.caFile = "/nonexistent/ca.pem" }
-        do {
-            try await c.sendToAll(hub: "h", payload: Self.send, contentType: "application/json")
-            Issue.record("expected a failure")
-        } catch {
+        if let error = await Self.failure(c) {
             #expect(error.kind == .transport)
             #expect(error.message.contains("the TLS settings cannot be used"), "\(error.message)")
             #expect(error.message.contains("/nonexistent/ca.pem"), "\(error.message)")
