@@ -129,6 +129,9 @@ private func readAll(_ handle: FileHandle) -> Task<Data, Never> {
     let thread = Thread {
         continuation.yield(handle.readDataToEndOfFile())
         continuation.finish()
+        // Closed here, not when the handle is freed: the thread keeps its closure (and so the
+        // handle) alive, and each run left two descriptors open (TestSupportTests).
+        try? handle.close()
     }
     thread.start()
     return Task {

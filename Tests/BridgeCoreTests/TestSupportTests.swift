@@ -1,0 +1,22 @@
+import BridgeTestSupport
+import Foundation
+import Testing
+
+/// The test helpers themselves: a leak here brings down the whole test process.
+@Suite struct TestSupportTests {
+    /// `runProcess` closes every pipe it opens. Session 12 saw the test process crash in
+    /// `Process.run` (a `memcpy` past the end of its list of open descriptors, numbered past
+    /// 1,300) during the lease tests, which run `redis-cli` every 10-15 ms.
+    @Test func runProcessLeavesNoDescriptorOpen() async throws {
+        func open() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0 }
+        for _ in 0..<5 { _ = try await runProcess("/bin/echo", ["warm-up"]) }
+        let before = open()
+        for i in 0..<50 {
+            let result = try await runProcess("/bin/cat", [], input: "line \(i)")
+            #expect(result.stdout == "line \(i)")
+        }
+        // Other tests run alongside and open descriptors of their own: a leak is 4 or more per run.
+        let after = open()
+        #expect(after - before < 50, "\(after - before) more descriptors open after 50 runs")
+    }
+}
