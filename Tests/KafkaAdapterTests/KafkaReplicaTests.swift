@@ -9,7 +9,12 @@ extension KafkaEndToEndTests {
     /// started. Every message arrives, each partition in order (a partition of the killed replica
     /// is read again from its last commit: its redelivered records are duplicates, counted and
     /// printed), and each replica had partitions of its own.
-    @Test func replicasSplitThePartitionsAndAKilledOneLosesNothing() async throws {
+    ///
+    /// Run with librdkafka's default assignors (eager: every member gives up all its partitions
+    /// at each rebalance) and with `cooperative-sticky` (only moved partitions stop); the longest
+    /// pause in deliveries after the kill and the duplicates are printed for each.
+    @Test(arguments: ["range,roundrobin", "cooperative-sticky"])
+    func replicasSplitThePartitionsAndAKilledOneLosesNothing(strategy: String) async throws {
         let broker = try await KafkaBroker()
         let hub = try await HubProcess()
         let topic = "replicas"
@@ -24,7 +29,8 @@ extension KafkaEndToEndTests {
             webpubsub:
               connectionString: "\(hub.connectionString)"
             sources:
-            \(kafkaSource(broker, topic: topic, group: "g-replicas"))
+            \(kafkaSource(broker, topic: topic, group: "g-replicas-\(strategy.prefix(5))"))
+                  partition.assignment.strategy: "\(strategy)"
             deadLetter: {type: file, path: dead.ndjson}
             routes:
               - from: events
@@ -44,11 +50,18 @@ extension KafkaEndToEndTests {
         killed.bridge.kill()
         _ = await killed.bridge.exitStatus()
         let beforeKill = got.count
+        let killedAt = ContinuousClock.now
         let dir = try TestEnvironment.temporaryDirectory()
         replicas.append((dir, try startBridge(yaml, in: dir)))
+        var last = killedAt
+        var longestPause = Duration.zero
         while Set(numbers(got).map(\.n)).count < count, let m = await subscriber.expect(type: "message", timeout: .seconds(60)) {
             got.append(m)
+            let now = ContinuousClock.now
+            longestPause = max(longestPause, now - last)
+            last = now
         }
+        let drained = last - killedAt
         let received = numbers(got)
         let distinct = Set(received.map(\.n))
         #expect(distinct.count == count, "missing: \(Set(0..<count).subtracting(distinct).sorted().prefix(20))")
@@ -69,7 +82,7 @@ extension KafkaEndToEndTests {
         let lateJoined = lateLog.contains("kafka partitions assigned")
         let duplicates = received.count - distinct.count
         print(
-            "kafka replica test: 3 replicas, 12 partitions; \(beforeKill) delivered before SIGKILL, \(received.count) in all, \(duplicates) duplicates of \(count); the replacement \(lateJoined ? "got partitions" : "got no partition yet")"
+            "kafka replica test (\(strategy)): 3 replicas, 12 partitions; \(beforeKill) delivered before SIGKILL, \(received.count) in all, \(duplicates) duplicates of \(count); the rest \(seconds(drained)) s after the kill, the longest pause \(seconds(longestPause)) s; the replacement \(lateJoined ? "got partitions" : "got no partition yet")"
         )
         for (_, bridge) in replicas.dropFirst() {
             bridge.terminate()
@@ -78,4 +91,6 @@ extension KafkaEndToEndTests {
         await broker.stop()
         await hub.stop()
     }
+
+    private func seconds(_ d: Duration) -> String { String(format: "%.1f", d / .seconds(1)) }
 }
