@@ -552,6 +552,42 @@ def scenario_throttled_batched(env):
         "stdin, one strict lane, `batch: {maxMessages: 100, maxDelay: 10ms}`, hub at --rate-limit 1000")
 
 
+class Timeline(threading.Thread):
+    """Each replica's delivered sends, 429s and paced rate (`wps_bridge_send_rate_limit`), read
+    every half second while the scenario runs and written to `timeline.txt` in the work folder:
+    how the replicas' pacers share the limit, and what one does once the other is done."""
+
+    def __init__(self, ports, every=0.5):
+        super().__init__(daemon=True)
+        self.ports, self.every, self.done, self.rows = ports, every, threading.Event(), []
+        self.start()
+
+    def run(self):
+        t0 = time.time()
+        while not self.done.is_set():
+            row = [round(time.time() - t0, 1)]
+            for port in self.ports:
+                try:
+                    m = metrics(port)
+                except OSError:
+                    row += [None, None, None]
+                    continue
+                row += [int(metric_sum(m, "wps_bridge_sends_total", 'outcome="delivered"')),
+                        int(metric_sum(m, "wps_bridge_sends_throttled_total")), round(metric_sum(m, "wps_bridge_send_rate_limit"))]
+            self.rows.append(row)
+            self.done.wait(self.every)
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        path = os.path.join(work, "timeline.txt")
+        with open(path, "w") as f:
+            f.write("seconds " + " ".join(f"delivered{i} 429s{i} rate{i}" for i in range(len(self.ports))) + "\n")
+            for row in self.rows:
+                f.write(" ".join(str(v) for v in row) + "\n")
+        print(f"bench: the replicas over time are in {path}", flush=True)
+
+
 def scenario_throttled_replicas(env):
     """Two replicas in one Kafka consumer group against one hub at `--rate-limit`: each paces
     itself on the 429s it gets; together they should stay near the limit, as one does."""
@@ -566,7 +602,9 @@ def scenario_throttled_replicas(env):
     for i in range(2):
         config, metrics_port = bridge_config(env, source, port=port, ordering="none")
         bridges.append((start([BRIDGE, "run", "--config", config, "--quiet", "--log-format", "json"], f"throttled-replica-{i}"), metrics_port))
+    timeline = Timeline([mp for _, mp in bridges])
     r = subs.result()
+    timeline.stop()
     figures = [metrics(mp) for _, mp in bridges]
     cpu = sum(cpu_seconds(b.pid) for b, _ in bridges)
     for b, _ in bridges:

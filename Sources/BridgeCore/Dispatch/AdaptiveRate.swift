@@ -1,35 +1,58 @@
 import BridgeObservability
 import CoreMetrics
+import Foundation
 package import Synchronization
 
 /// Paces sends to what the service accepts, once it has said "too many requests" (429).
 ///
 /// Until a 429 comes after sends were accepted, nothing is paced (a 429 with nothing accepted
 /// in the last second says nothing about the rate; its send waits for its `Retry-After`). Then
-/// sends are spaced to a rate, AIMD-style: each 429 cuts the rate (to `decrease` of what was
-/// accepted over the last second, or of the rate, at most once per `decreaseInterval`, so that
-/// the requests answered together by one refusal count once), and while sends wait for the
-/// pacer the rate grows by `increase` of itself per second.
+/// sends are spaced to a rate:
+/// - Each 429 cuts it to `decrease` of what the service accepted over the last second (or of the
+///   rate, if lower), at most once per `decreaseInterval`, so that the requests answered together
+///   by one refusal count once. That accepted rate is the cut's *base*.
+/// - While sends wait for the pacer, the rate grows back along a cubic of the time since the cut,
+///   as in CUBIC and the AWS SDKs' adaptive retry mode: fast at first, flat near the base
+///   (regained after `cbrt((1 - decrease) / probe)` seconds, 0.67 s by default), then faster and
+///   faster above it. Unlike those, the curve is scaled by the base, not by an absolute constant,
+///   so it behaves alike at 100 and at 20,000 sends a second. It never runs ahead of twice the
+///   accepted rate.
+/// - After `idleReset` without a 429, pacing stops.
+///
+/// Why a cubic and not the multiplicative 5% a second of session 10 (issue 21): several
+/// replicas pace themselves against one unit, each on its own 429s. A replica cut early (its
+/// first second's accepted rate was small because another took the budget) stays small under
+/// multiplicative growth, and when the other is done it needs tens of seconds to take the freed
+/// budget; two replicas reached 46-90% of the limit together. The cubic's probing above the base
+/// takes the freed budget in a few seconds.
 /// The service's token bucket lets the rate probe above the limit briefly; the cut brings it back
-/// below before many requests are refused. After `idleReset` without a 429, pacing stops.
+/// below before many requests are refused.
 ///
 /// The rate, not the number of requests in flight, is what is adapted: on a nearby service one
 /// request takes well under a millisecond, so even a single connection can send faster than a
 /// throttled unit accepts, and a concurrency limit alone could not keep below it.
+///
+/// The methods that take `now` exist for the tests, which drive the pacer on a virtual clock.
 package final class AdaptiveRate: Sendable {
     package struct Settings: Sendable, Equatable {
         /// Share of the accepted rate kept after a 429.
         package var decrease = 0.85
-        /// Growth per second while sends wait for the pacer, as a share of the rate.
-        package var increase = 0.05
+        /// The cubic's scale, per second cubed, as a share of the cut's base: after the base is
+        /// regained, the rate is `base * (1 + probe * t^3)` `t` seconds later.
+        package var probe = 0.5
         package var decreaseInterval: Duration = .milliseconds(250)
         package var idleReset: Duration = .seconds(60)
         /// Never paced below this many sends per second.
         package var minimumRate = 1.0
         /// Sends allowed at once after a quiet moment, in seconds of the rate.
         package var burst = 0.01
+        /// How often the rate is moved along the curve.
+        package var growthStep: Duration = .milliseconds(50)
 
         package init() {}
+
+        /// Seconds after a cut at which the curve is back at the cut's base.
+        var plateau: Double { cbrt((1 - decrease) / probe) }
     }
 
     private struct State {
@@ -39,6 +62,8 @@ package final class AdaptiveRate: Sendable {
         var nextSlot: ContinuousClock.Instant
         var lastDecrease: ContinuousClock.Instant
         var lastThrottle: ContinuousClock.Instant?
+        /// What the last cut was based on (sends per second).
+        var base = 0.0
         /// Whether a send waited since the last growth step (the rate is what binds).
         var bound = false
         var lastGrowth: ContinuousClock.Instant
@@ -56,9 +81,8 @@ package final class AdaptiveRate: Sendable {
     /// 429 answers seen.
     package let throttled = Atomic<Int>(0)
 
-    package init(settings: Settings = Settings()) {
+    package init(settings: Settings = Settings(), now: ContinuousClock.Instant = .now) {
         self.settings = settings
-        let now = ContinuousClock.now
         state = Mutex(State(nextSlot: now, lastDecrease: now - .seconds(3600), lastGrowth: now, bucketStart: now))
         gauge.record(0)
     }
@@ -69,9 +93,13 @@ package final class AdaptiveRate: Sendable {
     /// Waits for this send's slot.
     /// - Throws: `CancellationError` when the task is cancelled while it waits.
     func acquire() async throws {
-        let wait: Duration? = state.withLock { s in
+        if let wait = reserve(at: .now) { try await Task.sleep(for: wait) }
+    }
+
+    /// Takes the next slot: how long the send must wait for it, nil for not at all.
+    package func reserve(at now: ContinuousClock.Instant) -> Duration? {
+        state.withLock { s in
             guard let rate = s.rate else { return nil }
-            let now = ContinuousClock.now
             if let last = s.lastThrottle, now - last > settings.idleReset {
                 s.rate = nil
                 s.lastThrottle = nil
@@ -88,25 +116,24 @@ package final class AdaptiveRate: Sendable {
             s.bound = true
             return slot - now
         }
-        if let wait { try await Task.sleep(for: wait) }
     }
 
     /// A send was accepted.
-    func accepted() {
+    package func accepted(at now: ContinuousClock.Instant = .now) {
         state.withLock { s in
-            let now = ContinuousClock.now
             roll(&s, now)
             s.acceptedNow += 1
-            guard let rate = s.rate else { return }
-            let elapsed = (now - s.lastGrowth) / .seconds(1)
-            guard elapsed >= 0.05 else { return }
+            guard let rate = s.rate, now - s.lastGrowth >= settings.growthStep else { return }
             s.lastGrowth = now
-            if s.bound {
-                let grown = rate * (1 + settings.increase * elapsed)
-                s.rate = grown
-                gauge.record(grown)
-            }
-            s.bound = false
+            defer { s.bound = false }
+            guard s.bound else { return }
+            let t = (now - s.lastDecrease) / .seconds(1) - settings.plateau
+            let curve = s.base * (1 + settings.probe * t * t * t)
+            let ceiling = 2 * acceptedRate(s, now)
+            let grown = max(rate, min(curve, ceiling))
+            guard grown != rate else { return }
+            s.rate = grown
+            gauge.record(grown)
         }
     }
 
@@ -114,28 +141,26 @@ package final class AdaptiveRate: Sendable {
     /// - Parameter cut: false for a batch that had room: the lane waits for the retry, so its
     ///   next batches carry more, and the rate is cut only once batches are full.
     @discardableResult
-    func throttledResponse(cut: Bool = true) -> Double? {
+    package func throttledResponse(cut: Bool = true, at now: ContinuousClock.Instant = .now) -> Double? {
         throttled.add(1, ordering: .relaxed)
         throttledCounter.increment()
         return state.withLock { s -> Double? in
-            let now = ContinuousClock.now
             roll(&s, now)
             s.lastThrottle = now
             guard cut, now - s.lastDecrease >= settings.decreaseInterval else { return nil }
             let started = s.rate == nil
-            // What the service took over the last quarter second to second and a half: its limit, or a bit over while its bucket drained.
-            let window = max(0.25, ((now - s.bucketStart) + s.beforeLength) / .seconds(1))
-            let acceptedRate = Double(s.acceptedNow + s.acceptedBefore) / window
+            let accepted = acceptedRate(s, now)
             let base: Double
             if let rate = s.rate {
-                base = acceptedRate > 0 ? min(rate, acceptedRate) : rate
-            } else if acceptedRate > 0 {
-                base = acceptedRate
+                base = accepted > 0 ? min(rate, accepted) : rate
+            } else if accepted > 0 {
+                base = accepted
                 s.nextSlot = now
             } else {
                 return nil
             }
             let next = max(settings.minimumRate, base * settings.decrease)
+            s.base = max(settings.minimumRate, base)
             s.lastDecrease = now
             s.rate = next
             s.lastGrowth = now
@@ -143,6 +168,13 @@ package final class AdaptiveRate: Sendable {
             gauge.record(next)
             return started ? next : nil
         }
+    }
+
+    /// What the service took over the last quarter second to second and a half: its limit, or a
+    /// bit over while its bucket drained.
+    private func acceptedRate(_ s: State, _ now: ContinuousClock.Instant) -> Double {
+        let window = max(0.25, ((now - s.bucketStart) + s.beforeLength) / .seconds(1))
+        return Double(s.acceptedNow + s.acceptedBefore) / window
     }
 
     private func roll(_ s: inout State, _ now: ContinuousClock.Instant) {
