@@ -7,8 +7,8 @@ ARG SWIFT_VERSION=6.3
 
 FROM swift:${SWIFT_VERSION}-bookworm AS build
 WORKDIR /src
-# The C libraries first (a layer of its own): hiredis from Debian, librdkafka >= 2.2 built from
-# Debian trixie's source package, exactly as on a developer machine.
+# The C libraries first (a layer of its own): librdkafka >= 2.2 and hiredis >= 1.0 with TLS, built
+# from Debian trixie's source packages, exactly as on a developer machine.
 COPY scripts/bootstrap scripts/bootstrap
 RUN scripts/bootstrap
 # The whole package (SwiftPM checks every target's folder, tests included); .dockerignore
@@ -19,13 +19,13 @@ RUN swift build -c release --static-swift-stdlib --product wps-bridge \
 
 FROM swift:${SWIFT_VERSION}-bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates libhiredis0.14 libsasl2-2 libssl3 zlib1g liblz4-1 libzstd1 \
+    && apt-get install -y --no-install-recommends ca-certificates libsasl2-2 libssl3 zlib1g liblz4-1 libzstd1 \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=build /usr/local/lib/librdkafka.so.1 /usr/local/lib/
+COPY --from=build /usr/local/lib/librdkafka.so.1 /usr/local/lib/libhiredis.so.1.1.0 /usr/local/lib/libhiredis_ssl.so.1.1.0 /usr/local/lib/
 RUN ldconfig && useradd --system --uid 10001 --home-dir /var/lib/wps-bridge --create-home wps
 COPY --from=build /usr/local/bin/wps-bridge /usr/local/bin/wps-bridge
 # Fail the build, not the first start, when a runtime library is missing.
-RUN ! ldd /usr/local/bin/wps-bridge /usr/local/lib/librdkafka.so.1 | grep 'not found' \
+RUN ! ldd /usr/local/bin/wps-bridge /usr/local/lib/librdkafka.so.1 /usr/local/lib/libhiredis_ssl.so.1.1.0 | grep 'not found' \
     && wps-bridge --version
 USER 10001
 WORKDIR /var/lib/wps-bridge

@@ -122,8 +122,9 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // hiredis from Debian (libhiredis-dev, 0.14 on Debian 12).
-        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
+        // hiredis 1.x with TLS (hiredis_ssl) on the system's OpenSSL. Debian 12 ships 0.14 (no TLS):
+        // scripts/bootstrap builds Debian 13's source package into /usr/local there.
+        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis_ssl", providers: [.apt(["libhiredis-dev", "libssl-dev"])]),
         // glibc's mallopt, for the executable's malloc arenas.
         .systemLibrary(name: "CMalloc"),
         // Redis pub/sub and Streams sources, PUBLISH and XADD sinks; blocking calls on threads of their own.
@@ -221,7 +222,7 @@ let package = Package(
             name: "wps-bridge",
             dependencies: [
                 "BridgeConfig", "WebPubSubProtocol", "BridgeObservability", "CMalloc",
-                "BridgeApp", "BridgeCore", "BridgeCrypto", "WebPubSub", "AzureIdentity", "LocalHub", "KafkaAdapter",
+                "BridgeApp", "BridgeCore", "BridgeCrypto", "WebPubSub", "AzureIdentity", "LocalHub", "KafkaAdapter", "RedisAdapter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

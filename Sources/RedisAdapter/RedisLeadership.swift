@@ -17,13 +17,13 @@ import Synchronization
 /// follower leads within `ttl` and a fifth.
 package final class RedisLeadership: Leadership, HealthReporting {
     package struct Settings: Sendable, Equatable {
-        package var url: RedisURL
+        package var url: RedisEndpoint
         package var key = "wps-bridge:leader"
         package var ttl: Duration = .seconds(5)
         /// This replica's name in the key's value (and the logs): `host:pid` by default.
         package var id: String
 
-        package init(url: RedisURL, id: String) {
+        package init(url: RedisEndpoint, id: String) {
             self.url = url
             self.id = id
         }
@@ -139,8 +139,8 @@ package final class RedisLeadership: Leadership, HealthReporting {
 extension RedisLeadership.Settings {
     /// `coordination.redis`: `url` (and `passwordFile`), `key`, `ttl` (1s to 60s).
     package static func read(_ m: ConfigMapping, id: String) -> Self? {
-        m.checkKeys(["url", "passwordFile", "key", "ttl"], what: "coordination.redis")
-        guard let url = readRedisURL(m) else { return nil }
+        m.checkKeys(redisEndpointKeys + ["key", "ttl"], what: "coordination.redis")
+        guard let url = readRedisEndpoint(m) else { return nil }
         var settings = Self(url: url, id: id)
         if let key = m.nonEmptyString("key") { settings.key = key }
         settings.ttl =

@@ -14,7 +14,7 @@ import Synchronization
 /// counts each gap; for at-least-once, use Streams (`type: redis-stream`).
 package final class RedisPubSubSource: SourceAdapter, HealthReporting {
     package let name: String
-    let url: RedisURL
+    let url: RedisEndpoint
     let channels: [String]
     let patterns: [String]
     let dataType: PayloadType
@@ -28,7 +28,7 @@ package final class RedisPubSubSource: SourceAdapter, HealthReporting {
         let lost = Atomic<Int>(0)
     }
 
-    init(name: String, url: RedisURL, channels: [String], patterns: [String], dataType: PayloadType, logger: Logger) {
+    init(name: String, url: RedisEndpoint, channels: [String], patterns: [String], dataType: PayloadType, logger: Logger) {
         self.name = name
         self.url = url
         self.channels = channels
@@ -73,7 +73,7 @@ package final class RedisPubSubSource: SourceAdapter, HealthReporting {
         } classify: { error in
             guard let error = error as? RedisError else { return nil }
             // Wrong credentials or settings are not cured by retrying at once.
-            let slow = error.kind == .authentication || error.kind == .config
+            let slow = error.kind == .authentication || error.kind == .config || error.kind == .tls
             return .init(problem: error.message, waitAtLeast: slow ? .seconds(5) : nil)
         }
         logger.debug(
@@ -84,7 +84,7 @@ package final class RedisPubSubSource: SourceAdapter, HealthReporting {
     private func receive(_ connection: RedisBlockingConnection, thread: RedisThread, emit: DeliveryEmitter) async throws {
         while true {
             let value = try await withTaskCancellationHandler {
-                try await thread.run { try connection.read() }
+                try await thread.run { [idle = url.commandTimeout] in try connection.readSubscribed(idle: idle) }
             } onCancel: {
                 connection.interrupt()
             }
@@ -129,8 +129,8 @@ package struct RedisPubSubSourceFactory: SourceFactory {
     package var originFields: Set<String> { ["channel", "pattern"] }
 
     package func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
-        settings.checkKeys(["url", "passwordFile", "channels", "patterns", "dataType"], what: "a redis source")
-        let url = readRedisURL(settings)
+        settings.checkKeys(redisEndpointKeys + ["channels", "patterns", "dataType"], what: "a redis source")
+        let url = readRedisEndpoint(settings)
         let channels = settings.stringList("channels") ?? []
         let patterns = settings.stringList("patterns") ?? []
         if channels.isEmpty && patterns.isEmpty {
@@ -143,21 +143,4 @@ package struct RedisPubSubSourceFactory: SourceFactory {
         guard let url, !(channels.isEmpty && patterns.isEmpty) else { return nil }
         return RedisPubSubSource(name: name, url: url, channels: channels, patterns: patterns, dataType: dataType, logger: context.logger)
     }
-}
-
-/// `url` (required) with an optional `passwordFile` that overrides the URL's password.
-func readRedisURL(_ settings: ConfigMapping) -> RedisURL? {
-    guard let value = settings.requireKey("url", "redis://[user:password@]host[:port][/db]"), let text = value.string() else { return nil }
-    var url: RedisURL
-    do {
-        url = try RedisURL(parsing: text)
-    } catch {
-        value.report(error.message)
-        return nil
-    }
-    if settings.has("passwordFile") {
-        guard let password = settings.secret("password") else { return nil }
-        url.password = password
-    }
-    return url
 }

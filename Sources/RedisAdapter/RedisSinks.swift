@@ -8,7 +8,7 @@ package final class RedisPublishSink: SinkAdapter {
     let channel: Template
     let client: RedisCommandClient
 
-    init(url: RedisURL, channel: Template) {
+    init(url: RedisEndpoint, channel: Template) {
         self.channel = channel
         self.client = RedisCommandClient(url: url)
     }
@@ -30,7 +30,7 @@ package final class RedisStreamSink: SinkAdapter {
     let maxLen: Int?
     let client: RedisCommandClient
 
-    init(url: RedisURL, stream: Template, maxLen: Int?) {
+    init(url: RedisEndpoint, stream: Template, maxLen: Int?) {
         self.stream = stream
         self.maxLen = maxLen
         self.client = RedisCommandClient(url: url)
@@ -63,8 +63,8 @@ package struct RedisPublishSinkFactory: SinkFactory {
     package var summary: String { "PUBLISH to a Redis channel (url, channel)" }
 
     package func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
-        settings.checkKeys(["url", "passwordFile", "channel"], what: "a redis sink")
-        let url = readRedisURL(settings)
+        settings.checkKeys(redisEndpointKeys + ["channel"], what: "a redis sink")
+        let url = readRedisEndpoint(settings)
         let channel = settings.sinkTemplate("channel", required: true)
         guard let url, let channel else { return nil }
         return RedisPublishSink(url: url, channel: channel)
@@ -78,8 +78,8 @@ package struct RedisStreamSinkFactory: SinkFactory {
     package var summary: String { "XADD to a Redis stream (url, stream, maxLen)" }
 
     package func makeSink(settings: ConfigMapping, context: AdapterContext) -> (any SinkAdapter)? {
-        settings.checkKeys(["url", "passwordFile", "stream", "maxLen"], what: "a redis-stream sink")
-        let url = readRedisURL(settings)
+        settings.checkKeys(redisEndpointKeys + ["stream", "maxLen"], what: "a redis-stream sink")
+        let url = readRedisEndpoint(settings)
         let stream = settings.sinkTemplate("stream", required: true)
         let maxLen = settings.int("maxLen", range: 1...Int(Int32.max))
         guard let url, let stream else { return nil }

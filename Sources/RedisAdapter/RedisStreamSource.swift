@@ -25,7 +25,7 @@ package struct StreamFieldNames: Sendable, Equatable {
 /// dead-lettered instead of sent again.
 package final class RedisStreamSource: SourceAdapter, HealthReporting {
     package struct Settings: Sendable {
-        var url: RedisURL
+        var url: RedisEndpoint
         var streams: [String]
         var group: String
         var consumer: String
@@ -77,7 +77,7 @@ package final class RedisStreamSource: SourceAdapter, HealthReporting {
             message: "redis stream source failed; retrying")
         try await loop.run { attempt in
             let url = settings.url
-            let connection = try await thread.run { try RedisBlockingConnection(url) }
+            let connection = try await thread.run { [block = settings.block] in try RedisBlockingConnection(url, blocking: block) }
             try await createGroups(connection, thread: thread)
             attempt.connected()
             logger.info(

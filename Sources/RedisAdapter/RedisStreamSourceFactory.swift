@@ -19,9 +19,9 @@ package struct RedisStreamSourceFactory: SourceFactory {
 
     package func makeSource(name: String, settings: ConfigMapping, context: AdapterContext) -> (any SourceAdapter)? {
         settings.checkKeys(
-            ["url", "passwordFile", "streams", "group", "consumer", "startFrom", "minIdle", "maxDeliveries", "count", "dataType", "fields"],
+            redisEndpointKeys + ["streams", "group", "consumer", "startFrom", "minIdle", "maxDeliveries", "count", "dataType", "fields"],
             what: "a redis-stream source")
-        let url = readRedisURL(settings)
+        let url = readRedisEndpoint(settings)
         if settings.value("streams") == nil { settings.report("missing required key 'streams'") }
         let streams = settings.stringList("streams")
         if let streams, streams.isEmpty || streams.contains(where: \.isEmpty) || Set(streams).count != streams.count {

@@ -11,6 +11,7 @@ import KafkaAdapter
 import LocalHub
 import Logging
 import NIOCore
+import RedisAdapter
 import ServiceLifecycle
 import Synchronization
 import UnixSignals
@@ -24,7 +25,7 @@ struct WPSBridge: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wps-bridge",
         abstract: "Bridges Kafka, Redis and stdin to Azure Web PubSub, and client events back.",
-        version: "\(version) (librdkafka \(librdkafkaVersion), \(openSSLVersion))",
+        version: "\(version) (librdkafka \(librdkafkaVersion), \(hiredisVersion), \(openSSLVersion))",
         subcommands: [Run.self, Hub.self, Validate.self, Token.self, Send.self],
         defaultSubcommand: Run.self
     )

@@ -10,13 +10,19 @@ import Testing
     @Test func runProcessLeavesNoDescriptorOpen() async throws {
         func open() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0 }
         for _ in 0..<5 { _ = try await runProcess("/bin/echo", ["warm-up"]) }
-        let before = open()
-        for i in 0..<50 {
-            let result = try await runProcess("/bin/cat", [], input: "line \(i)")
-            #expect(result.stdout == "line \(i)")
+        // Other tests run alongside in this process and open descriptors of their own (a thousand
+        // WebSocket clients at once): a round of 50 runs counts when it gained fewer than 50.
+        // The leak was 2 a run, 100 a round, in every round.
+        var gains: [Int] = []
+        for _ in 0..<5 {
+            let before = open()
+            for i in 0..<50 {
+                let result = try await runProcess("/bin/cat", [], input: "line \(i)")
+                #expect(result.stdout == "line \(i)")
+            }
+            gains.append(open() - before)
+            if gains.last! < 50 { break }
         }
-        // Other tests run alongside and open descriptors of their own: a leak is 4 or more per run.
-        let after = open()
-        #expect(after - before < 50, "\(after - before) more descriptors open after 50 runs")
+        #expect(gains.contains { $0 < 50 }, "descriptors gained by each round of 50 runs: \(gains)")
     }
 }

@@ -27,21 +27,21 @@ func readSource(_ factory: any SourceFactory, _ yaml: String) -> ((any SourceAda
 
 @Suite struct RedisConfigTests {
     @Test func urlsAreParsedAndPasswordsKeptOutOfDescriptions() throws {
-        let url = try RedisURL(parsing: "redis://app:s%40cret@cache.internal:6380/2")
-        #expect(url == RedisURL(host: "cache.internal", port: 6380, user: "app", password: "s@cret", db: 2))
+        let url = try RedisEndpoint(parsing: "redis://app:s%40cret@cache.internal:6380/2")
+        #expect(url == RedisEndpoint(host: "cache.internal", port: 6380, user: "app", password: "s@cret", db: 2))
         #expect(!url.description.contains("cret"))
-        #expect(try RedisURL(parsing: "redis://:pw@h").password == "pw")
-        #expect(try RedisURL(parsing: "redis://h").port == 6379)
-        #expect(throws: RedisError.self) { try RedisURL(parsing: "rediss://h") }
-        #expect(throws: RedisError.self) { try RedisURL(parsing: "redis://h:99999") }
-        #expect(throws: RedisError.self) { try RedisURL(parsing: "http://h") }
+        #expect(try RedisEndpoint(parsing: "redis://:pw@h").password == "pw")
+        #expect(try RedisEndpoint(parsing: "redis://h").port == 6379)
+        #expect(try RedisEndpoint(parsing: "rediss://h").tls == RedisTLS())
+        #expect(throws: RedisError.self) { try RedisEndpoint(parsing: "redis://h:99999") }
+        #expect(throws: RedisError.self) { try RedisEndpoint(parsing: "http://h") }
     }
 
     @Test func mistakesAreReported() {
-        let (source, issues) = readSource(RedisStreamSourceFactory(), "url: rediss://h\nstreams: []\nmaxDeliveries: 0\nfields: {data: x, key: x}\n")
+        let (source, issues) = readSource(RedisStreamSourceFactory(), "url: ftp://h\nstreams: []\nmaxDeliveries: 0\nfields: {data: x, key: x}\n")
         #expect(source == nil)
         let text = issues.joined(separator: "\n")
-        #expect(text.contains("TLS"))
+        #expect(text.contains("not a redis:// or rediss:// (TLS) URL"))
         #expect(text.contains("streams must be distinct"))
         #expect(text.contains("missing required key 'group'"))
         #expect(text.contains("out of range"))
@@ -92,13 +92,13 @@ func readSource(_ factory: any SourceFactory, _ yaml: String) -> ((any SourceAda
     @Test func errorsSayWhatIsWrong() async throws {
         let redis = try await RedisServer(password: "right")
         #expect {
-            _ = try RedisBlockingConnection(RedisURL(host: "127.0.0.1", port: redis.port, password: "wrong"))
+            _ = try RedisBlockingConnection(RedisEndpoint(host: "127.0.0.1", port: redis.port, password: "wrong"))
         } throws: { error in
             (error as? RedisError)?.kind == .authentication && "\(error)".contains("authentication failed")
         }
         let free = try TestEnvironment.freePort()
         #expect {
-            _ = try RedisBlockingConnection(RedisURL(host: "127.0.0.1", port: free))
+            _ = try RedisBlockingConnection(RedisEndpoint(host: "127.0.0.1", port: free))
         } throws: { error in
             (error as? RedisError)?.kind == .connection && "\(error)".contains("cannot connect")
         }

@@ -237,51 +237,14 @@ extension HTTP1ConnectionPool.Origin {
     }
 }
 
-/// A certificate authority and a server certificate made with openssl for one test.
-struct TestPKI {
-    let directory: URL
-    var caFile: String { directory.appendingPathComponent("ca.pem").path }
-    var certFile: String { directory.appendingPathComponent("server.pem").path }
-    var keyFile: String { directory.appendingPathComponent("server.key").path }
-
-    init(names: [String] = ["DNS:localhost", "IP:127.0.0.1"]) throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("wps-pki-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let d = directory.path
-        try Self.openssl([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=wps-bridge test CA", "-keyout", "\(d)/ca.key", "-out",
-            "\(d)/ca.pem",
-        ])
-        try Self.openssl([
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=wps-bridge test server", "-keyout", "\(d)/server.key", "-out", "\(d)/server.csr",
-        ])
-        try "subjectAltName=\(names.joined(separator: ","))\n".write(toFile: "\(d)/san.ext", atomically: true, encoding: .utf8)
-        try Self.openssl([
-            "x509", "-req", "-in", "\(d)/server.csr", "-CA", "\(d)/ca.pem", "-CAkey", "\(d)/ca.key", "-CAcreateserial", "-days", "2",
-            "-extfile", "\(d)/san.ext", "-out", "\(d)/server.pem",
-        ])
-    }
-
+extension TestPKI {
     func serverContext() throws -> NIOSSLContext {
         let configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: try NIOSSLCertificate.fromPEMFile(certFile).map { .certificate($0) },
             privateKey: .privateKey(try NIOSSLPrivateKey(file: keyFile, format: .pem)))
         return try NIOSSLContext(configuration: configuration)
     }
-
-    static func openssl(_ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw TestPKIError(description: "openssl \(arguments.joined(separator: " ")) failed") }
-    }
 }
-
-struct TestPKIError: Error, CustomStringConvertible { var description: String }
 
 /// A raw HTTP/1.1 server on loopback whose every answer the test scripts, counting connections
 /// and requests.
