@@ -122,16 +122,17 @@ package func runProcess(
         status: status, stdout: String(decoding: await outData.value, as: UTF8.self), stderr: String(decoding: await errData.value, as: UTF8.self))
 }
 
-/// Reads to end of file on a thread of its own: a blocking read must not hold one of the few
-/// threads of Swift's cooperative pool.
-private func readAll(_ handle: FileHandle) -> Task<Data, Never> {
+/// Reads to end of file on a thread of its own (a blocking read must not hold one of the few
+/// threads of Swift's cooperative pool), then closes the handle.
+package func readAll(_ handle: FileHandle) -> Task<Data, Never> {
     let (stream, continuation) = AsyncStream<Data>.makeStream()
     let thread = Thread {
-        continuation.yield(handle.readDataToEndOfFile())
-        continuation.finish()
+        let data = handle.readDataToEndOfFile()
         // Closed here, not when the handle is freed: the thread keeps its closure (and so the
-        // handle) alive, and each run left two descriptors open (TestSupportTests).
+        // handle) alive, and each run of `runProcess` left two descriptors open (TestSupportTests).
         try? handle.close()
+        continuation.yield(data)
+        continuation.finish()
     }
     thread.start()
     return Task {

@@ -13,9 +13,20 @@ import Testing
 
     /// `count` entries `{"n": i}` on stream `events`.
     func addEntries(_ redis: RedisServer, count: Int) async throws {
-        let commands = (0..<count).map { "XADD events * data '{\"n\":\($0)}'" }.joined(separator: "\n") + "\n"
+        try await addEntries(redis, 0..<count)
+    }
+
+    /// Entries `{"n": i}` for each i of `range` on stream `events`.
+    func addEntries(_ redis: RedisServer, _ range: Range<Int>) async throws {
+        let commands = range.map { "XADD events * data '{\"n\":\($0)}'" }.joined(separator: "\n") + "\n"
         let added = try await runProcess("/usr/bin/redis-cli", ["-p", String(redis.port)], input: commands)
         #expect(added.status == 0)
+    }
+
+    /// Nothing of group `bridge` is left pending on stream `events`: every entry was acknowledged.
+    func expectAllAcknowledged(_ redis: RedisServer) async throws {
+        let pending = try await redis.raw(["XPENDING", "events", "bridge"])
+        #expect(pending.split(separator: "\n").first == "0", "pending: \(pending)")
     }
 
     func numbers(_ messages: [JSONValue]) -> [Int] {
@@ -153,9 +164,7 @@ import Testing
         )
         second.terminate()
         #expect(await second.exitStatus() == 0)
-        // Everything was acknowledged.
-        let pending = try await redis.raw(["XPENDING", "events", "bridge"])
-        #expect(pending.split(separator: "\n").first == "0", "pending: \(pending)")
+        try await expectAllAcknowledged(redis)
         await redis.stop()
         await hub.stop()
     }

@@ -69,8 +69,7 @@ extension RedisEndToEndTests {
             replica.bridge.terminate()
             #expect(await replica.bridge.exitStatus() == 0)
         }
-        let pending = try await redis.raw(["XPENDING", "events", "bridge"])
-        #expect(pending.split(separator: "\n").first == "0", "pending: \(pending)")
+        try await expectAllAcknowledged(redis)
         await redis.stop()
         await hub.stop()
     }
