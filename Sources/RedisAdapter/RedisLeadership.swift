@@ -137,7 +137,9 @@ package final class RedisLeadership: Leadership, HealthReporting {
 }
 
 extension RedisLeadership.Settings {
-    /// `coordination.redis`: `url` (and `passwordFile`), `key`, `ttl` (1s to 60s).
+    /// `coordination.redis`: `url` (and the other connection keys), `key`, `ttl` (1s to 60s).
+    /// Unless given, the timeouts are at most a third of the ttl: a renewal that hangs on a
+    /// stalled server would otherwise hold the next claim back by the default 10 s.
     package static func read(_ m: ConfigMapping, id: String) -> Self? {
         m.checkKeys(redisEndpointKeys + ["key", "ttl"], what: "coordination.redis")
         guard let url = readRedisEndpoint(m) else { return nil }
@@ -146,6 +148,8 @@ extension RedisLeadership.Settings {
         settings.ttl =
             m.duration("ttl", within: .seconds(1) ... .seconds(60), why: "a leader renews every third of it and a dead one is replaced after it")
             ?? settings.ttl
+        if !m.has("commandTimeout") { settings.url.commandTimeout = min(settings.url.commandTimeout, settings.ttl / 3) }
+        if !m.has("connectTimeout") { settings.url.connectTimeout = min(settings.url.connectTimeout, settings.ttl / 3) }
         return settings
     }
 }

@@ -75,6 +75,21 @@ import Testing
     }
 }
 
+@Test func theLeaseTimeoutsFollowItsTTLUnlessGiven() throws {
+    func read(_ yaml: String) throws -> RedisLeadership.Settings? {
+        let reader = ConfigReader(environment: [:], baseDirectory: "/tmp")
+        let settings = RedisLeadership.Settings.read(try #require(reader.root(yaml: yaml)), id: "a")
+        #expect(reader.issues.isEmpty, "\(reader.issues)")
+        return settings
+    }
+    let short = try #require(try read("url: redis://h\nttl: 3s\n"))
+    #expect(short.url.commandTimeout == .seconds(1) && short.url.connectTimeout == .seconds(1))
+    let given = try #require(try read("url: redis://h\nttl: 3s\ncommandTimeout: 5s\nconnectTimeout: 2s\n"))
+    #expect(given.url.commandTimeout == .seconds(5) && given.url.connectTimeout == .seconds(2))
+    let long = try #require(try read("url: redis://h\nttl: 60s\n"))
+    #expect(long.url.commandTimeout == .seconds(10) && long.url.connectTimeout == .seconds(5))
+}
+
 @Test func versionNamesHiredisAndTLS() async throws {
     let result = try await runProcess(try TestEnvironment.bridgeBinary(), ["--version"])
     #expect(result.status == 0)
