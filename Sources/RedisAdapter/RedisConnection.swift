@@ -226,14 +226,19 @@ final class RedisTLSContext: @unchecked Sendable {
             }
         }
         guard redisInitiateSSL(c, ssl) == REDIS_OK else {
+            let failure = errno
             let verify = SSL_get_verify_result(ssl)
             let hiredisReason = RedisBlockingConnection.errorText(c)
             SSL_free(ssl)
-            if verify == X509_V_OK, hiredisReason.hasSuffix(String(cString: strerror(EAGAIN))) {
+            // OpenSSL reports the socket's timeout as "want read", which hiredis words as
+            // "SSL_connect failed: (null)": errno still says EAGAIN.
+            let timedOut = failure == EAGAIN || failure == EWOULDBLOCK || hiredisReason.hasSuffix(String(cString: strerror(EAGAIN)))
+            if verify == X509_V_OK, timedOut {
                 // The socket's timeout (commandTimeout) ran out: a stalled server, not a TLS problem.
                 throw RedisError(
                     .connection,
-                    "\(endpoint): no answer to the TLS handshake within \(timeout) (commandTimeout); the server is stalled or unreachable")
+                    "\(endpoint): no answer to the TLS handshake within \(timeout) (commandTimeout): the server is stalled, or this port does not serve TLS (then use redis://)"
+                )
             }
             throw RedisError(.tls, "\(endpoint): TLS handshake failed: \(Self.describe(verify: verify, name: name, fallback: hiredisReason))")
         }
@@ -258,7 +263,11 @@ final class RedisTLSContext: @unchecked Sendable {
     static func describe(verify: Int, name: String, fallback: String) -> String {
         switch Int32(verify) {
         case X509_V_OK:
-            return fallback.isEmpty ? openSSLError() : fallback
+            if fallback.isEmpty || fallback.hasSuffix("(null)") {
+                return
+                    "the server ended the handshake (does this port serve TLS? does the server want a client certificate: tls.certFile and tls.keyFile?)"
+            }
+            return fallback
         case X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH:
             return "the server's certificate is not valid for '\(name)' (connect by a name the certificate holds, or set tls.serverName to it)"
         case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,

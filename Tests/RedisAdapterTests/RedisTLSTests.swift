@@ -155,11 +155,15 @@ import Testing
         // insecureSkipVerify takes any certificate.
         #expect(try connect(renamed) { $0.insecureSkipVerify = true }.command(["PING"]) == .status("PONG"))
 
-        // TLS to a port that does not speak it: a TLS error, not a hang.
+        // TLS to a port that does not speak it: Redis waits for the rest of a "command" and
+        // answers nothing, so the handshake times out (bounded by commandTimeout, not a hang)
+        // and the error names both causes.
         var plain = RedisEndpoint(host: "127.0.0.1", port: redis.port, tls: RedisTLS())
-        plain.commandTimeout = .seconds(3)
+        plain.commandTimeout = .seconds(2)
+        let started = ContinuousClock.now
         let notTLS = refusal { _ = try RedisBlockingConnection(plain) }
-        #expect(notTLS?.kind == .tls, "\(String(describing: notTLS))")
+        #expect(ContinuousClock.now - started < .seconds(10))
+        #expect(notTLS?.kind == .connection && notTLS?.message.contains("does not serve TLS") == true, "\(String(describing: notTLS))")
     }
 
     @Test func mutualTLSAndAnACLUser() async throws {
@@ -269,6 +273,11 @@ extension RedisEndToEndTests {
         }
         let noticedAfter = ContinuousClock.now - stalledAt
         #expect(noticed, "the stalled server was not noticed:\n\(bridge.logTail)")
+        // Still stopped: reconnecting connects (the kernel accepts) and then the TLS handshake
+        // times out, as a connection problem (retried at once), not as a TLS one.
+        let handshakes = await eventually(timeout: .seconds(15)) { bridge.log.contains("no answer to the TLS handshake within") }
+        #expect(handshakes, "\(bridge.logTail)")
+        #expect(!bridge.log.contains("TLS handshake failed"), "\(bridge.logTail)")
         redis.resume()
         // Back: the stream source reads on from its group (nothing lost), pub/sub resubscribes.
         try await addEntries(redis, 100..<200)
