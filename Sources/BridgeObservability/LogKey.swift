@@ -33,6 +33,8 @@ package enum LogKey {
     package static let gaps = "wps.gaps"
     package static let group = "wps.group"
     package static let groups = "wps.groups"
+    /// How many partitions a consumer holds after a rebalance.
+    package static let held = "wps.held"
     package static let hint = "wps.hint"
     package static let hub = "wps.hub"
     package static let hubEndpoint = "wps.hub.endpoint"

@@ -81,6 +81,9 @@ extension KafkaConsumer {
 
     // MARK: - Rebalances
 
+    /// How many partitions this consumer holds.
+    private var held: Int { state.withLock { $0.machine.partitions.count } }
+
     /// The rebalance callback.
     func rebalance(err: rd_kafka_resp_err_t, partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) {
         guard let partitions else { return }
@@ -109,7 +112,10 @@ extension KafkaConsumer {
                 rd_kafka_resume_partitions(rk, partitions)
             }
             context.healthy()
-            logger.info("kafka partitions assigned", metadata: [LogKey.partitions: "\(tps.map(\.description).sorted())"])
+            // Cooperative rebalances name only what moved (an empty list is a round in which
+            // nothing came); `held` is what the replica reads now.
+            logger.info(
+                "kafka partitions assigned", metadata: [LogKey.partitions: "\(tps.map(\.description).sorted())", LogKey.held: "\(held)"])
         case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
             revoke(Set(tps))
             if cooperative {
@@ -121,7 +127,8 @@ extension KafkaConsumer {
             } else {
                 rd_kafka_assign(rk, nil)
             }
-            logger.info("kafka partitions revoked", metadata: [LogKey.partitions: "\(tps.map(\.description).sorted())"])
+            logger.info(
+                "kafka partitions revoked", metadata: [LogKey.partitions: "\(tps.map(\.description).sorted())", LogKey.held: "\(held)"])
         default:
             logger.error("kafka rebalance error", metadata: [LogKey.kafkaError: "\(String(cString: rd_kafka_err2str(err)))"])
             let dropped = state.withLock { $0.machine.rebalanceFailed() }

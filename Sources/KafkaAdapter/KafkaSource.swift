@@ -128,9 +128,9 @@ package struct KafkaSourceFactory: SourceFactory {
             ("session.timeout.ms", "10000"),
             // Incremental rebalancing: when a replica joins or dies, only the partitions that move
             // stop, not every member's (librdkafka's default, range,roundrobin, is eager). The
-            // replica kill test (3 replicas, 12 partitions, 4 runs each): longest pause in
-            // deliveries 4.0-7.2 s against 7.1-10.6 s, the rest delivered 15.7-18.2 s after the
-            // kill against 15.9-23.1 s, duplicates alike (issue 21, docs/kafka.md).
+            // replica tests (3 replicas, 12 partitions, docs/kafka.md#replicas): replicas joining
+            // mid-stream pause deliveries 0-2.4 s against 2.9-3.0 s eager; after a SIGKILL the
+            // longest pause is 2.9-6.1 s against 2.4-9.8 s; duplicates alike (6 and 9 runs).
             ("partition.assignment.strategy", "cooperative-sticky"),
         ]
         properties = merge(properties, extra)
