@@ -9,6 +9,8 @@ package enum LogKey {
     /// The coordination lease (`coordination:`), and this replica's name in it.
     package static let lease = "wps.lease"
     package static let replica = "wps.replica"
+    /// The replica that leads, as another replica sees it.
+    package static let leader = "wps.leader"
     package static let acked = "wps.acked"
     package static let attempt = "wps.attempt"
     package static let attempts = "wps.attempts"

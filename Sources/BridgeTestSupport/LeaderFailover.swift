@@ -31,6 +31,8 @@ package struct LeaderFailover: Sendable {
     package var metrics: String
     /// The exit statuses of the replicas stopped with SIGTERM at the end.
     package var finalStatuses: [Int32]
+    /// The "this replica stands by" log lines of all replicas.
+    package var standingBy: [String]
 
     package var doubled: [Int] { Dictionary(received.map { ($0, 1) }, uniquingKeysWith: +).filter { $0.value > 1 }.keys.sorted() }
     package var distinct: Int { Set(received).count }
@@ -61,11 +63,27 @@ package struct LeaderFailover: Sendable {
         func leaders() -> [Int] {
             replicas.indices.filter { replicas[$0].bridge.isRunning && replicas[$0].bridge.log.contains("this replica leads") }
         }
+        /// How many times any replica said it leads.
+        func leadsSaid() -> Int {
+            replicas.reduce(0) { $0 + $1.bridge.log.components(separatedBy: "this replica leads").count - 1 }
+        }
         func leader() async throws -> Int {
             guard await eventually(timeout: .seconds(Int64(ttl * 3) + 10), { leaders().count == 1 }), let index = leaders().first else {
                 throw TestEnvironmentError("no single leader: \(leaders()) \(replicas.map(\.bridge.logTail))")
             }
             return index
+        }
+        // Every other replica took its place (Tansu answers a follower's SyncGroup sent before the
+        // leader's only after 5 s: a leader stopped meanwhile was replaced after 7 s, not 3).
+        func settled(around leader: Int) async throws {
+            let standing = {
+                replicas.indices.allSatisfy { i in
+                    i == leader || !replicas[i].bridge.isRunning || replicas[i].bridge.log.contains("this replica stands by")
+                }
+            }
+            guard await eventually(timeout: .seconds(Int64(ttl * 3) + 10), standing) else {
+                throw TestEnvironmentError("a replica did not stand by: \(replicas.map(\.bridge.logTail))")
+            }
         }
         func subscribed(_ count: Int) async -> Bool {
             await eventually { (Int((try? await redis.raw(["PUBSUB", "NUMSUB", "ticks"]))?.split(separator: "\n").last ?? "") ?? 0) >= count }
@@ -86,25 +104,36 @@ package struct LeaderFailover: Sendable {
         try start("r2")
         guard await subscribed(2) else { throw TestEnvironmentError("the replicas did not subscribe") }
         let first = try await leader()
+        try await settled(around: first)
         // Steady: one replica forwards, the other hears and drops.
         try await publish(0..<50)
         let steady = numbers(await subscriber.messages(50, idle: .seconds(5)))
+
+        // Publishes until another replica says it leads (or three ttls and 10 s passed), then 50
+        // more: the gap ends with the new leader's first message, however long the handover took.
+        func publishThroughHandover() async throws {
+            let before = leadsSaid()
+            let deadline = ContinuousClock.now + .seconds(ttl * 3 + 10)
+            while leadsSaid() == before, ContinuousClock.now < deadline { try await publish(published.count..<(published.count + 1)) }
+            try await publish(published.count..<(published.count + 50))
+        }
 
         // A graceful stop hands over at once: the lease is released.
         replicas[first].bridge.terminate()
         let stoppedStatus = await replicas[first].bridge.exitStatus()
         let released = replicas[first].bridge.log.contains("leadership released")
         let handoverStart = published.count
-        try await publish(50..<150)
+        try await publishThroughHandover()
         // A SIGKILLed leader holds the lease until it expires.
         try start("r3")
         guard await subscribed(2) else { throw TestEnvironmentError("r3 did not subscribe") }
         let second = try await leader()
-        let killedAt = published.count + 50
-        try await publish(150..<killedAt)
+        try await settled(around: second)
+        try await publish(published.count..<(published.count + 50))
         replicas[second].bridge.kill()
         _ = await replicas[second].bridge.exitStatus()
-        try await publish(killedAt..<(killedAt + Int(ttl * 100) + 200))
+        let killedAt = published.count
+        try await publishThroughHandover()
         let received = steady + numbers(await subscriber.messages(published.count - 50, idle: .seconds(3)))
 
         let got = Set(received)
@@ -128,6 +157,7 @@ package struct LeaderFailover: Sendable {
         return LeaderFailover(
             published: published.count, received: received, steady: steady, handover: gap(after: handoverStart), failover: gap(after: killedAt),
             stoppedLeaderStatus: stoppedStatus, stoppedLeaderReleased: released, readyz: readyzBody, metrics: metricsText,
-            finalStatuses: statuses)
+            finalStatuses: statuses,
+            standingBy: replicas.flatMap { $0.bridge.log.split(separator: "\n").filter { $0.contains("this replica stands by") }.map(String.init) })
     }
 }

@@ -131,6 +131,10 @@ package final class KafkaLeadership: Leadership, HealthReporting, @unchecked Sen
             if holdsLease, !stopping.load(ordering: .acquiring), !leading.exchange(true, ordering: .acquiringAndReleasing) {
                 gauge.record(1)
                 logger.notice("this replica leads", metadata: [LogKey.lease: "kafka \(settings.topic)", LogKey.replica: "\(settings.id)"])
+            } else if !holding.load(ordering: .acquiring), !stopping.load(ordering: .acquiring) {
+                // Each rebalance that leaves this member without the partition (an empty
+                // assignment too reaches this callback): it is in the group and stands by.
+                logger.info("this replica stands by", metadata: [LogKey.lease: "kafka \(settings.topic)", LogKey.replica: "\(settings.id)"])
             }
         } else {
             // Revoked or lost: stop leading before the partition goes (the callback returns first).

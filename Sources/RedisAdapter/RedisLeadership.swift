@@ -39,6 +39,8 @@ package final class RedisLeadership: Leadership, HealthReporting {
         /// Leading until then (a local deadline shorter than the key's life in Redis).
         var leadsUntil: ContinuousClock.Instant?
         var problem: String?
+        /// "this replica stands by" was said (or "no longer leads").
+        var stoodBy = false
     }
 
     package init(settings: Settings, logger: Logger) {
@@ -60,11 +62,12 @@ package final class RedisLeadership: Leadership, HealthReporting {
     package var healthProblem: String? { state.withLock { $0.problem } }
 
     /// Takes the key when free, renews it when this replica holds it (the fencing check); 1 when
-    /// this replica holds it afterwards.
+    /// this replica holds it afterwards, else the holder's token.
     static let claimScript = """
         if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-        if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end
-        return 0
+        local holder = redis.call('get', KEYS[1])
+        if holder == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end
+        return holder
         """
     static let releaseScript = """
         if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
@@ -88,6 +91,9 @@ package final class RedisLeadership: Leadership, HealthReporting {
                     throw RedisError(.reply, message)
                 } else if wasLeader {
                     follow(because: "the lease is held by another replica (it expired before it was renewed)")
+                } else {
+                    // The holder's token is its id, "/" and a UUID.
+                    standBy(leader: reply.text.map { String($0[..<($0.lastIndex(of: "/") ?? $0.endIndex)].prefix(200)) })
                 }
                 state.withLock { $0.problem = nil }
             } catch {
@@ -129,8 +135,25 @@ package final class RedisLeadership: Leadership, HealthReporting {
         }
     }
 
+    /// Said once, the first time the lease is found held by another replica.
+    private func standBy(leader: String?) {
+        let first = state.withLock { s in
+            defer { s.stoodBy = true }
+            return !s.stoodBy
+        }
+        guard first else { return }
+        logger.info(
+            "this replica stands by",
+            metadata: [
+                LogKey.lease: "\(settings.key)", LogKey.replica: "\(settings.id)", LogKey.leader: "\(leader ?? "none (the key just expired)")",
+            ])
+    }
+
     private func follow(because reason: String) {
-        state.withLock { $0.leadsUntil = nil }
+        state.withLock { s in
+            s.leadsUntil = nil
+            s.stoodBy = true
+        }
         gauge.record(0)
         logger.warning("this replica no longer leads", metadata: [LogKey.lease: "\(settings.key)", LogKey.reason: "\(reason)"])
     }

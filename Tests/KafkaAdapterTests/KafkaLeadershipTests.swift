@@ -28,6 +28,7 @@ extension KafkaEndToEndTests {
             run.metrics.contains(#"wps_bridge_leader{lease="kafka ticks-lease"} 1"#),
             "\(run.metrics.split(separator: "\n").filter { $0.contains("leader") })")
         #expect(run.finalStatuses.allSatisfy { $0 == 0 })
+        #expect(run.standingBy.contains { $0.contains(#""wps.replica":"r3""#) }, "\(run.standingBy)")
         print(
             "leader lease test (kafka, session \(ttl)s): \(run.published) published, \(run.distinct) forwarded, \(run.doubled.count) doubled; "
                 + "after SIGTERM \(run.handover), after SIGKILL \(run.failover)")

@@ -28,6 +28,14 @@ extension RedisEndToEndTests {
             run.metrics.contains(#"wps_bridge_leader{lease="redis ticks-leader"} 1"#),
             "\(run.metrics.split(separator: "\n").filter { $0.contains("leader") })")
         #expect(run.finalStatuses.allSatisfy { $0 == 0 })
+        // Each replica that stood by said so once, and named the leader (another replica).
+        let named = run.standingBy.map { line in
+            ["wps.replica", "wps.leader"].map { key in
+                line.firstMatch(of: try! Regex("\"\(key)\":\"(r[0-9])\""))?.output[1].substring.map(String.init)
+            }
+        }
+        #expect(named.count == 2 && named.allSatisfy { $0[0] != nil && $0[1] != nil && $0[0] != $0[1] }, "\(run.standingBy)")
+        #expect(named.contains { $0[0] == "r3" }, "r3 joined while another led: \(run.standingBy)")
         #expect(try await redis.raw(["EXISTS", "ticks-leader"]).trimmingCharacters(in: .whitespacesAndNewlines) == "0", "released at the end")
         print(
             "leader lease test (redis, ttl \(ttl)s): \(run.published) published, \(run.distinct) forwarded, \(run.doubled.count) doubled; "
