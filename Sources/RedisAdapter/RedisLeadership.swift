@@ -92,8 +92,7 @@ package final class RedisLeadership: Leadership, HealthReporting {
                 } else if wasLeader {
                     follow(because: "the lease is held by another replica (it expired before it was renewed)")
                 } else {
-                    // The holder's token is its id, "/" and a UUID.
-                    standBy(leader: reply.text.map { String($0[..<($0.lastIndex(of: "/") ?? $0.endIndex)].prefix(200)) })
+                    standBy(holder: reply.text)
                 }
                 state.withLock { $0.problem = nil }
             } catch {
@@ -135,13 +134,15 @@ package final class RedisLeadership: Leadership, HealthReporting {
         }
     }
 
-    /// Said once, the first time the lease is found held by another replica.
-    private func standBy(leader: String?) {
+    /// Said once, the first time the lease is found held by another replica (`holder`: its token,
+    /// the id, "/" and a UUID; nil when the key expired in between).
+    private func standBy(holder: String?) {
         let first = state.withLock { s in
             defer { s.stoodBy = true }
             return !s.stoodBy
         }
         guard first else { return }
+        let leader = holder.map { String($0[..<($0.lastIndex(of: "/") ?? $0.endIndex)].prefix(200)) }
         logger.info(
             "this replica stands by",
             metadata: [
